@@ -1,0 +1,223 @@
+"""Activities: thin adapters that open a transaction or a connector and call domain/connectors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+
+from activities.errors import translated
+from activities.models import (
+    ApplyDispositionInput,
+    CompleteWorkOrderInput,
+    ErpNotice,
+    InspectionOutcome,
+    InspectionResultInput,
+    IssueCodesInput,
+    IssueCodesResult,
+    NcrDecisionInput,
+    NcrNoticeInput,
+    OpenInspectionInput,
+    OpenNcrInput,
+    RecordOperationInput,
+    RecordReceiptInput,
+    ShipInput,
+    StageInput,
+    StartWorkOrderInput,
+    Verdict,
+)
+from connectors.errors import ConnectorConfigError
+from connectors.registry import connector_class
+from core.errors import NotFound
+from domain import codes, production, quality, shipping
+from domain.codes import serial_text
+from domain.models import Endpoint
+
+
+class HubActivities:
+    """Every activity of the hub; built once per worker with its collaborators."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, resolver: str, erp_endpoint: str = "erp"):
+        self.sm = sessionmaker
+        self.resolver = resolver
+        self.erp_endpoint = erp_endpoint
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[AsyncSession]:
+        async with self.sm() as session, session.begin():
+            yield session
+
+    @activity.defn
+    @translated
+    async def start_work_order(self, inp: StartWorkOrderInput) -> None:
+        o = inp.order
+        async with self.tx() as s:
+            await production.create_work_order(
+                s, number=o.number, workflow_id=inp.workflow_id, item=o.item, item_name=o.item_name, gtin=o.gtin,
+                quantity=o.quantity, uom=o.uom, line=o.line, due_date=o.due_date,
+                routing=[op.model_dump() for op in o.routing],
+                sales_order=o.shipment.sales_order if o.shipment else None,
+                customer=o.shipment.customer if o.shipment else None,
+            )
+
+    @activity.defn
+    @translated
+    async def set_stage(self, inp: StageInput) -> None:
+        async with self.tx() as s:
+            await production.set_stage(s, inp.work_order, inp.stage)
+
+    @activity.defn
+    @translated
+    async def record_receipt(self, inp: RecordReceiptInput) -> list[str]:
+        """Record the receipt's lots in quarantine and open one IQC inspection per lot; returns inspections."""
+        out = []
+        async with self.tx() as s:
+            wo = await production.get_work_order(s, inp.work_order)
+            r = inp.receipt
+            for line in r.lots:
+                await production.receive_lot(
+                    s, work_order=wo, receipt=r.receipt, received_at=r.received_at, lot=line.lot,
+                    supplier=line.supplier, item=line.item, supplier_lot=line.supplier_lot,
+                    heat_number=line.heat_number, quantity=line.quantity, uom=line.uom,
+                    certificate_ref=line.certificate_ref, location=line.location, resolver=self.resolver,
+                )
+                number = f"IQC-{line.lot}"
+                await quality.open_inspection(s, number=number, kind="iqc", work_order=inp.work_order,
+                                              lot=line.lot, plan=r.iqc_plan or inp.plan)
+                out.append(number)
+        return out
+
+    @activity.defn
+    @translated
+    async def open_inspection(self, inp: OpenInspectionInput) -> None:
+        async with self.tx() as s:
+            await quality.open_inspection(s, number=inp.number, kind=inp.kind, work_order=inp.work_order,
+                                          lot=inp.lot, plan=inp.plan)
+
+    @activity.defn
+    @translated
+    async def record_inspection(self, inp: InspectionResultInput) -> InspectionOutcome:
+        r = inp.results
+        async with self.tx() as s:
+            ins, failed = await quality.record_results(
+                s, number=inp.inspection, inspector=r.inspector, measurements=r.measurements,
+                inspected_at=r.inspected_at, result_id=r.result_id, resolver=self.resolver,
+            )
+            return InspectionOutcome(inspection=ins.number, lot=ins.lot.number,
+                                     verdict=Verdict.failed if failed else Verdict.passed,
+                                     failed_characteristics=failed)
+
+    @activity.defn
+    @translated
+    async def record_operation(self, inp: RecordOperationInput) -> None:
+        async with self.tx() as s:
+            await production.record_operation(
+                s, work_order=inp.work_order, output_lot=inp.output_lot, operation_name=inp.operation_name,
+                rework=inp.rework, report=inp.report, resolver=self.resolver,
+            )
+
+    @activity.defn
+    @translated
+    async def open_ncr(self, inp: OpenNcrInput) -> None:
+        async with self.tx() as s:
+            await quality.open_ncr(
+                s, number=inp.ncr, workflow_id=activity.info().workflow_id, work_order=inp.work_order,
+                lot=inp.lot, inspection=inp.inspection, description=inp.description, resolver=self.resolver,
+            )
+
+    @activity.defn
+    @translated
+    async def record_ncr_decision(self, inp: NcrDecisionInput) -> None:
+        d = inp.decision
+        async with self.tx() as s:
+            await quality.record_decision(
+                s, ncr=inp.ncr, decision_id=d.decision_id or "", action=d.action.value, reviewer=d.reviewer,
+                role=d.role.value, reason=d.reason, rework_operation=d.rework_operation,
+                new_state=inp.new_state.value,
+            )
+
+    @activity.defn
+    @translated
+    async def record_ncr_notice(self, inp: NcrNoticeInput) -> None:
+        async with self.tx() as s:
+            await quality.record_notice(s, ncr=inp.ncr, notice=inp.notice)
+
+    @activity.defn
+    @translated
+    async def apply_disposition(self, inp: ApplyDispositionInput) -> None:
+        async with self.tx() as s:
+            await quality.apply_disposition(s, ncr=inp.ncr, lot=inp.lot, outcome=inp.outcome.value,
+                                            resolver=self.resolver)
+
+    @activity.defn
+    @translated
+    async def issue_codes(self, inp: IssueCodesInput) -> IssueCodesResult:
+        async with self.tx() as s:
+            lot = await production.get_lot(s, inp.lot)
+            issued = await codes.issue_for_lot(s, work_order=inp.work_order, lot=lot, quantity=inp.quantity,
+                                               resolver=self.resolver)
+            b = issued.block
+            return IssueCodesResult(
+                batch_code=issued.batch_code,
+                first_serial=serial_text(b.first_seq) if b else None,
+                last_serial=serial_text(b.first_seq + b.count - 1) if b else None,
+                count=b.count if b else 0,
+            )
+
+    @activity.defn
+    @translated
+    async def ship(self, inp: ShipInput) -> float:
+        r = inp.request
+        async with self.tx() as s:
+            sh = await shipping.ship_lot(
+                s, work_order=inp.work_order, lot=inp.lot, shipment=r.shipment, sales_order=r.sales_order,
+                customer=r.customer, carrier=r.carrier, tracking_number=r.tracking_number, resolver=self.resolver,
+            )
+            return sum(line.quantity for line in sh.lines)
+
+    @activity.defn
+    @translated
+    async def confirm_shipment(self, shipment: str) -> None:
+        async with self.tx() as s:
+            await shipping.confirm_erp(s, shipment)
+
+    @activity.defn
+    @translated
+    async def complete_work_order(self, inp: CompleteWorkOrderInput) -> None:
+        async with self.tx() as s:
+            await production.complete_work_order(s, inp.work_order, status=inp.status,
+                                                 good_quantity=inp.good_quantity, scrap_quantity=inp.scrap_quantity)
+
+    @activity.defn
+    @translated
+    async def notify_erp(self, notice: ErpNotice) -> None:
+        """Push a document to the ERP endpoint; a document that already exists there counts as done."""
+        async with self.sm() as s:
+            ep = (await s.execute(select(Endpoint).where(Endpoint.name == self.erp_endpoint))).scalar()
+        if ep is None:
+            raise NotFound(f"no endpoint named {self.erp_endpoint!r}: create it (POST /api/endpoints) "
+                           "or run `tracehub migrate` to seed the default")
+        try:
+            cls = connector_class(ep.kind)
+        except KeyError as exc:
+            raise ConnectorConfigError(str(exc)) from exc
+        doc: dict[str, Any] = {"name": notice.name, **notice.doc}
+        async with cls(ep.config) as conn:
+            await conn.write(notice.doctype, doc)
+
+    def all(self) -> list[Any]:
+        return [
+            self.start_work_order, self.set_stage, self.record_receipt, self.open_inspection,
+            self.record_inspection, self.record_operation, self.open_ncr, self.record_ncr_decision,
+            self.record_ncr_notice, self.apply_disposition, self.issue_codes, self.ship, self.confirm_shipment,
+            self.complete_work_order, self.notify_erp,
+        ]
+
+
+def build_activities(sessionmaker: async_sessionmaker[AsyncSession], *, resolver: str) -> list[Any]:
+    """The one list the worker registers."""
+    return HubActivities(sessionmaker, resolver=resolver).all()

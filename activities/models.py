@@ -1,0 +1,346 @@
+"""Pydantic models that cross the workflow/activity boundary: the hub's wire contract.
+
+Workflows import these (and nothing else of ours), the API validates payloads with them before
+anything reaches Temporal, and activities hand their fields to the domain services.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_CODE = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --- plans and measurements -----------------------------------------------------------------------
+
+
+class Characteristic(Model):
+    """One inspected characteristic: the system judges pass/fail from the limits."""
+
+    name: str = Field(min_length=1, max_length=80, description="e.g. 'outer diameter', 'hardness'")
+    nominal: float | None = Field(default=None, description="target value")
+    lower: float | None = Field(default=None, description="lower spec limit (inclusive)")
+    upper: float | None = Field(default=None, description="upper spec limit (inclusive)")
+    unit: str = Field(default="", max_length=20)
+    sample_size: int = Field(default=1, ge=1, le=10000, description="measurements expected")
+
+    @model_validator(mode="after")
+    def _limits(self) -> Characteristic:
+        if self.lower is None and self.upper is None:
+            raise ValueError(f"characteristic {self.name!r}: give a lower or an upper spec limit (or both)")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(
+                f"characteristic {self.name!r}: lower limit {self.lower} is above upper limit {self.upper}"
+            )
+        return self
+
+
+DEFAULT_IQC_PLAN = [Characteristic(name="hardness", nominal=30.0, lower=28.0, upper=32.0, unit="HRC")]
+DEFAULT_FINAL_PLAN = [
+    Characteristic(name="outer diameter", nominal=25.0, lower=24.95, upper=25.05, unit="mm", sample_size=3)
+]
+
+
+class Measurement(Model):
+    characteristic: str = Field(min_length=1, max_length=80)
+    values: list[float] = Field(min_length=1, max_length=10000)
+
+
+class InspectionResults(Model):
+    """What an inspector or a gauge posts for one inspection."""
+
+    inspector: str = Field(min_length=1, max_length=80, description="who measured (person or gauge id)")
+    measurements: list[Measurement] = Field(min_length=1)
+    inspected_at: datetime | None = None
+    result_id: str | None = Field(
+        default=None, max_length=80, description="caller's id for this submission (for safe re-sends)"
+    )
+
+
+class Verdict(StrEnum):
+    passed = "passed"
+    failed = "failed"
+
+
+# --- ERP facts -------------------------------------------------------------------------------------
+
+
+class ReceivedLot(Model):
+    lot: str = Field(pattern=_CODE, description="the plant's lot (batch) number for this receipt line")
+    supplier: str = Field(min_length=1, max_length=80)
+    item: str = Field(pattern=_CODE)
+    supplier_lot: str = Field(min_length=1, max_length=80)
+    heat_number: str | None = Field(default=None, max_length=80, description="furnace melt, for metals")
+    quantity: float = Field(gt=0)
+    uom: str = Field(default="EA", max_length=10)
+    certificate_ref: str | None = Field(default=None, max_length=200)
+    location: str | None = Field(default=None, max_length=80)
+
+
+class PurchaseReceipt(Model):
+    receipt: str = Field(pattern=_CODE, description="ERP purchase receipt number, e.g. PR-77")
+    lots: list[ReceivedLot] = Field(min_length=1)
+    received_at: datetime | None = None
+    iqc_plan: list[Characteristic] | None = None
+
+
+class RoutingOperation(Model):
+    seq: int = Field(ge=1, le=9999)
+    name: str = Field(min_length=1, max_length=80)
+    equipment: str | None = Field(default=None, max_length=80, description="planned equipment")
+
+
+class ShipmentRequest(Model):
+    shipment: str = Field(pattern=_CODE, description="ERP shipment / delivery number")
+    sales_order: str = Field(pattern=_CODE)
+    customer: str = Field(min_length=1, max_length=120)
+    carrier: str | None = Field(default=None, max_length=80)
+    tracking_number: str | None = Field(default=None, max_length=80)
+
+
+class Timing(Model):
+    """Durations the tests shorten; production uses the defaults."""
+
+    ncr_reminder_after: timedelta = timedelta(hours=8)
+    ncr_escalate_after: timedelta = timedelta(hours=24)
+
+
+class WorkOrderInput(Model):
+    number: str = Field(pattern=_CODE, description="ERP work order number, e.g. WO-1001")
+    item: str = Field(pattern=_CODE, description="item code of what is made")
+    item_name: str | None = Field(default=None, max_length=200)
+    gtin: str | None = Field(default=None, pattern=r"^\d{14}$", description="GTIN-14 of the item")
+    quantity: int = Field(gt=0, le=10_000_000)
+    uom: str = Field(default="EA", max_length=10)
+    line: str | None = Field(default=None, max_length=80)
+    due_date: datetime | None = None
+    routing: list[RoutingOperation] = Field(min_length=1)
+    output_lot: str | None = Field(default=None, pattern=_CODE)
+    receipts: list[PurchaseReceipt] = Field(default_factory=list)
+    iqc_plan: list[Characteristic] = Field(default_factory=lambda: list(DEFAULT_IQC_PLAN))
+    final_plan: list[Characteristic] = Field(default_factory=lambda: list(DEFAULT_FINAL_PLAN))
+    shipment: ShipmentRequest | None = Field(
+        default=None, description="ship against this sales order when ready; else wait for the ERP's request"
+    )
+    timing: Timing = Field(default_factory=Timing)
+
+    @field_validator("routing")
+    @classmethod
+    def _routing_unique(cls, v: list[RoutingOperation]) -> list[RoutingOperation]:
+        seqs = [op.seq for op in v]
+        if len(set(seqs)) != len(seqs):
+            raise ValueError("routing: operation seq numbers must be unique")
+        return sorted(v, key=lambda op: op.seq)
+
+    @property
+    def lot_number(self) -> str:
+        return self.output_lot or f"{self.number}-L1"
+
+
+class ConsumedLot(Model):
+    lot: str = Field(pattern=_CODE)
+    quantity: float = Field(gt=0)
+
+
+class OperationReport(Model):
+    """An operation as it happened, from the MES or an operator."""
+
+    report_id: str = Field(pattern=_CODE, description="the reporter's unique id for this report")
+    seq: int = Field(ge=1, description="routing operation number")
+    equipment: str = Field(min_length=1, max_length=80)
+    operator: str = Field(min_length=1, max_length=80)
+    shift: str | None = Field(default=None, max_length=40)
+    started_at: datetime
+    ended_at: datetime
+    consumed: list[ConsumedLot] = Field(default_factory=list)
+    parameters: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    good_quantity: int = Field(ge=0)
+    scrap_quantity: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _times(self) -> OperationReport:
+        if self.started_at.tzinfo is None or self.ended_at.tzinfo is None:
+            raise ValueError("started_at and ended_at need a UTC offset, e.g. 2026-01-05T08:00:00Z")
+        if self.ended_at < self.started_at:
+            raise ValueError("ended_at is before started_at: swap or correct the times")
+        return self
+
+
+# --- nonconformance --------------------------------------------------------------------------------
+
+
+class NcrAction(StrEnum):
+    confirm = "confirm"
+    dismiss = "dismiss"
+    rework = "rework"
+    scrap = "scrap"
+    use_as_is = "use_as_is"
+    return_to_supplier = "return_to_supplier"
+
+
+DISPOSITIONS = {NcrAction.rework, NcrAction.scrap, NcrAction.use_as_is, NcrAction.return_to_supplier}
+
+
+class ReviewerRole(StrEnum):
+    qa_supervisor = "qa_supervisor"
+    mrb_production = "mrb_production"
+    mrb_engineering = "mrb_engineering"
+    quality_manager = "quality_manager"
+
+
+class NcrDecision(Model):
+    decision_id: str | None = Field(default=None, max_length=80, description="set by the API")
+    action: NcrAction
+    reviewer: str = Field(min_length=1, max_length=80)
+    role: ReviewerRole
+    reason: str = Field(default="", max_length=2000, description="why: required")
+    rework_operation: int | None = Field(default=None, ge=1, description="rework: routing seq to repeat")
+
+
+class NcrState(StrEnum):
+    open = "open"
+    mrb = "mrb"
+    closed = "closed"
+    dismissed = "dismissed"
+
+
+class NonconformanceInput(Model):
+    ncr: str
+    work_order: str
+    lot: str
+    inspection: str
+    stage: str = Field(description="iqc or final")
+    description: str
+    timing: Timing = Field(default_factory=Timing)
+
+
+class NcrStatus(Model):
+    ncr: str
+    lot: str
+    state: NcrState
+    waiting_for: str | None
+    disposition: NcrAction | None = None
+    decisions: list[NcrDecision] = Field(default_factory=list)
+    reminded: bool = False
+    escalated: bool = False
+
+
+class NonconformanceResult(Model):
+    ncr: str
+    lot: str
+    outcome: NcrAction  # dismiss or a disposition
+    rework_operation: int | None = None
+
+
+# --- activity inputs and results -------------------------------------------------------------------
+
+
+class StartWorkOrderInput(Model):
+    order: WorkOrderInput
+    workflow_id: str
+
+
+class RecordReceiptInput(Model):
+    work_order: str
+    receipt: PurchaseReceipt
+    plan: list[Characteristic]
+
+
+class OpenInspectionInput(Model):
+    number: str
+    kind: str  # iqc | final
+    work_order: str
+    lot: str
+    plan: list[Characteristic]
+
+
+class InspectionResultInput(Model):
+    inspection: str
+    results: InspectionResults
+
+
+class InspectionOutcome(Model):
+    inspection: str
+    lot: str
+    verdict: Verdict
+    failed_characteristics: list[str] = Field(default_factory=list)
+
+
+class RecordOperationInput(Model):
+    work_order: str
+    output_lot: str
+    operation_name: str
+    rework: bool = False
+    report: OperationReport
+
+
+class OpenNcrInput(Model):
+    ncr: str
+    work_order: str
+    lot: str
+    inspection: str
+    description: str
+
+
+class NcrDecisionInput(Model):
+    ncr: str
+    decision: NcrDecision
+    new_state: NcrState
+
+
+class NcrNoticeInput(Model):
+    ncr: str
+    notice: str  # reminder | escalation
+
+
+class ApplyDispositionInput(Model):
+    ncr: str
+    lot: str
+    outcome: NcrAction
+
+
+class IssueCodesInput(Model):
+    work_order: str
+    lot: str
+    quantity: int
+
+
+class IssueCodesResult(Model):
+    batch_code: str
+    first_serial: str | None
+    last_serial: str | None
+    count: int
+
+
+class ShipInput(Model):
+    work_order: str
+    lot: str
+    request: ShipmentRequest
+
+
+class ErpNotice(Model):
+    """Something the ERP must be told; `name` makes the push idempotent."""
+
+    doctype: str
+    name: str
+    doc: dict[str, Any]
+
+
+class CompleteWorkOrderInput(Model):
+    work_order: str
+    status: str
+    good_quantity: int
+    scrap_quantity: int
+
+
+class StageInput(Model):
+    work_order: str
+    stage: str

@@ -1,0 +1,49 @@
+"""The one place errors become HTTP responses."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.errors import Conflict, HubError, InvalidInput, NotFound
+
+STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422}
+# ApplicationError types raised by workflow update validators
+APP_ERROR_STATUS = {"NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Forbidden": 403}
+
+
+class TemporalUnavailable(HubError):
+    kind = "TemporalUnavailable"
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if p not in ("body",))
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(HubError)
+    async def _hub_error(_: Request, exc: HubError) -> JSONResponse:
+        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 503
+                      if isinstance(exc, TemporalUnavailable) else 400)
+        body = {"error": exc.kind, "detail": exc.message}
+        if exc.field:
+            body["field"] = exc.field
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": _loc(e["loc"]), "problem": e["msg"]} for e in exc.errors()]
+        detail = "; ".join(f"{e['field']}: {e['problem']}" for e in errors)
+        return JSONResponse({"error": "InvalidInput", "detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(RPCError)
+    async def _rpc(_: Request, exc: RPCError) -> JSONResponse:
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            return JSONResponse({"error": "TemporalUnavailable",
+                                 "detail": f"Temporal is not reachable ({exc.message}); nothing was changed, "
+                                           "send the request again shortly"}, status_code=503)
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return JSONResponse({"error": "NotFound", "detail": exc.message}, status_code=404)
+        return JSONResponse({"error": "TemporalError", "detail": exc.message}, status_code=502)

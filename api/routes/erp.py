@@ -1,0 +1,134 @@
+"""ERP events: each starts or advances a work order's durable workflow, exactly once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.models import PurchaseReceipt, ShipmentRequest, WorkOrderInput
+from api.deps import SettingsDep, TemporalDep
+from core.errors import NotFound
+from domain.models import ErpEvent
+from workflows.work_order import WorkOrderWorkflow
+
+router = APIRouter(prefix="/api/erp", tags=["erp"])
+
+
+def workflow_id(number: str) -> str:
+    return f"work-order-{number}"
+
+
+class _Envelope(BaseModel):
+    event_id: str = Field(min_length=1, max_length=128, description="the ERP's unique id for this event")
+    occurred_at: datetime | None = None
+
+
+class WorkOrderReleased(_Envelope):
+    event_type: Literal["work_order.released"]
+    work_order: WorkOrderInput
+
+
+class PurchaseReceiptPosted(_Envelope):
+    event_type: Literal["purchase_receipt.posted"]
+    work_order: str = Field(description="the work order this material is received for")
+    receipt: PurchaseReceipt
+
+
+class ShipmentRequested(_Envelope):
+    event_type: Literal["shipment.requested"]
+    work_order: str
+    shipment: ShipmentRequest
+
+
+ErpEventIn = Annotated[
+    WorkOrderReleased | PurchaseReceiptPosted | ShipmentRequested, Field(discriminator="event_type")
+]
+
+
+class Accepted(BaseModel):
+    accepted: bool
+    duplicate: bool
+    message: str
+    workflow_id: str
+    status_url: str
+
+
+async def _remember(request: Request, ev: _Envelope, event_type: str, key: str) -> bool:
+    """Store the event in the inbox; False when this event id was seen before."""
+    try:
+        async with request.app.state.sessionmaker() as s, s.begin():
+            s.add(ErpEvent(event_id=ev.event_id, event_type=event_type, business_key=key,
+                           workflow_id=workflow_id(key), payload=ev.model_dump(mode="json")))
+        return True
+    except IntegrityError:
+        return False
+
+
+async def _signal(client: Client, number: str, signal: str, arg: object) -> None:
+    try:
+        await client.get_workflow_handle(workflow_id(number)).signal(signal, arg)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise NotFound(f"work order {number!r} has no running workflow: send work_order.released first "
+                           "(or it has already finished)") from exc
+        raise
+
+
+@router.post(
+    "/events", status_code=202, response_model=Accepted,
+    summary="Receive an ERP event (work order released, purchase receipt posted, shipment requested)",
+    responses={200: {"model": Accepted, "description": "duplicate: already accepted, nothing started"}},
+)
+async def post_erp_event(
+    request: Request, client: TemporalDep, settings: SettingsDep, event: Annotated[ErpEventIn, Body()]
+) -> JSONResponse:
+    if isinstance(event, WorkOrderReleased):
+        number = event.work_order.number
+        first = await _remember(request, event, event.event_type, number)
+        wf_id = workflow_id(number)
+        try:
+            await client.start_workflow(
+                WorkOrderWorkflow.run, event.work_order, id=wf_id, task_queue=settings.temporal.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            )
+            started = True
+        except WorkflowAlreadyStartedError:
+            started = False
+        duplicate = not (started or first)
+        msg = (f"work order {number} was already accepted (workflow {wf_id}); nothing new was started"
+               if duplicate else f"work order {number} accepted: workflow {wf_id} started")
+    else:
+        number = event.work_order
+        first = await _remember(request, event, event.event_type, number)
+        if isinstance(event, PurchaseReceiptPosted):
+            await _signal(client, number, "receive_material", event.receipt)
+            what = f"purchase receipt {event.receipt.receipt}"
+        else:
+            await _signal(client, number, "request_shipment", event.shipment)
+            what = f"shipment request {event.shipment.shipment}"
+        wf_id = workflow_id(number)
+        duplicate = not first
+        msg = (f"event {event.event_id} was already accepted; the work order ignores repeats"
+               if duplicate else f"{what} delivered to work order {number}")
+    body = Accepted(accepted=True, duplicate=duplicate, message=msg, workflow_id=wf_id,
+                    status_url=f"/api/work-orders/{number}")
+    return JSONResponse(body.model_dump(), status_code=200 if duplicate else 202)
+
+
+@router.get("/events", summary="The ERP event inbox, newest first")
+async def list_erp_events(request: Request, limit: int = 50) -> list[dict]:
+    async with request.app.state.sessionmaker() as s:
+        rows = (await s.execute(select(ErpEvent).order_by(ErpEvent.id.desc()).limit(min(limit, 500)))).scalars()
+        return [{"event_id": r.event_id, "event_type": r.event_type, "work_order": r.business_key,
+                 "received_at": r.received_at.isoformat()} for r in rows]

@@ -1,0 +1,218 @@
+"""Work orders: the record, the live workflow status, the history timeline, and operation reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy import func, select
+from temporalio.api.enums.v1 import EventType, PendingActivityState
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.models import OperationReport
+from api.deps import SessionDep, TemporalDep
+from api.routes.erp import workflow_id
+from core.errors import Conflict, InvalidInput
+from domain import production
+from domain.models import WorkOrder
+from workflows.work_order import WorkOrderStatus, WorkOrderWorkflow
+
+router = APIRouter(prefix="/api/work-orders", tags=["work orders"])
+
+
+def _record(wo: WorkOrder) -> dict[str, Any]:
+    return {
+        "number": wo.number, "item": wo.item.code, "quantity": wo.quantity, "uom": wo.uom, "line": wo.line,
+        "status": wo.status, "stage": wo.stage, "good_quantity": wo.good_quantity,
+        "scrap_quantity": wo.scrap_quantity, "sales_order": wo.sales_order, "customer": wo.customer,
+        "routing": wo.routing, "workflow_id": wo.workflow_id, "released_at": wo.released_at.isoformat(),
+        "completed_at": wo.completed_at.isoformat() if wo.completed_at else None,
+    }
+
+
+async def live_status(client: Client, wf_id: str) -> dict[str, Any]:
+    """The workflow's own status query plus what Temporal knows of its pending activities (retries)."""
+    handle = client.get_workflow_handle(wf_id)
+    out: dict[str, Any] = {}
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return {"workflow": "not found"}
+        return {"workflow": "unknown", "error": f"Temporal not reachable: {exc.message}"}
+    out["workflow"] = desc.status.name if desc.status else "UNKNOWN"
+    retries = []
+    for pa in desc.raw_description.pending_activities:
+        item = {"activity": pa.activity_type.name, "attempt": pa.attempt,
+                "state": PendingActivityState.Name(pa.state).removeprefix("PENDING_ACTIVITY_STATE_").lower()}
+        if pa.HasField("last_failure"):
+            item["last_failure"] = pa.last_failure.message
+        retries.append(item)
+    out["pending_activities"] = retries
+    try:
+        st: WorkOrderStatus = await handle.query(WorkOrderWorkflow.status)
+        status = st.model_dump(mode="json")
+        for r in retries:
+            if r["attempt"] > 1:
+                status["waiting_for"].append(
+                    f"retry: {r['activity']} attempt {r['attempt']}"
+                    + (f", last error: {r['last_failure']}" if r.get("last_failure") else "")
+                )
+        out["status"] = status
+    except Exception as exc:  # noqa: BLE001 - a query needs a worker; say so instead of failing the page
+        out["status"] = None
+        out["status_error"] = f"no worker answered the status query ({type(exc).__name__}: {exc})"
+    return out
+
+
+@router.get("", summary="List work orders")
+async def list_work_orders(
+    session: SessionDep, status: str | None = None, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
+) -> dict[str, Any]:
+    q = select(WorkOrder)
+    if status:
+        q = q.where(WorkOrder.status == status)
+    total = (await session.execute(select(func.count()).select_from(q.subquery()))).scalar_one()
+    rows = (await session.execute(q.order_by(WorkOrder.id.desc()).limit(limit).offset(offset))).scalars().all()
+    return {"total": total, "items": [_record(w) for w in rows]}
+
+
+@router.get("/{number}", summary="A work order: its record plus the live workflow status")
+async def get_work_order(number: str, session: SessionDep, client: TemporalDep) -> dict[str, Any]:
+    wo = await production.find_work_order(session, number)
+    live = await live_status(client, workflow_id(number))
+    if wo is None and live.get("workflow") == "not found":
+        await production.get_work_order(session, number)  # raises NotFound with the message
+    return {"record": _record(wo) if wo else None, **live}
+
+
+@router.post("/{number}/operations", status_code=202, summary="Report an operation (MES or operator)")
+async def post_operation(number: str, report: OperationReport, session: SessionDep, client: TemporalDep) -> dict:
+    wo = await production.get_work_order(session, number)
+    seqs = [op["seq"] for op in wo.routing]
+    if report.seq not in seqs:
+        raise InvalidInput(f"seq: operation {report.seq} is not in the routing of {number} (routing: {seqs})",
+                           field="seq")
+    handle = client.get_workflow_handle(wo.workflow_id)
+    try:
+        st: WorkOrderStatus = await handle.query(WorkOrderWorkflow.status)
+    except RPCError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise Conflict(f"work order {number} cannot take reports now ({exc}); send it again shortly") from exc
+    if st.expected_operation != report.seq:
+        now = (f"it waits for operation {st.expected_operation}" if st.expected_operation
+               else f"it is in stage {st.stage} and waits for no operation report")
+        raise Conflict(f"work order {number} is not waiting for operation {report.seq}: {now}", field="seq")
+    await production.check_consumable(session, [(c.lot, c.quantity) for c in report.consumed])
+    await handle.signal(WorkOrderWorkflow.report_operation, report)
+    return {"accepted": True, "work_order": number, "report_id": report.report_id,
+            "status_url": f"/api/work-orders/{number}"}
+
+
+_LABELS = {
+    "WORKFLOW_EXECUTION_STARTED": "workflow started",
+    "WORKFLOW_EXECUTION_COMPLETED": "workflow completed",
+    "WORKFLOW_EXECUTION_FAILED": "workflow failed",
+    "WORKFLOW_EXECUTION_TERMINATED": "workflow terminated",
+    "WORKFLOW_EXECUTION_SIGNALED": "signal received",
+    "WORKFLOW_EXECUTION_UPDATE_ACCEPTED": "update accepted",
+    "WORKFLOW_EXECUTION_UPDATE_COMPLETED": "update completed",
+    "ACTIVITY_TASK_SCHEDULED": "activity scheduled",
+    "ACTIVITY_TASK_STARTED": "activity started",
+    "ACTIVITY_TASK_COMPLETED": "activity completed",
+    "ACTIVITY_TASK_FAILED": "activity failed",
+    "ACTIVITY_TASK_TIMED_OUT": "activity timed out",
+    "TIMER_STARTED": "timer started",
+    "TIMER_FIRED": "timer fired",
+    "START_CHILD_WORKFLOW_EXECUTION_INITIATED": "child workflow requested",
+    "CHILD_WORKFLOW_EXECUTION_STARTED": "child workflow started",
+    "CHILD_WORKFLOW_EXECUTION_COMPLETED": "child workflow completed",
+    "CHILD_WORKFLOW_EXECUTION_FAILED": "child workflow failed",
+    "WORKFLOW_TASK_FAILED": "workflow task failed",
+}
+_QUIET = {"WORKFLOW_TASK_SCHEDULED", "WORKFLOW_TASK_STARTED", "WORKFLOW_TASK_COMPLETED"}
+
+
+async def timeline(client: Client, wf_id: str, *, include_workflow_tasks: bool = False) -> list[dict[str, Any]]:
+    history = await client.get_workflow_handle(wf_id).fetch_history()
+    scheduled: dict[int, str] = {}
+    timers: dict[int, str] = {}
+    children: dict[int, str] = {}
+    out = []
+    for e in history.events:
+        name = EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
+        if name in _QUIET and not include_workflow_tasks:
+            continue
+        row: dict[str, Any] = {"id": e.event_id, "time": e.event_time.ToDatetime().isoformat() + "Z",
+                               "event": _LABELS.get(name, name.lower().replace("_", " "))}
+        if name == "ACTIVITY_TASK_SCHEDULED":
+            a = e.activity_task_scheduled_event_attributes
+            scheduled[e.event_id] = a.activity_type.name
+            row["activity"] = a.activity_type.name
+        elif name == "ACTIVITY_TASK_STARTED":
+            a = e.activity_task_started_event_attributes
+            row["activity"] = scheduled.get(a.scheduled_event_id)
+            row["attempt"] = a.attempt
+            if a.HasField("last_failure"):
+                row["last_failure"] = a.last_failure.message
+        elif name == "ACTIVITY_TASK_COMPLETED":
+            row["activity"] = scheduled.get(e.activity_task_completed_event_attributes.scheduled_event_id)
+        elif name == "ACTIVITY_TASK_FAILED":
+            a = e.activity_task_failed_event_attributes
+            row["activity"] = scheduled.get(a.scheduled_event_id)
+            row["failure"] = a.failure.message
+        elif name == "ACTIVITY_TASK_TIMED_OUT":
+            row["activity"] = scheduled.get(e.activity_task_timed_out_event_attributes.scheduled_event_id)
+        elif name == "TIMER_STARTED":
+            a = e.timer_started_event_attributes
+            timers[e.event_id] = a.timer_id
+            row["timer"] = a.timer_id
+            row["duration_s"] = a.start_to_fire_timeout.ToTimedelta().total_seconds()
+        elif name == "TIMER_FIRED":
+            row["timer"] = timers.get(e.timer_fired_event_attributes.started_event_id)
+        elif name == "WORKFLOW_EXECUTION_SIGNALED":
+            row["signal"] = e.workflow_execution_signaled_event_attributes.signal_name
+        elif name == "WORKFLOW_EXECUTION_UPDATE_ACCEPTED":
+            a = e.workflow_execution_update_accepted_event_attributes
+            row["update"] = a.accepted_request.input.name
+        elif name == "START_CHILD_WORKFLOW_EXECUTION_INITIATED":
+            a = e.start_child_workflow_execution_initiated_event_attributes
+            children[e.event_id] = a.workflow_id
+            row["child"] = a.workflow_id
+            row["workflow_type"] = a.workflow_type.name
+        elif name in ("CHILD_WORKFLOW_EXECUTION_STARTED", "CHILD_WORKFLOW_EXECUTION_COMPLETED",
+                      "CHILD_WORKFLOW_EXECUTION_FAILED"):
+            attrs = getattr(e, e.WhichOneof("attributes"))
+            row["child"] = attrs.workflow_execution.workflow_id
+            if name == "CHILD_WORKFLOW_EXECUTION_FAILED":
+                row["failure"] = attrs.failure.message
+        elif name == "WORKFLOW_EXECUTION_FAILED":
+            row["failure"] = e.workflow_execution_failed_event_attributes.failure.message
+        elif name == "WORKFLOW_TASK_FAILED":
+            a = e.workflow_task_failed_event_attributes
+            row["failure"] = a.failure.message
+        elif name == "WORKFLOW_EXECUTION_STARTED":
+            row["workflow_type"] = e.workflow_execution_started_event_attributes.workflow_type.name
+        out.append(row)
+    return out
+
+
+@router.get("/{number}/history", summary="The workflow's history as a readable timeline (admins)")
+async def get_history(number: str, session: SessionDep, client: TemporalDep,
+                      include_children: bool = True) -> dict[str, Any]:
+    wo = await production.find_work_order(session, number)
+    wf_id = wo.workflow_id if wo else workflow_id(number)
+    try:
+        events = await timeline(client, wf_id)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            await production.get_work_order(session, number)
+        raise
+    result: dict[str, Any] = {"work_order": number, "workflow_id": wf_id, "events": events}
+    if include_children:
+        result["children"] = {c: await timeline(client, c) for c in
+                              dict.fromkeys(e["child"] for e in events if e.get("child"))}
+    return result
+

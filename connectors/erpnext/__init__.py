@@ -1,0 +1,3 @@
+from connectors.erpnext.connector import ErpnextConfig, ErpnextConnector
+
+__all__ = ["ErpnextConfig", "ErpnextConnector"]

@@ -1,0 +1,56 @@
+"""Settings for every TraceHub process. Only entry points build a Settings()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VAR_DIR = Path("var")
+
+
+class DatabaseSettings(BaseModel):
+    url: str = Field(
+        default=f"sqlite+aiosqlite:///{VAR_DIR}/hub.db",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///file or postgresql+psycopg://user:pw@host/db",
+    )
+    echo: bool = False
+
+
+class TemporalSettings(BaseModel):
+    address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    task_queue: str = "tracehub"
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class ErpSettings(BaseModel):
+    """The ERP endpoint seeded at set-up (the loopback simulator by default)."""
+
+    url: str = "http://127.0.0.1:8100"
+    api_key: str = "tracehub"
+    api_secret: SecretStr = SecretStr("simulator-secret")
+
+
+class DevServerSettings(BaseModel):
+    port: int = 7233
+    ui_port: int = 8233
+    db_filename: str = str(VAR_DIR / "temporal.db")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUB_", env_nested_delimiter="__", extra="ignore")
+
+    database: DatabaseSettings = DatabaseSettings()
+    temporal: TemporalSettings = TemporalSettings()
+    api: ApiSettings = ApiSettings()
+    erp: ErpSettings = ErpSettings()
+    dev_server: DevServerSettings = DevServerSettings()
+    # GS1 identity of the plant: used for Digital Link URIs of lots and serials
+    resolver_base_url: str = "https://id.tracehub.example"
+    erp_sim_port: int = 8100

@@ -1,0 +1,299 @@
+"""Items, suppliers, lots, work orders and operations. Plain async functions; they flush, never commit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import Conflict, InvalidInput, NotFound
+from domain.events import audit, hub_uri, lot_class_uri, record_event
+from domain.models import Item, Lot, LotEdge, LotStatus, OperationRecord, Supplier, WorkOrder, utcnow
+
+
+async def upsert_item(
+    session: AsyncSession, code: str, *, name: str | None = None, gtin: str | None = None, uom: str = "EA"
+) -> Item:
+    item = (await session.execute(select(Item).where(Item.code == code))).scalar()
+    if item is None:
+        item = Item(code=code, name=name, gtin=gtin, uom=uom)
+        session.add(item)
+        await session.flush()
+    else:
+        if gtin and not item.gtin:
+            item.gtin = gtin
+        if name and not item.name:
+            item.name = name
+    return item
+
+
+async def upsert_supplier(session: AsyncSession, code: str) -> Supplier:
+    sup = (await session.execute(select(Supplier).where(Supplier.code == code))).scalar()
+    if sup is None:
+        sup = Supplier(code=code, name=code)
+        session.add(sup)
+        await session.flush()
+    return sup
+
+
+async def get_lot(session: AsyncSession, number: str) -> Lot:
+    lot = (await session.execute(select(Lot).where(Lot.number == number))).scalar()
+    if lot is None:
+        raise NotFound(f"lot {number!r} does not exist: check the lot number")
+    return lot
+
+
+async def find_work_order(session: AsyncSession, number: str) -> WorkOrder | None:
+    return (await session.execute(select(WorkOrder).where(WorkOrder.number == number))).scalar()
+
+
+async def get_work_order(session: AsyncSession, number: str) -> WorkOrder:
+    wo = await find_work_order(session, number)
+    if wo is None:
+        raise NotFound(f"work order {number!r} does not exist: check the number or send the ERP release first")
+    return wo
+
+
+async def create_work_order(
+    session: AsyncSession,
+    *,
+    number: str,
+    workflow_id: str,
+    item: str,
+    item_name: str | None,
+    gtin: str | None,
+    quantity: int,
+    uom: str,
+    line: str | None,
+    due_date: datetime | None,
+    routing: list[dict[str, Any]],
+    sales_order: str | None,
+    customer: str | None,
+) -> WorkOrder:
+    """Idempotent on the work-order number."""
+    wo = await find_work_order(session, number)
+    if wo is not None:
+        return wo
+    it = await upsert_item(session, item, name=item_name, gtin=gtin, uom=uom)
+    wo = WorkOrder(
+        number=number,
+        workflow_id=workflow_id,
+        item_id=it.id,
+        quantity=quantity,
+        uom=uom,
+        line=line,
+        due_date=due_date,
+        routing=routing,
+        sales_order=sales_order,
+        customer=customer,
+    )
+    session.add(wo)
+    await session.flush()
+    await audit(
+        session, actor="erp", action="work_order.released", entity="work_order", key=number,
+        changes={"item": item, "quantity": quantity, "routing": routing},
+    )
+    return wo
+
+
+async def set_stage(session: AsyncSession, number: str, stage: str, *, status: str | None = None) -> None:
+    wo = await get_work_order(session, number)
+    if wo.stage != stage or (status and wo.status != status):
+        wo.stage = stage
+        if status:
+            wo.status = status
+        elif wo.status == "released":
+            wo.status = "in_progress"
+        await session.flush()
+
+
+async def receive_lot(
+    session: AsyncSession,
+    *,
+    work_order: WorkOrder | None,
+    receipt: str,
+    received_at: datetime | None,
+    lot: str,
+    supplier: str,
+    item: str,
+    supplier_lot: str,
+    heat_number: str | None,
+    quantity: float,
+    uom: str,
+    certificate_ref: str | None,
+    location: str | None,
+    resolver: str,
+) -> Lot:
+    """Record a received lot in quarantine. Idempotent on the lot number; a clash is refused."""
+    existing = (await session.execute(select(Lot).where(Lot.number == lot))).scalar()
+    if existing is not None:
+        if existing.receipt != receipt:
+            raise Conflict(
+                f"lot {lot!r} was already received on receipt {existing.receipt!r}: give this receipt line "
+                "its own lot number"
+            )
+        return existing
+    it = await upsert_item(session, item, uom=uom)
+    sup = await upsert_supplier(session, supplier)
+    row = Lot(
+        number=lot, kind="material", item_id=it.id, supplier_id=sup.id, supplier_lot=supplier_lot,
+        heat_number=heat_number, certificate_ref=certificate_ref, receipt=receipt, quantity=quantity,
+        quantity_remaining=quantity, uom=uom, status=LotStatus.quarantine, location=location,
+        work_order_id=work_order.id if work_order else None,
+    )
+    session.add(row)
+    await session.flush()
+    await session.refresh(row, ["item", "supplier"])
+    await record_event(
+        session, key=f"receive:{lot}", event_type="ObjectEvent", biz_step="receiving",
+        disposition="in_progress", event_time=received_at,
+        quantity_list=[{"epcClass": lot_class_uri(row, resolver), "quantity": quantity}],
+        biz_transactions=[("recadv", hub_uri("receipt", receipt))]
+        + ([("prodorder", hub_uri("workorder", work_order.number))] if work_order else []),
+        source_list=[{"type": "owning_party", "source": hub_uri("supplier", supplier)}],
+        biz_location=hub_uri("location", location) if location else None,
+        extensions={"supplierLot": supplier_lot, "heatNumber": heat_number, "certificate": certificate_ref},
+        lot=row, work_order_id=work_order.id if work_order else None,
+    )
+    await audit(
+        session, actor="erp", action="lot.received", entity="lot", key=lot,
+        changes={"status": LotStatus.quarantine, "supplier": supplier, "supplier_lot": supplier_lot,
+                 "heat_number": heat_number, "quantity": quantity, "receipt": receipt},
+    )
+    return row
+
+
+async def set_lot_status(
+    session: AsyncSession, lot: Lot, status: str, *, actor: str, why: str, concession: str | None = None
+) -> None:
+    if lot.status == status and (concession is None or lot.concession == concession):
+        return
+    before = lot.status
+    lot.status = status
+    if concession is not None:
+        lot.concession = concession
+    await session.flush()
+    await audit(
+        session, actor=actor, action="lot.status", entity="lot", key=lot.number,
+        changes={"status": [before, status], "why": why, **({"concession": concession} if concession else {})},
+    )
+
+
+async def ensure_output_lot(session: AsyncSession, wo: WorkOrder, lot_number: str) -> Lot:
+    lot = (await session.execute(select(Lot).where(Lot.number == lot_number))).scalar()
+    if lot is None:
+        lot = Lot(
+            number=lot_number, kind="output", item_id=wo.item_id, quantity=0, quantity_remaining=0,
+            uom=wo.uom, status=LotStatus.quarantine, work_order_id=wo.id, location=wo.line,
+        )
+        session.add(lot)
+        await session.flush()
+        await session.refresh(lot, ["item", "supplier"])
+    elif lot.work_order_id != wo.id:
+        raise Conflict(f"output lot {lot_number!r} belongs to another work order: choose another lot number")
+    return lot
+
+
+async def check_consumable(session: AsyncSession, consumed: list[tuple[str, float]]) -> list[Lot]:
+    """Refuse consumption of a lot that is not released or has too little left; names the lot."""
+    lots = []
+    for number, qty in consumed:
+        lot = (await session.execute(select(Lot).where(Lot.number == number))).scalar()
+        if lot is None:
+            raise InvalidInput(f"consumed lot {number!r} does not exist: check the lot number", field="consumed")
+        if lot.status != LotStatus.released:
+            raise Conflict(
+                f"lot {number!r} is {lot.status}, not released: only released lots may be consumed",
+                field="consumed",
+            )
+        if qty > lot.quantity_remaining + 1e-9:
+            raise Conflict(
+                f"lot {number!r} has {lot.quantity_remaining:g} {lot.uom} left; the report consumes {qty:g}",
+                field="consumed",
+            )
+        lots.append(lot)
+    return lots
+
+
+async def record_operation(
+    session: AsyncSession,
+    *,
+    work_order: str,
+    output_lot: str,
+    operation_name: str,
+    rework: bool,
+    report: Any,
+    resolver: str,
+) -> OperationRecord:
+    """Record an operation report: consumption, genealogy edges and the operation. Idempotent on report_id."""
+    existing = (
+        await session.execute(select(OperationRecord).where(OperationRecord.report_id == report.report_id))
+    ).scalar()
+    if existing is not None:
+        return existing
+    wo = await get_work_order(session, work_order)
+    out = await ensure_output_lot(session, wo, output_lot)
+    consumed = [(c.lot, c.quantity) for c in report.consumed]
+    inputs = await check_consumable(session, consumed)
+    op = OperationRecord(
+        report_id=report.report_id, work_order_id=wo.id, output_lot_id=out.id, seq=report.seq,
+        name=operation_name, rework=rework, equipment=report.equipment, operator=report.operator,
+        shift=report.shift, started_at=report.started_at, ended_at=report.ended_at,
+        parameters=dict(report.parameters), consumed=[{"lot": n, "quantity": q} for n, q in consumed],
+        good_quantity=report.good_quantity, scrap_quantity=report.scrap_quantity,
+    )
+    session.add(op)
+    await session.flush()
+    in_q = []
+    for lot, (_, qty) in zip(inputs, consumed, strict=True):
+        lot.quantity_remaining = max(0.0, lot.quantity_remaining - qty)
+        if lot.quantity_remaining <= 1e-9:
+            await set_lot_status(session, lot, LotStatus.consumed, actor=report.operator,
+                                 why=f"fully consumed by {work_order} op {report.seq}")
+        session.add(LotEdge(parent_lot_id=lot.id, child_lot_id=out.id, operation_record_id=op.id, quantity=qty))
+        in_q.append({"epcClass": lot_class_uri(lot, resolver), "quantity": qty})
+    # the lot's quantity is what the latest pass through the routing yielded
+    out.quantity = float(report.good_quantity)
+    out.quantity_remaining = float(report.good_quantity)
+    await session.flush()
+    await record_event(
+        session, key=f"operation:{report.report_id}", event_type="TransformationEvent",
+        biz_step="commissioning" if report.seq == min(o["seq"] for o in wo.routing) and not rework
+        else "creating_class_instance",
+        disposition="in_progress", event_time=report.ended_at,
+        input_quantity_list=in_q or None,
+        output_quantity_list=[{"epcClass": lot_class_uri(out, resolver), "quantity": report.good_quantity}],
+        biz_transactions=[("prodorder", hub_uri("workorder", work_order))],
+        read_point=hub_uri("equipment", report.equipment),
+        extensions={"operation": {"seq": report.seq, "name": operation_name, "rework": rework,
+                                  "operator": report.operator, "shift": report.shift,
+                                  "startedAt": report.started_at.isoformat(),
+                                  "parameters": dict(report.parameters),
+                                  "goodQuantity": report.good_quantity,
+                                  "scrapQuantity": report.scrap_quantity}},
+        lot=out, work_order_id=wo.id,
+    )
+    await audit(
+        session, actor=report.operator, action="operation.recorded", entity="work_order", key=work_order,
+        changes={"report_id": report.report_id, "seq": report.seq, "equipment": report.equipment,
+                 "consumed": op.consumed, "good": report.good_quantity, "scrap": report.scrap_quantity},
+    )
+    return op
+
+
+async def complete_work_order(
+    session: AsyncSession, number: str, *, status: str, good_quantity: int, scrap_quantity: int
+) -> WorkOrder:
+    wo = await get_work_order(session, number)
+    if wo.completed_at is None:
+        wo.status = status
+        wo.stage = "done"
+        wo.good_quantity = good_quantity
+        wo.scrap_quantity = scrap_quantity
+        wo.completed_at = utcnow()
+        await session.flush()
+        await audit(session, actor="workflow", action="work_order.completed", entity="work_order", key=number,
+                    changes={"status": status, "good": good_quantity, "scrap": scrap_quantity})
+    return wo

@@ -1,0 +1,268 @@
+"""Inspections with automatic verdicts, and nonconformance reports (NCRs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import Conflict, InvalidInput, NotFound
+from domain.events import audit, hub_uri, lot_class_uri, record_event
+from domain.models import (
+    CharacteristicResult,
+    Inspection,
+    Lot,
+    LotStatus,
+    Ncr,
+    NcrDecisionRecord,
+    WorkOrder,
+    utcnow,
+)
+from domain.production import get_lot, set_lot_status
+
+
+def judge_value(value: float, lower: float | None, upper: float | None) -> bool:
+    return (lower is None or value >= lower) and (upper is None or value <= upper)
+
+
+async def open_inspection(
+    session: AsyncSession, *, number: str, kind: str, work_order: str | None, lot: str, plan: list[Any]
+) -> Inspection:
+    """Create a pending inspection from a plan. Idempotent on the inspection number."""
+    existing = (await session.execute(select(Inspection).where(Inspection.number == number))).scalar()
+    if existing is not None:
+        return existing
+    lot_row = await get_lot(session, lot)
+    wo_id = None
+    if work_order:
+        wo_id = (await session.execute(select(WorkOrder.id).where(WorkOrder.number == work_order))).scalar()
+    ins = Inspection(number=number, kind=kind, lot_id=lot_row.id, work_order_id=wo_id, status="pending")
+    session.add(ins)
+    await session.flush()
+    for c in plan:
+        session.add(CharacteristicResult(
+            inspection_id=ins.id, name=c.name, nominal=c.nominal, lower=c.lower, upper=c.upper, unit=c.unit,
+            sample_size=c.sample_size,
+        ))
+    await session.flush()
+    await session.refresh(ins, ["characteristics"])
+    return ins
+
+
+async def get_inspection(session: AsyncSession, number: str) -> Inspection:
+    ins = (await session.execute(select(Inspection).where(Inspection.number == number))).scalar()
+    if ins is None:
+        raise NotFound(f"inspection {number!r} does not exist: list open inspections at GET /api/inspections")
+    return ins
+
+
+def check_results(ins: Inspection, measurements: list[Any]) -> dict[str, list[float]]:
+    """Validate measurements against the plan; every problem is named. Returns values by characteristic."""
+    plan = {c.name: c for c in ins.characteristics}
+    given: dict[str, list[float]] = {}
+    problems = []
+    for i, m in enumerate(measurements):
+        if m.characteristic not in plan:
+            problems.append(
+                f"measurements[{i}].characteristic: {m.characteristic!r} is not in the plan "
+                f"(expected one of {sorted(plan)})"
+            )
+            continue
+        if m.characteristic in given:
+            problems.append(f"measurements[{i}]: {m.characteristic!r} is given twice; send it once")
+            continue
+        given[m.characteristic] = list(m.values)
+    for name, c in plan.items():
+        if name not in given:
+            problems.append(f"measurements: {name!r} is missing: measure it ({c.sample_size} value(s))")
+        elif len(given[name]) < c.sample_size:
+            problems.append(
+                f"measurements: {name!r} has {len(given[name])} value(s); the plan's sample size is {c.sample_size}"
+            )
+    if problems:
+        raise InvalidInput("; ".join(problems), field="measurements")
+    return given
+
+
+def verdict_of(ins: Inspection, values: dict[str, list[float]]) -> tuple[str, list[str]]:
+    failed = [
+        c.name for c in ins.characteristics
+        if not all(judge_value(v, c.lower, c.upper) for v in values[c.name])
+    ]
+    return ("failed" if failed else "passed"), failed
+
+
+async def record_results(
+    session: AsyncSession,
+    *,
+    number: str,
+    inspector: str,
+    measurements: list[Any],
+    inspected_at: datetime | None,
+    result_id: str | None,
+    resolver: str,
+) -> tuple[Inspection, list[str]]:
+    """Record measurements and the system's verdict. A re-send of the same results is harmless."""
+    ins = await get_inspection(session, number)
+    values = check_results(ins, measurements)
+    if ins.status != "pending":
+        stored = {c.name: c.values for c in ins.characteristics}
+        if stored == values:
+            return ins, verdict_of(ins, values)[1]
+        raise Conflict(
+            f"inspection {number!r} already has results ({ins.status}, by {ins.inspector}): "
+            "results are not changed after the fact; open a new inspection instead"
+        )
+    verdict, failed = verdict_of(ins, values)
+    for c in ins.characteristics:
+        c.values = values[c.name]
+        c.verdict = "passed" if c.name not in failed else "failed"
+    ins.status = verdict
+    ins.inspector = inspector
+    ins.result_id = result_id
+    ins.inspected_at = inspected_at or utcnow()
+    await session.flush()
+    lot = ins.lot
+    await record_event(
+        session, key=f"inspection:{number}", event_type="ObjectEvent", biz_step="inspecting",
+        disposition="conformant" if verdict == "passed" else "non_conformant", event_time=ins.inspected_at,
+        quantity_list=[{"epcClass": lot_class_uri(lot, resolver), "quantity": lot.quantity}],
+        biz_transactions=[("testprd", hub_uri("inspection-plan", f"{ins.kind}")),
+                          ("testres", hub_uri("inspection", number))],
+        persistent_disposition={"set": ["non_conformant"]} if verdict == "failed" else None,
+        extensions={"inspection": {
+            "number": number, "kind": ins.kind, "inspector": inspector, "verdict": verdict,
+            "characteristics": [
+                {"name": c.name, "nominal": c.nominal, "lower": c.lower, "upper": c.upper, "unit": c.unit,
+                 "values": c.values, "verdict": c.verdict} for c in ins.characteristics],
+        }},
+        lot=lot, work_order_id=ins.work_order_id,
+    )
+    await audit(session, actor=inspector, action="inspection.recorded", entity="inspection", key=number,
+                changes={"verdict": verdict, "failed": failed, "values": values})
+    if verdict == "passed" and lot.status == LotStatus.quarantine:
+        await set_lot_status(session, lot, LotStatus.released, actor="system",
+                             why=f"{ins.kind} inspection {number} passed")
+    return ins, failed
+
+
+# --- NCR ---------------------------------------------------------------------------------------------
+
+
+async def get_ncr(session: AsyncSession, number: str) -> Ncr:
+    ncr = (await session.execute(select(Ncr).where(Ncr.number == number))).scalar()
+    if ncr is None:
+        raise NotFound(f"NCR {number!r} does not exist: list NCRs at GET /api/ncrs")
+    return ncr
+
+
+async def open_ncr(
+    session: AsyncSession, *, number: str, workflow_id: str, work_order: str | None, lot: str,
+    inspection: str | None, description: str, resolver: str,
+) -> Ncr:
+    """Open an NCR and put its lot on hold. Idempotent on the NCR number."""
+    existing = (await session.execute(select(Ncr).where(Ncr.number == number))).scalar()
+    if existing is not None:
+        return existing
+    lot_row = await get_lot(session, lot)
+    wo_id = None
+    if work_order:
+        wo_id = (await session.execute(select(WorkOrder.id).where(WorkOrder.number == work_order))).scalar()
+    ins_id = None
+    if inspection:
+        ins_id = (await session.execute(select(Inspection.id).where(Inspection.number == inspection))).scalar()
+    ncr = Ncr(number=number, workflow_id=workflow_id, work_order_id=wo_id, lot_id=lot_row.id,
+              inspection_id=ins_id, description=description, state="open")
+    session.add(ncr)
+    await session.flush()
+    await set_lot_status(session, lot_row, LotStatus.on_hold, actor="system", why=f"NCR {number} opened")
+    await record_event(
+        session, key=f"hold:{number}", event_type="ObjectEvent", biz_step="holding",
+        disposition="non_conformant",
+        quantity_list=[{"epcClass": lot_class_uri(lot_row, resolver), "quantity": lot_row.quantity}],
+        biz_transactions=[("testres", hub_uri("ncr", number))],
+        lot=lot_row, work_order_id=wo_id,
+    )
+    await audit(session, actor="system", action="ncr.opened", entity="ncr", key=number,
+                changes={"lot": lot, "inspection": inspection, "description": description})
+    await session.refresh(ncr, ["lot", "decisions"])
+    return ncr
+
+
+async def record_decision(
+    session: AsyncSession, *, ncr: str, decision_id: str, action: str, reviewer: str, role: str,
+    reason: str, rework_operation: int | None, new_state: str,
+) -> NcrDecisionRecord:
+    """Record a reviewer's decision. Idempotent on decision_id."""
+    existing = (
+        await session.execute(select(NcrDecisionRecord).where(NcrDecisionRecord.decision_id == decision_id))
+    ).scalar()
+    if existing is not None:
+        return existing
+    row = await get_ncr(session, ncr)
+    rec = NcrDecisionRecord(decision_id=decision_id, ncr_id=row.id, action=action, reviewer=reviewer, role=role,
+                            reason=reason, rework_operation=rework_operation)
+    session.add(rec)
+    before = row.state
+    row.state = new_state
+    if action not in ("confirm",):
+        row.disposition = action
+    if new_state in ("closed", "dismissed"):
+        row.closed_at = utcnow()
+    await session.flush()
+    await audit(session, actor=reviewer, action=f"ncr.{action}", entity="ncr", key=ncr,
+                changes={"state": [before, new_state], "role": role, "reason": reason,
+                         "rework_operation": rework_operation})
+    return rec
+
+
+async def record_notice(session: AsyncSession, *, ncr: str, notice: str) -> None:
+    row = await get_ncr(session, ncr)
+    if notice == "reminder" and row.reminded_at is None:
+        row.reminded_at = utcnow()
+    elif notice == "escalation" and row.escalated_at is None:
+        row.escalated_at = utcnow()
+    else:
+        return
+    await session.flush()
+    await audit(session, actor="system", action=f"ncr.{notice}", entity="ncr", key=ncr,
+                changes={"state": row.state})
+
+
+async def apply_disposition(
+    session: AsyncSession, *, ncr: str, lot: str, outcome: str, resolver: str
+) -> Lot:
+    """The lot-level effect of an NCR outcome. Idempotent: applying it twice changes nothing."""
+    row = await get_ncr(session, ncr)
+    lot_row: Lot = await get_lot(session, lot)
+    reason = row.decisions[-1].reason if row.decisions else ""
+    if outcome == "dismiss":
+        await set_lot_status(session, lot_row, LotStatus.released, actor="system", why=f"NCR {ncr} dismissed")
+        disp = "conformant"
+    elif outcome == "use_as_is":
+        await set_lot_status(session, lot_row, LotStatus.released, actor="system",
+                             why=f"NCR {ncr}: use as is", concession=f"{ncr}: {reason}")
+        disp = "conformant"
+    elif outcome in ("scrap", "return_to_supplier"):
+        await set_lot_status(session, lot_row, LotStatus.rejected, actor="system", why=f"NCR {ncr}: {outcome}")
+        lot_row.quantity_remaining = 0.0
+        disp = "destroyed" if outcome == "scrap" else "returned"
+    elif outcome == "rework":
+        await set_lot_status(session, lot_row, LotStatus.quarantine, actor="system",
+                             why=f"NCR {ncr}: rework, then re-inspection")
+        disp = "in_progress"
+    else:
+        raise InvalidInput(f"unknown NCR outcome {outcome!r}")
+    await record_event(
+        session, key=f"disposition:{ncr}", event_type="ObjectEvent",
+        biz_step="destroying" if outcome == "scrap" else "holding" if outcome == "rework" else "inspecting",
+        action="DELETE" if outcome == "scrap" else "OBSERVE", disposition=disp,
+        quantity_list=[{"epcClass": lot_class_uri(lot_row, resolver), "quantity": lot_row.quantity}],
+        biz_transactions=[("testres", hub_uri("ncr", ncr))],
+        persistent_disposition={"unset": ["non_conformant"]} if outcome in ("dismiss", "use_as_is") else None,
+        extensions={"ncrOutcome": outcome},
+        lot=lot_row, work_order_id=row.work_order_id,
+    )
+    return lot_row

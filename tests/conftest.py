@@ -1,0 +1,164 @@
+"""Real services for the suite: PostgreSQL or SQLite, the Temporal dev server, an in-process worker,
+the ERP simulator on loopback, and the API in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.main import create_app
+from core.db import make_engine, make_sessionmaker
+from core.settings import DatabaseSettings, Settings, TemporalSettings
+from domain.endpoints import ensure_endpoint
+from erp_sim.app import create_app as create_erp_app
+from migrations import upgrade
+from worker import build_worker
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPORAL_BIN = str(Path(sys.executable).parent / "temporal")
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/tracehub_test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _database_url(tmp: Path) -> str:
+    backend = os.environ.get("HUB_TEST_DB", "postgresql")
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp / 'hub-test.db'}"
+    url = make_url(os.environ.get("HUB_TEST_DATABASE_URL", DEFAULT_PG))
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    admin = create_engine(url.set(drivername="postgresql+psycopg", database="postgres"),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+        c.execute(text(f'CREATE DATABASE "{url.database}"'))
+    admin.dispose()
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = _database_url(tmp_path_factory.mktemp("db"))
+    upgrade(url)
+    return url
+
+
+@pytest_asyncio.fixture(scope="session")
+async def sessionmaker(db_url: str):
+    engine = make_engine(db_url)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=TEMPORAL_BIN,
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"],
+    )
+    yield env
+    await env.shutdown()
+    await asyncio.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture(scope="session")
+def settings(db_url: str, client: Client, erp_sim: ErpSim) -> Settings:
+    return Settings(
+        database=DatabaseSettings(url=db_url),
+        temporal=TemporalSettings(address=client.service_client.config.target_host, task_queue="tracehub-test"),
+    )
+
+
+class ErpSim:
+    """The ERP simulator on a loopback port, which tests may stop and start again (an outage)."""
+
+    def __init__(self, state_file: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state_file = state_file
+        self.server: uvicorn.Server | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        app = create_erp_app(state_file=self.state_file)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.server and self.thread:
+            self.server.should_exit = True
+            self.thread.join(10)
+            self.server = None
+
+    def documents(self, doctype: str) -> dict:
+        r = httpx.get(f"{self.url}/api/resource/{doctype}", params={"limit_page_length": 0},
+                      headers={"Authorization": "token tracehub:simulator-secret"})
+        r.raise_for_status()
+        return {d["name"]: d for d in r.json()["data"]}
+
+
+@pytest.fixture(scope="session")
+def erp_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ErpSim]:
+    sim = ErpSim(tmp_path_factory.mktemp("erp") / "erp.json")
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def seeded(sessionmaker, erp_sim: ErpSim) -> None:
+    async with sessionmaker() as s, s.begin():
+        await ensure_endpoint(s, name="erp", kind="erpnext", replace=True, config={
+            "base_url": erp_sim.url, "api_key": "tracehub", "api_secret": "simulator-secret", "timeout_s": 5})
+
+
+@pytest_asyncio.fixture(scope="session")
+async def worker(client: Client, settings: Settings, sessionmaker, seeded) -> AsyncIterator[None]:
+    w = build_worker(client, settings, sessionmaker)
+    async with w:
+        yield
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api(settings: Settings, sessionmaker, client: Client, worker) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, sessionmaker=sessionmaker, temporal=client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as c:
+        yield c
+
+
+@pytest.fixture
+def wo_number() -> str:
+    return f"WO-{uuid.uuid4().hex[:8].upper()}"

@@ -1,0 +1,95 @@
+"""Driving a work order as the plant does: ERP events, inspector results, MES reports, reviewers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from erp_sim.app import release_event
+
+IN_SPEC_IQC = [{"characteristic": "hardness", "values": [30.1]}]
+OUT_SPEC_IQC = [{"characteristic": "hardness", "values": [35.0]}]
+IN_SPEC_FINAL = [{"characteristic": "outer diameter", "values": [25.0, 25.01, 24.99]}]
+OUT_SPEC_FINAL = [{"characteristic": "outer diameter", "values": [25.0, 25.2, 24.99]}]
+
+
+def fast_release(number: str, quantity: int = 20, *, with_shipment: bool = True) -> dict[str, Any]:
+    ev = release_event(number, quantity, with_shipment=with_shipment)
+    ev["work_order"]["timing"] = {"ncr_reminder_after": 600, "ncr_escalate_after": 1200}
+    return ev
+
+
+async def wait_status(api: httpx.AsyncClient, number: str, pred: Callable[[dict], bool],
+                      timeout: float = 30.0, what: str = "condition") -> dict:
+    deadline = time.monotonic() + timeout
+    last: dict = {}
+    while time.monotonic() < deadline:
+        r = await api.get(f"/api/work-orders/{number}")
+        if r.status_code == 200:
+            last = r.json()
+            if last.get("status") and pred(last["status"]):
+                return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} on {number}; last: {last}")
+
+
+def waits_for_inspection(kind: str) -> Callable[[dict], bool]:
+    return lambda s: any(p["kind"] == kind and not s.get("_") for p in s["pending_inspections"])
+
+
+async def post_results(api: httpx.AsyncClient, number: str, kind: str, measurements: list[dict]) -> dict:
+    st = await wait_status(api, number, lambda s: any(p["kind"] == kind for p in s["pending_inspections"]),
+                           what=f"a pending {kind} inspection")
+    ins = next(p for p in st["status"]["pending_inspections"] if p["kind"] == kind)
+    r = await api.post(f"/api/inspections/{ins['number']}/results",
+                       json={"inspector": "inspector-1", "measurements": measurements})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def operation_report(number: str, seq: int, consumed: list[dict], *, report_id: str | None = None,
+                     good: int = 20, scrap: int = 0) -> dict:
+    return {
+        "report_id": report_id or f"{number}-op{seq}",
+        "seq": seq, "equipment": {10: "LATHE-01", 20: "FURNACE-02"}.get(seq, "EQ-1"), "operator": "op-7",
+        "shift": "A", "started_at": "2026-11-21T08:00:00Z", "ended_at": "2026-11-21T09:00:00Z",
+        "consumed": consumed,
+        "parameters": {"spindle_rpm": 1200} if seq == 10 else {"temperature_c": 860, "soak_min": 45},
+        "good_quantity": good, "scrap_quantity": scrap,
+    }
+
+
+async def report_operation(api: httpx.AsyncClient, number: str, seq: int, consumed: list[dict], **kw: Any) -> None:
+    await wait_status(api, number, lambda s: s["expected_operation"] == seq, what=f"operation {seq}")
+    r = await api.post(f"/api/work-orders/{number}/operations", json=operation_report(number, seq, consumed, **kw))
+    assert r.status_code == 202, r.text
+
+
+async def run_production(api: httpx.AsyncClient, number: str, quantity: int = 20) -> None:
+    await report_operation(api, number, 10, [{"lot": f"{number}-M1", "quantity": 10.0}], good=quantity)
+    await report_operation(api, number, 20, [], good=quantity)
+
+
+async def decide(api: httpx.AsyncClient, ncr: str, action: str, role: str, reason: str = "checked",
+                 **extra: Any) -> httpx.Response:
+    return await api.post(f"/api/ncrs/{ncr}/decisions",
+                          json={"action": action, "reviewer": f"{role}-1", "role": role, "reason": reason, **extra})
+
+
+async def wait_ncr(api: httpx.AsyncClient, number: str) -> str:
+    st = await wait_status(api, number, lambda s: bool(s["open_ncrs"]), what="an open NCR")
+    ncr = st["status"]["open_ncrs"][0]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the NCR row is written by the child's first activity
+        if (await api.get(f"/api/ncrs/{ncr}")).status_code == 200:
+            return ncr
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"NCR {ncr} never recorded")
+
+
+async def wait_done(api: httpx.AsyncClient, number: str, timeout: float = 40.0) -> dict:
+    return await wait_status(api, number, lambda s: s["result"] is not None, timeout=timeout, what="completion")

@@ -1,0 +1,130 @@
+"""A work order end to end through the HTTP API, on a real database and a real Temporal server."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.helpers import (
+    IN_SPEC_FINAL,
+    IN_SPEC_IQC,
+    OUT_SPEC_FINAL,
+    decide,
+    fast_release,
+    post_results,
+    run_production,
+    wait_done,
+    wait_ncr,
+)
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_erp_event_to_shipment_with_ncr_then_trace_and_history(api: httpx.AsyncClient, erp_sim, wo_number):
+    r = await api.post("/api/erp/events", json=fast_release(wo_number))
+    assert r.status_code == 202, r.text
+    assert r.json()["workflow_id"] == f"work-order-{wo_number}"
+
+    iqc = await post_results(api, wo_number, "iqc", IN_SPEC_IQC)
+    assert iqc["verdict"] == "passed"
+    await run_production(api, wo_number)
+    fin = await post_results(api, wo_number, "final", OUT_SPEC_FINAL)
+    assert fin["verdict"] == "failed" and fin["failed_characteristics"] == ["outer diameter"]
+
+    ncr = await wait_ncr(api, wo_number)
+    lot = (await api.get(f"/api/ncrs/{ncr}")).json()["lot"]
+    assert (await api.get(f"/api/trace/forward/{lot}")).json()["nodes"][0]["status"] == "on_hold"
+
+    # refusals the reviewer sees: wrong state, missing reason, wrong role
+    r = await decide(api, ncr, "use_as_is", "mrb_engineering")
+    assert r.status_code == 409 and "not allowed" in r.json()["detail"]
+    r = await decide(api, ncr, "confirm", "qa_supervisor", reason="  ")
+    assert r.status_code == 422 and "reason" in r.json()["detail"]
+    r = await decide(api, ncr, "confirm", "mrb_production")
+    assert r.status_code == 403 and "qa_supervisor" in r.json()["detail"]
+    r = await decide(api, "NCR-NOPE-1", "confirm", "qa_supervisor")
+    assert r.status_code == 404
+
+    r = await decide(api, ncr, "confirm", "qa_supervisor", reason="diameter confirmed on CMM")
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "mrb"
+    r = await decide(api, ncr, "use_as_is", "mrb_engineering", reason="customer concession C-12")
+    assert r.status_code == 200, r.text
+
+    done = await wait_done(api, wo_number)
+    assert done["status"]["result"] == "completed"
+    assert done["record"]["status"] == "completed"
+    assert done["status"]["shipment"] == f"DN-{wo_number}"
+    # the ERP received the completion and the delivery note
+    assert f"DN-{wo_number}" in erp_sim.documents("Delivery Note")
+    assert f"{wo_number}-MFG" in erp_sim.documents("Stock Entry")
+
+    # backward trace from a unit serial reaches the supplier, heat and certificate
+    codes = done["status"]["codes"]
+    assert codes["count"] == 20
+    unit = f"https://id.tracehub.example/01/09506000134352/21/{codes['first_serial']}"
+    back = (await api.get(f"/api/trace/backward/{unit}")).json()
+    assert back["lot"] == f"{wo_number}-L1" and back["unit"] == unit
+    material = next(n for n in back["nodes"] if n["kind"] == "material")
+    assert material["heat_number"] == f"H{wo_number}" and material["supplier"] == "ACME-STEEL"
+    assert material["certificate_ref"] == f"CERT-H{wo_number}"
+    out = back["nodes"][0]
+    assert [o["seq"] for o in out["operations"]] == [10, 20]
+    assert out["operations"][1]["parameters"] == {"temperature_c": 860, "soak_min": 45}
+    assert out["concession"].startswith(f"{ncr}: customer concession")
+    assert [d["action"] for d in out["ncrs"][0]["decisions"]] == ["confirm", "use_as_is"]
+    assert out["shipments"][0]["customer"] == "Customer A"
+
+    # forward trace from the material lot reaches the shipped lot and its customer
+    fwd = (await api.get(f"/api/trace/forward/{wo_number}-M1")).json()
+    assert fwd["customers"] == ["Customer A"]
+    assert {n["id"]: n["status"] for n in fwd["nodes"]}[f"{wo_number}-L1"] == "shipped"
+
+    # the history timeline an admin reads
+    hist = (await api.get(f"/api/work-orders/{wo_number}/history")).json()
+    kinds = [e["event"] for e in hist["events"]]
+    assert kinds[0] == "workflow started" and kinds[-1] == "workflow completed"
+    assert any(e.get("activity") == "notify_erp" for e in hist["events"])
+    assert any(e.get("signal") == "submit_inspection" for e in hist["events"])
+    child = hist["children"][f"ncr-{ncr}"]
+    assert [e.get("update") for e in child if e["event"] == "update accepted"] == ["decide", "decide"]
+
+
+async def test_scrap_completes_short_and_nothing_ships(api: httpx.AsyncClient, erp_sim, wo_number):
+    assert (await api.post("/api/erp/events", json=fast_release(wo_number))).status_code == 202
+    await post_results(api, wo_number, "iqc", IN_SPEC_IQC)
+    await run_production(api, wo_number)
+    await post_results(api, wo_number, "final", OUT_SPEC_FINAL)
+    ncr = await wait_ncr(api, wo_number)
+    assert (await decide(api, ncr, "confirm", "qa_supervisor")).status_code == 200
+    assert (await decide(api, ncr, "scrap", "mrb_production", reason="cracked")).status_code == 200
+    done = await wait_done(api, wo_number)
+    assert done["status"]["result"] == "completed_short"
+    assert done["status"]["shipment"] is None and done["status"]["scrap_quantity"] == 20
+    fwd = (await api.get(f"/api/trace/forward/{wo_number}-L1")).json()
+    assert fwd["nodes"][0]["status"] == "rejected" and fwd["customers"] == []
+    assert f"DN-{wo_number}" not in erp_sim.documents("Delivery Note")
+    # a decided NCR takes no more decisions
+    r = await decide(api, ncr, "use_as_is", "mrb_production")
+    assert r.status_code == 409
+
+
+async def test_rework_repeats_the_operation_and_reinspects(api: httpx.AsyncClient, wo_number):
+    assert (await api.post("/api/erp/events", json=fast_release(wo_number))).status_code == 202
+    await post_results(api, wo_number, "iqc", IN_SPEC_IQC)
+    await run_production(api, wo_number)
+    await post_results(api, wo_number, "final", OUT_SPEC_FINAL)
+    ncr = await wait_ncr(api, wo_number)
+    assert (await decide(api, ncr, "confirm", "qa_supervisor")).status_code == 200
+    r = await decide(api, ncr, "rework", "mrb_production", reason="regrind", rework_operation=10)
+    assert r.status_code == 200, r.text
+    from tests.helpers import report_operation
+    await report_operation(api, wo_number, 10, [], report_id=f"{wo_number}-rework1", good=19, scrap=1)
+    second = await post_results(api, wo_number, "final", IN_SPEC_FINAL)
+    assert second["inspection"] == f"FIN-{wo_number}-2" and second["verdict"] == "passed"
+    done = await wait_done(api, wo_number)
+    assert done["status"]["result"] == "completed_short"  # 19 of 20 good after rework
+    back = (await api.get(f"/api/trace/backward/{wo_number}-L1")).json()
+    ops = back["nodes"][0]["operations"]
+    assert [(o["seq"], o["rework"]) for o in ops] == [(10, False), (20, False), (10, True)]
+    assert [i["status"] for i in back["nodes"][0]["inspections"]] == ["failed", "passed"]

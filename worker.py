@@ -1,0 +1,59 @@
+"""The worker process: the composition root that wires settings, database, Temporal and activities."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.hub import build_activities
+from core.db import make_engine, make_sessionmaker
+from core.settings import Settings
+from core.temporal import connect
+from workflows.nonconformance import NonconformanceWorkflow
+from workflows.work_order import WorkOrderWorkflow
+
+WORKFLOWS = [WorkOrderWorkflow, NonconformanceWorkflow]
+
+
+def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue: str | None = None) -> Worker:  # noqa: ANN001
+    return Worker(
+        client,
+        task_queue=task_queue or settings.temporal.task_queue,
+        workflows=WORKFLOWS,
+        activities=build_activities(sessionmaker, resolver=settings.resolver_base_url),
+        max_concurrent_activities=50,
+    )
+
+
+async def _connect_with_retry(settings: Settings) -> Client:
+    delay = 0.5
+    while True:
+        try:
+            return await connect(settings.temporal)
+        except Exception as exc:  # noqa: BLE001 - the server may still be starting
+            print(f"worker: Temporal at {settings.temporal.address} not reachable ({exc}); retrying", flush=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
+async def main(settings: Settings | None = None) -> None:
+    settings = settings or Settings()
+    engine = make_engine(settings.database.url, echo=settings.database.echo)
+    client = await _connect_with_retry(settings)
+    worker = build_worker(client, settings, make_sessionmaker(engine))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"worker: polling task queue {settings.temporal.task_queue!r} on {settings.temporal.address}", flush=True)
+    async with worker:
+        await stop.wait()
+    await engine.dispose()
+    await asyncio.sleep(0.2)  # let the SDK finish its shutdown before the interpreter exits
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

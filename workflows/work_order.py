@@ -1,0 +1,376 @@
+"""WorkOrderWorkflow: one ERP work order from material intake to shipment, waiting for the floor."""
+
+from __future__ import annotations
+
+import asyncio
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import (
+        CompleteWorkOrderInput,
+        ErpNotice,
+        InspectionOutcome,
+        InspectionResultInput,
+        InspectionResults,
+        IssueCodesInput,
+        IssueCodesResult,
+        NcrAction,
+        NonconformanceInput,
+        NonconformanceResult,
+        OpenInspectionInput,
+        OperationReport,
+        PurchaseReceipt,
+        RecordOperationInput,
+        RecordReceiptInput,
+        RoutingOperation,
+        ShipInput,
+        ShipmentRequest,
+        StageInput,
+        StartWorkOrderInput,
+        Verdict,
+        WorkOrderInput,
+    )
+    from workflows.nonconformance import NonconformanceWorkflow
+    from workflows.policies import DB_RETRY, DB_TIMEOUT, ERP_RETRY, ERP_TIMEOUT
+
+
+class PendingInspection(BaseModel):
+    number: str
+    kind: str
+    lot: str
+
+
+class WorkOrderStatus(BaseModel):
+    number: str
+    stage: str
+    waiting_for: list[str] = Field(default_factory=list)
+    pending_inspections: list[PendingInspection] = Field(default_factory=list)
+    expected_operation: int | None = None
+    open_ncrs: list[str] = Field(default_factory=list)
+    ncrs: list[str] = Field(default_factory=list)
+    material_lots: dict[str, str] = Field(default_factory=dict)
+    output_lot: str
+    good_quantity: int = 0
+    scrap_quantity: int = 0
+    codes: IssueCodesResult | None = None
+    shipment: str | None = None
+    last_error: str | None = None
+    result: str | None = None
+
+
+class WorkOrderResult(BaseModel):
+    number: str
+    status: str  # completed | completed_short
+    output_lot: str
+    good_quantity: int
+    scrap_quantity: int
+    shipment: str | None
+    ncrs: list[str]
+
+
+@workflow.defn
+class WorkOrderWorkflow:
+    def __init__(self) -> None:
+        self.order: WorkOrderInput | None = None
+        self.stage = "material_intake"
+        self.activity_wait: str | None = None
+        self.receipts: list[PurchaseReceipt] = []
+        self.seen_receipts: set[str] = set()
+        self.pending: dict[str, PendingInspection] = {}
+        self.results: dict[str, InspectionResults] = {}
+        self.reports: dict[int, OperationReport] = {}
+        self.seen_reports: set[str] = set()
+        self.expected_op: RoutingOperation | None = None
+        self.material: dict[str, str] = {}
+        self.open_ncrs: dict[str, str] = {}
+        self.ncrs: list[str] = []
+        self.ship_request: ShipmentRequest | None = None
+        self.good = 0
+        self.scrap = 0
+        self.codes: IssueCodesResult | None = None
+        self.shipment: str | None = None
+        self.last_error: str | None = None
+        self.result: str | None = None
+        self.iqc_tasks: list[asyncio.Task[None]] = []
+
+    # --- entry --------------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, order: WorkOrderInput) -> WorkOrderResult:
+        self.order = order
+        await self._db("start_work_order", StartWorkOrderInput(order=order, workflow_id=workflow.info().workflow_id))
+        for r in order.receipts:
+            self.receive_material(r)
+        intake = asyncio.create_task(self._intake_loop())
+
+        # 1. material intake: until every received lot is decided and at least one is released
+        await self._stage("material_intake")
+        await workflow.wait_condition(
+            lambda: bool(self.material) and not self.receipts and not self.pending_iqc()
+            and not self.open_material_ncrs() and "released" in self.material.values()
+        )
+
+        # 2. production, operation by operation as the MES reports them
+        await self._stage("production")
+        for op in order.routing:
+            await self._operation(op, rework=False)
+
+        # 3. final inspection, with NCR review and rework loops
+        scrapped = False
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._stage("final_inspection")
+            outcome = await self._inspect(f"FIN-{order.number}-{attempt}", "final", order.lot_number)
+            if outcome.verdict == Verdict.passed:
+                break
+            await self._stage("nonconformance_review")
+            ncr = await self._ncr(outcome, "final")
+            if ncr.outcome in (NcrAction.dismiss, NcrAction.use_as_is):
+                break
+            if ncr.outcome == NcrAction.rework:
+                op = next((o for o in order.routing if o.seq == ncr.rework_operation), order.routing[-1])
+                await self._stage("production")
+                await self._operation(op, rework=True)
+                continue
+            scrapped = True
+            self.scrap += self.good
+            self.good = 0
+            break
+
+        # 4. tell the ERP what was made and consumed
+        await self._erp(ErpNotice(
+            doctype="Stock Entry", name=f"{order.number}-MFG",
+            doc={"stock_entry_type": "Manufacture", "work_order": order.number,
+                 "items": [{"item_code": order.item, "batch_no": order.lot_number, "qty": self.good,
+                            "is_finished_item": 1}],
+                 "scrap_qty": self.scrap}), "ERP: completion of the work order")
+
+        if not scrapped and self.good > 0:
+            # 5. codes for the lot and each unit
+            await self._stage("code_issuance")
+            self.codes = await workflow.execute_activity(
+                "issue_codes", IssueCodesInput(work_order=order.number, lot=order.lot_number, quantity=self.good),
+                start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=IssueCodesResult,
+            )
+            # 6. shipment against the sales order, or when the ERP asks for it
+            await self._stage("shipment")
+            if order.shipment and not self.ship_request:
+                self.ship_request = order.shipment
+            await workflow.wait_condition(lambda: self.ship_request is not None)
+            req = self.ship_request
+            assert req is not None
+            self.activity_wait = "database: recording the shipment"
+            shipped_qty = await workflow.execute_activity(
+                "ship", ShipInput(work_order=order.number, lot=order.lot_number, request=req),
+                start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=float,
+            )
+            self.shipment = req.shipment
+            await self._erp(ErpNotice(
+                doctype="Delivery Note", name=req.shipment,
+                doc={"customer": req.customer, "against_sales_order": req.sales_order, "work_order": order.number,
+                     "carrier": req.carrier, "tracking_number": req.tracking_number,
+                     "items": [{"item_code": order.item, "batch_no": order.lot_number, "qty": shipped_qty}]}),
+                "ERP: delivery note for the shipment")
+            await self._db("confirm_shipment", req.shipment)
+
+        status = "completed" if self.good >= order.quantity else "completed_short"
+        await self._db("complete_work_order", CompleteWorkOrderInput(
+            work_order=order.number, status=status, good_quantity=self.good, scrap_quantity=self.scrap))
+        self.stage = "done"
+        self.result = status
+        intake.cancel()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return WorkOrderResult(number=order.number, status=status, output_lot=order.lot_number,
+                               good_quantity=self.good, scrap_quantity=self.scrap, shipment=self.shipment,
+                               ncrs=self.ncrs)
+
+    # --- signals and queries ------------------------------------------------------------------------
+
+    @workflow.signal
+    def receive_material(self, receipt: PurchaseReceipt) -> None:
+        """ERP purchase receipt for this work order."""
+        if receipt.receipt not in self.seen_receipts:
+            self.seen_receipts.add(receipt.receipt)
+            self.receipts.append(receipt)
+
+    @workflow.signal
+    def submit_inspection(self, inp: InspectionResultInput) -> None:
+        """Measurements from an inspector or a gauge (validated by the API)."""
+        if inp.inspection in self.pending and inp.inspection not in self.results:
+            self.results[inp.inspection] = inp.results
+
+    @workflow.signal
+    def report_operation(self, report: OperationReport) -> None:
+        """An operation report from the MES or an operator (validated by the API)."""
+        if report.report_id not in self.seen_reports:
+            self.seen_reports.add(report.report_id)
+            self.reports[report.seq] = report
+
+    @workflow.signal
+    def request_shipment(self, req: ShipmentRequest) -> None:
+        if self.ship_request is None:
+            self.ship_request = req
+
+    @workflow.query
+    def status(self) -> WorkOrderStatus:
+        assert self.order is not None
+        return WorkOrderStatus(
+            number=self.order.number, stage=self.stage, waiting_for=self._waiting_for(),
+            pending_inspections=list(self.pending.values()),
+            expected_operation=self.expected_op.seq if self.expected_op else None,
+            open_ncrs=list(self.open_ncrs), ncrs=self.ncrs, material_lots=dict(self.material),
+            output_lot=self.order.lot_number, good_quantity=self.good, scrap_quantity=self.scrap,
+            codes=self.codes, shipment=self.shipment, last_error=self.last_error, result=self.result,
+        )
+
+    def _waiting_for(self) -> list[str]:
+        w = []
+        if self.activity_wait:
+            w.append(self.activity_wait)
+        if self.stage == "material_intake" and not self.material and not self.receipts:
+            w.append("ERP: purchase receipt of material for this work order")
+        elif self.stage == "material_intake" and self.material and "released" not in self.material.values() \
+                and not self.pending_iqc() and not self.open_material_ncrs():
+            w.append("ERP: purchase receipt (every lot received so far was rejected)")
+        for p in self.pending.values():
+            if p.number not in self.results:
+                w.append(f"inspector: results for {p.kind} inspection {p.number} (lot {p.lot})")
+        if self.expected_op is not None:
+            w.append(f"MES: operation report for operation {self.expected_op.seq} ({self.expected_op.name})")
+        for ncr in self.open_ncrs:
+            w.append(f"reviewer: decision on {ncr}")
+        if self.stage == "shipment" and self.ship_request is None:
+            w.append("ERP: shipment request (sales order) for the lot")
+        return w
+
+    def pending_iqc(self) -> bool:
+        return any(p.kind == "iqc" for p in self.pending.values())
+
+    def open_material_ncrs(self) -> bool:
+        return any(lot in self.material for lot in self.open_ncrs.values())
+
+    # --- steps -------------------------------------------------------------------------------------
+
+    async def _stage(self, stage: str) -> None:
+        assert self.order is not None
+        if self.stage != stage or stage == "material_intake":
+            self.stage = stage
+            await self._db("set_stage", StageInput(work_order=self.order.number, stage=stage))
+
+    async def _db(self, activity: str, arg: object, result_type: type | None = None) -> object:
+        return await workflow.execute_activity(
+            activity, arg, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=result_type
+        )
+
+    async def _erp(self, notice: ErpNotice, what: str) -> None:
+        self.activity_wait = f"{what} (retried until the ERP answers)"
+        try:
+            await workflow.execute_activity(
+                "notify_erp", notice, start_to_close_timeout=ERP_TIMEOUT, retry_policy=ERP_RETRY
+            )
+        finally:
+            self.activity_wait = None
+
+    async def _intake_loop(self) -> None:
+        assert self.order is not None
+        while True:
+            await workflow.wait_condition(lambda: bool(self.receipts))
+            receipt = self.receipts[0]
+            try:
+                numbers = await workflow.execute_activity(
+                    "record_receipt",
+                    RecordReceiptInput(work_order=self.order.number, receipt=receipt, plan=self.order.iqc_plan),
+                    start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=list[str],
+                )
+            except ActivityError as err:
+                self.last_error = f"purchase receipt {receipt.receipt} refused: {_message(err)}"
+                self.receipts.pop(0)
+                continue
+            self.receipts.pop(0)
+            for line, number in zip(receipt.lots, numbers, strict=True):
+                self.material[line.lot] = "quarantine"
+                self.iqc_tasks.append(asyncio.create_task(self._iqc(number, line.lot)))
+
+    async def _iqc(self, number: str, lot: str) -> None:
+        outcome = await self._inspect(number, "iqc", lot, opened=True)
+        if outcome.verdict == Verdict.passed:
+            self.material[lot] = "released"
+            return
+        self.material[lot] = "on_hold"
+        ncr = await self._ncr(outcome, "iqc")
+        self.material[lot] = "released" if ncr.outcome in (NcrAction.dismiss, NcrAction.use_as_is) else "rejected"
+
+    async def _inspect(self, number: str, kind: str, lot: str, opened: bool = False) -> InspectionOutcome:
+        assert self.order is not None
+        if not opened:
+            await self._db("open_inspection", OpenInspectionInput(
+                number=number, kind=kind, work_order=self.order.number, lot=lot, plan=self.order.final_plan))
+        self.pending[number] = PendingInspection(number=number, kind=kind, lot=lot)
+        while True:
+            await workflow.wait_condition(lambda: number in self.results)
+            try:
+                outcome = await workflow.execute_activity(
+                    "record_inspection", InspectionResultInput(inspection=number, results=self.results[number]),
+                    start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=InspectionOutcome,
+                )
+                break
+            except ActivityError as err:
+                # results the API let through but the record refused: say so and wait for a correct set
+                self.last_error = f"results for {number} refused: {_message(err)}"
+                del self.results[number]
+        del self.pending[number]
+        del self.results[number]
+        return outcome
+
+    async def _ncr(self, outcome: InspectionOutcome, stage: str) -> NonconformanceResult:
+        assert self.order is not None
+        number = f"NCR-{self.order.number}-{len(self.ncrs) + 1}"
+        self.ncrs.append(number)
+        self.open_ncrs[number] = outcome.lot
+        try:
+            return await workflow.execute_child_workflow(
+                NonconformanceWorkflow.run,
+                NonconformanceInput(
+                    ncr=number, work_order=self.order.number, lot=outcome.lot, inspection=outcome.inspection,
+                    stage=stage, timing=self.order.timing,
+                    description=f"{stage} inspection {outcome.inspection} failed: "
+                                + ", ".join(outcome.failed_characteristics) + " out of specification",
+                ),
+                id=f"ncr-{number}",
+            )
+        except ChildWorkflowError as err:
+            raise ApplicationError(f"{number} failed: {_message(err)}") from err
+        finally:
+            self.open_ncrs.pop(number, None)
+
+    async def _operation(self, op: RoutingOperation, *, rework: bool) -> None:
+        assert self.order is not None
+        self.expected_op = op
+        while True:
+            await workflow.wait_condition(lambda: op.seq in self.reports)
+            report = self.reports[op.seq]
+            try:
+                await workflow.execute_activity(
+                    "record_operation",
+                    RecordOperationInput(work_order=self.order.number, output_lot=self.order.lot_number,
+                                         operation_name=op.name, rework=rework, report=report),
+                    start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+                )
+                break
+            except ActivityError as err:
+                self.last_error = f"operation report {report.report_id} refused: {_message(err)}"
+                del self.reports[op.seq]
+        del self.reports[op.seq]
+        self.expected_op = None
+        self.last_error = None
+        self.scrap += report.scrap_quantity
+        self.good = report.good_quantity
+
+
+def _message(err: BaseException) -> str:
+    cause = err.cause if isinstance(err, (ActivityError, ChildWorkflowError)) else None
+    return str(cause or err)
+
