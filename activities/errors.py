@@ -38,6 +38,7 @@ def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             mapped = to_application_error(exc)
             if mapped is exc:
                 raise
-            raise mapped from exc
+            # no chained traceback: Temporal keeps failures small, and the message says it all
+            raise mapped from None
 
     return wrapper

@@ -18,8 +18,21 @@ class TemporalUnavailable(HubError):
     kind = "TemporalUnavailable"
 
 
+_TAGS = {"work_order.released", "purchase_receipt.posted", "shipment.requested"}
+
+
 def _loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if p not in ("body",))
+    # drop "body" and the discriminator tag pydantic puts in the path of a tagged union
+    return ".".join(str(p) for p in loc if p != "body" and p not in _TAGS) or "body"
+
+
+def _problem(e: dict) -> str:
+    if e["type"] == "string_pattern_mismatch":
+        return ("use 1-64 letters, digits or . _ / - starting with a letter or digit"
+                if "A-Za-z0-9" in e.get("ctx", {}).get("pattern", "") else e["msg"])
+    if e["type"] == "union_tag_invalid":
+        return f"unknown event_type; use one of: {', '.join(sorted(_TAGS))}"
+    return e["msg"]
 
 
 def install(app: FastAPI) -> None:
@@ -34,7 +47,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _loc(e["loc"]), "problem": e["msg"]} for e in exc.errors()]
+        errors = [{"field": _loc(e["loc"]), "problem": _problem(e)} for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['problem']}" for e in errors)
         return JSONResponse({"error": "InvalidInput", "detail": detail, "errors": errors}, status_code=422)
 

@@ -9,7 +9,7 @@ from temporalio.common import RetryPolicy
 # Business-rule errors never heal by retrying; connector outages and database contention do.
 NON_RETRYABLE = ["NotFound", "Conflict", "InvalidInput", "ConnectorConfigError", "DeviceRejected", "ProtocolError"]
 
-DB_TIMEOUT = timedelta(seconds=30)
+DB_TIMEOUT = timedelta(seconds=15)
 DB_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,

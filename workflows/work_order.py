@@ -141,6 +141,7 @@ class WorkOrderWorkflow:
             break
 
         # 4. tell the ERP what was made and consumed
+        await self._stage("erp_completion")
         await self._erp(ErpNotice(
             doctype="Stock Entry", name=f"{order.number}-MFG",
             doc={"stock_entry_type": "Manufacture", "work_order": order.number,

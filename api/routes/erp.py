@@ -94,7 +94,7 @@ async def post_erp_event(
 ) -> JSONResponse:
     if isinstance(event, WorkOrderReleased):
         number = event.work_order.number
-        first = await _remember(request, event, event.event_type, number)
+        await _remember(request, event, event.event_type, number)
         wf_id = workflow_id(number)
         try:
             await client.start_workflow(
@@ -105,7 +105,8 @@ async def post_erp_event(
             started = True
         except WorkflowAlreadyStartedError:
             started = False
-        duplicate = not (started or first)
+        # exactly one start succeeds, whatever the number of concurrent or later copies
+        duplicate = not started
         msg = (f"work order {number} was already accepted (workflow {wf_id}); nothing new was started"
                if duplicate else f"work order {number} accepted: workflow {wf_id} started")
     else:

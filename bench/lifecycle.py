@@ -1,0 +1,749 @@
+"""Lifecycle benchmark of the hub: work orders end to end, a bare-workflow baseline, and worker memory.
+
+    .venv/bin/python bench/lifecycle.py [--work-orders N] [--open 1000] [--db sqlite|postgresql]
+                                        [--driver http|temporal] [--concurrency 50] [--bare 200]
+
+Everything runs for real on loopback, each piece in its own process as in production:
+- the Temporal dev server (`temporal server start-dev`, SQLite file in a temp dir),
+- the ERP simulator (erp_sim.app under uvicorn; in memory),
+- the hub worker (`python worker.py`, configured through HUB_* variables like in production),
+- the hub API (api.main:create_app under uvicorn, like `tracehub api`),
+- a bare worker (this file with --bare-worker: one trivial workflow + one trivial activity, same SDK,
+  same sandbox, same data converter, same max_concurrent_activities, own task queue).
+
+Phases (warm-up runs are excluded from every figure):
+1. N work orders through the whole lifecycle, `--concurrency` at a time: ERP release event (with its
+   purchase receipt) -> IQC results in spec -> operation reports 10 and 20 -> final inspection results;
+   every `--fail-every`-th work order fails final inspection and is decided through the NCR update
+   (confirm by qa_supervisor, then use_as_is by mrb_engineering) -> codes -> shipment to the ERP
+   simulator -> completed. Wall time is from the first release to the last workflow close time.
+2. M bare workflows with the same concurrency, on the same dev server.
+3. `--open` work orders driven up to a failed final inspection, so each waits for a reviewer on an open
+   NCR; then the RSS of the hub worker process (with its children) is measured.
+
+Driver (field "driver" in the output):
+- "http" (default): the floor's way, through the hub's HTTP API: POST /api/erp/events, GET
+  /api/work-orders/{n} to see what the work order waits for (the status query), POST
+  /api/inspections/{i}/results, POST /api/work-orders/{n}/operations, POST /api/ncrs/{ncr}/decisions.
+- "temporal": the same steps sent straight to Temporal (start_workflow, the `status` query, signals, the
+  NCR `decide` update), bypassing the API process and its database reads, to tell the cost of the
+  API from the cost of workflows + activities.
+In both, the driver waits for a work order's completion with a long poll on the workflow result
+(measurement machinery, not floor traffic) and decisions are retried while the NCR is not yet recorded.
+
+stdout carries only JSON lines, one per metric: {"metric": ..., "value": ..., "unit": ..., ...}.
+Progress goes to stderr; the logs of the child processes are kept in the temp dir (tails on failure).
+
+Module level imports only the standard library and temporalio: the bare workflow below is loaded by the
+Temporal sandbox as `bench.lifecycle`, and must stay light there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity, workflow
+
+# --- the bare baseline: one workflow, one trivial activity ---------------------------------------------
+
+
+@activity.defn(name="bench_noop")
+async def bench_noop(x: int) -> int:
+    return x
+
+
+@workflow.defn(name="BenchBareWorkflow")
+class BenchBareWorkflow:
+    @workflow.run
+    async def run(self, x: int) -> int:
+        return await workflow.execute_activity(
+            "bench_noop", x, start_to_close_timeout=timedelta(seconds=30), result_type=int
+        )
+
+
+BARE_TASK_QUEUE = "bench-bare"
+HUB_TASK_QUEUE = "tracehub-bench"
+QUANTITY = 20
+IN_SPEC_IQC = [{"characteristic": "hardness", "values": [30.1]}]
+IN_SPEC_FINAL = [{"characteristic": "outer diameter", "values": [25.0, 25.01, 24.99]}]
+OUT_SPEC_FINAL = [{"characteristic": "outer diameter", "values": [25.0, 25.2, 24.99]}]
+ROOT = Path(__file__).parents[1]  # made absolute by main() (no filesystem calls here: the sandbox loads this)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def emit(metric: str, value: Any, unit: str, **extra: Any) -> None:
+    print(json.dumps({"metric": metric, "value": value, "unit": unit, **extra}), flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- child processes ----------------------------------------------------------------------------------
+
+
+class Children:
+    """Every subprocess we start, each in its own session; stopped in reverse order, by pid."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        logfile = self.logdir / f"{name}.log"
+        with open(logfile, "wb") as out:
+            p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((name, p, logfile))
+        log(f"started {name} (pid {p.pid})")
+        return p
+
+    def check_alive(self) -> None:
+        for name, p, logfile in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail(logfile)}")
+
+    def stop_all(self) -> None:
+        while self.procs:
+            name, p, logfile = self.procs.pop()
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)  # its own session: the group id is its pid
+                except ProcessLookupError:
+                    pass
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    log(f"{name} did not stop in 15 s: killing it")
+                    try:
+                        os.killpg(p.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    p.wait(5)
+
+    def dump_logs(self) -> None:
+        for name, _, logfile in self.procs:
+            t = tail(logfile, 15)
+            if t.strip():
+                log(f"--- last lines of {name} ---\n{t}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# --- database -----------------------------------------------------------------------------------------
+
+
+def prepare_database(kind: str, tmp: Path) -> str:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from migrations import upgrade
+
+    if kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp / 'hub.db'}"
+    else:
+        u = make_url(os.environ.get("HUB_TEST_DATABASE_URL",
+                                    "postgresql+psycopg://postgres@127.0.0.1:5432/tracehub_bench"))
+        if u.drivername in ("postgresql", "postgres"):
+            u = u.set(drivername="postgresql+psycopg")
+        admin = create_engine(u.set(drivername="postgresql+psycopg", database="postgres"),
+                              isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
+            c.execute(text(f'CREATE DATABASE "{u.database}"'))
+        admin.dispose()
+        url = u.render_as_string(hide_password=False)
+    upgrade(url)
+    return url
+
+
+async def seed_erp_endpoint(db_url: str, erp_url: str) -> None:
+    from core.db import make_engine, make_sessionmaker
+    from domain.endpoints import ensure_endpoint
+
+    engine = make_engine(db_url)
+    try:
+        async with make_sessionmaker(engine)() as s, s.begin():
+            await ensure_endpoint(s, name="erp", kind="erpnext", replace=True, config={
+                "base_url": erp_url, "api_key": "tracehub", "api_secret": "simulator-secret", "timeout_s": 10})
+    finally:
+        await engine.dispose()
+
+
+# --- services -----------------------------------------------------------------------------------------
+
+
+async def start_temporal(children: Children, tmp: Path) -> str:
+    from temporalio.client import Client
+
+    port = free_port()
+    temporal = str(Path(sys.executable).parent / "temporal")
+    children.start("temporal", [
+        temporal, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
+        "--ui-port", str(free_port()), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+        "--db-filename", str(tmp / "temporal.db"),
+        "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal", "--log-level", "warn",
+    ])
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        children.check_alive()
+        try:
+            await Client.connect(address)
+            return address
+        except Exception:  # noqa: BLE001 - still starting
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def wait_http(children: Children, url: str, headers: dict[str, str] | None = None, timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=5) as c:
+        while True:
+            children.check_alive()
+            try:
+                if (await c.get(url, headers=headers)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+            await asyncio.sleep(0.2)
+
+
+async def wait_log(children: Children, name: str, needle: str, timeout: float = 60) -> None:
+    path = children.logdir / f"{name}.log"
+    deadline = time.monotonic() + timeout
+    while needle not in (path.read_text(errors="replace") if path.exists() else ""):
+        children.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not log {needle!r} within {timeout} s:\n{tail(path)}")
+        await asyncio.sleep(0.1)
+
+
+def hub_env(db_url: str, address: str) -> dict[str, str]:
+    return {"HUB_DATABASE__URL": db_url, "HUB_TEMPORAL__ADDRESS": address,
+            "HUB_TEMPORAL__TASK_QUEUE": HUB_TASK_QUEUE, "PYTHONUNBUFFERED": "1"}
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    p = psutil.Process(pid)
+    total = p.memory_info().rss
+    for c in p.children(recursive=True):
+        try:
+            total += c.memory_info().rss
+        except psutil.Error:
+            pass
+    return round(total / 2**20, 1)
+
+
+# --- drivers ------------------------------------------------------------------------------------------
+
+
+class Refused(RuntimeError):
+    pass
+
+
+class Driver:
+    """Moves one work order through the floor's steps; subclasses say how (HTTP API or Temporal)."""
+
+    name = "?"
+
+    def __init__(self, client: Any, poll: float, step_timeout: float) -> None:
+        self.client = client  # temporalio Client (both drivers await completion through it)
+        self.poll = poll
+        self.step_timeout = step_timeout
+        self.requests = 0
+
+    async def _until(self, fetch, pred, what: str) -> dict:  # noqa: ANN001
+        """Poll `fetch` (a status) until `pred` holds; the interval grows from `poll` to 4x `poll`."""
+        deadline = time.monotonic() + self.step_timeout
+        delay = self.poll
+        last: Any = None
+        while True:
+            last = await fetch()
+            if last is not None and pred(last):
+                return last
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}; last status: {last}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self.poll * 4)
+
+    async def run(self, number: str, *, fail: bool, stop_at_reviewer: bool = False) -> None:
+        await self.release(number)
+        st = await self._until(lambda: self.status(number),
+                               lambda s: any(p["kind"] == "iqc" for p in s["pending_inspections"]), "IQC")
+        iqc = next(p["number"] for p in st["pending_inspections"] if p["kind"] == "iqc")
+        await self.results(number, iqc, IN_SPEC_IQC)
+        await self.operation(number, 10, [{"lot": f"{number}-M1", "quantity": 10.0}])
+        await self.operation(number, 20, [])
+        st = await self._until(lambda: self.status(number),
+                               lambda s: any(p["kind"] == "final" for p in s["pending_inspections"]), "final")
+        fin = next(p["number"] for p in st["pending_inspections"] if p["kind"] == "final")
+        await self.results(number, fin, OUT_SPEC_FINAL if fail else IN_SPEC_FINAL)
+        if fail:
+            ncr = f"NCR-{number}-1"  # the work order names its NCRs NCR-<work order>-<n>
+            if stop_at_reviewer:
+                await self.wait_ncr_open(number, ncr)
+                return
+            await self.decide(ncr, "confirm", "qa_supervisor", "diameter confirmed on CMM")
+            await self.decide(ncr, "use_as_is", "mrb_engineering", "customer concession C-12")
+
+    async def operation(self, number: str, seq: int, consumed: list[dict]) -> None:
+        await self._until(lambda: self.status(number), lambda s: s["expected_operation"] == seq, f"op {seq}")
+        report = {
+            "report_id": f"{number}-op{seq}", "seq": seq,
+            "equipment": {10: "LATHE-01", 20: "FURNACE-02"}[seq], "operator": "op-7", "shift": "A",
+            "started_at": "2026-11-21T08:00:00Z", "ended_at": "2026-11-21T09:00:00Z", "consumed": consumed,
+            "parameters": {"spindle_rpm": 1200} if seq == 10 else {"temperature_c": 860, "soak_min": 45},
+            "good_quantity": QUANTITY, "scrap_quantity": 0,
+        }
+        await self.report(number, report)
+
+    async def wait_done(self, number: str) -> None:
+        await self.client.get_workflow_handle(f"work-order-{number}").result()
+
+    # implemented by the drivers
+    async def release(self, number: str) -> None: ...
+    async def status(self, number: str) -> dict | None: ...
+    async def results(self, number: str, inspection: str, measurements: list[dict]) -> None: ...
+    async def report(self, number: str, report: dict) -> None: ...
+    async def decide(self, ncr: str, action: str, role: str, reason: str) -> None: ...
+    async def wait_ncr_open(self, number: str, ncr: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class HttpDriver(Driver):
+    """Through the hub's HTTP API, as ERP webhooks, inspectors, the MES and reviewers do."""
+
+    name = "http"
+
+    def __init__(self, client: Any, poll: float, step_timeout: float, api_url: str, concurrency: int) -> None:
+        import httpx
+
+        super().__init__(client, poll, step_timeout)
+        self.http = httpx.AsyncClient(
+            base_url=api_url, timeout=60,
+            limits=httpx.Limits(max_connections=2 * concurrency, max_keepalive_connections=2 * concurrency))
+
+    async def _call(self, method: str, path: str, *, ok: tuple[int, ...], retry: tuple[int, ...] = (),
+                    body: Any = None) -> Any:
+        deadline = time.monotonic() + self.step_timeout
+        delay = self.poll
+        while True:
+            self.requests += 1
+            r = await self.http.request(method, path, json=body)
+            if r.status_code in ok:
+                return r.json()
+            if r.status_code in retry or r.status_code in (502, 503):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{method} {path}: still {r.status_code} {r.text[:300]}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, self.poll * 4)
+                continue
+            raise Refused(f"{method} {path} -> {r.status_code} {r.text[:500]}")
+
+    async def release(self, number: str) -> None:
+        from erp_sim.app import release_event
+
+        await self._call("POST", "/api/erp/events", ok=(202,), body=release_event(number, QUANTITY))
+
+    async def status(self, number: str) -> dict | None:
+        return (await self._call("GET", f"/api/work-orders/{number}", ok=(200,))).get("status")
+
+    async def results(self, number: str, inspection: str, measurements: list[dict]) -> None:
+        await self._call("POST", f"/api/inspections/{inspection}/results", ok=(202,),
+                         body={"inspector": "inspector-1", "measurements": measurements})
+
+    async def operation(self, number: str, seq: int, consumed: list[dict]) -> None:
+        # the API checks with the workflow's status query that this operation is expected (409 if not)
+        await super().operation(number, seq, consumed)
+
+    async def report(self, number: str, report: dict) -> None:
+        await self._call("POST", f"/api/work-orders/{number}/operations", ok=(202,), body=report)
+
+    async def decide(self, ncr: str, action: str, role: str, reason: str) -> None:
+        # 404 until the NCR's first activity has recorded it
+        await self._call("POST", f"/api/ncrs/{ncr}/decisions", ok=(200,), retry=(404,),
+                         body={"action": action, "reviewer": f"{role}-1", "role": role, "reason": reason})
+
+    async def wait_ncr_open(self, number: str, ncr: str) -> None:
+        await self._call("GET", f"/api/ncrs/{ncr}", ok=(200,), retry=(404,))
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+class TemporalDriver(Driver):
+    """The same steps straight to Temporal: no API process, no inbox row, no API-side validation reads."""
+
+    name = "temporal"
+
+    def __init__(self, client: Any, poll: float, step_timeout: float) -> None:
+        super().__init__(client, poll, step_timeout)
+
+    async def release(self, number: str) -> None:
+        from activities.models import WorkOrderInput
+        from erp_sim.app import release_event
+
+        self.requests += 1
+        await self.client.start_workflow(
+            "WorkOrderWorkflow", WorkOrderInput.model_validate(release_event(number, QUANTITY)["work_order"]),
+            id=f"work-order-{number}", task_queue=HUB_TASK_QUEUE)
+
+    async def status(self, number: str) -> dict | None:
+        self.requests += 1
+        return await self.client.get_workflow_handle(f"work-order-{number}").query("status", result_type=dict)
+
+    async def results(self, number: str, inspection: str, measurements: list[dict]) -> None:
+        from activities.models import InspectionResultInput
+
+        self.requests += 1
+        await self.client.get_workflow_handle(f"work-order-{number}").signal(
+            "submit_inspection", InspectionResultInput.model_validate(
+                {"inspection": inspection, "results": {"inspector": "inspector-1", "measurements": measurements}}))
+
+    async def report(self, number: str, report: dict) -> None:
+        from activities.models import OperationReport
+
+        self.requests += 1
+        await self.client.get_workflow_handle(f"work-order-{number}").signal(
+            "report_operation", OperationReport.model_validate(report))
+
+    async def decide(self, ncr: str, action: str, role: str, reason: str) -> None:
+        from activities.models import NcrDecision
+        from temporalio.service import RPCError, RPCStatusCode
+
+        d = NcrDecision(action=action, reviewer=f"{role}-1", role=role, reason=reason)
+        deadline = time.monotonic() + self.step_timeout
+        while True:
+            self.requests += 1
+            try:
+                await self.client.get_workflow_handle(f"ncr-{ncr}").execute_update("decide", d, result_type=dict)
+                return
+            except RPCError as exc:  # the child is not started yet
+                if exc.status != RPCStatusCode.NOT_FOUND or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(self.poll)
+
+    async def wait_ncr_open(self, number: str, ncr: str) -> None:
+        from temporalio.service import RPCError
+
+        async def fetch() -> dict | None:
+            self.requests += 1
+            try:
+                return await self.client.get_workflow_handle(f"ncr-{ncr}").query("status", result_type=dict)
+            except RPCError:
+                return None
+
+        # the NCR is recorded (open_ncr done) when its workflow has passed the first activity; its status
+        # says so only indirectly, so wait for the record through the work order's open NCR list plus the
+        # child's history having the activity completed
+        await self._until(fetch, lambda s: True, f"{ncr} started")
+        await self._until(lambda: self._opened(ncr), lambda s: bool(s), f"{ncr} recorded")
+
+    async def _opened(self, ncr: str) -> dict | None:
+        from temporalio.api.enums.v1 import EventType
+
+        self.requests += 1
+        h = await self.client.get_workflow_handle(f"ncr-{ncr}").fetch_history()
+        done = any(e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED for e in h.events)
+        return {"opened": True} if done else None
+
+
+# --- phases -------------------------------------------------------------------------------------------
+
+
+async def run_many(items: list[Any], concurrency: int, fn) -> list[Any]:  # noqa: ANN001
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(x: Any) -> Any:
+        async with sem:
+            return await fn(x)
+
+    return await asyncio.gather(*(one(x) for x in items))
+
+
+async def close_time(client: Any, wf_id: str) -> float:
+    d = await client.get_workflow_handle(wf_id).describe()
+    return d.close_time.timestamp()
+
+
+async def count_activities(client: Any, wf_ids: list[str], concurrency: int = 20) -> tuple[int, int, list[int]]:
+    """(completed activities, retried attempts, completions per workflow) from the workflow histories."""
+    from temporalio.api.enums.v1 import EventType
+
+    async def one(wf_id: str) -> tuple[int, int]:
+        h = await client.get_workflow_handle(wf_id).fetch_history()
+        done = retries = 0
+        for e in h.events:
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                done += 1
+            elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                retries += max(0, e.activity_task_started_event_attributes.attempt - 1)
+        return done, retries
+
+    res = await run_many(wf_ids, concurrency, one)
+    return sum(r[0] for r in res), sum(r[1] for r in res), [r[0] for r in res]
+
+
+async def lifecycle_phase(driver: Driver, client: Any, numbers: list[str], fail_every: int,
+                          concurrency: int) -> dict[str, Any]:
+    failing = {n for i, n in enumerate(numbers) if fail_every and i % fail_every == fail_every - 1}
+    started: dict[str, float] = {}
+    progress = {"done": 0}
+
+    async def one(number: str) -> None:
+        started[number] = time.time()
+        await driver.run(number, fail=number in failing)
+        await driver.wait_done(number)
+        progress["done"] += 1
+        if progress["done"] % max(1, len(numbers) // 10) == 0:
+            log(f"  {progress['done']}/{len(numbers)} work orders completed")
+
+    t0 = time.time()
+    await run_many(numbers, concurrency, one)
+    t_end_seen = time.time()
+    closes = await run_many([f"work-order-{n}" for n in numbers], 20, lambda w: close_time(client, w))
+    wall = max(closes) - t0
+    results = await run_many([f"work-order-{n}" for n in numbers], 20,
+                             lambda w: client.get_workflow_handle(w, result_type=dict).result())
+    bad = [r for r in results if r.get("status") != "completed"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} work orders did not complete as expected, e.g. {bad[0]}")
+    lat = sorted(c - started[n] for c, n in zip(closes, numbers, strict=True))
+    wf_ids = [f"work-order-{n}" for n in numbers] + [f"ncr-NCR-{n}-1" for n in sorted(failing)]
+    acts, retries, _ = await count_activities(client, wf_ids)
+    return {"wall": wall, "seen_wall": t_end_seen - t0, "activities": acts, "retries": retries,
+            "failing": len(failing), "lat_p50": statistics.median(lat), "lat_p95": lat[int(0.95 * (len(lat) - 1))]}
+
+
+async def bare_phase(client: Any, ids: list[str], concurrency: int) -> dict[str, Any]:
+    async def one(wf_id: str) -> None:
+        await client.execute_workflow("BenchBareWorkflow", 1, id=wf_id, task_queue=BARE_TASK_QUEUE, result_type=int)
+
+    t0 = time.time()
+    await run_many(ids, concurrency, one)
+    closes = await run_many(ids, 20, lambda w: close_time(client, w))
+    acts, retries, _ = await count_activities(client, ids)
+    return {"wall": max(closes) - t0, "activities": acts, "retries": retries}
+
+
+async def open_phase(driver: Driver, client: Any, numbers: list[str], concurrency: int) -> float:
+    progress = {"n": 0}
+
+    async def one(number: str) -> None:
+        await driver.run(number, fail=True, stop_at_reviewer=True)
+        progress["n"] += 1
+        if progress["n"] % max(1, len(numbers) // 10) == 0:
+            log(f"  {progress['n']}/{len(numbers)} work orders wait for a reviewer")
+
+    t0 = time.monotonic()
+    await run_many(numbers, concurrency, one)
+    return time.monotonic() - t0
+
+
+async def confirm_waiting(client: Any, numbers: list[str]) -> None:
+    """Every open work order is in nonconformance review with its NCR open and waiting for a reviewer."""
+    async def one(number: str) -> bool:
+        ncr = await client.get_workflow_handle(f"ncr-NCR-{number}-1").query("status", result_type=dict)
+        return ncr["state"] == "open" and bool(ncr["waiting_for"])
+
+    sample = numbers[:: max(1, len(numbers) // 50)]  # queries replay evicted workflows: check a sample
+    ok = await run_many(sample, 10, one)
+    if not all(ok):
+        raise RuntimeError("some open work orders are not waiting for a reviewer")
+    running_wo = await client.count_workflows('WorkflowType="WorkOrderWorkflow" AND ExecutionStatus="Running"')
+    running_ncr = await client.count_workflows('WorkflowType="NonconformanceWorkflow" AND ExecutionStatus="Running"')
+    log(f"running: {running_wo.count} work orders, {running_ncr.count} NCRs (sample of {len(sample)} checked)")
+
+
+# --- main ---------------------------------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace) -> None:
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    tmp = Path(tempfile.mkdtemp(prefix="tracehub-bench-"))
+    children = Children(tmp)
+    driver: Driver | None = None
+    log(f"temp dir {tmp}")
+    try:
+        db_url = prepare_database(args.db, tmp)
+        log(f"database {args.db}: migrated")
+        address = await start_temporal(children, tmp)
+        log(f"Temporal dev server at {address}")
+        erp_port = free_port()
+        children.start("erp_sim", [sys.executable, "-m", "uvicorn", "--factory", "erp_sim.app:create_app",
+                                   "--host", "127.0.0.1", "--port", str(erp_port), "--log-level", "warning",
+                                   "--no-access-log", "--lifespan", "off"])
+        erp_url = f"http://127.0.0.1:{erp_port}"
+        await wait_http(children, f"{erp_url}/api/method/frappe.auth.get_logged_user",
+                        headers={"Authorization": "token tracehub:simulator-secret"})
+        await seed_erp_endpoint(db_url, erp_url)
+        worker = children.start("worker", [sys.executable, "worker.py"], env=hub_env(db_url, address))
+        children.start("bare_worker", [sys.executable, str(Path(__file__).resolve()), "--bare-worker", address],
+                       env={"PYTHONUNBUFFERED": "1"})
+        api_port = free_port()
+        if args.driver == "http":
+            children.start("api", [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+                                   "--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning",
+                                   "--no-access-log"], env=hub_env(db_url, address))
+            await wait_http(children, f"http://127.0.0.1:{api_port}/health/ready")
+        await wait_log(children, "worker", "worker: polling")
+        await wait_log(children, "bare_worker", "bare worker: polling")
+
+        client = await Client.connect(address, data_converter=pydantic_data_converter)
+        if args.driver == "http":
+            driver = HttpDriver(client, args.poll, args.step_timeout, f"http://127.0.0.1:{api_port}",
+                                args.concurrency)
+        else:
+            driver = TemporalDriver(client, args.poll, args.step_timeout)
+
+        # warm-up: imports, sandbox module caches, connection pools (not measured)
+        log("warm-up")
+        await lifecycle_phase(driver, client, ["WARM-1", "WARM-2", "WARM-3"], 3, 3)
+        await bare_phase(client, [f"bare-warm-{i}" for i in range(5)], 5)
+
+        n = args.work_orders
+        log(f"phase 1: {n} work orders through the lifecycle, {args.concurrency} at a time, driver {driver.name}")
+        driver.requests = 0
+        hub = await lifecycle_phase(driver, client, [f"LC-{i:05d}" for i in range(1, n + 1)], args.fail_every,
+                                    args.concurrency)
+        hub_requests = driver.requests
+        children.check_alive()
+        rss_after_lifecycle = rss_mb(worker.pid)
+        log(f"  wall {hub['wall']:.2f} s, {hub['activities']} activities, {hub['retries']} retried attempts, "
+            f"{hub_requests} driver requests, latency p50 {hub['lat_p50']:.2f} s p95 {hub['lat_p95']:.2f} s")
+
+        m = args.bare
+        log(f"phase 2: {m} bare workflows, {args.concurrency} at a time")
+        bare = await bare_phase(client, [f"bare-{i}" for i in range(m)], args.concurrency)
+        log(f"  wall {bare['wall']:.2f} s, {bare['activities']} activities")
+
+        opened = args.open
+        rss_open = None
+        open_wall = 0.0
+        if opened:
+            log(f"phase 3: {opened} work orders up to an open NCR waiting for a reviewer")
+            numbers = [f"OPEN-{i:05d}" for i in range(1, opened + 1)]
+            open_wall = await open_phase(driver, client, numbers, args.concurrency)
+            await confirm_waiting(client, numbers)
+            await asyncio.sleep(1.0)  # let the worker settle (no task in flight)
+            children.check_alive()
+            rss_open = max(rss_mb(worker.pid) for _ in range(3))
+            log(f"  {opened} open in {open_wall:.1f} s; worker RSS {rss_open} MB")
+
+        common = {"db": args.db, "driver": driver.name, "work_orders": n}
+        emit("work_orders", n, "count", **common)
+        emit("db", args.db, "backend", **common)
+        emit("work_orders_per_s", round(n / hub["wall"], 2), "work_orders/s", **common,
+             concurrency=args.concurrency, wall_s=round(hub["wall"], 2), failing_final=hub["failing"],
+             latency_p50_s=round(hub["lat_p50"], 2), latency_p95_s=round(hub["lat_p95"], 2),
+             driver_requests=hub_requests)
+        emit("bare_workflows_per_s", round(m / bare["wall"], 2), "workflows/s", db=args.db, workflows=m,
+             concurrency=args.concurrency, wall_s=round(bare["wall"], 2))
+        emit("activities_per_work_order", round(hub["activities"] / n, 2), "activities", **common,
+             total=hub["activities"], retried_attempts=hub["retries"])
+        hub_cost = hub["wall"] / hub["activities"]
+        bare_cost = bare["wall"] / bare["activities"]
+        emit("cost_per_activity_vs_bare_ratio", round(hub_cost / bare_cost, 2), "ratio", **common,
+             hub_ms_per_activity=round(1000 * hub_cost, 2), bare_ms_per_activity=round(1000 * bare_cost, 2),
+             target="<= 1.5")
+        emit("worker_rss_mb_after_lifecycle", rss_after_lifecycle, "MB", **common)
+        if rss_open is not None:
+            emit("worker_rss_mb_1000_open" if opened == 1000 else f"worker_rss_mb_{opened}_open", rss_open, "MB",
+                 **common, open_work_orders=opened, open_s=round(open_wall, 1))
+    except BaseException:
+        children.dump_logs()
+        raise
+    finally:
+        if driver is not None:
+            await driver.close()
+        children.stop_all()
+        log("all child processes stopped")
+        await asyncio.sleep(0.2)
+
+
+async def bare_worker(address: str) -> None:
+    """The baseline worker process: same SDK defaults as the hub worker, only the workflow is trivial."""
+    import importlib
+
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.worker import Worker
+
+    # the sandbox re-imports a workflow's module by name: use this file as `bench.lifecycle`, not __main__
+    mod = importlib.import_module("bench.lifecycle")
+    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker = Worker(client, task_queue=BARE_TASK_QUEUE, workflows=[mod.BenchBareWorkflow],
+                    activities=[mod.bench_noop], max_concurrent_activities=50)
+    print("bare worker: polling", flush=True)
+    async with worker:
+        await stop.wait()
+    await asyncio.sleep(0.2)
+
+
+def main() -> None:
+    global ROOT
+    ROOT = Path(__file__).resolve().parents[1]
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+    if len(sys.argv) == 3 and sys.argv[1] == "--bare-worker":
+        asyncio.run(bare_worker(sys.argv[2]))
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work-orders", type=int, default=200, help="work orders through the lifecycle (N)")
+    p.add_argument("--open", type=int, default=1000, help="work orders left open for the RSS figure (0: skip)")
+    p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    p.add_argument("--driver", choices=["http", "temporal"], default="http")
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--bare", type=int, default=200, help="bare workflows (M)")
+    p.add_argument("--fail-every", type=int, default=10, help="every k-th work order fails final inspection")
+    p.add_argument("--poll", type=float, default=0.1, help="first status poll interval, s (grows to 4x)")
+    p.add_argument("--step-timeout", type=float, default=120.0, help="give up on one step after this, s")
+    args = p.parse_args()
+
+    def _term(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
