@@ -139,6 +139,31 @@ class Children:
                         pass
                     p.wait(5)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by each child (with its children) and by this process."""
+        import psutil
+
+        out = {}
+        for name, p, _ in self.procs + [("bench", None, None)]:
+            try:
+                proc = psutil.Process(p.pid if p else os.getpid())
+                t = proc.cpu_times()
+                total = t.user + t.system
+                if p is not None:
+                    for c in proc.children(recursive=True):
+                        ct = c.cpu_times()
+                        total += ct.user + ct.system
+                out[name] = total
+            except psutil.Error:
+                pass
+        return out
+
+    def log_cpu(self, since: dict[str, float], wall: float) -> None:
+        now = self.cpu_seconds()
+        parts = [f"{k} {now[k] - since.get(k, 0):.1f}s ({100 * (now[k] - since.get(k, 0)) / wall:.0f}%)"
+                 for k in now]
+        log("  CPU: " + ", ".join(parts))
+
     def dump_logs(self) -> None:
         for name, _, logfile in self.procs:
             t = tail(logfile, 15)
@@ -637,9 +662,11 @@ async def bench(args: argparse.Namespace) -> None:
         n = args.work_orders
         log(f"phase 1: {n} work orders through the lifecycle, {args.concurrency} at a time, driver {driver.name}")
         driver.requests = 0
+        cpu0, w0 = children.cpu_seconds(), time.monotonic()
         hub = await lifecycle_phase(driver, client, [f"LC-{i:05d}" for i in range(1, n + 1)], args.fail_every,
                                     args.concurrency)
         hub_requests = driver.requests
+        children.log_cpu(cpu0, time.monotonic() - w0)
         children.check_alive()
         rss_after_lifecycle = rss_mb(worker.pid)
         log(f"  wall {hub['wall']:.2f} s, {hub['activities']} activities, {hub['retries']} retried attempts, "
@@ -647,7 +674,9 @@ async def bench(args: argparse.Namespace) -> None:
 
         m = args.bare
         log(f"phase 2: {m} bare workflows, {args.concurrency} at a time")
+        cpu0, w0 = children.cpu_seconds(), time.monotonic()
         bare = await bare_phase(client, [f"bare-{i}" for i in range(m)], args.concurrency)
+        children.log_cpu(cpu0, time.monotonic() - w0)
         log(f"  wall {bare['wall']:.2f} s, {bare['activities']} activities")
 
         opened = args.open
@@ -656,7 +685,9 @@ async def bench(args: argparse.Namespace) -> None:
         if opened:
             log(f"phase 3: {opened} work orders up to an open NCR waiting for a reviewer")
             numbers = [f"OPEN-{i:05d}" for i in range(1, opened + 1)]
+            cpu0, w0 = children.cpu_seconds(), time.monotonic()
             open_wall = await open_phase(driver, client, numbers, args.concurrency)
+            children.log_cpu(cpu0, time.monotonic() - w0)
             await confirm_waiting(client, numbers)
             await asyncio.sleep(1.0)  # let the worker settle (no task in flight)
             children.check_alive()

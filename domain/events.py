@@ -48,6 +48,7 @@ async def record_event(
     destination_list: list[dict[str, str]] | None = None,
     persistent_disposition: dict[str, list[str]] | None = None,
     ilmd: dict[str, Any] | None = None,
+    transformation_id: str | None = None,
     extensions: dict[str, Any] | None = None,
     lot: Lot | None = None,
     work_order_id: int | None = None,
@@ -76,6 +77,8 @@ async def record_event(
             doc["outputQuantityList"] = output_quantity_list
         if epc_list:
             doc["outputEPCList"] = epc_list
+        if transformation_id:
+            doc["transformationID"] = transformation_id
     doc["bizStep"] = biz_step
     if disposition:
         doc["disposition"] = disposition

@@ -265,6 +265,8 @@ async def record_operation(
         disposition="in_progress", event_time=report.ended_at,
         input_quantity_list=in_q or None,
         output_quantity_list=[{"epcClass": lot_class_uri(out, resolver), "quantity": report.good_quantity}],
+        # one transformation per output lot: every operation on it (and its rework) is a step of it
+        transformation_id=hub_uri("transformation", out.number),
         biz_transactions=[("prodorder", hub_uri("workorder", work_order))],
         read_point=hub_uri("equipment", report.equipment),
         extensions={"operation": {"seq": report.seq, "name": operation_name, "rework": rework,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -20,7 +23,15 @@ from tests.helpers import (
 pytestmark = pytest.mark.asyncio
 
 
-async def test_erp_event_to_shipment_with_ncr_then_trace_and_history(api: httpx.AsyncClient, erp_sim, wo_number):
+async def record_history(client, workflow_id: str, name: str) -> None:  # noqa: ANN001
+    """With RECORD_HISTORIES=1, keep this run's history for the replay test (tests/histories)."""
+    if os.environ.get("RECORD_HISTORIES") == "1":
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        (Path(__file__).parent / "histories" / f"{name}.json").write_text(history.to_json())
+
+
+async def test_erp_event_to_shipment_with_ncr_then_trace_and_history(api: httpx.AsyncClient, client, erp_sim,
+                                                                     wo_number):
     r = await api.post("/api/erp/events", json=fast_release(wo_number))
     assert r.status_code == 202, r.text
     assert r.json()["workflow_id"] == f"work-order-{wo_number}"
@@ -88,6 +99,8 @@ async def test_erp_event_to_shipment_with_ncr_then_trace_and_history(api: httpx.
     assert any(e.get("signal") == "submit_inspection" for e in hist["events"])
     child = hist["children"][f"ncr-{ncr}"]
     assert [e.get("update") for e in child if e["event"] == "update accepted"] == ["decide", "decide"]
+    await record_history(client, f"work-order-{wo_number}", "work_order_ncr_use_as_is")
+    await record_history(client, f"ncr-{ncr}", "nonconformance_use_as_is")
 
 
 async def test_scrap_completes_short_and_nothing_ships(api: httpx.AsyncClient, erp_sim, wo_number):
@@ -109,7 +122,7 @@ async def test_scrap_completes_short_and_nothing_ships(api: httpx.AsyncClient, e
     assert r.status_code == 409
 
 
-async def test_rework_repeats_the_operation_and_reinspects(api: httpx.AsyncClient, wo_number):
+async def test_rework_repeats_the_operation_and_reinspects(api: httpx.AsyncClient, client, wo_number):
     assert (await api.post("/api/erp/events", json=fast_release(wo_number))).status_code == 202
     await post_results(api, wo_number, "iqc", IN_SPEC_IQC)
     await run_production(api, wo_number)
@@ -128,3 +141,4 @@ async def test_rework_repeats_the_operation_and_reinspects(api: httpx.AsyncClien
     ops = back["nodes"][0]["operations"]
     assert [(o["seq"], o["rework"]) for o in ops] == [(10, False), (20, False), (10, True)]
     assert [i["status"] for i in back["nodes"][0]["inspections"]] == ["failed", "passed"]
+    await record_history(client, f"work-order-{wo_number}", "work_order_rework")
