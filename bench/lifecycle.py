@@ -339,6 +339,7 @@ class Driver:
             if stop_at_reviewer:
                 await self.wait_ncr_open(number, ncr)
                 return
+            await self.before_decisions(ncr)
             await self.decide(ncr, "confirm", "qa_supervisor", "diameter confirmed on CMM")
             await self.decide(ncr, "use_as_is", "mrb_engineering", "customer concession C-12")
 
@@ -363,6 +364,7 @@ class Driver:
     async def report(self, number: str, report: dict) -> None: ...
     async def decide(self, ncr: str, action: str, role: str, reason: str) -> None: ...
     async def wait_ncr_open(self, number: str, ncr: str) -> None: ...
+    async def before_decisions(self, ncr: str) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -463,6 +465,22 @@ class TemporalDriver(Driver):
         await self.client.get_workflow_handle(f"work-order-{number}").signal(
             "report_operation", OperationReport.model_validate(report))
 
+    async def before_decisions(self, ncr: str) -> None:
+        # The API only takes decisions on an NCR it has a record of (written by the NCR's first activity).
+        # Straight to Temporal, wait at least until the NCR workflow answers a query (its run() has begun):
+        # an update delivered in its very first workflow task trips `assert self.inp is not None` in
+        # NonconformanceWorkflow.decide (workflows/nonconformance.py) and the workflow task fails.
+        from temporalio.service import RPCError
+
+        async def fetch() -> dict | None:
+            self.requests += 1
+            try:
+                return await self.client.get_workflow_handle(f"ncr-{ncr}").query("status", result_type=dict)
+            except RPCError:
+                return None
+
+        await self._until(fetch, lambda s: True, f"{ncr} started")
+
     async def decide(self, ncr: str, action: str, role: str, reason: str) -> None:
         from activities.models import NcrDecision
         from temporalio.service import RPCError, RPCStatusCode
@@ -480,26 +498,18 @@ class TemporalDriver(Driver):
                 await asyncio.sleep(self.poll)
 
     async def wait_ncr_open(self, number: str, ncr: str) -> None:
-        from temporalio.service import RPCError
-
-        async def fetch() -> dict | None:
-            self.requests += 1
-            try:
-                return await self.client.get_workflow_handle(f"ncr-{ncr}").query("status", result_type=dict)
-            except RPCError:
-                return None
-
-        # the NCR is recorded (open_ncr done) when its workflow has passed the first activity; its status
-        # says so only indirectly, so wait for the record through the work order's open NCR list plus the
-        # child's history having the activity completed
-        await self._until(fetch, lambda s: True, f"{ncr} started")
+        # recorded (open_ncr done, waiting for a reviewer) once the NCR's history has an activity completed
         await self._until(lambda: self._opened(ncr), lambda s: bool(s), f"{ncr} recorded")
 
     async def _opened(self, ncr: str) -> dict | None:
         from temporalio.api.enums.v1 import EventType
+        from temporalio.service import RPCError
 
         self.requests += 1
-        h = await self.client.get_workflow_handle(f"ncr-{ncr}").fetch_history()
+        try:
+            h = await self.client.get_workflow_handle(f"ncr-{ncr}").fetch_history()
+        except RPCError:
+            return None
         done = any(e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED for e in h.events)
         return {"opened": True} if done else None
 
