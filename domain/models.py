@@ -334,3 +334,7 @@ class Endpoint(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# Tables of other areas live in their own modules; importing them here puts them on Base.metadata.
+# (one import line per area module, at the end of this file)

@@ -19,7 +19,7 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
