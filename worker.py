@@ -18,7 +18,7 @@ from workflows.work_order import WorkOrderWorkflow
 WORKFLOWS = [WorkOrderWorkflow, NonconformanceWorkflow]
 
 
-def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue: str | None = None) -> Worker:  # noqa: ANN001
+def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue: str | None = None) -> Worker:
     return Worker(
         client,
         task_queue=task_queue or settings.temporal.task_queue,

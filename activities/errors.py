@@ -34,7 +34,7 @@ def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except ApplicationError:
             raise
-        except Exception as exc:  # noqa: BLE001 - mapped in one place
+        except Exception as exc:
             mapped = to_application_error(exc)
             if mapped is exc:
                 raise

@@ -24,7 +24,7 @@ async def get_temporal(request: Request) -> Client:
     if state.temporal is None:
         try:
             state.temporal = await connect(state.settings.temporal)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise TemporalUnavailable(
                 f"Temporal at {state.settings.temporal.address} is not reachable ({exc}); nothing was changed, "
                 "send the request again shortly"

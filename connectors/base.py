@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,17 +25,17 @@ class Connector:
     def __init__(self, config: ConnectorConfig | dict[str, Any]) -> None:
         self.config = config if isinstance(config, self.Config) else self.Config.model_validate(config)
 
-    async def __aenter__(self) -> Connector:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
+    async def open(self) -> None:
         pass
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         pass
 
     async def check(self) -> CheckResult:

@@ -22,7 +22,7 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if u.get_backend_name() == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _sqlite_pragmas(dbapi_conn, _record):
             # WAL lets the API read while the worker writes; foreign keys are off by default in SQLite
             dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see _sqlite_begin)
             cur = dbapi_conn.cursor()
@@ -33,7 +33,7 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             cur.close()
 
         @event.listens_for(engine.sync_engine, "begin")
-        def _sqlite_begin(conn):  # noqa: ANN001
+        def _sqlite_begin(conn):
             # take the write lock at BEGIN so concurrent writers queue instead of failing on upgrade
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 

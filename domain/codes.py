@@ -9,7 +9,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import InvalidInput, NotFound
-from domain.events import audit, lot_class_uri, record_event
+from domain.audit import audit
+from domain.events import lot_class_uri, record_event
 from domain.models import Code, CodeBlock, CodeSequence, Item, Lot
 
 SERIAL_WIDTH = 12  # GS1 AI 21 allows up to 20 characters

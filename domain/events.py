@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from domain.models import AuditLog, EpcisEvent, Lot, utcnow
+from domain.models import EpcisEvent, Lot, utcnow
 
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 HUB_NS = "https://ns.tracehub.example/epcis/"
@@ -118,13 +118,6 @@ async def record_event(
 
 def hub_uri(kind: str, key: str) -> str:
     return f"urn:tracehub:{kind}:{key}"
-
-
-async def audit(
-    session: AsyncSession, *, actor: str, action: str, entity: str, key: str, changes: dict[str, Any]
-) -> None:
-    session.add(AuditLog(actor=actor, action=action, entity=entity, entity_key=key, changes=changes))
-    await session.flush()
 
 
 def epcis_document(events: list[dict[str, Any]]) -> dict[str, Any]:

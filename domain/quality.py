@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain.events import audit, hub_uri, lot_class_uri, record_event
+from domain.audit import audit
+from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import (
     CharacteristicResult,
     Inspection,

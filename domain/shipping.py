@@ -6,7 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict
-from domain.events import audit, hub_uri, lot_class_uri, record_event
+from domain.audit import audit
+from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import Ncr, Shipment, ShipmentLine, utcnow
 from domain.production import get_lot, get_work_order, set_lot_status
 

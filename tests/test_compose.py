@@ -435,12 +435,12 @@ def test_init_sql_is_mounted_and_creates_hub_database(services: dict) -> None:
     env = _env(HUB_API, _service(services, HUB_API))
     url = urlsplit(env["HUB_DATABASE__URL"])
     user, password, db = url.username, url.password, url.path.lstrip("/")
-    assert re.search(rf"CREATE\s+(ROLE|USER)\s+\"?{re.escape(user)}\"?\b", sql, re.I), (
+    assert re.search(rf"CREATE\s+(ROLE|USER)\s+\"?{re.escape(user)}\"?\b", sql, re.IGNORECASE), (
         f"init SQL does not create the role {user!r} used by HUB_DATABASE__URL"
     )
     assert password and f"'{password}'" in sql, "init SQL does not set the password used by HUB_DATABASE__URL"
     create_db = rf"CREATE\s+DATABASE\s+\"?{re.escape(db)}\"?\s+(WITH\s+)?OWNER\s*=?\s*\"?{re.escape(user)}\b"
-    assert re.search(create_db, sql, re.I), (
+    assert re.search(create_db, sql, re.IGNORECASE), (
         f"init SQL does not create database {db!r} owned by {user!r}"
     )
 

@@ -23,7 +23,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.asyncio
 
 
-async def record_history(client, workflow_id: str, name: str) -> None:  # noqa: ANN001
+async def record_history(client, workflow_id: str, name: str) -> None:
     """With RECORD_HISTORIES=1, keep this run's history for the replay test (tests/histories)."""
     if os.environ.get("RECORD_HISTORIES") == "1":
         history = await client.get_workflow_handle(workflow_id).fetch_history()

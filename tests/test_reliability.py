@@ -113,7 +113,7 @@ async def test_worker_killed_mid_work_order_completes_exactly_once(db_url, clien
     async with sessionmaker() as s:
         wo = (await s.execute(select(WorkOrder).where(WorkOrder.number == wo_number))).scalar_one()
 
-        async def count(model, *where) -> int:  # noqa: ANN001
+        async def count(model, *where) -> int:
             return (await s.execute(select(func.count()).select_from(model).where(*where))).scalar_one()
 
         assert await count(OperationRecord, OperationRecord.work_order_id == wo.id) == 2

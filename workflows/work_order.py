@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError

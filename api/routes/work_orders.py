@@ -99,7 +99,7 @@ async def post_operation(number: str, report: OperationReport, session: SessionD
         st: WorkOrderStatus = await handle.query(WorkOrderWorkflow.status)
     except RPCError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise Conflict(f"work order {number} cannot take reports now ({exc}); send it again shortly") from exc
     if st.expected_operation != report.seq:
         now = (f"it waits for operation {st.expected_operation}" if st.expected_operation

@@ -61,7 +61,7 @@ class ErpnextConnector(Connector):
     async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             resp = await self.client.request(method, path, **kw)
-        except Exception as exc:  # noqa: BLE001 - mapped below
+        except Exception as exc:
             raise self._translate(exc) from exc
         if resp.status_code in (401, 403):
             raise ConnectorConfigError(
