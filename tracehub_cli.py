@@ -314,5 +314,30 @@ async def _demo(n: int, fail_rate: float, quantity: int, seed: int | None, hub_u
                       f"history: {hub_url}/api/work-orders/{numbers[0]}/history")
 
 
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the audit hash chain and name any entry altered, removed or inserted."""
+    from core.db import make_engine, make_sessionmaker
+    from domain.audit import verify_chain
+
+    async def run() -> None:
+        engine = make_engine(_settings().database.url)
+        async with make_sessionmaker(engine)() as session:
+            report = await verify_chain(session)
+        await engine.dispose()
+        for p in report.problems:
+            console.print(f"[red]{p}[/]")
+        if not report.ok:
+            console.print(f"[red]audit trail NOT intact[/]: {len(report.problems)} problem(s) in {report.entries} entries")
+            raise typer.Exit(1)
+        console.print(f"audit trail intact: {report.entries} entries")
+
+    asyncio.run(run())
+
+
 if __name__ == "__main__":
     app()
