@@ -46,7 +46,8 @@ async def _seed(s: Settings) -> None:
     engine = make_engine(s.database.url)
     async with make_sessionmaker(engine)() as session, session.begin():
         await ensure_endpoint(session, name="erp", kind="erpnext", config={
-            "base_url": s.erp.url, "api_key": s.erp.api_key, "api_secret": s.erp.api_secret.get_secret_value()})
+            "base_url": s.erp.url, "api_key": s.erp.api_key, "api_secret": s.erp.api_secret.get_secret_value(),
+            "webhook_secret": s.erp.webhook_secret.get_secret_value()})
     await engine.dispose()
 
 
@@ -96,7 +97,8 @@ def erp_sim(port: int = typer.Option(None, help="default: HUB_ERP_SIM_PORT or 81
 
     s = _settings()
     sim = create_app(api_key=s.erp.api_key, api_secret=s.erp.api_secret.get_secret_value(),
-                     hub_url=f"http://{s.api.host}:{s.api.port}", state_file=Path("var/erp.json"))
+                     hub_url=f"http://{s.api.host}:{s.api.port}", state_file=Path("var/erp.json"),
+                     webhook_secret=s.erp.webhook_secret.get_secret_value())
     uvicorn.run(sim, host="127.0.0.1", port=port or s.erp_sim_port, log_level="warning")
 
 
@@ -150,6 +152,7 @@ def up() -> None:
         start("erp-sim", [*me, "erp-sim"])
         start("worker", [*me, "worker"])
         start("api", [*me, "api"])
+        start("demo-plant", [*me, "demo-plant"])
         api_url = f"http://{s.api.host}:{s.api.port}"
         if not _wait_http(f"{api_url}/health", 60):
             raise RuntimeError("the API did not come up in 60 s: see var/log/api.log")
@@ -160,13 +163,19 @@ def up() -> None:
   Temporal UI    http://127.0.0.1:{s.dev_server.ui_port}
   Temporal gRPC  127.0.0.1:{s.dev_server.port}
   ERP simulator  http://127.0.0.1:{s.erp_sim_port}   (docs: /docs)
+  Demo plant     PLC modbus 127.0.0.1:5020, oven opc.tcp://127.0.0.1:4840, certificates :8200/?wsdl
+                 (endpoints: GET {api_url}/api/endpoints; live values: .../api/endpoints/oven-1/read?point=oven_temp)
   Logs           var/log/*.log     Data: var/hub.db, var/temporal.db, var/erp.json
 
   Try it:  .venv/bin/tracehub demo -n 5      Ctrl-C stops everything (data and open work orders are kept).
 """)
         while True:
-            for name, p in procs.items():
-                if p.poll() is not None:
+            for name, p in list(procs.items()):
+                if p.poll() is not None and name == "demo-plant":
+                    # the demo's peers are optional: the hub goes on without them (e.g. a port in use)
+                    console.print(f"[yellow]demo-plant exited with {p.returncode}: see var/log/demo-plant.log[/]")
+                    del procs[name]
+                elif p.poll() is not None:
                     raise RuntimeError(f"{name} exited with {p.returncode}: see var/log/{name}.log")
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -179,6 +188,145 @@ def up() -> None:
     console.print("stopped; run `make run` again to continue where you left off.")
 
 
+# --- demo plant: real peers on loopback ------------------------------------------------------------------
+
+
+@app.command("demo-plant")
+def demo_plant(
+    modbus_port: int = typer.Option(5020, help="the PLC's Modbus TCP port"),
+    opcua_port: int = typer.Option(4840, help="the oven's OPC UA port"),
+    soap_port: int = typer.Option(8200, help="the supplier's certificate service (SOAP) port"),
+    mqtt: str = typer.Option("127.0.0.1:1883", help="the MQTT broker the MES publishes to"),
+    release_every: float = typer.Option(45.0, min=0, help="seconds between work orders the ERP releases; 0: none"),
+    max_open: int = typer.Option(3, min=1, help="release only while fewer work orders are open"),
+    bad_heat_rate: float = typer.Option(0.15, min=0.0, max=1.0, help="share of heats out of spec"),
+    seed: int = typer.Option(None, help="random seed"),
+) -> None:
+    """Start a plant on loopback (a PLC and an oven whose values drift, a supplier's certificate service),
+    register them as the hub's endpoints, and let the ERP release work orders that use them."""
+    asyncio.run(_demo_plant(modbus_port, opcua_port, soap_port, mqtt, release_every, max_open, bad_heat_rate,
+                            seed))
+
+
+async def _demo_plant(modbus_port: int, opcua_port: int, soap_port: int, mqtt: str, release_every: float,
+                      max_open: int, bad_heat_rate: float, seed: int | None) -> None:
+    from core.db import make_engine, make_sessionmaker
+    from domain.endpoints import ensure_endpoint
+    from erp_sim.plant import DEMO_ENDPOINTS, CertificateServiceSim, OvenSim, PlcSim
+    from migrations import upgrade
+
+    s = _settings()
+    plc = await PlcSim(port=modbus_port).start()
+    oven = await OvenSim(port=opcua_port).start()
+    certs = CertificateServiceSim(port=soap_port).start()
+    plc.drift(1.0, seed)
+    oven.drift(1.0, seed)
+    host, _, port = mqtt.partition(":")
+    upgrade(s.database.url)
+    engine = make_engine(s.database.url)
+    async with make_sessionmaker(engine)() as session, session.begin():
+        for name, kind, config in (
+            (DEMO_ENDPOINTS["plc"], "modbus", plc.endpoint_config()),
+            (DEMO_ENDPOINTS["oven"], "opcua", oven.endpoint_config()),
+            (DEMO_ENDPOINTS["certs"], "soap", certs.endpoint_config(certificate_operation="GetCertificate")),
+            (DEMO_ENDPOINTS["mes"], "mqtt", {"host": host, "port": int(port or 1883), "topics": [
+                {"name": "operation_reports", "filter": "tracehub/mes/+/operation-report"},
+                {"name": "equipment_states", "filter": "tracehub/mes/+/equipment-state"}]}),
+        ):
+            await ensure_endpoint(session, name=name, kind=kind, config=config, replace=True)
+    await engine.dispose()
+    print(f"demo plant: PLC modbus 127.0.0.1:{plc.port}, oven {oven.url}, certificates {certs.wsdl_url}; "
+          f"endpoints {', '.join(DEMO_ENDPOINTS.values())}", flush=True)
+    hub_url, erp_url = f"http://{s.api.host}:{s.api.port}", f"http://127.0.0.1:{s.erp_sim_port}"
+    rng = random.Random(seed)
+    released: list[str] = []
+    expected_since: dict[str, tuple[int, float]] = {}
+    try:
+        floor_headers, reviewers = await _local_credentials(s)
+        async with httpx.AsyncClient(base_url=hub_url, timeout=30, headers=floor_headers) as hub, \
+                httpx.AsyncClient(base_url=erp_url, timeout=60) as erp:
+            floor = DemoPlant(hub, fail_rate=0.1, seed=seed, reviewers=reviewers)
+            next_release = time.monotonic() + 5
+            while True:
+                await asyncio.sleep(2)
+                if release_every and time.monotonic() >= next_release:
+                    next_release = time.monotonic() + release_every
+                    open_now = [n for n in released if floor.stage.get(n) != "done"]
+                    if len(open_now) < max_open:
+                        prefix = "HX" if rng.random() < bad_heat_rate else "H"
+                        try:
+                            r = await erp.post("/sim/work-orders", json={"count": 1, "quantity": 20, "prefix": "PWO-",
+                                                                         "plant": True, "heat_prefix": prefix})
+                            released += r.json()["released"]
+                            print(f"ERP released {r.json()['released']} (heat {prefix}...)", flush=True)
+                        except httpx.HTTPError as exc:
+                            print(f"ERP simulator not reachable ({exc}); will try again", flush=True)
+                for number in released:
+                    if floor.stage.get(number) == "done":
+                        continue
+                    try:
+                        st = (await hub.get(f"/api/work-orders/{number}")).json().get("status") or {}
+                    except httpx.HTTPError:
+                        continue
+                    seq = st.get("expected_operation")
+                    # let the equipment run (and the oven's soak be sampled) before the MES reports it
+                    if seq is not None:
+                        first = expected_since.setdefault(number, (seq, time.monotonic()))
+                        if first[0] != seq:
+                            expected_since[number] = (seq, time.monotonic())
+                            continue
+                        if time.monotonic() - first[1] < 35:
+                            continue
+                    await floor.step(number)
+    finally:
+        await plc.stop()
+        await oven.stop()
+        certs.stop()
+
+
+# --- local credentials ------------------------------------------------------------------------------
+
+REVIEWER_ROLES = ("qa_supervisor", "mrb_engineering", "mrb_production", "quality_manager")
+
+
+async def _local_credentials(s: Settings) -> tuple[dict[str, str], dict[str, tuple[dict[str, str], str]]]:
+    """Credentials the local CLI plays the floor with, minted in the database it is configured for:
+    one API token for the floor's systems (MES, gauges, ERP) and one logged-in user per reviewer role
+    (their passwords are kept in var/demo-credentials.json, readable by the owner only)."""
+    import json
+    import secrets
+    from datetime import timedelta
+
+    from core.db import make_engine, make_sessionmaker
+    from domain import identity
+
+    store = Path("var/demo-credentials.json")
+    saved = json.loads(store.read_text()) if store.exists() else {}
+    engine = make_engine(s.database.url)
+    reviewers: dict[str, tuple[dict[str, str], str]] = {}
+    async with make_sessionmaker(engine)() as session, session.begin():
+        floor, _ = await identity.issue_token(session, kind="api", name="demo-floor", roles=["mes", "gauge", "erp"],
+                                              ttl=timedelta(hours=12), created_by="tracehub-cli")
+        for role in REVIEWER_ROLES:
+            username = f"demo-{role.replace('_', '-')}"
+            password = saved.get(username) or secrets.token_urlsafe(16)
+            try:
+                await identity.get_user(session, username)
+                if username not in saved:
+                    await identity.set_password(session, username, password, actor="tracehub-cli")
+            except Exception:  # noqa: BLE001 - NotFound: a new demo user
+                await identity.create_user(session, username=username, password=password, roles=[role],
+                                           full_name=f"Demo {role.replace('_', ' ')}", actor="tracehub-cli")
+            saved[username] = password
+            token, _, _ = await identity.login(session, username, password)
+            reviewers[role] = ({"Authorization": f"Bearer {token}"}, password)
+    await engine.dispose()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text(json.dumps(saved, indent=1))
+    store.chmod(0o600)
+    return {"Authorization": f"Bearer {floor}"}, reviewers
+
+
 # --- demo ----------------------------------------------------------------------------------------------
 
 STAGES = ["material_intake", "production", "final_inspection", "nonconformance_review", "erp_completion",
@@ -189,8 +337,10 @@ STAGES = ["material_intake", "production", "final_inspection", "nonconformance_r
 class DemoPlant:
     """Plays the inspector, the MES and the reviewers for the demo's work orders."""
 
-    def __init__(self, hub: httpx.AsyncClient, fail_rate: float, seed: int | None) -> None:
+    def __init__(self, hub: httpx.AsyncClient, fail_rate: float, seed: int | None,
+                 reviewers: dict[str, tuple[dict[str, str], str]]) -> None:
         self.hub = hub
+        self.reviewers = reviewers
         self.fail_rate = fail_rate
         self.rng = random.Random(seed)
         self.sent: set[str] = set()
@@ -239,22 +389,25 @@ class DemoPlant:
             resp = await self.hub.post(f"/api/work-orders/{number}/operations", json=report)
             if resp.status_code == 202:
                 self.sent.add(f"{number}:op{seq}:{st['ncrs']}")
+        qa_headers, qa_password = self.reviewers["qa_supervisor"]
+        mrb_headers, mrb_password = self.reviewers["mrb_engineering"]
         for ncr in st["open_ncrs"]:
-            n = await self.hub.get(f"/api/ncrs/{ncr}")
+            n = await self.hub.get(f"/api/ncrs/{ncr}", headers=qa_headers)
             if n.status_code != 200:
                 continue
             state = n.json()["state"]
             if state == "open":
-                body = {"action": "confirm", "role": "qa_supervisor", "reviewer": "demo-qa",
-                        "reason": "out of specification confirmed"}
+                headers = qa_headers
+                body = {"action": "confirm", "reason": "out of specification confirmed", "password": qa_password}
             elif state == "mrb":
-                iqc = ncr and any(ncr == x for x in st["open_ncrs"]) and "iqc" in n.json()["description"]
+                iqc = "iqc" in n.json()["description"]
                 action = "use_as_is" if iqc else self.rng.choice(["use_as_is", "rework", "use_as_is"])
-                body = {"action": action, "role": "mrb_engineering", "reviewer": "demo-mrb",
-                        "reason": "demo disposition", **({"rework_operation": 10} if action == "rework" else {})}
+                headers = mrb_headers
+                body = {"action": action, "reason": "demo disposition", "password": mrb_password,
+                        **({"rework_operation": 10} if action == "rework" else {})}
             else:
                 continue
-            await self.hub.post(f"/api/ncrs/{ncr}/decisions", json=body)
+            await self.hub.post(f"/api/ncrs/{ncr}/decisions", json=body, headers=headers)
         return False
 
 
@@ -275,8 +428,9 @@ def demo(
 
 
 async def _demo(n: int, fail_rate: float, quantity: int, seed: int | None, hub_url: str, erp_url: str) -> None:
+    floor_headers, reviewers = await _local_credentials(_settings())
     async with httpx.AsyncClient(base_url=erp_url, timeout=60) as erp, \
-            httpx.AsyncClient(base_url=hub_url, timeout=30) as hub:
+            httpx.AsyncClient(base_url=hub_url, timeout=30, headers=floor_headers) as hub:
         try:
             r = await erp.post("/sim/work-orders", json={"count": n, "quantity": quantity})
         except httpx.ConnectError as exc:
@@ -289,7 +443,7 @@ async def _demo(n: int, fail_rate: float, quantity: int, seed: int | None, hub_u
             console.print(f"[red]the hub refused {len(refused)} event(s): {refused[0]['body']}[/]")
             raise typer.Exit(1)
         console.print(f"released {len(numbers)} work orders: {numbers[0]} .. {numbers[-1]}")
-        plant = DemoPlant(hub, fail_rate, seed)
+        plant = DemoPlant(hub, fail_rate, seed, reviewers)
         done: set[str] = set()
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
@@ -339,5 +493,148 @@ def audit_verify() -> None:
     asyncio.run(run())
 
 
+# --- trace ---------------------------------------------------------------------------------------------
+
+trace_app = typer.Typer(help="Trace genealogy both ways and print it as a tree.", no_args_is_help=True)
+app.add_typer(trace_app, name="trace")
+
+
+def _trace_label(n: dict[str, Any]) -> str:
+    if n["node"] == "external":
+        return f"[magenta]{n['id']}[/] (supplier side: {len(n.get('events', []))} captured event(s))"
+    bits = [f"[bold]{n['id']}[/] {n['item']}", f"[cyan]{n['where']}[/]"]
+    if n.get("supplier"):
+        bits.append(f"supplier {n['supplier']} lot {n['supplier_lot']}")
+    if n.get("heat_number"):
+        bits.append(f"heat [yellow]{n['heat_number']}[/]")
+    if n.get("certificate_ref"):
+        bits.append(f"cert {n['certificate_ref']}")
+    if n.get("units", {}).get("count"):
+        bits.append(f"{n['units']['count']} units")
+    return ", ".join(bits)
+
+
+def _print_trace(t: dict[str, Any]) -> None:
+    from rich.tree import Tree
+
+    nodes = {n["id"]: n for n in t["nodes"]}
+    nxt: dict[str, list[str]] = {}
+    for e in t["edges"]:
+        a, b = (e["to"], e["from"]) if t["direction"] == "backward" else (e["from"], e["to"])
+        nxt.setdefault(a, []).append(b)
+    roots = [n["id"] for n in t["nodes"] if n["level"] == 0]
+    title = f"{t['direction']} trace of {t['query'] if t['direction'] == 'backward' else t['query']['value']}"
+    tree = Tree(f"[bold]{title}[/]")
+
+    def add(branch: Any, nid: str, path: set[str]) -> None:
+        n = nodes[nid]
+        sub = branch.add(_trace_label(n))
+        for op in n.get("operations", []):
+            params = ", ".join(f"{k}={v}" for k, v in (op["parameters"] or {}).items())
+            sub.add(f"op {op['seq']} {op['name']}: {op['equipment']}, {op['operator']}, {op['started_at']} {params}")
+        for ins in n.get("inspections", []):
+            sub.add(f"inspection {ins['number']} {ins['status']} by {ins['inspector']}")
+        for ncr in n.get("ncrs", []):
+            sub.add(f"[red]{ncr['number']}[/] {ncr['state']} {ncr['disposition'] or ''}")
+        for child in sorted(nxt.get(nid, [])):
+            if child not in path:
+                add(sub, child, path | {child})
+
+    for r in roots:
+        add(tree, r, {r})
+    console.print(tree)
+    for c in t.get("by_customer", []):
+        console.print(f"customer [bold]{c['customer']}[/]: {c['quantity']:g} on "
+                      + ", ".join(s["shipment"] for s in c["shipments"]))
+
+
+def _get_trace(hub_url: str | None, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    s = _settings()
+    url = hub_url or f"http://{s.api.host}:{s.api.port}"
+    token = os.environ.get("TRACEHUB_TOKEN")
+    if not token:
+        console.print("[red]set TRACEHUB_TOKEN to your token: log in with POST /api/auth/login, or ask an admin "
+                      "for one (`tracehub users token NAME --role quality_manager`)[/]")
+        raise typer.Exit(2)
+    try:
+        r = httpx.get(f"{url}{path}", params={k: v for k, v in params.items() if v is not None}, timeout=60,
+                      headers={"Authorization": f"Bearer {token}"})
+    except httpx.ConnectError as exc:
+        console.print(f"[red]the hub API is not reachable at {url}: start it with `make run`[/]")
+        raise typer.Exit(1) from exc
+    if r.status_code != 200:
+        console.print(f"[red]{r.json().get('detail', r.text)}[/]")
+        raise typer.Exit(1)
+    return r.json()
+
+
+@trace_app.command("backward")
+def trace_backward(code: str = typer.Argument(..., help="unit serial (Digital Link), batch code or lot number"),
+                   as_json: bool = typer.Option(False, "--json", help="print the JSON answer"),
+                   hub_url: str = typer.Option(None, help="default: the local API")) -> None:
+    """Where did it come from: the tree down to suppliers, heats and certificates."""
+    t = _get_trace(hub_url, f"/api/trace/backward/{code}", {})
+    console.print_json(data=t) if as_json else _print_trace(t)
+
+
+@trace_app.command("forward")
+def trace_forward(
+    lot: str = typer.Option(None, help="a lot number"), heat: str = typer.Option(None, help="a heat number"),
+    supplier_lot: str = typer.Option(None, help="a supplier lot"),
+    equipment: str = typer.Option(None, help="an equipment id (needs --since and --until)"),
+    operator: str = typer.Option(None, help="an operator (needs --since and --until)"),
+    since: str = typer.Option(None, help="window start, e.g. 2026-01-05T08:00:00Z"),
+    until: str = typer.Option(None, help="window end"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON answer"),
+    hub_url: str = typer.Option(None, help="default: the local API"),
+) -> None:
+    """Where did it go: every lot and unit made from it, and where each is now."""
+    given = {k: v for k, v in {"lot": lot, "heat": heat, "supplier_lot": supplier_lot, "equipment": equipment,
+                               "operator": operator}.items() if v}
+    if len(given) != 1:
+        console.print("[red]give exactly one of --lot, --heat, --supplier-lot, --equipment, --operator[/]")
+        raise typer.Exit(2)
+    kind, value = next(iter(given.items()))
+    t = _get_trace(hub_url, "/api/trace/forward", {"kind": kind, "value": value, "since": since, "until": until})
+    console.print_json(data=t) if as_json else _print_trace(t)
+
+
+
 if __name__ == "__main__":
     app()
+
+
+codes_app = typer.Typer(help="Codes: export blocks for printers.", no_args_is_help=True)
+app.add_typer(codes_app, name="codes")
+
+
+@codes_app.command("export")
+def codes_export(
+    block: int = typer.Argument(..., help="block id (GET /api/codes/blocks/{id})"),
+    out: Path = typer.Option(..., "--out", "-o", help="file to write"),
+    fmt: str = typer.Option("csv", "--format", "-f", help="csv | ndjson | uri (one Digital Link URI per line)"),
+    first: int = typer.Option(0, help="index of the first code in the block"),
+    count: int = typer.Option(None, help="how many codes (default: to the end of the block)"),
+) -> None:
+    """Write a block's codes to a file at full speed, with a progress bar."""
+    asyncio.run(_codes_export(block, out, fmt, first, count))
+
+
+async def _codes_export(block: int, out: Path, fmt: str, first: int, count: int | None) -> None:
+    from core.db import make_engine, make_sessionmaker
+    from domain import codes, labels
+
+    s = _settings()
+    engine = make_engine(s.database.url)
+    async with make_sessionmaker(engine)() as session:
+        view = await codes.block_view(session, block)
+    await engine.dispose()
+    total = view.block.count - first if count is None else min(count, view.block.count - first)
+    with Progress(TextColumn("[bold]block {task.fields[block]}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as bar, \
+            out.open("wb") as f:
+        task = bar.add_task("export", total=total, block=block)
+        for chunk in labels.export_chunks(view, fmt=fmt, domain=s.resolver_base_url, first=first, count=total,
+                                          chunk=500_000, progress=lambda n: bar.advance(task, n)):
+            f.write(chunk)
+    console.print(f"wrote {total:,} codes to {out}")

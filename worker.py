@@ -8,14 +8,21 @@ import signal
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.codes import CodeActivities
+from activities.connectors import build_connector_activities
 from activities.hub import build_activities
+from connectors.errors import ConnectorLoadError
+from connectors.registry import load_connectors
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings
 from core.temporal import connect
+from workflows.erp_poll import ErpPollWorkflow
+from workflows.issue_codes import IssueCodesWorkflow
 from workflows.nonconformance import NonconformanceWorkflow
+from workflows.recall import RecallWorkflow
 from workflows.work_order import WorkOrderWorkflow
 
-WORKFLOWS = [WorkOrderWorkflow, NonconformanceWorkflow]
+WORKFLOWS = [WorkOrderWorkflow, NonconformanceWorkflow, RecallWorkflow, IssueCodesWorkflow, ErpPollWorkflow]
 
 
 def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue: str | None = None) -> Worker:
@@ -23,7 +30,9 @@ def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue
         client,
         task_queue=task_queue or settings.temporal.task_queue,
         workflows=WORKFLOWS,
-        activities=build_activities(sessionmaker, resolver=settings.resolver_base_url),
+        activities=build_activities(sessionmaker, resolver=settings.resolver_base_url)
+        + CodeActivities(sessionmaker, resolver=settings.resolver_base_url).all()
+        + build_connector_activities(sessionmaker),
         max_concurrent_activities=50,
     )
 
@@ -41,6 +50,11 @@ async def _connect_with_retry(settings: Settings) -> Client:
 
 async def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
+    try:
+        kinds = load_connectors()  # every connector, built in or by entry point, before anything else
+    except ConnectorLoadError as exc:
+        raise SystemExit(f"worker: not starting: {exc}") from exc
+    print(f"worker: connectors {', '.join(sorted(kinds))}", flush=True)
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     client = await _connect_with_retry(settings)
     worker = build_worker(client, settings, make_sessionmaker(engine))

@@ -30,11 +30,11 @@ from activities.models import (
     StartWorkOrderInput,
     Verdict,
 )
+from activities.recall import RecallActivities
 from connectors.errors import ConnectorConfigError
 from connectors.registry import connector_class
 from core.errors import NotFound
 from domain import codes, production, quality, shipping
-from domain.codes import serial_text
 from domain.models import Endpoint
 
 
@@ -137,7 +137,7 @@ class HubActivities:
             await quality.record_decision(
                 s, ncr=inp.ncr, decision_id=d.decision_id or "", action=d.action.value, reviewer=d.reviewer,
                 role=d.role.value, reason=d.reason, rework_operation=d.rework_operation,
-                new_state=inp.new_state.value,
+                new_state=inp.new_state.value, signature=d.signature,
             )
 
     @activity.defn
@@ -161,12 +161,8 @@ class HubActivities:
             issued = await codes.issue_for_lot(s, work_order=inp.work_order, lot=lot, quantity=inp.quantity,
                                                resolver=self.resolver)
             b = issued.block
-            return IssueCodesResult(
-                batch_code=issued.batch_code,
-                first_serial=serial_text(b.first_seq) if b else None,
-                last_serial=serial_text(b.first_seq + b.count - 1) if b else None,
-                count=b.count if b else 0,
-            )
+            return IssueCodesResult(batch_code=issued.batch_code, first_serial=issued.first_serial,
+                                    last_serial=issued.last_serial, count=b.count if b else 0)
 
     @activity.defn
     @translated
@@ -220,4 +216,5 @@ class HubActivities:
 
 def build_activities(sessionmaker: async_sessionmaker[AsyncSession], *, resolver: str) -> list[Any]:
     """The one list the worker registers."""
-    return HubActivities(sessionmaker, resolver=resolver).all()
+    recall = RecallActivities(sessionmaker, resolver=resolver).all()
+    return HubActivities(sessionmaker, resolver=resolver).all() + recall

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from activities.models_connectors import MaterialSpec, ProcessParameter
+
 _CODE = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"
 
 
@@ -96,6 +98,8 @@ class RoutingOperation(Model):
     seq: int = Field(ge=1, le=9999)
     name: str = Field(min_length=1, max_length=80)
     equipment: str | None = Field(default=None, max_length=80, description="planned equipment")
+    process_data: list[ProcessParameter] = Field(
+        default_factory=list, description="process values recorded from the equipment's endpoints")
 
 
 class ShipmentRequest(Model):
@@ -131,6 +135,8 @@ class WorkOrderInput(Model):
         default=None, description="ship against this sales order when ready; else wait for the ERP's request"
     )
     timing: Timing = Field(default_factory=Timing)
+    material_specs: list[MaterialSpec] = Field(
+        default_factory=list, description="materials whose supplier certificate is checked at intake")
 
     @field_validator("routing")
     @classmethod
@@ -196,13 +202,25 @@ class ReviewerRole(StrEnum):
     quality_manager = "quality_manager"
 
 
+class DecisionSignature(Model):
+    """The electronic signature the API took (the signer re-entered their password)."""
+
+    signer: str
+    signer_name: str | None = None
+    meaning: str  # reviewed | approved | rejected | released
+
+
 class NcrDecision(Model):
-    decision_id: str | None = Field(default=None, max_length=80, description="set by the API")
+    """A reviewer's decision as the workflow receives it: reviewer and role come from the API's
+    authenticated principal, never from what a caller claims."""
+
+    decision_id: str | None = Field(default=None, max_length=80, description="set by the workflow")
     action: NcrAction
     reviewer: str = Field(min_length=1, max_length=80)
     role: ReviewerRole
     reason: str = Field(default="", max_length=2000, description="why: required")
     rework_operation: int | None = Field(default=None, ge=1, description="rework: routing seq to repeat")
+    signature: DecisionSignature | None = None
 
 
 class NcrState(StrEnum):

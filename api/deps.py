@@ -1,4 +1,7 @@
-"""Dependencies: sessions (transaction per request), the Temporal client, settings."""
+"""Dependencies: sessions (transaction per request), the Temporal client, settings.
+
+`SessionDep` is for handlers that write (on SQLite its transaction takes the write lock at BEGIN, so writers
+queue); `ReadSessionDep` for handlers that only read: no lock on SQLite, readers never wait for writers."""
 
 from __future__ import annotations
 
@@ -16,6 +19,12 @@ from core.temporal import connect
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with request.app.state.sessionmaker() as session, session.begin():
+        yield session
+
+
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    # nothing to commit: the transaction (a snapshot on SQLite) is rolled back when the session closes
+    async with request.app.state.read_sessionmaker() as session:
         yield session
 
 
@@ -37,5 +46,6 @@ def get_settings(request: Request) -> Settings:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -7,15 +7,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.errors import Conflict, HubError, InvalidInput, NotFound
+from connectors.errors import (
+    ConnectorConfigError,
+    ConnectorError,
+    ConnectorUnavailable,
+    DeviceRejected,
+    ProtocolError,
+)
+from core.errors import Conflict, Forbidden, HubError, InvalidInput, NotFound, Unauthorized
 
-STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422}
+STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Unauthorized: 401, Forbidden: 403}
 # ApplicationError types raised by workflow update validators
 APP_ERROR_STATUS = {"NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Forbidden": 403}
 
 
 class TemporalUnavailable(HubError):
     kind = "TemporalUnavailable"
+
+
+# the connector taxonomy (CONVENTIONS.md): config 422, outage 503, the peer said no or answered garbage 502
+CONNECTOR_STATUS = {ConnectorConfigError: 422, ConnectorUnavailable: 503, DeviceRejected: 502, ProtocolError: 502}
 
 
 _TAGS = {"work_order.released", "purchase_receipt.posted", "shipment.requested"}
@@ -41,6 +52,15 @@ def install(app: FastAPI) -> None:
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 503
                       if isinstance(exc, TemporalUnavailable) else 400)
         body = {"error": exc.kind, "detail": exc.message}
+        if exc.field:
+            body["field"] = exc.field
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(ConnectorError)
+    async def _connector_error(_: Request, exc: ConnectorError) -> JSONResponse:
+        status = next((s for cls, s in CONNECTOR_STATUS.items() if isinstance(exc, cls)), 502)
+        body = {"error": type(exc).__name__, "detail": exc.message}
         if exc.field:
             body["field"] = exc.field
         return JSONResponse(body, status_code=status)

@@ -5,14 +5,29 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from api import errors
-from api.routes import erp, health, inspections, ncrs, trace, work_orders
-from core.db import make_engine, make_sessionmaker
+from api.routes import (
+    auth,
+    codes,
+    endpoints,
+    epcis,
+    erp,
+    health,
+    inspections,
+    ncrs,
+    recalls,
+    resolver,
+    trace,
+    work_orders,
+)
+from api.security import authenticate
+from core.db import engine_of, make_engine, make_read_sessionmaker, make_sessionmaker
 from core.settings import Settings
+from domain.code_scans import ScanRecorder
 
 
 def create_app(
@@ -29,7 +44,10 @@ def create_app(
         if app.state.sessionmaker is None:
             engine = make_engine(settings.database.url, echo=settings.database.echo)
             app.state.sessionmaker = make_sessionmaker(engine)
+            app.state.read_sessionmaker = make_read_sessionmaker(engine)
+            app.state.scan_recorder.sessionmaker = app.state.sessionmaker
         yield
+        await app.state.scan_recorder.close()  # the scans not written yet
         if engine is not None:
             await engine.dispose()
 
@@ -39,11 +57,16 @@ def create_app(
         description="Production-batch quality traceability: ERP events in, work orders as durable workflows, "
         "inspections, nonconformance review, codes, shipments, and trace both ways.",
         lifespan=lifespan,
+        # every route is authorized through the permission matrix in api/security.py
+        dependencies=[Depends(authenticate)],
     )
     app.state.settings = settings
     app.state.sessionmaker = sessionmaker
+    # readers (ReadSessionDep) share the writers' engine and pool; the resolver's scans are written in batches
+    app.state.read_sessionmaker = make_read_sessionmaker(engine_of(sessionmaker)) if sessionmaker else None
+    app.state.scan_recorder = ScanRecorder(sessionmaker)
     app.state.temporal = temporal
     errors.install(app)
-    for r in (health, erp, work_orders, inspections, ncrs, trace):
+    for r in (health, auth, erp, work_orders, inspections, ncrs, trace, endpoints, codes, resolver, epcis, recalls):
         app.include_router(r.router)
     return app

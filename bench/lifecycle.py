@@ -1,38 +1,42 @@
 """Lifecycle benchmark of the hub: work orders end to end, a bare-workflow baseline, and worker memory.
 
-    .venv/bin/python bench/lifecycle.py [--work-orders N] [--open 1000] [--db sqlite|postgresql]
-                                        [--driver http|temporal] [--concurrency 50] [--bare 200]
+    .venv/bin/python bench/lifecycle.py [--work-orders 200] [--open 1000] [--db sqlite|postgresql]
+                                        [--driver http|temporal] [--concurrency 50] [--bare 200] ...
 
 Everything runs for real on loopback, each piece in its own process as in production:
-- the Temporal dev server (`temporal server start-dev`, SQLite file in a temp dir),
-- the ERP simulator (erp_sim.app under uvicorn; in memory),
+- the Temporal dev server (`temporal server start-dev`, SQLite file in a temp dir, WAL),
+- the ERP simulator (erp_sim.app under uvicorn, in memory),
 - the hub worker (`python worker.py`, configured through HUB_* variables like in production),
 - the hub API (api.main:create_app under uvicorn, like `tracehub api`),
-- a bare worker (this file with --bare-worker: one trivial workflow + one trivial activity, same SDK,
-  same sandbox, same data converter, same max_concurrent_activities, own task queue).
+- a bare worker (this file with --bare-worker: one trivial workflow and one trivial activity, same SDK,
+  same sandbox, same pydantic data converter, same max_concurrent_activities, its own task queue).
 
-Phases (warm-up runs are excluded from every figure):
-1. N work orders through the whole lifecycle, `--concurrency` at a time: ERP release event (with its
-   purchase receipt) -> IQC results in spec -> operation reports 10 and 20 -> final inspection results;
-   every `--fail-every`-th work order fails final inspection and is decided through the NCR update
-   (confirm by qa_supervisor, then use_as_is by mrb_engineering) -> codes -> shipment to the ERP
-   simulator -> completed. Wall time is from the first release to the last workflow close time.
-2. M bare workflows with the same concurrency, on the same dev server.
-3. `--open` work orders driven up to a failed final inspection, so each waits for a reviewer on an open
-   NCR; then the RSS of the hub worker process (with its children) is measured.
+Phases (the warm-up, 3 work orders and 5 bare workflows, is left out of every figure):
+2a. M/2 bare workflows, `--concurrency` at a time.
+1.  N work orders through the whole lifecycle, `--concurrency` at a time: ERP release event (with its
+    purchase receipt) -> IQC results in spec -> operation reports 10 and 20 -> final inspection results;
+    every `--fail-every`-th work order fails final inspection and is decided through the NCR update
+    (confirm by qa_supervisor, then use_as_is by mrb_engineering) -> codes -> shipment to the ERP
+    simulator -> completed. Wall time is from the first release to the last workflow close time.
+2b. the other M/2 bare workflows (the halves bracket phase 1: the Temporal server slows as it fills).
+3.  `--open` work orders driven until each waits for a reviewer on an open NCR (`--open-via iqc`: the
+    IQC results fail; `final`: IQC passes, both operations, final inspection fails); then the RSS of
+    the worker process (with its children) is measured.
 
-Driver (field "driver" in the output):
-- "http" (default): the floor's way, through the hub's HTTP API: POST /api/erp/events, GET
-  /api/work-orders/{n} to see what the work order waits for (the status query), POST
-  /api/inspections/{i}/results, POST /api/work-orders/{n}/operations, POST /api/ncrs/{ncr}/decisions.
-- "temporal": the same steps sent straight to Temporal (start_workflow, the `status` query, signals, the
-  NCR `decide` update), bypassing the API process and its database reads, to tell the cost of the
-  API from the cost of workflows + activities.
-In both, the driver waits for a work order's completion with a long poll on the workflow result
-(measurement machinery, not floor traffic) and decisions are retried while the NCR is not yet recorded.
+Drivers (field "driver" in the output):
+- "http" (default for phase 1): the floor's way, through the hub's HTTP API: POST /api/erp/events,
+  GET /api/work-orders/{n} to see what the work order waits for (the workflow's status query), POST
+  /api/inspections/{i}/results, POST /api/work-orders/{n}/operations, GET /api/ncrs/{ncr} and POST
+  /api/ncrs/{ncr}/decisions. An HTTP 5xx is counted (`http_5xx_resent`) and sent again.
+- "temporal" (default for phase 3, `--open-driver`): the same inputs straight to Temporal (start, the
+  signals, the NCR `decide` update), bypassing the API process; progress is read from
+  DescribeWorkflowExecution (the Temporal server alone) instead of the status query (a workflow
+  activation on the worker per poll). Use `--driver temporal` to tell the API's cost from the rest.
+Both wait for a work order's completion with a long poll on the workflow result (measurement machinery,
+not floor traffic: it costs neither the API nor the worker).
 
 stdout carries only JSON lines, one per metric: {"metric": ..., "value": ..., "unit": ..., ...}.
-Progress goes to stderr; the logs of the child processes are kept in the temp dir (tails on failure).
+Progress, the load average, the CPU each process used per phase and the activity mix go to stderr.
 
 Module level imports only the standard library and temporalio: the bare workflow below is loaded by the
 Temporal sandbox as `bench.lifecycle`, and must stay light there.
@@ -42,8 +46,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -78,6 +84,7 @@ BARE_TASK_QUEUE = "bench-bare"
 HUB_TASK_QUEUE = "tracehub-bench"
 QUANTITY = 20
 IN_SPEC_IQC = [{"characteristic": "hardness", "values": [30.1]}]
+OUT_SPEC_IQC = [{"characteristic": "hardness", "values": [35.0]}]
 IN_SPEC_FINAL = [{"characteristic": "outer diameter", "values": [25.0, 25.01, 24.99]}]
 OUT_SPEC_FINAL = [{"characteristic": "outer diameter", "values": [25.0, 25.2, 24.99]}]
 ROOT = Path(__file__).parents[1]  # made absolute by main() (no filesystem calls here: the sandbox loads this)
@@ -85,6 +92,12 @@ ROOT = Path(__file__).parents[1]  # made absolute by main() (no filesystem calls
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def log_load(what: str) -> None:
+    """The machine's load: other work on it skews every figure here."""
+    one, five, _ = os.getloadavg()
+    log(f"{what}: load average {one:.2f} (1 min) {five:.2f} (5 min) on {os.cpu_count()} CPUs")
 
 
 def emit(metric: str, value: Any, unit: str, **extra: Any) -> None:
@@ -106,6 +119,7 @@ class Children:
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+        atexit.register(self.stop_all)  # a last resort: stop_all is also called in bench()'s finally
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         logfile = self.logdir / f"{name}.log"
@@ -123,7 +137,7 @@ class Children:
 
     def stop_all(self) -> None:
         while self.procs:
-            name, p, logfile = self.procs.pop()
+            name, p, _ = self.procs.pop()
             if p.poll() is None:
                 try:
                     os.killpg(p.pid, signal.SIGTERM)  # its own session: the group id is its pid
@@ -181,7 +195,11 @@ def tail(path: Path, lines: int = 30) -> str:
 # --- database -----------------------------------------------------------------------------------------
 
 
-def prepare_database(kind: str, tmp: Path) -> str:
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/tracehub_bench"
+BENCH_PG_DATABASE = "tracehub_bench_lifecycle"
+
+
+def prepare_database(kind: str, tmp: Path, db_url: str | None = None) -> str:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -190,8 +208,12 @@ def prepare_database(kind: str, tmp: Path) -> str:
     if kind == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp / 'hub.db'}"
     else:
-        u = make_url(os.environ.get("HUB_TEST_DATABASE_URL",
-                                    "postgresql+psycopg://postgres@127.0.0.1:5432/tracehub_bench"))
+        if db_url:
+            u = make_url(db_url)
+        else:
+            # the server of HUB_TEST_DATABASE_URL (or the local default), but a database of our own: the
+            # test suite's database must not be dropped under it, nor bench/trace.py's `tracehub_bench`
+            u = make_url(os.environ.get("HUB_TEST_DATABASE_URL", DEFAULT_PG)).set(database=BENCH_PG_DATABASE)
         if u.drivername in ("postgresql", "postgres"):
             u = u.set(drivername="postgresql+psycopg")
         admin = create_engine(u.set(drivername="postgresql+psycopg", database="postgres"),
@@ -239,7 +261,7 @@ async def start_temporal(children: Children, tmp: Path) -> str:
         try:
             await Client.connect(address)
             return address
-        except Exception:  # noqa: BLE001 - still starting
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
@@ -297,6 +319,17 @@ class Refused(RuntimeError):
     pass
 
 
+def _op_report(number: str, seq: int) -> dict:
+    return {
+        "report_id": f"{number}-op{seq}", "seq": seq,
+        "equipment": {10: "LATHE-01", 20: "FURNACE-02"}[seq], "operator": "op-7", "shift": "A",
+        "started_at": "2026-11-21T08:00:00Z", "ended_at": "2026-11-21T09:00:00Z",
+        "consumed": [{"lot": f"{number}-M1", "quantity": 10.0}] if seq == 10 else [],
+        "parameters": {"spindle_rpm": 1200} if seq == 10 else {"temperature_c": 860, "soak_min": 45},
+        "good_quantity": QUANTITY, "scrap_quantity": 0,
+    }
+
+
 class Driver:
     """Moves one work order through the floor's steps; subclasses say how (HTTP API or Temporal)."""
 
@@ -307,69 +340,62 @@ class Driver:
         self.poll = poll
         self.step_timeout = step_timeout
         self.requests = 0
+        self.errors: dict[int, int] = {}  # HTTP 5xx answers by status, sent again
 
-    async def _until(self, fetch, pred, what: str) -> dict:  # noqa: ANN001
-        """Poll `fetch` (a status) until `pred` holds; the interval grows from `poll` to 4x `poll`."""
+    async def _until(self, fetch, pred, what: str) -> Any:
+        """Poll `fetch` until `pred` holds for its answer; the interval grows from `poll` to 4x `poll`."""
         deadline = time.monotonic() + self.step_timeout
         delay = self.poll
         last: Any = None
         while True:
+            self.requests += 1
             last = await fetch()
             if last is not None and pred(last):
                 return last
             if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out waiting for {what}; last status: {last}")
+                raise TimeoutError(f"timed out waiting for {what}; last: {last}")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, self.poll * 4)
 
-    async def run(self, number: str, *, fail: bool, stop_at_reviewer: bool = False) -> None:
+    async def run(self, number: str, *, fail: str | None, stop_at_reviewer: bool = False) -> None:
+        """One work order; `fail` = "iqc" or "final" makes that inspection fail (an NCR), None passes all."""
         await self.release(number)
-        st = await self._until(lambda: self.status(number),
-                               lambda s: any(p["kind"] == "iqc" for p in s["pending_inspections"]), "IQC")
-        iqc = next(p["number"] for p in st["pending_inspections"] if p["kind"] == "iqc")
-        await self.results(number, iqc, IN_SPEC_IQC)
-        await self.operation(number, 10, [{"lot": f"{number}-M1", "quantity": 10.0}])
-        await self.operation(number, 20, [])
-        st = await self._until(lambda: self.status(number),
-                               lambda s: any(p["kind"] == "final" for p in s["pending_inspections"]), "final")
-        fin = next(p["number"] for p in st["pending_inspections"] if p["kind"] == "final")
-        await self.results(number, fin, OUT_SPEC_FINAL if fail else IN_SPEC_FINAL)
+        iqc = await self.wait_inspection(number, "iqc")
+        await self.results(number, iqc, OUT_SPEC_IQC if fail == "iqc" else IN_SPEC_IQC)
+        if fail != "iqc":
+            for seq in (10, 20):
+                await self.wait_operation(number, seq)
+                await self.report(number, _op_report(number, seq))
+            fin = await self.wait_inspection(number, "final")
+            await self.results(number, fin, OUT_SPEC_FINAL if fail == "final" else IN_SPEC_FINAL)
         if fail:
             ncr = f"NCR-{number}-1"  # the work order names its NCRs NCR-<work order>-<n>
+            await self.wait_ncr_open(ncr)
             if stop_at_reviewer:
-                await self.wait_ncr_open(number, ncr)
                 return
-            await self.before_decisions(ncr)
+            if fail == "iqc":
+                raise NotImplementedError("the lifecycle phase fails final inspection only")
             await self.decide(ncr, "confirm", "qa_supervisor", "diameter confirmed on CMM")
             await self.decide(ncr, "use_as_is", "mrb_engineering", "customer concession C-12")
 
-    async def operation(self, number: str, seq: int, consumed: list[dict]) -> None:
-        await self._until(lambda: self.status(number), lambda s: s["expected_operation"] == seq, f"op {seq}")
-        report = {
-            "report_id": f"{number}-op{seq}", "seq": seq,
-            "equipment": {10: "LATHE-01", 20: "FURNACE-02"}[seq], "operator": "op-7", "shift": "A",
-            "started_at": "2026-11-21T08:00:00Z", "ended_at": "2026-11-21T09:00:00Z", "consumed": consumed,
-            "parameters": {"spindle_rpm": 1200} if seq == 10 else {"temperature_c": 860, "soak_min": 45},
-            "good_quantity": QUANTITY, "scrap_quantity": 0,
-        }
-        await self.report(number, report)
-
     async def wait_done(self, number: str) -> None:
+        # a long poll on the result: measurement machinery, costs neither the API nor the worker
         await self.client.get_workflow_handle(f"work-order-{number}").result()
 
     # implemented by the drivers
     async def release(self, number: str) -> None: ...
-    async def status(self, number: str) -> dict | None: ...
+    async def wait_inspection(self, number: str, kind: str) -> str: ...
+    async def wait_operation(self, number: str, seq: int) -> None: ...
     async def results(self, number: str, inspection: str, measurements: list[dict]) -> None: ...
     async def report(self, number: str, report: dict) -> None: ...
+    async def wait_ncr_open(self, ncr: str) -> None: ...
     async def decide(self, ncr: str, action: str, role: str, reason: str) -> None: ...
-    async def wait_ncr_open(self, number: str, ncr: str) -> None: ...
-    async def before_decisions(self, ncr: str) -> None: ...
     async def close(self) -> None: ...
 
 
 class HttpDriver(Driver):
-    """Through the hub's HTTP API, as ERP webhooks, inspectors, the MES and reviewers do."""
+    """Through the hub's HTTP API, as ERP webhooks, inspectors, the MES and reviewers do: what to do next is
+    read from GET /api/work-orders/{n} (the workflow's status query), as the floor's screens do."""
 
     name = "http"
 
@@ -383,6 +409,7 @@ class HttpDriver(Driver):
 
     async def _call(self, method: str, path: str, *, ok: tuple[int, ...], retry: tuple[int, ...] = (),
                     body: Any = None) -> Any:
+        """One request; `retry` statuses (and 502/503) are sent again after a pause until step_timeout."""
         deadline = time.monotonic() + self.step_timeout
         delay = self.poll
         while True:
@@ -390,7 +417,12 @@ class HttpDriver(Driver):
             r = await self.http.request(method, path, json=body)
             if r.status_code in ok:
                 return r.json()
-            if r.status_code in retry or r.status_code in (502, 503):
+            if r.status_code >= 500:
+                # the hub failed this request (e.g. SQLite "database is locked" after its 30 s busy timeout):
+                # count it, and send it again as a floor client would (the hub deduplicates re-sends)
+                self.errors[r.status_code] = self.errors.get(r.status_code, 0) + 1
+                log(f"  {method} {path} -> {r.status_code} {r.text[:200]!r}: sending it again")
+            if r.status_code in retry or r.status_code >= 500:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{method} {path}: still {r.status_code} {r.text[:300]}")
                 await asyncio.sleep(delay)
@@ -398,44 +430,72 @@ class HttpDriver(Driver):
                 continue
             raise Refused(f"{method} {path} -> {r.status_code} {r.text[:500]}")
 
+    async def _status(self, number: str) -> dict | None:
+        self.requests -= 1  # counted by _until
+        return (await self._call("GET", f"/api/work-orders/{number}", ok=(200,))).get("status")
+
     async def release(self, number: str) -> None:
         from erp_sim.app import release_event
 
-        await self._call("POST", "/api/erp/events", ok=(202,), body=release_event(number, QUANTITY))
+        # 200: a re-sent event already accepted (after a 5xx)
+        await self._call("POST", "/api/erp/events", ok=(200, 202), body=release_event(number, QUANTITY))
 
-    async def status(self, number: str) -> dict | None:
-        return (await self._call("GET", f"/api/work-orders/{number}", ok=(200,))).get("status")
+    async def wait_inspection(self, number: str, kind: str) -> str:
+        st = await self._until(lambda: self._status(number),
+                               lambda s: any(p["kind"] == kind for p in s["pending_inspections"]), f"{kind} inspection")
+        return next(p["number"] for p in st["pending_inspections"] if p["kind"] == kind)
+
+    async def wait_operation(self, number: str, seq: int) -> None:
+        await self._until(lambda: self._status(number), lambda s: s["expected_operation"] == seq, f"operation {seq}")
 
     async def results(self, number: str, inspection: str, measurements: list[dict]) -> None:
         await self._call("POST", f"/api/inspections/{inspection}/results", ok=(202,),
                          body={"inspector": "inspector-1", "measurements": measurements})
 
-    async def operation(self, number: str, seq: int, consumed: list[dict]) -> None:
-        # the API checks with the workflow's status query that this operation is expected (409 if not)
-        await super().operation(number, seq, consumed)
-
     async def report(self, number: str, report: dict) -> None:
         await self._call("POST", f"/api/work-orders/{number}/operations", ok=(202,), body=report)
 
-    async def decide(self, ncr: str, action: str, role: str, reason: str) -> None:
-        # 404 until the NCR's first activity has recorded it
-        await self._call("POST", f"/api/ncrs/{ncr}/decisions", ok=(200,), retry=(404,),
-                         body={"action": action, "reviewer": f"{role}-1", "role": role, "reason": reason})
+    async def wait_ncr_open(self, ncr: str) -> None:
+        await self._call("GET", f"/api/ncrs/{ncr}", ok=(200,), retry=(404,))  # recorded by its first activity
 
-    async def wait_ncr_open(self, number: str, ncr: str) -> None:
-        await self._call("GET", f"/api/ncrs/{ncr}", ok=(200,), retry=(404,))
+    async def decide(self, ncr: str, action: str, role: str, reason: str) -> None:
+        await self._call("POST", f"/api/ncrs/{ncr}/decisions", ok=(200,),
+                         body={"action": action, "reviewer": f"{role}-1", "role": role, "reason": reason})
 
     async def close(self) -> None:
         await self.http.aclose()
 
 
 class TemporalDriver(Driver):
-    """The same steps straight to Temporal: no API process, no inbox row, no API-side validation reads."""
+    """The same inputs straight to Temporal (start_workflow, signals, the NCR `decide` update): no API process,
+    no inbox row, no API-side checks. What to do next is not read from the status query (which would cost
+    the worker a workflow activation per poll) but from DescribeWorkflowExecution, served by the Temporal
+    server alone: a work order between two floor inputs always has a pending activity or workflow task, so
+    none pending means it waits for the next input (a new child NCR workflow has a moment with neither
+    before its first workflow task is scheduled: its history length tells that moment apart). Inspection numbers are the hub's: IQC-<lot>,
+    FIN-<work order>-<attempt>."""
 
     name = "temporal"
 
-    def __init__(self, client: Any, poll: float, step_timeout: float) -> None:
-        super().__init__(client, poll, step_timeout)
+    async def _quiet(self, wf_id: str) -> bool | None:
+        from temporalio.client import WorkflowExecutionStatus
+        from temporalio.service import RPCError, RPCStatusCode
+
+        try:
+            d = await self.client.get_workflow_handle(wf_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        if d.status != WorkflowExecutionStatus.RUNNING:
+            raise Refused(f"{wf_id} is {d.status.name if d.status else '?'}")
+        raw = d.raw_description
+        # history_length > 1: a child workflow exists for a moment with no workflow task scheduled yet
+        return (raw.workflow_execution_info.history_length > 1 and not raw.pending_activities
+                and not raw.HasField("pending_workflow_task"))
+
+    async def _wait_quiet(self, wf_id: str, what: str) -> None:
+        await self._until(lambda: self._quiet(wf_id), bool, what)
 
     async def release(self, number: str) -> None:
         from activities.models import WorkOrderInput
@@ -446,9 +506,12 @@ class TemporalDriver(Driver):
             "WorkOrderWorkflow", WorkOrderInput.model_validate(release_event(number, QUANTITY)["work_order"]),
             id=f"work-order-{number}", task_queue=HUB_TASK_QUEUE)
 
-    async def status(self, number: str) -> dict | None:
-        self.requests += 1
-        return await self.client.get_workflow_handle(f"work-order-{number}").query("status", result_type=dict)
+    async def wait_inspection(self, number: str, kind: str) -> str:
+        await self._wait_quiet(f"work-order-{number}", f"{kind} inspection of {number}")
+        return f"IQC-{number}-M1" if kind == "iqc" else f"FIN-{number}-1"
+
+    async def wait_operation(self, number: str, seq: int) -> None:
+        await self._wait_quiet(f"work-order-{number}", f"operation {seq} of {number}")
 
     async def results(self, number: str, inspection: str, measurements: list[dict]) -> None:
         from activities.models import InspectionResultInput
@@ -465,66 +528,37 @@ class TemporalDriver(Driver):
         await self.client.get_workflow_handle(f"work-order-{number}").signal(
             "report_operation", OperationReport.model_validate(report))
 
-    async def before_decisions(self, ncr: str) -> None:
-        # The API only takes decisions on an NCR it has a record of (written by the NCR's first activity).
-        # Straight to Temporal, wait at least until the NCR workflow answers a query (its run() has begun):
-        # an update delivered in its very first workflow task trips `assert self.inp is not None` in
-        # NonconformanceWorkflow.decide (workflows/nonconformance.py) and the workflow task fails.
-        from temporalio.service import RPCError
-
-        async def fetch() -> dict | None:
-            self.requests += 1
-            try:
-                return await self.client.get_workflow_handle(f"ncr-{ncr}").query("status", result_type=dict)
-            except RPCError:
-                return None
-
-        await self._until(fetch, lambda s: True, f"{ncr} started")
+    async def wait_ncr_open(self, ncr: str) -> None:
+        # The API takes decisions only on an NCR it has a record of (written by the NCR's first activity).
+        # Waiting for the same here also keeps updates out of the NCR's very first workflow task, where
+        # NonconformanceWorkflow.decide would trip on `assert self.inp is not None` (run() not begun yet).
+        await self._wait_quiet(f"ncr-{ncr}", f"{ncr} recorded")
 
     async def decide(self, ncr: str, action: str, role: str, reason: str) -> None:
         from activities.models import NcrDecision
-        from temporalio.service import RPCError, RPCStatusCode
-
-        d = NcrDecision(action=action, reviewer=f"{role}-1", role=role, reason=reason)
-        deadline = time.monotonic() + self.step_timeout
-        while True:
-            self.requests += 1
-            try:
-                await self.client.get_workflow_handle(f"ncr-{ncr}").execute_update("decide", d, result_type=dict)
-                return
-            except RPCError as exc:  # the child is not started yet
-                if exc.status != RPCStatusCode.NOT_FOUND or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(self.poll)
-
-    async def wait_ncr_open(self, number: str, ncr: str) -> None:
-        # recorded (open_ncr done, waiting for a reviewer) once the NCR's history has an activity completed
-        await self._until(lambda: self._opened(ncr), lambda s: bool(s), f"{ncr} recorded")
-
-    async def _opened(self, ncr: str) -> dict | None:
-        from temporalio.api.enums.v1 import EventType
-        from temporalio.service import RPCError
 
         self.requests += 1
-        try:
-            h = await self.client.get_workflow_handle(f"ncr-{ncr}").fetch_history()
-        except RPCError:
-            return None
-        done = any(e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED for e in h.events)
-        return {"opened": True} if done else None
+        await self.client.get_workflow_handle(f"ncr-{ncr}").execute_update(
+            "decide", NcrDecision(action=action, reviewer=f"{role}-1", role=role, reason=reason), result_type=dict)
 
 
 # --- phases -------------------------------------------------------------------------------------------
 
 
-async def run_many(items: list[Any], concurrency: int, fn) -> list[Any]:  # noqa: ANN001
+async def run_many(items: list[Any], concurrency: int, fn) -> list[Any]:
+    """fn(x) for every item, `concurrency` at a time; the first failure cancels the rest (and is raised)."""
     sem = asyncio.Semaphore(concurrency)
 
     async def one(x: Any) -> Any:
         async with sem:
             return await fn(x)
 
-    return await asyncio.gather(*(one(x) for x in items))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(x)) for x in items]
+    except BaseExceptionGroup as eg:
+        raise eg.exceptions[0] from None
+    return [t.result() for t in tasks]
 
 
 async def close_time(client: Any, wf_id: str) -> float:
@@ -532,22 +566,29 @@ async def close_time(client: Any, wf_id: str) -> float:
     return d.close_time.timestamp()
 
 
-async def count_activities(client: Any, wf_ids: list[str], concurrency: int = 20) -> tuple[int, int, list[int]]:
-    """(completed activities, retried attempts, completions per workflow) from the workflow histories."""
+async def count_activities(client: Any, wf_ids: list[str], concurrency: int = 20) -> dict[str, Any]:
+    """Completed activities (total and by type) and retried attempts, from the workflow histories."""
+    from collections import Counter
+
     from temporalio.api.enums.v1 import EventType
 
-    async def one(wf_id: str) -> tuple[int, int]:
+    by_type: Counter[str] = Counter()
+    retries = 0
+
+    async def one(wf_id: str) -> None:
+        nonlocal retries
         h = await client.get_workflow_handle(wf_id).fetch_history()
-        done = retries = 0
+        scheduled: dict[int, str] = {}
         for e in h.events:
-            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-                done += 1
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                scheduled[e.event_id] = e.activity_task_scheduled_event_attributes.activity_type.name
+            elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                by_type[scheduled.get(e.activity_task_completed_event_attributes.scheduled_event_id, "?")] += 1
             elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
                 retries += max(0, e.activity_task_started_event_attributes.attempt - 1)
-        return done, retries
 
-    res = await run_many(wf_ids, concurrency, one)
-    return sum(r[0] for r in res), sum(r[1] for r in res), [r[0] for r in res]
+    await run_many(wf_ids, concurrency, one)
+    return {"total": sum(by_type.values()), "retries": retries, "by_type": dict(by_type.most_common())}
 
 
 async def lifecycle_phase(driver: Driver, client: Any, numbers: list[str], fail_every: int,
@@ -558,7 +599,7 @@ async def lifecycle_phase(driver: Driver, client: Any, numbers: list[str], fail_
 
     async def one(number: str) -> None:
         started[number] = time.time()
-        await driver.run(number, fail=number in failing)
+        await driver.run(number, fail="final" if number in failing else None)
         await driver.wait_done(number)
         progress["done"] += 1
         if progress["done"] % max(1, len(numbers) // 10) == 0:
@@ -576,8 +617,9 @@ async def lifecycle_phase(driver: Driver, client: Any, numbers: list[str], fail_
         raise RuntimeError(f"{len(bad)} work orders did not complete as expected, e.g. {bad[0]}")
     lat = sorted(c - started[n] for c, n in zip(closes, numbers, strict=True))
     wf_ids = [f"work-order-{n}" for n in numbers] + [f"ncr-NCR-{n}-1" for n in sorted(failing)]
-    acts, retries, _ = await count_activities(client, wf_ids)
-    return {"wall": wall, "seen_wall": t_end_seen - t0, "activities": acts, "retries": retries,
+    acts = await count_activities(client, wf_ids)
+    return {"wall": wall, "seen_wall": t_end_seen - t0, "activities": acts["total"], "retries": acts["retries"],
+            "by_type": acts["by_type"],
             "failing": len(failing), "lat_p50": statistics.median(lat), "lat_p95": lat[int(0.95 * (len(lat) - 1))]}
 
 
@@ -588,15 +630,15 @@ async def bare_phase(client: Any, ids: list[str], concurrency: int) -> dict[str,
     t0 = time.time()
     await run_many(ids, concurrency, one)
     closes = await run_many(ids, 20, lambda w: close_time(client, w))
-    acts, retries, _ = await count_activities(client, ids)
-    return {"wall": max(closes) - t0, "activities": acts, "retries": retries}
+    acts = await count_activities(client, ids)
+    return {"wall": max(closes) - t0, "activities": acts["total"], "retries": acts["retries"]}
 
 
-async def open_phase(driver: Driver, client: Any, numbers: list[str], concurrency: int) -> float:
+async def open_phase(driver: Driver, numbers: list[str], concurrency: int, via: str) -> float:
     progress = {"n": 0}
 
     async def one(number: str) -> None:
-        await driver.run(number, fail=True, stop_at_reviewer=True)
+        await driver.run(number, fail=via, stop_at_reviewer=True)
         progress["n"] += 1
         if progress["n"] % max(1, len(numbers) // 10) == 0:
             log(f"  {progress['n']}/{len(numbers)} work orders wait for a reviewer")
@@ -631,9 +673,11 @@ async def bench(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tracehub-bench-"))
     children = Children(tmp)
     driver: Driver | None = None
+    ok = False
+    t_start = time.monotonic()
     log(f"temp dir {tmp}")
     try:
-        db_url = prepare_database(args.db, tmp)
+        db_url = prepare_database(args.db, tmp, args.db_url)
         log(f"database {args.db}: migrated")
         address = await start_temporal(children, tmp)
         log(f"Temporal dev server at {address}")
@@ -649,7 +693,7 @@ async def bench(args: argparse.Namespace) -> None:
         children.start("bare_worker", [sys.executable, str(Path(__file__).resolve()), "--bare-worker", address],
                        env={"PYTHONUNBUFFERED": "1"})
         api_port = free_port()
-        if args.driver == "http":
+        if "http" in (args.driver, args.open_driver):
             children.start("api", [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
                                    "--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning",
                                    "--no-access-log"], env=hub_env(db_url, address))
@@ -665,13 +709,32 @@ async def bench(args: argparse.Namespace) -> None:
             driver = TemporalDriver(client, args.poll, args.step_timeout)
 
         # warm-up: imports, sandbox module caches, connection pools (not measured)
+        log_load("before the warm-up")
         log("warm-up")
         await lifecycle_phase(driver, client, ["WARM-1", "WARM-2", "WARM-3"], 3, 3)
         await bare_phase(client, [f"bare-warm-{i}" for i in range(5)], 5)
 
+        # the bare baseline runs in two halves, just before and just after the hub phase, so that both
+        # see the same Temporal server (its database grows and its background work changes over a run)
+        m = args.bare
+        halves = [m // 2, m - m // 2]
+        bare_runs = []
+
+        async def bare_half(k: int) -> None:
+            ids = [f"bare-{k}-{i}" for i in range(halves[k])]
+            log(f"phase 2{'ab'[k]}: {len(ids)} bare workflows, {args.concurrency} at a time")
+            cpu0, w0 = children.cpu_seconds(), time.monotonic()
+            r = await bare_phase(client, ids, args.concurrency)
+            children.log_cpu(cpu0, time.monotonic() - w0)
+            log(f"  wall {r['wall']:.2f} s, {r['activities']} activities, {len(ids) / r['wall']:.1f} workflows/s")
+            bare_runs.append(r)
+
+        await bare_half(0)
+
         n = args.work_orders
+        log_load("before phase 1")
         log(f"phase 1: {n} work orders through the lifecycle, {args.concurrency} at a time, driver {driver.name}")
-        driver.requests = 0
+        driver.requests, driver.errors = 0, {}
         cpu0, w0 = children.cpu_seconds(), time.monotonic()
         hub = await lifecycle_phase(driver, client, [f"LC-{i:05d}" for i in range(1, n + 1)], args.fail_every,
                                     args.concurrency)
@@ -681,28 +744,10 @@ async def bench(args: argparse.Namespace) -> None:
         rss_after_lifecycle = rss_mb(worker.pid)
         log(f"  wall {hub['wall']:.2f} s, {hub['activities']} activities, {hub['retries']} retried attempts, "
             f"{hub_requests} driver requests, latency p50 {hub['lat_p50']:.2f} s p95 {hub['lat_p95']:.2f} s")
+        log(f"  activities by type: {hub['by_type']}")
 
-        m = args.bare
-        log(f"phase 2: {m} bare workflows, {args.concurrency} at a time")
-        cpu0, w0 = children.cpu_seconds(), time.monotonic()
-        bare = await bare_phase(client, [f"bare-{i}" for i in range(m)], args.concurrency)
-        children.log_cpu(cpu0, time.monotonic() - w0)
-        log(f"  wall {bare['wall']:.2f} s, {bare['activities']} activities")
-
-        opened = args.open
-        rss_open = None
-        open_wall = 0.0
-        if opened:
-            log(f"phase 3: {opened} work orders up to an open NCR waiting for a reviewer")
-            numbers = [f"OPEN-{i:05d}" for i in range(1, opened + 1)]
-            cpu0, w0 = children.cpu_seconds(), time.monotonic()
-            open_wall = await open_phase(driver, client, numbers, args.concurrency)
-            children.log_cpu(cpu0, time.monotonic() - w0)
-            await confirm_waiting(client, numbers)
-            await asyncio.sleep(1.0)  # let the worker settle (no task in flight)
-            children.check_alive()
-            rss_open = max(rss_mb(worker.pid) for _ in range(3))
-            log(f"  {opened} open in {open_wall:.1f} s; worker RSS {rss_open} MB")
+        await bare_half(1)
+        bare = {"wall": sum(r["wall"] for r in bare_runs), "activities": sum(r["activities"] for r in bare_runs)}
 
         common = {"db": args.db, "driver": driver.name, "work_orders": n}
         emit("work_orders", n, "count", **common)
@@ -710,9 +755,10 @@ async def bench(args: argparse.Namespace) -> None:
         emit("work_orders_per_s", round(n / hub["wall"], 2), "work_orders/s", **common,
              concurrency=args.concurrency, wall_s=round(hub["wall"], 2), failing_final=hub["failing"],
              latency_p50_s=round(hub["lat_p50"], 2), latency_p95_s=round(hub["lat_p95"], 2),
-             driver_requests=hub_requests)
+             driver_requests=hub_requests, http_5xx_resent=sum(driver.errors.values()))
         emit("bare_workflows_per_s", round(m / bare["wall"], 2), "workflows/s", db=args.db, workflows=m,
-             concurrency=args.concurrency, wall_s=round(bare["wall"], 2))
+             concurrency=args.concurrency, wall_s=round(bare["wall"], 2),
+             halves_per_s=[round(h / r["wall"], 2) for h, r in zip(halves, bare_runs, strict=True)])
         emit("activities_per_work_order", round(hub["activities"] / n, 2), "activities", **common,
              total=hub["activities"], retried_attempts=hub["retries"])
         hub_cost = hub["wall"] / hub["activities"]
@@ -721,9 +767,45 @@ async def bench(args: argparse.Namespace) -> None:
              hub_ms_per_activity=round(1000 * hub_cost, 2), bare_ms_per_activity=round(1000 * bare_cost, 2),
              target="<= 1.5")
         emit("worker_rss_mb_after_lifecycle", rss_after_lifecycle, "MB", **common)
+
+        opened = args.open
+        rss_open = None
+        open_wall = 0.0
+        if opened:
+            log_load("before phase 3")
+            log(f"phase 3: {opened} work orders up to an open NCR ({args.open_via} inspection failed) waiting for a "
+                f"reviewer, {args.open_concurrency} at a time, driver {args.open_driver}")
+            numbers = [f"OPEN-{i:05d}" for i in range(1, opened + 1)]
+            if args.open_driver == driver.name:
+                open_driver = driver
+            elif args.open_driver == "http":
+                open_driver = HttpDriver(client, args.open_poll, args.step_timeout, f"http://127.0.0.1:{api_port}",
+                                         args.open_concurrency)
+            else:
+                open_driver = TemporalDriver(client, args.open_poll, args.step_timeout)
+            open_driver.poll = args.open_poll
+            open_driver.requests = 0
+            cpu0, w0 = children.cpu_seconds(), time.monotonic()
+            open_wall = await open_phase(open_driver, numbers, args.open_concurrency, args.open_via)
+            children.log_cpu(cpu0, time.monotonic() - w0)
+            log(f"  {open_driver.requests} driver requests")
+            if open_driver is not driver:
+                await open_driver.close()
+            await confirm_waiting(client, numbers)
+            await asyncio.sleep(1.0)  # let the worker settle (no task in flight)
+            children.check_alive()
+            rss_open = max(rss_mb(worker.pid) for _ in range(3))
+            log_load("after phase 3")
+            log(f"  {opened} open in {open_wall:.1f} s; worker RSS {rss_open} MB")
+
         if rss_open is not None:
             emit("worker_rss_mb_1000_open" if opened == 1000 else f"worker_rss_mb_{opened}_open", rss_open, "MB",
-                 **common, open_work_orders=opened, open_s=round(open_wall, 1))
+                 **common, open_work_orders=opened, open_via=args.open_via, open_driver=args.open_driver,
+                 open_s=round(open_wall, 1))
+        ok = True
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        ok = True  # interrupted: nothing to keep
+        raise
     except BaseException:
         children.dump_logs()
         raise
@@ -731,7 +813,11 @@ async def bench(args: argparse.Namespace) -> None:
         if driver is not None:
             await driver.close()
         children.stop_all()
-        log("all child processes stopped")
+        if ok and not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"kept {tmp} (logs of the child processes, databases)")
+        log(f"all child processes stopped; {time.monotonic() - t_start:.0f} s in all")
         await asyncio.sleep(0.2)
 
 
@@ -771,11 +857,20 @@ def main() -> None:
     p.add_argument("--work-orders", type=int, default=200, help="work orders through the lifecycle (N)")
     p.add_argument("--open", type=int, default=1000, help="work orders left open for the RSS figure (0: skip)")
     p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    p.add_argument("--db-url", default=None,
+                   help=f"postgresql only: the database to drop and recreate (default: HUB_TEST_DATABASE_URL's "
+                        f"server or 127.0.0.1:5432, database {BENCH_PG_DATABASE})")
     p.add_argument("--driver", choices=["http", "temporal"], default="http")
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--bare", type=int, default=200, help="bare workflows (M)")
     p.add_argument("--fail-every", type=int, default=10, help="every k-th work order fails final inspection")
-    p.add_argument("--poll", type=float, default=0.1, help="first status poll interval, s (grows to 4x)")
+    p.add_argument("--poll", type=float, default=0.25, help="first status poll interval, s (grows to 4x)")
+    p.add_argument("--open-via", choices=["final", "iqc"], default="iqc",
+                   help="which inspection fails to leave the open work orders waiting for a reviewer")
+    p.add_argument("--open-driver", choices=["http", "temporal"], default="temporal")
+    p.add_argument("--open-concurrency", type=int, default=50)
+    p.add_argument("--open-poll", type=float, default=0.5, help="first poll interval in phase 3, s")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs) at the end")
     p.add_argument("--step-timeout", type=float, default=120.0, help="give up on one step after this, s")
     args = p.parse_args()
 

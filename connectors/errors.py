@@ -1,12 +1,18 @@
-"""Connector error taxonomy. Activities turn these into Temporal retry decisions in one place."""
+"""Connector error taxonomy. Activities turn these into Temporal retry decisions in one place
+(activities/errors.py), the API into HTTP statuses in one place (api/errors.py)."""
 
 from __future__ import annotations
 
 
 class ConnectorError(Exception):
-    """Base: the message says what was wrong and what to do."""
+    """Base: the message says what was wrong and what to do; `field` names the config field at fault."""
 
     retryable = False
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
 
 
 class ConnectorConfigError(ConnectorError):
@@ -20,8 +26,12 @@ class ConnectorUnavailable(ConnectorError):
 
 
 class DeviceRejected(ConnectorError):
-    """The peer answered no."""
+    """The peer answered no (a SOAP Fault, a Modbus exception response, a 4xx)."""
 
 
 class ProtocolError(ConnectorError):
     """The peer answered something that is not its protocol."""
+
+
+class ConnectorLoadError(Exception):
+    """A connector (built in or from an entry point) could not be loaded: the worker must not start."""

@@ -1,23 +1,44 @@
-"""Engine and session factories. Built by entry points only, passed to everything else."""
+"""Engine and session factories. Built by entry points only, passed to everything else.
+
+On SQLite every transaction of the ordinary session factory begins IMMEDIATE (it takes the write lock at
+BEGIN), so concurrent writers queue instead of failing when a read lock cannot be upgraded. Readers must not
+queue behind writers: `make_read_sessionmaker` gives sessions whose transactions begin DEFERRED (a WAL
+snapshot, no lock), for code that only reads. On PostgreSQL both factories are the same.
+
+`BatchWriter` appends rows (an audit trail of requests, for instance) off the request path: many rows in one
+transaction, every `interval` seconds or `max_batch` rows.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+log = logging.getLogger(__name__)
+
+# execution option read at BEGIN on SQLite: "deferred" for sessions that only read
+SQLITE_BEGIN = "tracehub_sqlite_begin"
 
 
 def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     u = make_url(url)
     kwargs: dict = {"echo": echo}
+    # Connections beyond pool_size are closed when returned: under steady concurrency above pool_size every
+    # request would then open a connection (a thread and the PRAGMAs on SQLite, a backend process on
+    # PostgreSQL). So most of the allowance is kept open (pool_size), the same 30 at most as before.
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs.update(pool_size=20, max_overflow=10)
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        kwargs.update(pool_size=20, max_overflow=10, pool_pre_ping=True)
     engine = create_async_engine(url, **kwargs)
     if u.get_backend_name() == "sqlite":
 
@@ -34,14 +55,185 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _sqlite_begin(conn):
-            # take the write lock at BEGIN so concurrent writers queue instead of failing on upgrade
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if conn.get_execution_options().get(SQLITE_BEGIN) == "deferred":
+                # a reader: a snapshot of the WAL, no lock; it neither waits for writers nor blocks them
+                conn.exec_driver_sql("BEGIN")
+            else:
+                # take the write lock at BEGIN so concurrent writers queue instead of failing on upgrade
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for code that only reads. On SQLite their transactions begin DEFERRED, so they take no write
+    lock (a write in one would have to upgrade its lock and may fail with "database is locked": use the
+    ordinary factory to write). Same pool as `engine`; on PostgreSQL identical to `make_sessionmaker`.
+    `session.info["read_only"]` is True: what such a session reads is committed."""
+    return async_sessionmaker(engine.execution_options(**{SQLITE_BEGIN: "deferred"}), expire_on_commit=False,
+                              info={"read_only": True})
+
+
+def engine_of(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    """The engine a session factory is bound to."""
+    bind = sessionmaker.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        raise TypeError("the session factory is not bound to an AsyncEngine")
+    return bind
+
+
+class BatchWriter:
+    """Appends rows in batches, off the request path: `add(Model, {column: value})` (a mapped class or a
+    Table; keys are column names, Python-side column defaults apply) queues a row (rows are
+    written in the order they were added); a background task, started by the first `add`, inserts what is
+    queued in one transaction `interval` seconds after the first row arrives, or as soon as `max_batch` rows
+    wait. `flush()` writes everything queued so far; `close()` flushes and stops the task (at shutdown).
+
+    A batch the database refuses is written row by row: a row refused while the database answers is logged
+    and dropped, the others are written; if the database is away the rows stay queued for the next round.
+    At most `max_queued` rows wait; beyond that new rows are dropped, with a warning.
+    """
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession] | None = None, *, interval: float = 0.1,
+                 max_batch: int = 500, max_queued: int = 100_000) -> None:
+        self.sessionmaker = sessionmaker
+        self.interval = interval
+        self.max_batch = max_batch
+        self.max_queued = max_queued
+        self.written = 0
+        self.dropped = 0
+        self._queue: list[tuple[Any, dict[str, Any]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._queued = asyncio.Event()  # the queue is not empty
+        self._full = asyncio.Event()  # a whole batch waits
+        self._lock = asyncio.Lock()  # one writer at a time, so rows go in in order
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def add(self, model: Any, values: dict[str, Any]) -> None:
+        if len(self._queue) >= self.max_queued:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("batch writer: %d rows waiting, dropping new ones (%d so far): is the database up?",
+                            len(self._queue), self.dropped)
+            return
+        self._queue.append((model, values))
+        self._start()
+        self._queued.set()
+        if len(self._queue) >= self.max_batch:
+            self._full.set()
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or another event loop than before (tests): fresh primitives
+            self._loop, self._task = loop, None
+            self._queued, self._full, self._lock = asyncio.Event(), asyncio.Event(), asyncio.Lock()
+
+    def _start(self) -> None:
+        self._bind_loop()
+        if not self._closed and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="batch-writer")
+
+    async def _run(self) -> None:
+        while True:
+            await self._queued.wait()
+            if len(self._queue) < self.max_batch:
+                try:  # let a batch gather
+                    await asyncio.wait_for(self._full.wait(), self.interval)
+                except TimeoutError:
+                    pass
+            self._full.clear()
+            try:
+                async with self._lock:
+                    while self._queue:
+                        if not await self._write_batch():
+                            break
+            except Exception:  # keep the task alive; the rows stay queued
+                log.exception("batch writer: writing failed; %d rows stay queued", len(self._queue))
+            if self._queue:  # the database is away: wait a little before trying again
+                await asyncio.sleep(min(5.0, self.interval * 10))
+            else:
+                self._queued.clear()
+
+    async def flush(self) -> None:
+        """Write every row queued so far (and wait for a batch being written); raises if the database cannot
+        take them."""
+        self._bind_loop()
+        async with self._lock:
+            while self._queue:
+                if not await self._write_batch():
+                    raise RuntimeError(f"batch writer: the database did not take {len(self._queue)} queued rows")
+
+    async def close(self) -> None:
+        """Stop the background task and write what is queued."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._queue:
+            try:
+                await self.flush()
+            except Exception:  # shutting down: say what is lost
+                log.exception("batch writer: %d rows could not be written at shutdown", len(self._queue))
+
+    async def _write_batch(self) -> bool:
+        """Write the oldest batch and take it off the queue; False if the database is away (nothing taken).
+        Called under the lock: only this removes rows, from the front, so the indexes hold while awaiting."""
+        if self.sessionmaker is None:
+            raise RuntimeError("batch writer has no session factory")
+        batch = self._queue[: self.max_batch]
+        try:
+            await self._insert(batch)
+        except Exception as exc:  # noqa: BLE001 - one bad row must not hold back the others
+            log.warning("batch writer: a batch of %d rows failed (%s); writing them one by one", len(batch), exc)
+            for row in batch:
+                try:
+                    await self._insert([row])
+                    self.written += 1
+                except Exception:
+                    if not await self._database_answers():
+                        return False
+                    self.dropped += 1
+                    log.exception("batch writer: dropped a %s row the database refused: %r",
+                                  getattr(row[0], "__name__", row[0]), row[1])
+                del self._queue[0]
+            return True
+        self.written += len(batch)
+        del self._queue[: len(batch)]
+        return True
+
+    async def _insert(self, rows: list[tuple[Any, dict[str, Any]]]) -> None:
+        assert self.sessionmaker is not None
+        async with self.sessionmaker() as session, session.begin():
+            i = 0
+            while i < len(rows):  # consecutive rows of one table: one executemany, in order
+                j = i
+                while j < len(rows) and rows[j][0] is rows[i][0]:
+                    j += 1
+                table = getattr(rows[i][0], "__table__", rows[i][0])  # a mapped class or a Table
+                await session.execute(insert(table), [v for _, v in rows[i:j]])
+                i = j
+
+    async def _database_answers(self) -> bool:
+        assert self.sessionmaker is not None
+        try:
+            async with self.sessionmaker() as session:
+                await session.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001
+            return False
 
 
 def sync_url(url: str) -> str:

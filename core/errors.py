@@ -24,3 +24,15 @@ class Conflict(HubError):
 
 class InvalidInput(HubError):
     kind = "InvalidInput"
+
+
+class Unauthorized(HubError):
+    """No valid credentials: log in or send a valid token."""
+
+    kind = "Unauthorized"
+
+
+class Forbidden(HubError):
+    """Authenticated, but the role does not allow this."""
+
+    kind = "Forbidden"

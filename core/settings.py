@@ -35,6 +35,8 @@ class ErpSettings(BaseModel):
     url: str = "http://127.0.0.1:8100"
     api_key: str = "tracehub"
     api_secret: SecretStr = SecretStr("simulator-secret")
+    # ERPNext signs webhooks with it; the seeded endpoint refuses events without a valid signature
+    webhook_secret: SecretStr = SecretStr("simulator-webhook-secret")
 
 
 class DevServerSettings(BaseModel):

@@ -1,85 +1,589 @@
-"""Code issuance: one batch code per lot and unit serials allocated as blocks (one row per block)."""
+"""Code issuance: rules per item and level (versioned), blocks of sequence numbers (one row per block,
+never per code), and resolving any code back to its block, rule version, lot and state.
+
+Concurrency: a block is carved from its namespace's counter by one `UPDATE ... SET next_seq = next_seq + n
+... RETURNING`, which the database serialises (a row lock on PostgreSQL, the write lock on SQLite), inside
+the same transaction that inserts the block. Two issuers can therefore never get overlapping ranges, and a
+retried issue finds its block by its business key instead of carving a second one.
+"""
 
 from __future__ import annotations
 
-import re
+import bisect
+import secrets
 from dataclasses import dataclass
+from datetime import date
+from typing import Any
 
-from sqlalchemy import select, update
+import numpy as np
+from sqlalchemy import BigInteger, Integer, and_, bindparam, func, inspect, literal_column, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
-from core.errors import InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, NotFound
+from domain import gs1
 from domain.audit import audit
+from domain.code_rules import (
+    LEVELS,
+    BoundRule,
+    CompiledRule,
+    IssueContext,
+    Rendered,
+    RuleSpec,
+    default_spec,
+    namespace_of,
+    parse_spec,
+    validate_spec,
+)
 from domain.events import lot_class_uri, record_event
-from domain.models import Code, CodeBlock, CodeSequence, Item, Lot
+from domain.models import Code, CodeBlock, Inspection, Item, Lot, WorkOrder
+from domain.models_codes import CodeCounter, CodeRange, CodeRule, SerialBlock, UsedCode
 
-SERIAL_WIDTH = 12  # GS1 AI 21 allows up to 20 characters
+SERIAL_WIDTH = 12  # the default rule: GTIN + a 12-digit serial
 
 
 def serial_text(seq: int) -> str:
+    """Serial of the legacy blocks (before rules): the sequence number, 12 digits."""
     return str(seq).zfill(SERIAL_WIDTH)
 
 
-def unit_uri(item: Item, seq: int, resolver: str) -> str:
-    if item.gtin:
-        return f"{resolver}/01/{item.gtin}/21/{serial_text(seq)}"
-    return f"urn:tracehub:unit:{item.code}:{serial_text(seq)}"
+# --- rules ----------------------------------------------------------------------------------------
 
+_compiled: dict[int, CompiledRule] = {}  # rule versions are immutable once saved
+
+
+def compiled(rule: CodeRule, gtin: str | None) -> CompiledRule:
+    c = _compiled.get(rule.id)
+    if c is None:
+        c = CompiledRule(RuleSpec.model_validate(rule.spec), level=rule.level, secret=rule.secret, gtin=gtin)
+        _compiled[rule.id] = c
+    return c
+
+
+# --- caches of what never changes once committed: rule versions and blocks ------------------------------
+# Filled only from sessions that read committed data only (`session.info["read_only"]`, the read session
+# factory): a row read inside a writing transaction may still be rolled back, and its id used again. Any
+# session may read them. Each holds detached copies, which a session takes in with `merge(load=False)`.
+# Lots, used codes, code ranges and inspections change: they are always read from the database.
+
+_MAX_CACHED_BLOCKS = 50_000
+_rule_by_id: dict[int, CodeRule] = {}
+_rules_of: dict[str, tuple[CodeRule, ...]] = {}  # candidate query -> versions, newest first (may be stale)
+_block_by_id: dict[int, SerialBlock] = {}
+# namespace -> (first_seqs, blocks), sorted; replaced whole, never changed in place (event loops in other
+# threads may be reading it: a test server, say)
+_blocks_of: dict[str, tuple[tuple[int, ...], tuple[SerialBlock, ...]]] = {}
+_bound: dict[int, tuple[str | None, str | None, BoundRule]] = {}  # block id -> (lot number, gtin, bound)
+
+
+def _fills_cache(session: AsyncSession) -> bool:
+    return bool(session.info.get("read_only"))
+
+
+def _detached_copy(obj: Any) -> Any:
+    cls = type(obj)
+    copy = cls(**{a.key: getattr(obj, a.key) for a in inspect(cls).column_attrs})
+    make_transient_to_detached(copy)
+    return copy
+
+
+def _take(session: AsyncSession, cached: Any) -> Any:
+    """The session's own instance of a cached row, without SQL."""
+    return session.sync_session.merge(cached, load=False)
+
+
+def clear_caches() -> None:
+    for c in (_rule_by_id, _rules_of, _block_by_id, _blocks_of, _bound):
+        c.clear()
+
+
+def _remember_rule(session: AsyncSession, rule: CodeRule) -> CodeRule | None:
+    """The cached copy of the rule version; None unless this session may fill the cache."""
+    if not _fills_cache(session):
+        return None
+    cached = _rule_by_id.get(rule.id)
+    if cached is None:
+        cached = _rule_by_id[rule.id] = _detached_copy(rule)
+    return cached
+
+
+async def _get_rule(session: AsyncSession, rule_id: int) -> CodeRule | None:
+    cached = _rule_by_id.get(rule_id)
+    if cached is not None:
+        return _take(session, cached)
+    rule = await session.get(CodeRule, rule_id)
+    if rule is not None:
+        _remember_rule(session, rule)
+    return rule
+
+
+def _remember_block(session: AsyncSession, block: SerialBlock) -> None:
+    if not _fills_cache(session) or block.id in _block_by_id:
+        return
+    if len(_block_by_id) >= _MAX_CACHED_BLOCKS:
+        _block_by_id.clear()
+        _blocks_of.clear()
+        _bound.clear()
+    copy = _detached_copy(block)
+    _block_by_id[block.id] = copy
+    firsts, blocks = _blocks_of.get(block.namespace, ((), ()))
+    i = bisect.bisect_left(firsts, block.first_seq)
+    _blocks_of[block.namespace] = (firsts[:i] + (block.first_seq,) + firsts[i:], blocks[:i] + (copy,) + blocks[i:])
+
+
+def _cached_block_of(namespace: str, seq: int) -> SerialBlock | None:
+    """The cached block holding `seq`. Blocks of a namespace never overlap, so it is the only one."""
+    firsts, blocks = _blocks_of.get(namespace, ((), ()))
+    i = bisect.bisect_right(firsts, seq) - 1
+    if i >= 0 and blocks[i].first_seq <= seq < blocks[i].first_seq + blocks[i].count:
+        return blocks[i]
+    return None
+
+
+async def get_item(session: AsyncSession, code: str) -> Item:
+    item = (await session.execute(select(Item).where(Item.code == code))).scalar()
+    if item is None:
+        raise NotFound(f"item {code!r} does not exist: check the item code (items arrive with work orders)")
+    return item
+
+
+def _serial_layout(c: CompiledRule) -> tuple[Any, int | None]:
+    """What a version's sequence-carrying value looks like: its structure and its length (None if variable)."""
+    if c.seq_field is None:
+        return None, None
+    toks = c.fields[c.seq_field]
+    sig = tuple(repr(t) for t in toks)
+    fixed = all(not (hasattr(t, "name") and getattr(t, "width", 0) is None) for t in toks)
+    width = sum(1 if t.__class__.__name__ == "Check" else getattr(t, "width", None) or len(t)  # type: ignore
+                for t in toks) if fixed else None
+    return sig, width
+
+
+async def save_rule(session: AsyncSession, *, item: str, level: str, spec: dict[str, Any],
+                    actor: str = "system") -> CodeRule:
+    """Validate and save a new version of the item's rule at this level. Issued codes keep their version."""
+    it = await get_item(session, item)
+    parsed = parse_spec(spec)
+    validate_spec(parsed, level=level, gtin=it.gtin)
+    ns = namespace_of(parsed, item_code=it.code, level=level, gtin=it.gtin)
+    if ns.startswith("sgtin:") and level == "unit" and it.gtin and parsed.elements:
+        g = next(e.value or it.gtin for e in parsed.elements if e.ai == "01")
+        if g != it.gtin:
+            raise InvalidInput(f"part 1 (AI 01 GTIN): {g} is not the item's GTIN {it.gtin}; unit codes carry "
+                               "the item's own GTIN (use a case GTIN at case level)", field="spec")
+    new = CompiledRule(parsed, level=level, secret="00" * 16, gtin=it.gtin)
+    # every earlier version sharing the namespace shares the counter and the permutation key; refuse a
+    # change of structure that could make a new code equal an old one
+    previous = (await session.execute(select(CodeRule).where(CodeRule.namespace == ns)
+                                      .order_by(CodeRule.id))).scalars().all()
+    secret = previous[0].secret if previous else secrets.token_hex(16)
+    sig, width = _serial_layout(new)
+    for p in previous:
+        pc = CompiledRule(RuleSpec.model_validate(p.spec), level=p.level, secret=p.secret, gtin=it.gtin)
+        psig, pwidth = _serial_layout(pc)
+        if psig == sig:
+            continue
+        if width is not None and pwidth is not None and width != pwidth:
+            continue
+        raise InvalidInput(
+            f"version {p.version} ({p.level}) of this code space has a {pwidth or 'variable'}-character serial "
+            f"with another structure, so a new code could repeat an issued one: keep the structure of the "
+            f"sequence part or change its total length", field="spec")
+    last = (await session.execute(select(CodeRule.version).where(CodeRule.item_id == it.id, CodeRule.level == level)
+                                  .order_by(CodeRule.version.desc()).limit(1))).scalar()
+    rule = CodeRule(item_id=it.id, level=level, version=(last or 0) + 1, spec=parsed.model_dump(exclude_none=True),
+                    namespace=ns, secret=secret, created_by=actor)
+    session.add(rule)
+    await session.flush()
+    _rules_of.clear()  # lookups in this process see the new version at once (others find it on a miss)
+    await audit(session, actor=actor, action="code_rule.saved", entity="code_rule", key=f"{it.code}:{level}",
+                changes={"version": rule.version, "spec": rule.spec})
+    return rule
+
+
+async def current_rule(session: AsyncSession, item: Item, level: str, *, create_default: bool = True) -> CodeRule:
+    rule = (await session.execute(select(CodeRule).where(CodeRule.item_id == item.id, CodeRule.level == level)
+                                  .order_by(CodeRule.version.desc()).limit(1))).scalar()
+    if rule is None:
+        if not create_default or level != "unit":
+            raise NotFound(f"item {item.code!r} has no {level} code rule: save one first "
+                           f"(POST /api/codes/rules)")
+        rule = await save_rule(session, item=item.code, level=level,
+                               spec=default_spec(level, item.gtin).model_dump(exclude_none=True))
+    return rule
+
+
+async def rules_of(session: AsyncSession, item: str, level: str) -> list[CodeRule]:
+    it = await get_item(session, item)
+    return list((await session.execute(select(CodeRule).where(CodeRule.item_id == it.id, CodeRule.level == level)
+                                       .order_by(CodeRule.version))).scalars().all())
+
+
+def rule_view(rule: CodeRule, item: Item) -> dict[str, Any]:
+    c = compiled(rule, item.gtin)
+    return {"item": item.code, "level": rule.level, "version": rule.version, "spec": rule.spec,
+            "namespace": rule.namespace, "capacity": c.capacity, "created_at": rule.created_at.isoformat(),
+            "created_by": rule.created_by}
+
+
+# --- blocks ---------------------------------------------------------------------------------------
+
+async def _counter_row(session: AsyncSession, namespace: str) -> None:
+    dialect = session.bind.dialect.name
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(CodeCounter)
+    await session.execute(ins.values(namespace=namespace, next_seq=0).on_conflict_do_nothing())
+
+
+async def allocate(session: AsyncSession, *, namespace: str, count: int, capacity: int) -> int:
+    """Carve `count` sequence numbers from the namespace; returns the first. Atomic under concurrency."""
+    await _counter_row(session, namespace)
+    res = await session.execute(
+        update(CodeCounter)
+        .where(CodeCounter.namespace == namespace, CodeCounter.next_seq + count <= capacity)
+        .values(next_seq=CodeCounter.next_seq + count)
+        .returning(CodeCounter.next_seq)
+        .execution_options(synchronize_session=False)
+    )
+    new_next = res.scalar()
+    if new_next is None:
+        used = (await session.execute(select(CodeCounter.next_seq).where(CodeCounter.namespace == namespace))
+                ).scalar_one()
+        raise Conflict(f"the sequence of {namespace} has {capacity - used:,} codes left and the block needs "
+                       f"{count:,}: save a new rule version with a wider sequence", field="count")
+    return int(new_next) - count
+
+
+async def issue_block(
+    session: AsyncSession, *, rule: CodeRule, count: int, key: str, purpose: str, lot: Lot | None = None,
+    work_order: str | None = None, line: str | None = None, production_date: date | None = None,
+    expiry_date: date | None = None, gtin: str | None = None,
+) -> SerialBlock:
+    """A block of `count` codes of this rule version. Idempotent on `key`: a retry gets the same block."""
+    existing = (await session.execute(select(SerialBlock).where(SerialBlock.key == key))).scalar()
+    if existing is not None:
+        if existing.count != count or existing.namespace != rule.namespace:
+            raise Conflict(f"block {key!r} was already issued with {existing.count} codes in "
+                           f"{existing.namespace}: use another key for another block", field="key")
+        return existing
+    if count < 1:
+        raise InvalidInput(f"count must be at least 1, got {count}", field="count")
+    c = compiled(rule, gtin)
+    # bind once now: a block whose lot, line or dates the rule cannot carry is refused before it exists
+    ctx = IssueContext(lot=lot.number if lot else None, line=line, production_date=production_date,
+                       expiry_date=expiry_date, gtin=gtin)
+    bound = c.bind(ctx)
+    f10 = bound.fields.get("10")
+    if f10 is not None and f10.static is not None and (p := gs1.element_problem("10", f10.static)):
+        raise InvalidInput(f"lot {f10.static!r} cannot be GS1 AI 10: {p}; give the lot a GS1-valid number",
+                           field="lot")
+    first = await allocate(session, namespace=rule.namespace, count=count, capacity=c.capacity)
+    block = SerialBlock(key=key, namespace=rule.namespace, rule_id=rule.id, first_seq=first, count=count,
+                        purpose=purpose, lot_id=lot.id if lot else None, work_order=work_order, line=line,
+                        production_date=production_date.isoformat() if production_date else None,
+                        expiry_date=expiry_date.isoformat() if expiry_date else None)
+    session.add(block)
+    await session.flush()
+    return block
+
+
+@dataclass
+class BlockView:
+    block: SerialBlock
+    rule: CodeRule
+    item: Item
+    lot: Lot | None
+    bound: BoundRule
+
+    def numbers(self, first: int, count: int) -> np.ndarray:
+        seqs = np.arange(self.block.first_seq + first, self.block.first_seq + first + count, dtype=np.uint64)
+        return compiled(self.rule, self.item.gtin).numbers(seqs)
+
+    def render(self, first: int, count: int, domain: str) -> list[Rendered]:
+        return self.bound.render(self.numbers(first, count), domain)
+
+    def code(self, index: int, domain: str) -> Rendered:
+        if not 0 <= index < self.block.count:
+            raise InvalidInput(f"index {index} is outside the block (0 to {self.block.count - 1})", field="index")
+        return self.render(index, 1, domain)[0]
+
+
+async def block_view(session: AsyncSession, block: SerialBlock | int) -> BlockView:
+    if isinstance(block, int):
+        cached = _block_by_id.get(block)
+        b = _take(session, cached) if cached is not None else await session.get(SerialBlock, block)
+        if b is None:
+            raise NotFound(f"code block {block} does not exist: check the block id")
+        if cached is None:
+            _remember_block(session, b)
+        block = b
+    rule = await _get_rule(session, block.rule_id)
+    assert rule is not None
+    # the lot first: it brings its item along (joined), which is nearly always the block's item
+    lot = await session.get(Lot, block.lot_id) if block.lot_id else None
+    item = await session.get(Item, rule.item_id)
+    assert item is not None
+    lot_number = lot.number if lot else None
+    hit = _bound.get(block.id)
+    if hit is not None and hit[0] == lot_number and hit[1] == item.gtin:
+        return BlockView(block, rule, item, lot, hit[2])
+    ctx = IssueContext(
+        lot=lot_number, line=block.line, gtin=item.gtin,
+        production_date=date.fromisoformat(block.production_date) if block.production_date else None,
+        expiry_date=date.fromisoformat(block.expiry_date) if block.expiry_date else None)
+    bound = compiled(rule, item.gtin).bind(ctx)
+    if _fills_cache(session) and block.id in _block_by_id:
+        _bound[block.id] = (lot_number, item.gtin, bound)
+    return BlockView(block, rule, item, lot, bound)
+
+
+def block_summary(v: BlockView, domain: str) -> dict[str, Any]:
+    b = v.block
+    first, last = v.render(0, 1, domain)[0], v.render(b.count - 1, 1, domain)[0]
+    return {"id": b.id, "key": b.key, "item": v.item.code, "level": v.rule.level, "rule_version": v.rule.version,
+            "first_seq": b.first_seq, "count": b.count, "purpose": b.purpose,
+            "lot": v.lot.number if v.lot else None, "work_order": b.work_order,
+            "first": first.value, "last": last.value, "first_digital_link": first.digital_link or None}
+
+
+# --- issuing for a lot (the work order's code issuance) --------------------------------------------
 
 @dataclass
 class IssuedCodes:
     batch_code: str
-    block: CodeBlock | None
+    block: SerialBlock | None
+    first_serial: str | None = None
+    last_serial: str | None = None
 
 
-async def _allocate(session: AsyncSession, item_id: int, count: int) -> int:
-    """Carve `count` serials from the item's sequence; the row update serialises concurrent issuers."""
-    seq = (await session.execute(select(CodeSequence).where(CodeSequence.item_id == item_id))).scalar()
-    if seq is None:
-        session.add(CodeSequence(item_id=item_id, next_seq=1))
-        await session.flush()
-    res = await session.execute(
-        update(CodeSequence)
-        .where(CodeSequence.item_id == item_id)
-        .values(next_seq=CodeSequence.next_seq + count)
-        .returning(CodeSequence.next_seq)
-    )
-    return int(res.scalar_one()) - count
+def _serial_of(r: Rendered) -> str:
+    return dict(r.elements).get("21", r.value)
 
 
 async def issue_for_lot(
-    session: AsyncSession, *, work_order: str, lot: Lot, quantity: int, resolver: str
+    session: AsyncSession, *, work_order: str, lot: Lot, quantity: int, resolver: str, chunk: int | None = None,
 ) -> IssuedCodes:
-    """Issue the lot's batch code and `quantity` unit serials. Idempotent on (work order, lot)."""
-    key = f"{work_order}:{lot.number}:unit"
+    """Issue the lot's batch code and `quantity` unit codes under the item's current unit rule.
+    Idempotent on (work order, lot[, chunk]). `chunk` numbers the blocks of a very large order."""
+    key = f"{work_order}:{lot.number}:unit" + (f":{chunk}" if chunk else "")
     batch_value = lot_class_uri(lot, resolver)
     batch = (await session.execute(select(Code).where(Code.value == batch_value))).scalar()
     if batch is None:
         session.add(Code(value=batch_value, kind="batch", lot_id=lot.id))
         await session.flush()
-    block = (await session.execute(select(CodeBlock).where(CodeBlock.key == key))).scalar()
-    if block is None and quantity > 0:
-        first = await _allocate(session, lot.item_id, quantity)
-        block = CodeBlock(key=key, item_id=lot.item_id, lot_id=lot.id, first_seq=first, count=quantity)
-        session.add(block)
-        await session.flush()
-        units = [unit_uri(lot.item, first + i, resolver) for i in range(min(quantity, 1000))]
+    if quantity <= 0:
+        return IssuedCodes(batch_code=batch_value, block=None)
+    existing = (await session.execute(select(SerialBlock).where(SerialBlock.key == key))).scalar()
+    if existing is not None:
+        block = existing
+    else:
+        rule = await current_rule(session, lot.item, "unit")
+        block = await issue_block(session, rule=rule, count=quantity, key=key, purpose="order", lot=lot,
+                                  work_order=work_order, line=None, production_date=date.today(),
+                                  gtin=lot.item.gtin)
+    view = await block_view(session, block)
+    first, last = view.render(0, 1, resolver)[0], view.render(block.count - 1, 1, resolver)[0]
+    if existing is None:
+        units = [r.digital_link or r.value for r in view.render(0, min(quantity, 1000), resolver)]
         await record_event(
             session, key=f"commission:{key}", event_type="ObjectEvent", action="ADD", biz_step="commissioning",
             disposition="active", epc_list=units if quantity <= 1000 else [],
             quantity_list=None if quantity <= 1000 else [{"epcClass": batch_value, "quantity": quantity}],
             ilmd={"cbvmda:lotNumber": lot.number},
-            extensions={"serialBlock": {"first": serial_text(first), "count": quantity}},
+            extensions={"serialBlock": {"block": block.id, "ruleVersion": view.rule.version,
+                                        "first": _serial_of(first), "last": _serial_of(last), "count": quantity}},
             lot=lot, work_order_id=lot.work_order_id,
         )
         await audit(session, actor="system", action="codes.issued", entity="lot", key=lot.number,
-                    changes={"batch_code": batch_value, "first_serial": serial_text(first), "count": quantity})
-    return IssuedCodes(batch_code=batch_value, block=block)
+                    changes={"batch_code": batch_value, "block": block.id, "rule_version": view.rule.version,
+                             "first": first.value, "last": last.value, "count": quantity})
+    return IssuedCodes(batch_code=batch_value, block=block, first_serial=_serial_of(first),
+                       last_serial=_serial_of(last))
 
 
-_DL_SERIAL = re.compile(r"/01/(\d{14})/21/([^/?#]+)")
-_URN_UNIT = re.compile(r"^urn:tracehub:unit:([^:]+):(\d+)$")
-_DL_LOT = re.compile(r"/01/(\d{14})/10/([^/?#]+)")
+# --- resolving a code -------------------------------------------------------------------------------
+
+@dataclass
+class CodeInfo:
+    """What the hub knows of a code: `status` is issued, voided, returned or unknown."""
+
+    value: str
+    status: str
+    view: BlockView | None = None
+    seq: int | None = None
+    used: UsedCode | None = None
+    lot: Lot | None = None
+    reason: str | None = None
+    # read with the code's state when asked (`lookup(..., with_lot_facts=True)`), for `lot` if it is this lot:
+    # (lot id, number of inspections, status of the last one, line of the lot's work order)
+    lot_facts: tuple[int, int, str | None, str | None] | None = None
+
+    @property
+    def index(self) -> int | None:
+        return None if self.view is None or self.seq is None else self.seq - self.view.block.first_seq
+
+
+def canonical(elements: dict[str, str]) -> str | None:
+    if "00" in elements:
+        return f"/00/{elements['00']}"
+    if "01" in elements and "21" in elements:
+        return f"/01/{elements['01']}/21/{elements['21']}"
+    return None
+
+
+async def _block_of(session: AsyncSession, namespace: str, seq: int) -> SerialBlock | None:
+    """The block of the namespace holding `seq`, if any."""
+    cached = _cached_block_of(namespace, seq)
+    if cached is not None:
+        return _take(session, cached)
+    block = (await session.execute(
+        select(SerialBlock).where(SerialBlock.namespace == namespace, SerialBlock.first_seq <= seq)
+        .order_by(SerialBlock.first_seq.desc()).limit(1))).scalar()
+    if block is None or block.first_seq + block.count <= seq:
+        return None
+    _remember_block(session, block)
+    return block
+
+
+async def _candidate_rules(session: AsyncSession, key: str, *, fresh: bool = False) -> tuple[CodeRule, ...]:
+    """Rule versions that may have issued a code, newest first. `key` is `sgtin:<GTIN>`, `sscc:%` or
+    `house:%`. From the cache unless `fresh`; a cached list may lack a version saved since (by another
+    process): `lookup` asks again, fresh, before it says a code is unknown."""
+    if not fresh and (cached := _rules_of.get(key)) is not None:
+        return cached
+    cond = CodeRule.namespace.like(key) if key.endswith("%") else CodeRule.namespace == key
+    rules = tuple((await session.execute(select(CodeRule).where(cond)
+                                         .order_by(CodeRule.version.desc()))).scalars().all())
+    if _fills_cache(session):
+        _rules_of[key] = tuple(_remember_rule(session, r) for r in rules)  # type: ignore[misc]
+    return rules
+
+
+async def lookup(session: AsyncSession, code: str, *, with_lot_facts: bool = False) -> CodeInfo:
+    """Find the block, rule version, lot and state of a unit, case or pallet code (DL URI, canonical path
+    or house code). Never raises for an unknown code: it says `unknown` and why.
+
+    Rule versions and blocks come from the caches once read; what changes (used code, voided or returned
+    ranges, the lot and its item) is read in one statement. `with_lot_facts` adds the lot's inspections and
+    its work order's line to that statement (`CodeInfo.lot_facts`)."""
+    elements = gs1.parse_digital_link(code) if "/" in code else {}
+    value = canonical(elements) if elements else code
+    if value is None:
+        return CodeInfo(code, "unknown", reason="not a unit, case or pallet code (needs 01+21 or 00)")
+    # candidate rules: by GTIN / SSCC prefix, else house codes of any item
+    if "01" in elements:
+        gtin = elements["01"]
+        if gs1.check_digit_problem(gtin):
+            return CodeInfo(value, "unknown", used=await _used(session, value),
+                            reason="the GTIN's check digit is wrong")
+        key, target = f"sgtin:{gtin}", elements["21"]
+    elif "00" in elements:
+        s = elements["00"]
+        if len(s) != 18 or gs1.check_digit_problem(s, "SSCC"):
+            return CodeInfo(value, "unknown", used=await _used(session, value),
+                            reason="not a valid SSCC (18 digits with a correct check digit)")
+        key, target = "sscc:%", s
+    else:
+        key, target = "house:%", code
+    tried: set[int] = set()
+    # a cached list may be stale: before saying "unknown", ask the database once more
+    for fresh in (False, True) if key in _rules_of else (True,):
+        for rule in await _candidate_rules(session, key, fresh=fresh):
+            if rule.id in tried or (key == "sscc:%" and not target.startswith(rule.namespace.removeprefix("sscc:"))):
+                continue
+            tried.add(rule.id)
+            info = await _lookup_in(session, rule, target, value, with_lot_facts)
+            if info is not None:
+                return info
+    return CodeInfo(value, "unknown", used=await _used(session, value),
+                    reason="no block of any rule version holds this code")
+
+
+async def _used(session: AsyncSession, value: str) -> UsedCode | None:
+    return (await session.execute(select(UsedCode).where(UsedCode.value == value))).scalar()
+
+
+def _state_statement(with_lot_facts: bool) -> Any:
+    """One row: the used code, the latest voided/returned range holding the sequence number, the block's lot
+    (with its item) and the rule's item; optionally the lot's inspections and its work order's line."""
+    block_id, seq = bindparam("cs_block", type_=Integer), bindparam("cs_seq", type_=BigInteger)
+    rng_id = (select(func.max(CodeRange.id)).where(CodeRange.block_id == block_id, CodeRange.first_seq <= seq,
+                                                   CodeRange.first_seq + CodeRange.count > seq)
+              .scalar_subquery())
+    cols: list[Any] = [UsedCode, CodeRange, Lot, Item]
+    if with_lot_facts:
+        cols += [
+            select(func.count()).select_from(Inspection).where(Inspection.lot_id == Lot.id).scalar_subquery(),
+            select(Inspection.status).where(Inspection.lot_id == Lot.id).order_by(Inspection.id.desc())
+            .limit(1).scalar_subquery(),
+            select(WorkOrder.line).where(WorkOrder.id == Lot.work_order_id).scalar_subquery(),
+        ]
+    anchor = select(literal_column("1").label("one")).subquery("anchor")
+    return (select(*cols).select_from(anchor)
+            .outerjoin(UsedCode, UsedCode.value == bindparam("cs_value", type_=UsedCode.value.type))
+            .outerjoin(CodeRange, CodeRange.id == rng_id)
+            .outerjoin(Lot, Lot.id == bindparam("cs_lot", type_=Integer))
+            .outerjoin(Item, Item.id == bindparam("cs_item", type_=Integer)))
+
+
+_STATE = {flag: _state_statement(flag) for flag in (False, True)}
+
+
+async def _state(session: AsyncSession, *, value: str, block: SerialBlock, seq: int, item_id: int,
+                 with_lot_facts: bool) -> Any:
+    return (await session.execute(_STATE[with_lot_facts], {
+        "cs_value": value, "cs_block": block.id, "cs_seq": seq, "cs_lot": block.lot_id, "cs_item": item_id,
+    })).one()
+
+
+async def _lookup_in(session: AsyncSession, rule: CodeRule, target: str, value: str,
+                     with_lot_facts: bool) -> CodeInfo | None:
+    """The code as issued under this rule version, or None if this version did not issue it."""
+    c = _compiled.get(rule.id)
+    if c is None:
+        item = await session.get(Item, rule.item_id)
+        c = compiled(rule, item.gtin if item else None)
+    seq = c.parse_seq(target)
+    if seq is None:
+        return None
+    block = await _block_of(session, rule.namespace, seq)
+    if block is None or block.rule_id != rule.id:
+        return None
+    rule = await _get_rule(session, rule.id) or rule  # this session's instance
+    # render with the block's bound rule as cached (keyed by the lot number and GTIN it was bound with; both
+    # are checked against the row read below), else bind it now
+    hit = _bound.get(block.id)
+    view: BlockView | None = None
+    if hit is None:
+        view = await block_view(session, block)
+        bound, lot_number, gtin = view.bound, (view.lot.number if view.lot else None), view.item.gtin
+    else:
+        lot_number, gtin, bound = hit
+    if bound.render(c.numbers(np.array([seq], dtype=np.uint64)), "")[0].value != value:
+        if view is not None:
+            return None  # same sequence, other lot/line/date: not this code
+        view = await block_view(session, block)  # the cached binding may be stale: bind afresh and compare
+        if view.render(seq - block.first_seq, 1, "")[0].value != value:
+            return None
+        bound, lot_number, gtin = view.bound, (view.lot.number if view.lot else None), view.item.gtin
+    row = await _state(session, value=value, block=block, seq=seq, item_id=rule.item_id,
+                       with_lot_facts=with_lot_facts)
+    used, rng, lot, item = row[0], row[1], row[2], row[3]
+    if item is None or (lot.number if lot else None) != lot_number or item.gtin != gtin:
+        # the lot or item changed since the binding was cached (an item's GTIN may be set once): bind afresh
+        view = await block_view(session, block)
+        if view.render(seq - block.first_seq, 1, "")[0].value != value:
+            return None
+        lot, item = view.lot, view.item
+    view = BlockView(block, rule, item, lot, view.bound if view is not None else bound)
+    facts = (lot.id, row[4], row[5], row[6]) if with_lot_facts and lot is not None else None
+    if used is not None and used.lot_id and (lot is None or lot.id != used.lot_id):
+        lot, facts = await session.get(Lot, used.lot_id), None
+    if rng is not None and rng.state == "voided":
+        return CodeInfo(value, "voided", view, seq, used, lot, reason=rng.reason)
+    if rng is not None and rng.state == "returned" and used is None:
+        return CodeInfo(value, "returned", view, seq, used, lot, reason=rng.reason)
+    return CodeInfo(value, "issued", view, seq, used, lot, lot_facts=facts)
 
 
 async def resolve(session: AsyncSession, code: str) -> tuple[Lot, str | None]:
@@ -90,51 +594,57 @@ async def resolve(session: AsyncSession, code: str) -> tuple[Lot, str | None]:
     batch = (await session.execute(select(Code).where(Code.value == code))).scalar()
     if batch is not None:
         return (await session.get(Lot, batch.lot_id)), None  # type: ignore[return-value]
-    m = _DL_LOT.search(code)
-    if m:
-        lot = (await session.execute(select(Lot).where(Lot.number == m.group(2)))).scalar()
+    elements = gs1.parse_digital_link(code) if "/" in code else {}
+    if "01" in elements and "10" in elements and "21" not in elements:
+        lot = (await session.execute(select(Lot).where(Lot.number == elements["10"]))).scalar()
         if lot is not None:
             return lot, None
-    item = None
-    serial = None
-    m = _DL_SERIAL.search(code)
-    if m:
-        item = (await session.execute(select(Item).where(Item.gtin == m.group(1)))).scalar()
-        serial = m.group(2)
-    else:
-        m2 = _URN_UNIT.match(code)
-        if m2:
-            item = (await session.execute(select(Item).where(Item.code == m2.group(1)))).scalar()
-            serial = m2.group(2)
-    if item is not None and serial is not None:
-        if not serial.isdigit():
-            raise InvalidInput(f"serial {serial!r} is not one the hub issued (hub serials are digits)")
-        seq = int(serial)
-        block = (
-            await session.execute(
-                select(CodeBlock).where(
-                    CodeBlock.item_id == item.id, CodeBlock.first_seq <= seq,
-                    CodeBlock.first_seq + CodeBlock.count > seq,
-                )
-            )
-        ).scalar()
-        if block is not None:
-            return (await session.get(Lot, block.lot_id)), code  # type: ignore[return-value]
+    info = await lookup(session, code)
+    if info.status in ("issued", "voided") and info.lot is not None:
+        return info.lot, code
+    legacy = await _legacy_resolve(session, elements)
+    if legacy is not None:
+        return legacy, code
     raise NotFound(
         f"code {code!r} is not known: give a lot number, a batch code or a unit serial (Digital Link URI)"
     )
 
 
+async def _legacy_resolve(session: AsyncSession, elements: dict[str, str]) -> Lot | None:
+    """Serials issued before code rules existed (table code_block, 12-digit sequence numbers)."""
+    if "01" not in elements or "21" not in elements or not elements["21"].isdigit():
+        return None
+    item = (await session.execute(select(Item).where(Item.gtin == elements["01"]))).scalar()
+    if item is None:
+        return None
+    seq = int(elements["21"])
+    block = (await session.execute(select(CodeBlock).where(
+        CodeBlock.item_id == item.id, CodeBlock.first_seq <= seq, CodeBlock.first_seq + CodeBlock.count > seq,
+    ))).scalar()
+    return await session.get(Lot, block.lot_id) if block else None
+
+
 async def units_of_lot(session: AsyncSession, lot: Lot, resolver: str, limit: int = 100) -> dict:
-    blocks = (await session.execute(select(CodeBlock).where(CodeBlock.lot_id == lot.id))).scalars().all()
-    total = sum(b.count for b in blocks)
-    sample = []
+    blocks = (await session.execute(select(SerialBlock).where(and_(SerialBlock.lot_id == lot.id))
+                                    .order_by(SerialBlock.id))).scalars().all()
+    legacy = (await session.execute(select(CodeBlock).where(CodeBlock.lot_id == lot.id))).scalars().all()
+    out_blocks: list[dict[str, Any]] = []
+    sample: list[str] = []
     for b in blocks:
-        for i in range(min(b.count, limit - len(sample))):
-            sample.append(unit_uri(lot.item, b.first_seq + i, resolver))
-    return {
-        "count": total,
-        "blocks": [{"first": serial_text(b.first_seq), "last": serial_text(b.first_seq + b.count - 1),
-                    "count": b.count} for b in blocks],
-        "first_units": sample,
-    }
+        v = await block_view(session, b)
+        first, last = v.render(0, 1, resolver)[0], v.render(b.count - 1, 1, resolver)[0]
+        out_blocks.append({"first": _serial_of(first), "last": _serial_of(last), "count": b.count,
+                           "rule_version": v.rule.version, "block": b.id})
+        take = min(b.count, limit - len(sample))
+        if take > 0:
+            sample += [r.digital_link or r.value for r in v.render(0, take, resolver)]
+    for lb in legacy:
+        out_blocks.append({"first": serial_text(lb.first_seq), "last": serial_text(lb.first_seq + lb.count - 1),
+                           "count": lb.count})
+        for i in range(min(lb.count, limit - len(sample))):
+            sample.append(f"{resolver}/01/{lot.item.gtin}/21/{serial_text(lb.first_seq + i)}")
+    return {"count": sum(b.count for b in blocks) + sum(b.count for b in legacy), "blocks": out_blocks,
+            "first_units": sample}
+
+
+__all__ = ["LEVELS", "IssuedCodes", "issue_for_lot", "lookup", "resolve", "save_rule", "units_of_lot"]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.epcis_hash import event_hash
+from domain.epcis_ids import canonical
+from domain.epcis_index import index_events, link_received_lot, lot_node_uri
 from domain.models import EpcisEvent, Lot, utcnow
+from domain.models_trace import EpcisEventKey, TraceNode
 
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 HUB_NS = "https://ns.tracehub.example/epcis/"
@@ -24,8 +28,11 @@ def lot_class_uri(lot: Lot, resolver: str) -> str:
 
 
 def event_id_for(key: str) -> str:
-    # Deterministic from the business key, so a retried activity never writes a second event.
+    """The id the hub gave events before they carried their CBV hash (kept for old references)."""
     return f"urn:uuid:{uuid.uuid5(_EVENT_NS, key)}"
+
+
+HUB_CONTEXT = {"hub": HUB_NS}
 
 
 async def record_event(
@@ -52,31 +59,50 @@ async def record_event(
     extensions: dict[str, Any] | None = None,
     lot: Lot | None = None,
     work_order_id: int | None = None,
+    parent_id: str | None = None,
+    child_epcs: list[str] | None = None,
+    child_quantity_list: list[dict[str, Any]] | None = None,
+    input_epc_list: list[str] | None = None,
+    certification_info: str | list[str] | None = None,
 ) -> EpcisEvent:
-    event_id = event_id_for(key)
-    existing = (await session.execute(select(EpcisEvent).where(EpcisEvent.event_id == event_id))).scalar()
+    """Record one hub event, idempotent on `key`. Its eventID is the CBV 2.0 event hash of its content, and
+    its query and lineage indexes are written in the same transaction."""
+    existing = (await session.execute(
+        select(EpcisEvent).join(EpcisEventKey, EpcisEventKey.event_pk == EpcisEvent.id)
+        .where(EpcisEventKey.key == key))).scalar()
     if existing:
         return existing
     when = event_time or utcnow()
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
     doc: dict[str, Any] = {
         "type": event_type,
-        "eventID": event_id,
-        "eventTime": when.isoformat().replace("+00:00", "Z"),
+        "eventTime": when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "eventTimeZoneOffset": "+00:00",
     }
+    if certification_info:
+        doc["certificationInfo"] = certification_info
     if action and event_type != "TransformationEvent":
         doc["action"] = action
-    if event_type == "ObjectEvent":
+    if event_type in ("AggregationEvent", "AssociationEvent", "TransactionEvent") and parent_id:
+        doc["parentID"] = parent_id
+    if event_type in ("ObjectEvent", "TransactionEvent"):
         doc["epcList"] = epc_list or []
         if quantity_list:
             doc["quantityList"] = quantity_list
+    if event_type in ("AggregationEvent", "AssociationEvent"):
+        doc["childEPCs"] = child_epcs or epc_list or []
+        if child_quantity_list or quantity_list:
+            doc["childQuantityList"] = child_quantity_list or quantity_list
     if event_type == "TransformationEvent":
+        if input_epc_list:
+            doc["inputEPCList"] = input_epc_list
         if input_quantity_list:
             doc["inputQuantityList"] = input_quantity_list
-        if output_quantity_list:
-            doc["outputQuantityList"] = output_quantity_list
         if epc_list:
             doc["outputEPCList"] = epc_list
+        if output_quantity_list:
+            doc["outputQuantityList"] = output_quantity_list
         if transformation_id:
             doc["transformationID"] = transformation_id
     doc["bizStep"] = biz_step
@@ -97,21 +123,36 @@ async def record_event(
     if ilmd:
         doc["ilmd"] = ilmd
     for k, v in (extensions or {}).items():
-        doc[f"hub:{k}"] = v
-    row = EpcisEvent(
-        event_id=event_id,
-        event_type=event_type,
-        event_time=when,
-        action=doc.get("action"),
-        biz_step=biz_step,
-        disposition=disposition,
-        read_point=read_point,
-        biz_location=biz_location,
-        lot_id=lot.id if lot else None,
-        work_order_id=work_order_id,
-        document=doc,
-    )
-    session.add(row)
+        if v is not None:
+            doc[f"hub:{k}"] = v
+    event_id = event_hash(doc, HUB_CONTEXT)
+    doc = {"type": doc.pop("type"), "eventID": event_id, **doc}
+    # the same content recorded under another key is the same event: one row, two keys
+    row = (await session.execute(select(EpcisEvent).where(EpcisEvent.event_id == event_id))).scalar()
+    if row is None:
+        row = EpcisEvent(
+            event_id=event_id,
+            event_type=event_type,
+            event_time=when,
+            record_time=utcnow(),
+            action=doc.get("action"),
+            biz_step=biz_step,
+            disposition=disposition,
+            read_point=canonical(read_point) if read_point else None,
+            biz_location=canonical(biz_location) if biz_location else None,
+            lot_id=lot.id if lot else None,
+            work_order_id=work_order_id,
+            document=doc,
+        )
+        session.add(row)
+        await session.flush()
+        lots = {lot_node_uri(lot): lot.id} if lot is not None else None
+        await index_events(session, [(row.id, doc, HUB_CONTEXT)], lots=lots)
+        if lot is not None and biz_step == "receiving":
+            node = (await session.execute(select(TraceNode.id).where(TraceNode.lot_id == lot.id))).scalar()
+            if node is not None:
+                await link_received_lot(session, lot, node)
+    session.add(EpcisEventKey(key=key, event_pk=row.id))
     await session.flush()
     return row
 

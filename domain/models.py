@@ -342,3 +342,9 @@ class Endpoint(Base):
 
 # Tables of other areas live in their own modules; importing them here puts them on Base.metadata.
 # (one import line per area module, at the end of this file)
+from domain import (
+    models_codes,  # noqa: F401
+    models_connectors,  # noqa: F401
+    models_identity,  # noqa: F401
+    models_trace,  # noqa: F401
+)

@@ -22,6 +22,7 @@ from domain.models import (
     utcnow,
 )
 from domain.production import get_lot, set_lot_status
+from domain.signatures import is_valid, record_signature, signatures_for
 
 
 def judge_value(value: float, lower: float | None, upper: float | None) -> bool:
@@ -192,11 +193,17 @@ async def open_ncr(
     return ncr
 
 
+def decision_content(ncr: str, rec: NcrDecisionRecord) -> dict[str, Any]:
+    """What a reviewer's signature covers: changing any of it afterwards invalidates the signature."""
+    return {"ncr": ncr, "decision_id": rec.decision_id, "action": rec.action, "reviewer": rec.reviewer,
+            "role": rec.role, "reason": rec.reason, "rework_operation": rec.rework_operation}
+
+
 async def record_decision(
     session: AsyncSession, *, ncr: str, decision_id: str, action: str, reviewer: str, role: str,
-    reason: str, rework_operation: int | None, new_state: str,
+    reason: str, rework_operation: int | None, new_state: str, signature: Any = None,
 ) -> NcrDecisionRecord:
-    """Record a reviewer's decision. Idempotent on decision_id."""
+    """Record a reviewer's decision, and its electronic signature if given. Idempotent on decision_id."""
     existing = (
         await session.execute(select(NcrDecisionRecord).where(NcrDecisionRecord.decision_id == decision_id))
     ).scalar()
@@ -216,7 +223,23 @@ async def record_decision(
     await audit(session, actor=reviewer, action=f"ncr.{action}", entity="ncr", key=ncr,
                 changes={"state": [before, new_state], "role": role, "reason": reason,
                          "rework_operation": rework_operation})
+    if signature is not None:
+        await record_signature(session, signer=signature.signer, signer_name=signature.signer_name, role=role,
+                               meaning=signature.meaning, entity="ncr_decision", key=decision_id,
+                               content=decision_content(ncr, rec))
     return rec
+
+
+async def decision_signatures(session: AsyncSession, ncr: Ncr) -> dict[str, dict[str, Any]]:
+    """The signature of each decision of an NCR, with whether it is still valid."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in ncr.decisions:
+        for sig in await signatures_for(session, "ncr_decision", d.decision_id):
+            out[d.decision_id] = {"signer": sig.signer, "signer_name": sig.signer_name, "role": sig.role,
+                                  "meaning": sig.meaning, "signed_at": sig.signed_at.isoformat(),
+                                  "content_hash": sig.content_hash,
+                                  "valid": is_valid(sig, decision_content(ncr.number, d))}
+    return out
 
 
 async def record_notice(session: AsyncSession, *, ncr: str, notice: str) -> None:

@@ -1,131 +1,730 @@
-"""Genealogy both ways: backward (where did it come from) and forward (where did it go).
+"""Genealogy both ways over the lineage index (trace_node / trace_edge, see domain/epcis_index.py).
 
-Walks the lot_edge graph one level per query (set-at-a-time, never one query per node).
+A hub lot's lineage node id is its lot id (models_trace.TraceNode), so a walk is one recursive query over
+the edge index that yields lot ids directly, one index probe per edge, and the lots and their details are
+read by primary key or lot id with no mapping in between. On PostgreSQL the start (a unit serial, a lot
+number, a heat, ...), the walk and every kind of detail come back in one statement, each kind as columns of
+arrays in one JSON text (parsed with orjson, no ORM objects). On SQLite the same walk runs with one query per
+kind of detail (correct, not tuned). Both paths feed one assembler.
+
+- backward(code): from a unit serial (Digital Link), a batch code, or a lot number, down to every consumed
+  lot, supplier, supplier lot, heat and certificate, and past the receiving dock into a supplier's own lots
+  when the supplier's EPCIS events were captured.
+- forward(...): from a lot, a supplier lot, a heat number, or an equipment or operator within a time window:
+  every lot made from it, its units (serial blocks, counted per lot), and where each is now.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+from collections import defaultdict, deque
+from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from domain.codes import resolve, units_of_lot
+from core.errors import InvalidInput, NotFound
+from domain.epcis_ids import GS1_DL, canonical, lot_of
 from domain.models import (
+    CharacteristicResult,
+    Code,
+    CodeBlock,
+    EpcisEvent,
     Inspection,
+    Item,
     Lot,
-    LotEdge,
+    LotStatus,
     Ncr,
+    NcrDecisionRecord,
     OperationRecord,
     Shipment,
     ShipmentLine,
     Supplier,
+    UTCDateTime,
 )
-from domain.production import get_lot
+from domain.models_trace import EpcisEventEpc, TraceNode
 
-MAX_DEPTH = 50
-
-
-async def _walk(session: AsyncSession, start: int, *, up: bool) -> tuple[set[int], list[LotEdge]]:
-    seen = {start}
-    frontier = {start}
-    edges: list[LotEdge] = []
-    for _ in range(MAX_DEPTH):
-        if not frontier:
-            break
-        col = LotEdge.child_lot_id if up else LotEdge.parent_lot_id
-        rows = (await session.execute(select(LotEdge).where(col.in_(frontier)))).scalars().all()
-        edges.extend(rows)
-        nxt = {(e.parent_lot_id if up else e.child_lot_id) for e in rows} - seen
-        seen |= nxt
-        frontier = nxt
-    return seen, edges
+SERIAL_WIDTH = 12
+_DL_SERIAL = re.compile(r"/01/(\d{14})/21/([^/?#]+)")
+_DL_LOT = re.compile(r"/01/(\d{14})/10/([^/?#]+)")
+_URN_SGTIN = re.compile(r"^urn:epc:id:sgtin:")
+FORWARD_KINDS = ("lot", "supplier_lot", "heat", "equipment", "operator")
+# a lot number that canonical percent-encoding leaves as it is (epcis_ids._dl_value)
+_DL_SAFE = re.compile(r"[A-Za-z0-9_.~'-]+")
 
 
-def _lot_node(lot: Lot) -> dict[str, Any]:
-    return {
-        "id": lot.number, "kind": lot.kind, "item": lot.item.code, "status": lot.status,
-        "quantity": lot.quantity, "quantity_remaining": lot.quantity_remaining, "uom": lot.uom,
-        "supplier": lot.supplier.code if lot.supplier else None, "supplier_lot": lot.supplier_lot,
-        "heat_number": lot.heat_number, "certificate_ref": lot.certificate_ref, "receipt": lot.receipt,
-        "location": lot.location, "concession": lot.concession,
-    }
+# --- start points ------------------------------------------------------------------------------------
 
 
-async def _details(session: AsyncSession, lot_ids: set[int]) -> dict[int, dict[str, Any]]:
-    out: dict[int, dict[str, Any]] = {i: {"operations": [], "inspections": [], "ncrs": [], "shipments": []}
-                                      for i in lot_ids}
-    ops = (await session.execute(
-        select(OperationRecord).where(OperationRecord.output_lot_id.in_(lot_ids)).order_by(OperationRecord.id)
-    )).scalars().all()
-    for op in ops:
-        out[op.output_lot_id]["operations"].append({
-            "seq": op.seq, "name": op.name, "rework": op.rework, "equipment": op.equipment,
-            "operator": op.operator, "shift": op.shift, "started_at": op.started_at.isoformat(),
-            "ended_at": op.ended_at.isoformat(), "parameters": op.parameters, "consumed": op.consumed,
-            "good_quantity": op.good_quantity, "scrap_quantity": op.scrap_quantity,
-        })
-    inss = (await session.execute(
-        select(Inspection).where(Inspection.lot_id.in_(lot_ids)).order_by(Inspection.id)
-    )).scalars().all()
-    for ins in inss:
-        out[ins.lot_id]["inspections"].append({
-            "number": ins.number, "kind": ins.kind, "status": ins.status, "inspector": ins.inspector,
-            "inspected_at": ins.inspected_at.isoformat() if ins.inspected_at else None,
-            "characteristics": [{"name": c.name, "nominal": c.nominal, "lower": c.lower, "upper": c.upper,
-                                 "unit": c.unit, "values": c.values, "verdict": c.verdict}
-                                for c in ins.characteristics],
-        })
-    ncrs = (await session.execute(select(Ncr).where(Ncr.lot_id.in_(lot_ids)).order_by(Ncr.id))).scalars().all()
-    for n in ncrs:
-        out[n.lot_id]["ncrs"].append({
-            "number": n.number, "state": n.state, "disposition": n.disposition, "description": n.description,
-            "decisions": [{"action": d.action, "reviewer": d.reviewer, "role": d.role, "reason": d.reason,
-                           "decided_at": d.decided_at.isoformat()} for d in n.decisions],
-        })
-    ships = (await session.execute(
-        select(ShipmentLine, Shipment).join(Shipment, Shipment.id == ShipmentLine.shipment_id)
-        .where(ShipmentLine.lot_id.in_(lot_ids))
-    )).all()
-    for line, sh in ships:
-        out[line.lot_id]["shipments"].append({
-            "shipment": sh.number, "sales_order": sh.sales_order, "customer": sh.customer,
-            "carrier": sh.carrier, "tracking_number": sh.tracking_number, "quantity": line.quantity,
-            "shipped_at": sh.shipped_at.isoformat(),
-        })
+async def resolve(session: AsyncSession, code: str) -> tuple[int, str | None]:
+    """(lot id, unit code or None) behind a unit serial, a batch code or a lot number."""
+    code = code.strip()
+    if _URN_SGTIN.match(code) or code.startswith("urn:epc:class:lgtin:"):
+        code = canonical(code)
+    m = _DL_SERIAL.search(code)
+    if m:
+        serial = unquote(m.group(2))
+        if serial.isdigit():
+            seq = int(serial)
+            block = (await session.execute(
+                select(CodeBlock.lot_id, CodeBlock.first_seq, CodeBlock.count)
+                .where(CodeBlock.item_id == select(Item.id).where(Item.gtin == m.group(1)).scalar_subquery(),
+                       CodeBlock.first_seq <= seq)
+                .order_by(CodeBlock.first_seq.desc()).limit(1))).first()
+            if block is not None and seq < block.first_seq + block.count:
+                return block.lot_id, code
+    else:
+        m = _DL_LOT.search(code)
+        number = unquote(m.group(2)) if m else code
+        lot_id = (await session.execute(select(Lot.id).where(Lot.number == number))).scalar()
+        if lot_id is not None:
+            return lot_id, None
+        lot_id = (await session.execute(select(Code.lot_id).where(Code.value == code))).scalar()
+        if lot_id is not None:
+            return lot_id, None
+    # codes issued by other means (code rules, pools) are resolved by the code service
+    from domain import codes
+
+    try:
+        lot, unit = await codes.resolve(session, code)
+    except NotFound:
+        raise NotFound(f"code {code!r} is not known: give a lot number, a batch code or a unit serial "
+                       "(Digital Link URI or EPC URN)", field="code") from None
+    return lot.id, unit
+
+
+# Where a walk starts, as SQL that both PostgreSQL and SQLite run: node ids (a hub lot's node id is its lot
+# id, so a lot with no event yet is a start too; captured supplier classes have negative ids).
+_HEAT_ROLES = "('output', 'output_quantity', 'quantity', 'epc')"
+_ANCHORS = {
+    "lot": "SELECT :lot AS id",
+    "number": "SELECT id FROM lot WHERE number = :number",
+    "unit": """SELECT b.lot_id AS id FROM (SELECT lot_id, first_seq, count FROM code_block
+               WHERE item_id = (SELECT id FROM item WHERE gtin = :gtin) AND first_seq <= :seq
+               ORDER BY first_seq DESC LIMIT 1) b WHERE :seq < b.first_seq + b.count""",
+    "f_lot": "SELECT id FROM lot WHERE number = :value",
+    # a heat of our received lots, or named in captured events (a supplier's ILMD or extension `...heatNumber`)
+    # (OFFSET 0 keeps the captured part driven by the (name, value) index of the few events naming the heat)
+    "f_heat": f"""SELECT id FROM lot WHERE heat_number = :value
+               UNION SELECT n.id FROM (SELECT x.uri FROM epcis_event_field f
+                   JOIN epcis_event_epc x ON x.event_pk = f.event_pk
+                   WHERE f.name = 'heat' AND f.value = :value AND x.role IN {_HEAT_ROLES} OFFSET 0) h
+               JOIN trace_node n ON n.uri = h.uri WHERE n.lot_id IS NULL""",
+    "f_supplier_lot": """SELECT id FROM lot WHERE supplier_lot = :value
+               UNION SELECT id FROM trace_node WHERE lot_part = :value AND lot_id IS NULL""",
+    "f_equipment": """SELECT DISTINCT output_lot_id AS id FROM operation_record
+               WHERE equipment = :value AND started_at < :until AND ended_at >= :since""",
+    "f_operator": """SELECT DISTINCT output_lot_id AS id FROM operation_record
+               WHERE operator = :value AND started_at < :until AND ended_at >= :since""",
+}
+_WINDOW = (bindparam("since", type_=UTCDateTime()), bindparam("until", type_=UTCDateTime()))
+
+
+def _check_forward(kind: str, since: datetime | None, until: datetime | None) -> None:
+    if kind not in FORWARD_KINDS:
+        raise InvalidInput(f"unknown trace start {kind!r}: use one of {', '.join(FORWARD_KINDS)}", field="kind")
+    if kind in ("equipment", "operator"):
+        if since is None or until is None:
+            raise InvalidInput(f"a forward trace from {kind} needs a time window: give since and until",
+                               field="since")
+        if until <= since:
+            raise InvalidInput("until is not after since: give a window that is at least a moment long",
+                               field="until")
+
+
+def _no_start(kind: str, value: str, since: datetime | None) -> NotFound:
+    if kind == "lot":
+        return NotFound(f"lot {value!r} does not exist: check the lot number", field="lot")
+    return NotFound(f"no lot has {kind.replace('_', ' ')} {value!r}" + (" in that window" if since else "")
+                    + ": check the value", field=kind)
+
+
+def _forward_params(kind: str, value: str, since: datetime | None, until: datetime | None) -> dict[str, Any]:
+    return {"value": value, **({"since": since, "until": until} if kind in ("equipment", "operator") else {})}
+
+
+async def forward_starts(session: AsyncSession, *, kind: str, value: str, since: datetime | None = None,
+                         until: datetime | None = None) -> list[int]:
+    """The lineage nodes (lot ids, or captured supplier classes) a forward trace starts from."""
+    _check_forward(kind, since, until)
+    q = text(_ANCHORS[f"f_{kind}"])
+    if kind in ("equipment", "operator"):
+        q = q.bindparams(*_WINDOW)
+    starts = sorted({r for r in (await session.execute(q, _forward_params(kind, value, since, until))).scalars()
+                     if r is not None})
+    if not starts:
+        raise _no_start(kind, value, since)
+    return starts
+
+
+# --- the walk ----------------------------------------------------------------------------------------
+#
+# Both paths produce the same raw rows (tuples, in the column orders below), and one assembler turns them
+# into the answer.
+#
+# starts: node ids
+# edges: (parent node, child node, via)
+# lots:  (lot id, number, lot kind, status, quantity, remaining, uom, supplier lot, heat, certificate, receipt,
+#         location, concession, item, gtin, supplier)
+# ext:   (node id, uri, node kind): identifiers known from captured events only
+# ships: (lot id, quantity, shipment, sales order, customer, carrier, tracking, shipped at)
+# units: (lot id, first seq, count)
+# ops:   (lot id, seq, name, rework, equipment, operator, shift, started, ended, parameters, consumed, good, scrap)
+# ins:   (inspection id, lot id, number, kind, status, inspector, inspected at, characteristic, nominal, lower,
+#         upper, unit, values, verdict)
+# ncrs:  (ncr id, lot id, number, state, disposition, description, opened, closed, action, reviewer, role,
+#         reason, decided at)
+# events:(uri, role, event id, event type, biz step, event time, document)
+
+# one walk row per visited edge: (node reached, node it was reached from, via); a start has no "from"
+_WALK = """WITH RECURSIVE walk(id, c, via) AS (
+    SELECT CAST(s.id AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR(16)) FROM ({anchor}) s
+  UNION
+    {step}
+)"""
+_UP = "SELECT e.parent_id, e.child_id, e.via FROM trace_edge e JOIN walk w ON e.child_id = w.id"
+_DOWN = "SELECT e.child_id, e.parent_id, e.via FROM trace_edge e JOIN walk w ON e.parent_id = w.id"
+
+
+def _cols(*exprs: str) -> str:
+    return "json_build_array(" + ", ".join(f"array_agg({x})" for x in exprs) + ")"
+
+
+# PostgreSQL: everything in one statement; each kind of detail is a JSON array of columns (array_agg per
+# column is several times cheaper to build than an array per row). The details are read for the visited lots
+# by lot id, after the walk.
+_PG_TAIL = """, v AS MATERIALIZED (SELECT DISTINCT id FROM walk),
+lots AS MATERIALIZED (
+    SELECT l.id, l.number, l.kind, l.status, l.quantity, l.quantity_remaining, l.uom, l.supplier_lot, l.heat_number,
+           l.certificate_ref, l.receipt, l.location, l.concession, i.code, i.gtin, s.code AS supplier
+    FROM v JOIN lot l ON l.id = v.id LEFT JOIN item i ON i.id = l.item_id LEFT JOIN supplier s ON s.id = l.supplier_id
+    WHERE v.id > 0),
+ext AS MATERIALIZED (SELECT n.id, n.uri, n.kind FROM v JOIN trace_node n ON n.id = v.id WHERE v.id < 0),
+ids AS MATERIALIZED (SELECT ARRAY(SELECT id FROM lots) AS a)
+SELECT json_build_array(
+ (SELECT array_agg(id) FROM walk WHERE c IS NULL),
+ (SELECT """ + _cols("id", "c", "via") + """ FROM walk WHERE c IS NOT NULL),
+ (SELECT """ + _cols("id", "number", "kind", "status", "quantity", "quantity_remaining", "uom", "supplier_lot",
+                     "heat_number", "certificate_ref", "receipt", "location", "concession", "code", "gtin",
+                     "supplier") + """ FROM lots),
+ (SELECT """ + _cols("id", "uri", "kind") + """ FROM ext),
+ (SELECT """ + _cols("lot_id", "quantity", "number", "sales_order", "customer", "carrier", "tracking_number",
+                     "shipped_at") + """ FROM (
+    SELECT sl.lot_id, sl.quantity, sh.number, sh.sales_order, sh.customer, sh.carrier, sh.tracking_number,
+           sh.shipped_at
+    FROM shipment_line sl JOIN shipment sh ON sh.id = sl.shipment_id
+    WHERE sl.lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY sh.shipped_at, sl.id) t),
+ (SELECT """ + _cols("lot_id", "first_seq", "count") + """ FROM (
+    SELECT b.lot_id, b.first_seq, b.count FROM code_block b WHERE b.lot_id = ANY((SELECT a FROM ids)::int[])
+    ORDER BY b.lot_id, b.first_seq) t),
+ {history},
+ CASE WHEN EXISTS (SELECT 1 FROM ext) THEN (SELECT """ + _cols("uri", "role", "event_id", "event_type", "biz_step",
+                                                            "event_time", "document") + """ FROM (
+    SELECT x.uri, x.role, ev.event_id, ev.event_type, ev.biz_step, ev.event_time, ev.document
+    FROM epcis_event_epc x JOIN epcis_event ev ON ev.id = x.event_pk
+    WHERE x.uri IN (SELECT uri FROM ext) ORDER BY ev.event_time, ev.id) t) END
+)::text"""
+_PG_HISTORY = """
+ (SELECT """ + _cols("output_lot_id", "seq", "name", "rework", "equipment", "operator", "shift", "started_at",
+                     "ended_at", "parameters", "consumed", "good_quantity", "scrap_quantity") + """ FROM (
+    SELECT o.* FROM operation_record o WHERE o.output_lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY o.id) t),
+ (SELECT """ + _cols("id", "lot_id", "number", "kind", "status", "inspector", "inspected_at", "name", "nominal",
+                     "lower", "upper", "unit", '"values"', "verdict") + """ FROM (
+    SELECT x.id, x.lot_id, x.number, x.kind, x.status, x.inspector, x.inspected_at, c.name, c.nominal, c.lower,
+           c.upper, c.unit, c."values", c.verdict
+    FROM inspection x LEFT JOIN characteristic_result c ON c.inspection_id = x.id
+    WHERE x.lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY x.id, c.id) t),
+ (SELECT """ + _cols("id", "lot_id", "number", "state", "disposition", "description", "opened_at", "closed_at",
+                     "action", "reviewer", "role", "reason", "decided_at") + """ FROM (
+    SELECT r.id, r.lot_id, r.number, r.state, r.disposition, r.description, r.opened_at, r.closed_at, d.action,
+           d.reviewer, d.role, d.reason, d.decided_at
+    FROM ncr r LEFT JOIN ncr_decision d ON d.ncr_id = r.id
+    WHERE r.lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY r.id, d.id) t)"""
+_KINDS = ("starts", "edges", "lots", "ext", "ships", "units", "ops", "ins", "ncrs", "events")
+
+
+def _statement(anchor: str, *, up: bool, pg: bool, full: bool = False) -> Any:
+    sql = _WALK.format(anchor=_ANCHORS[anchor], step=_UP if up else _DOWN)
+    if pg:
+        sql += _PG_TAIL.format(history=_PG_HISTORY if full else "NULL, NULL, NULL")
+    else:
+        sql += " SELECT id, c, via FROM walk"
+    q = text(sql)
+    return q.bindparams(*_WINDOW) if anchor in ("f_equipment", "f_operator") else q
+
+
+_SQL: dict[tuple[str, bool, bool, bool], Any] = {}
+
+
+def _sql(anchor: str, *, up: bool, pg: bool, full: bool) -> Any:
+    key = (anchor, up, pg, full)
+    q = _SQL.get(key)
+    if q is None:
+        q = _SQL[key] = _statement(anchor, up=up, pg=pg, full=full)
+    return q
+
+
+def _rows(cols: list[Any] | None) -> list[tuple[Any, ...]]:
+    return list(zip(*cols, strict=True)) if cols and cols[0] is not None else []
+
+
+async def _fetch_pg(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool,
+                    full: bool) -> dict[str, list[Any]]:
+    # one JSON text, parsed with orjson; psycopg prepares the statement after a few runs on a connection
+    doc = orjson.loads((await session.execute(_sql(anchor, up=up, pg=True, full=full), params)).scalar_one())
+    out: dict[str, list[Any]] = {"starts": doc[0] or []}
+    for k, cols in zip(_KINDS[1:], doc[1:], strict=True):
+        out[k] = _rows(cols)
     return out
 
 
-async def _graph(session: AsyncSession, start: Lot, *, up: bool, resolver: str) -> dict[str, Any]:
-    ids, edges = await _walk(session, start.id, up=up)
-    lots = {lot.id: lot for lot in (await session.execute(select(Lot).where(Lot.id.in_(ids)))).scalars().all()}
-    details = await _details(session, ids)
-    nodes = []
-    for lot_id in sorted(ids, key=lambda i: (i != start.id, lots[i].number)):
-        node = _lot_node(lots[lot_id]) | details[lot_id]
-        node["codes"] = await units_of_lot(session, lots[lot_id], resolver, limit=10)
-        nodes.append(node)
-    return {
-        "nodes": nodes,
-        "edges": [{"from": lots[e.parent_lot_id].number, "to": lots[e.child_lot_id].number,
-                   "quantity": e.quantity} for e in edges],
-    }
+async def _fetch_portable(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool,
+                          full: bool) -> dict[str, list[Any]]:
+    walk = (await session.execute(_sql(anchor, up=up, pg=False, full=full), params)).all()
+    out: dict[str, list[Any]] = {k: [] for k in _KINDS}
+    out["starts"] = list(dict.fromkeys(r[0] for r in walk if r[1] is None))
+    out["edges"] = [tuple(r) for r in walk if r[1] is not None]
+    node_ids = list({r[0] for r in walk})
+    lot_ids = [n for n in node_ids if n > 0]
+    ext_ids = [n for n in node_ids if n < 0]
+    if lot_ids:
+        out["lots"] = [tuple(r) for r in (await session.execute(
+            select(Lot.id, Lot.number, Lot.kind, Lot.status, Lot.quantity, Lot.quantity_remaining, Lot.uom,
+                   Lot.supplier_lot, Lot.heat_number, Lot.certificate_ref, Lot.receipt, Lot.location, Lot.concession,
+                   Item.code, Item.gtin, Supplier.code)
+            .join(Item, Item.id == Lot.item_id).outerjoin(Supplier, Supplier.id == Lot.supplier_id)
+            .where(Lot.id.in_(lot_ids)))).all()]
+        out["ships"] = [tuple(r) for r in (await session.execute(
+            select(ShipmentLine.lot_id, ShipmentLine.quantity, Shipment.number, Shipment.sales_order,
+                   Shipment.customer, Shipment.carrier, Shipment.tracking_number, Shipment.shipped_at)
+            .join(Shipment, Shipment.id == ShipmentLine.shipment_id).where(ShipmentLine.lot_id.in_(lot_ids))
+            .order_by(Shipment.shipped_at, ShipmentLine.id))).all()]
+        out["units"] = [tuple(r) for r in (await session.execute(
+            select(CodeBlock.lot_id, CodeBlock.first_seq, CodeBlock.count).where(CodeBlock.lot_id.in_(lot_ids))
+            .order_by(CodeBlock.lot_id, CodeBlock.first_seq))).all()]
+    if lot_ids and full:
+        o = OperationRecord
+        out["ops"] = [tuple(r) for r in (await session.execute(
+            select(o.output_lot_id, o.seq, o.name, o.rework, o.equipment, o.operator, o.shift, o.started_at,
+                   o.ended_at, o.parameters, o.consumed, o.good_quantity, o.scrap_quantity)
+            .where(o.output_lot_id.in_(lot_ids)).order_by(o.id))).all()]
+        c = CharacteristicResult
+        out["ins"] = [tuple(r) for r in (await session.execute(
+            select(Inspection.id, Inspection.lot_id, Inspection.number, Inspection.kind, Inspection.status,
+                   Inspection.inspector, Inspection.inspected_at, c.name, c.nominal, c.lower, c.upper, c.unit,
+                   c.values, c.verdict)
+            .outerjoin(c, c.inspection_id == Inspection.id).where(Inspection.lot_id.in_(lot_ids))
+            .order_by(Inspection.id, c.id))).all()]
+        d = NcrDecisionRecord
+        out["ncrs"] = [tuple(r) for r in (await session.execute(
+            select(Ncr.id, Ncr.lot_id, Ncr.number, Ncr.state, Ncr.disposition, Ncr.description, Ncr.opened_at,
+                   Ncr.closed_at, d.action, d.reviewer, d.role, d.reason, d.decided_at)
+            .outerjoin(d, d.ncr_id == Ncr.id).where(Ncr.lot_id.in_(lot_ids)).order_by(Ncr.id, d.id))).all()]
+    if ext_ids:
+        out["ext"] = [tuple(r) for r in (await session.execute(
+            select(TraceNode.id, TraceNode.uri, TraceNode.kind).where(TraceNode.id.in_(ext_ids)))).all()]
+        uris = [r[1] for r in out["ext"]]
+        out["events"] = [tuple(r) for r in (await session.execute(
+            select(EpcisEventEpc.uri, EpcisEventEpc.role, EpcisEvent.event_id, EpcisEvent.event_type,
+                   EpcisEvent.biz_step, EpcisEvent.event_time, EpcisEvent.document)
+            .join(EpcisEvent, EpcisEvent.id == EpcisEventEpc.event_pk).where(EpcisEventEpc.uri.in_(uris))
+            .order_by(EpcisEvent.event_time, EpcisEvent.id))).all()]
+    return out
+
+
+def _pg(session: AsyncSession) -> bool:
+    return session.bind.dialect.name == "postgresql"
+
+
+async def _fetch(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool,
+                 full: bool) -> dict[str, list[Any]]:
+    fetch = _fetch_pg if _pg(session) else _fetch_portable
+    return await fetch(session, anchor, params, up=up, full=full)
+
+
+# --- the answer ----------------------------------------------------------------------------------------
+
+
+def _depths(starts: list[int], edges: list[tuple[Any, ...]]) -> dict[int, int]:
+    # edges as walked: (node reached, node it was reached from, via)
+    nxt: dict[int, list[int]] = defaultdict(list)
+    for reached, frm, _ in edges:
+        nxt[frm].append(reached)
+    depth = dict.fromkeys(starts, 0)
+    q = deque(starts)
+    while q:
+        n = q.popleft()
+        d = depth[n] + 1
+        for m in nxt.get(n, ()):
+            if m not in depth:
+                depth[m] = d
+                q.append(m)
+    return depth
+
+
+def _where(status: str, remaining: float, location: str | None, shipments: list[dict[str, Any]]) -> str:
+    if status == LotStatus.shipped or (shipments and remaining <= 1e-9):
+        return "shipped to " + ", ".join(sorted({f"{s['customer']} ({s['shipment']})" for s in shipments})) \
+            if shipments else "shipped"
+    if status == LotStatus.on_hold:
+        return "on hold" + (f" at {location}" if location else "")
+    if status == LotStatus.consumed:
+        return "consumed"
+    if status == LotStatus.rejected:
+        return "rejected"
+    return f"in stock ({status})" + (f" at {location}" if location else "")
+
+
+def _iso(d: Any) -> str | None:
+    return d if d is None or isinstance(d, str) else d.isoformat()
+
+
+def _lot_uri(number: str, gtin: str | None) -> str:
+    """The lot's lineage identifier (epcis_index.lot_node_uri), without a lookup for the usual lot numbers."""
+    if not gtin:
+        return f"urn:tracehub:lot:{number}"
+    if _DL_SAFE.fullmatch(number) and gtin.isdigit() and len(gtin) in (8, 12, 13, 14):
+        return f"{GS1_DL}/01/{gtin.zfill(14)}/10/{number}"
+    return canonical(f"{GS1_DL}/01/{gtin}/10/{number}")
+
+
+_EXT_WHERE = "outside the plant (captured EPCIS events)"
+
+
+def _history(raw: dict[str, list[Any]]) -> dict[int, dict[str, list[Any]]]:
+    hist: dict[int, dict[str, list[Any]]] = defaultdict(lambda: {"operations": [], "inspections": [], "ncrs": []})
+    for lot_id, seq, name, rework, eq, operator, shift, started, ended, params, consumed, good, scrap in raw["ops"]:
+        hist[lot_id]["operations"].append({
+            "seq": seq, "name": name, "rework": rework, "equipment": eq, "operator": operator, "shift": shift,
+            "started_at": _iso(started), "ended_at": _iso(ended), "parameters": params, "consumed": consumed,
+            "good_quantity": good, "scrap_quantity": scrap})
+    by_ins: dict[int, dict[str, Any]] = {}
+    for iid, lot_id, number, kind, status, inspector, at, cname, nominal, lower, upper, unit, values, verdict \
+            in raw["ins"]:
+        ins = by_ins.get(iid)
+        if ins is None:
+            ins = by_ins[iid] = {"number": number, "kind": kind, "status": status, "inspector": inspector,
+                                 "inspected_at": _iso(at), "characteristics": []}
+            hist[lot_id]["inspections"].append(ins)
+        if cname is not None:
+            ins["characteristics"].append({"name": cname, "nominal": nominal, "lower": lower, "upper": upper,
+                                           "unit": unit, "values": values, "verdict": verdict})
+    by_ncr: dict[int, dict[str, Any]] = {}
+    for nid, lot_id, number, state, disp, desc, opened, closed, action, reviewer, role, reason, decided \
+            in raw["ncrs"]:
+        n = by_ncr.get(nid)
+        if n is None:
+            n = by_ncr[nid] = {"number": number, "state": state, "disposition": disp, "description": desc,
+                               "opened_at": _iso(opened), "closed_at": _iso(closed), "decisions": []}
+            hist[lot_id]["ncrs"].append(n)
+        if action is not None:
+            n["decisions"].append({"action": action, "reviewer": reviewer, "role": role, "reason": reason,
+                                   "decided_at": _iso(decided)})
+    return hist
+
+
+def _assemble(raw: dict[str, list[Any]], *, up: bool, resolver: str, full: bool) -> dict[str, Any]:
+    """nodes (one per lot or captured identifier, by level), edges, and the flat list (one row per node)."""
+    depth = _depths(raw["starts"], raw["edges"])
+    ships: dict[int, list[dict[str, Any]]] = {}
+    for lot_id, qty, number, so, customer, carrier, tracking, at in raw["ships"]:
+        s = {"shipment": number, "sales_order": so, "customer": customer, "carrier": carrier,
+             "tracking_number": tracking, "quantity": qty, "shipped_at": _iso(at)}
+        if lot_id in ships:
+            ships[lot_id].append(s)
+        else:
+            ships[lot_id] = [s]
+    # units: counted per lot, one entry per serial block (never one per unit)
+    units: dict[int, dict[str, Any]] = {}
+    if raw["units"]:
+        gtins = {r[0]: r[14] for r in raw["lots"]}
+        for lot_id, first_seq, count in raw["units"]:
+            first, last = f"{first_seq:0{SERIAL_WIDTH}d}", f"{first_seq + count - 1:0{SERIAL_WIDTH}d}"
+            g = gtins.get(lot_id)
+            if g:
+                block = {"first": first, "last": last, "count": count, "first_uri": f"{resolver}/01/{g}/21/{first}",
+                         "last_uri": f"{resolver}/01/{g}/21/{last}"}
+            else:
+                block = {"first": first, "last": last, "count": count}
+            u = units.get(lot_id)
+            if u is None:
+                units[lot_id] = {"count": count, "blocks": [block]}
+            else:
+                u["count"] += count
+                u["blocks"].append(block)
+    hist = _history(raw) if full else {}
+    ext_events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for uri, role, event_id, etype, step, at, d in raw["events"]:
+        ext_events[uri].append({
+            "event_id": event_id, "type": etype, "biz_step": step, "role": role, "event_time": _iso(at),
+            "source": d.get("sourceList"), "destination": d.get("destinationList"),
+            "biz_transactions": d.get("bizTransactionList"), "ilmd": d.get("ilmd"),
+            "certification": d.get("certificationInfo"),
+            "extensions": {k: v for k, v in d.items() if ":" in k and not k.startswith("@")}})
+    label: dict[int, str] = {}
+    keyed: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []
+    uri_of_gtin: dict[str | None, str | None] = {}  # the Digital Link prefix of a GTIN, None: canonical() needed
+    consumed = LotStatus.consumed
+    for (lot_id, number, kind, status, qty, remaining, uom, slot, heat, cert, receipt, loc, concession, item,
+         gtin, supplier) in raw["lots"]:
+        label[lot_id] = number
+        level = depth.get(lot_id, 0)
+        shipments = ships.get(lot_id)
+        if shipments is None:
+            shipments = []
+            customers = names = ""
+            where = "consumed" if status == consumed else _where(status, remaining, loc, shipments)
+        else:
+            customers = ", ".join(sorted({s["customer"] for s in shipments}))
+            names = ", ".join(s["shipment"] for s in shipments)
+            where = _where(status, remaining, loc, shipments)
+        u = units.get(lot_id)
+        if u is None:
+            u = {"count": 0, "blocks": []}
+        # the lot's lineage identifier (epcis_index.lot_node_uri) without a lookup for the usual lot numbers
+        if gtin is None:
+            uri = f"urn:tracehub:lot:{number}"
+        else:
+            prefix = uri_of_gtin.get(gtin, "")
+            if prefix == "":
+                prefix = uri_of_gtin[gtin] = f"{GS1_DL}/01/{gtin.zfill(14)}/10/" \
+                    if gtin.isdigit() and len(gtin) in (8, 12, 13, 14) else None
+            uri = prefix + number if prefix is not None and _DL_SAFE.fullmatch(number) \
+                else _lot_uri(number, gtin)
+        node = {"node": "lot", "id": number, "uri": uri, "kind": kind, "item": item, "gtin": gtin,
+                "status": status, "quantity": qty, "quantity_remaining": remaining, "uom": uom, "supplier": supplier,
+                "supplier_lot": slot, "heat_number": heat, "certificate_ref": cert, "receipt": receipt,
+                "location": loc, "concession": concession, "shipments": shipments, "units": u, "where": where}
+        if full:
+            h = hist.get(lot_id)
+            if h is None:
+                ops: list[Any] = []
+                ins: list[Any] = []
+                ncrs: list[Any] = []
+            else:
+                ops, ins, ncrs = h["operations"], h["inspections"], h["ncrs"]
+            node["operations"] = ops
+            node["inspections"] = ins
+            node["ncrs"] = ncrs
+            n_ops, n_ins, ncr_names = len(ops), len(ins), ", ".join(x["number"] for x in ncrs)
+        else:
+            n_ops = n_ins = 0
+            ncr_names = ""
+        node["level"] = level
+        keyed.append((level, number, node, {
+            "level": level, "node": "lot", "id": number, "kind": kind, "item": item, "status": status, "where": where,
+            "quantity": qty, "uom": uom, "units": u["count"], "supplier": supplier, "supplier_lot": slot,
+            "heat_number": heat, "certificate_ref": cert, "customers": customers, "shipments": names,
+            "operations": n_ops, "inspections": n_ins, "ncrs": ncr_names}))
+    for nid, uri, kind in raw["ext"]:
+        label[nid] = uri
+        level = depth.get(nid, 0)
+        keyed.append((level, uri, {
+            "node": "external", "id": uri, "uri": uri, "kind": kind, "lot": lot_of(uri), "status": None,
+            "events": ext_events.get(uri, []), "where": _EXT_WHERE, "level": level}, {
+            "level": level, "node": "external", "id": uri, "kind": kind, "item": None, "status": None,
+            "where": _EXT_WHERE, "quantity": None, "uom": None, "units": 0, "supplier": None, "supplier_lot": None,
+            "heat_number": None, "certificate_ref": None, "customers": "", "shipments": "", "operations": 0,
+            "inspections": 0, "ncrs": ""}))
+    keyed.sort(key=_by_level)
+    # walk rows are (reached, from): backward reaches parents, forward children
+    if up:
+        edges = [{"from": label[r], "to": label[f], "via": via} for r, f, via in raw["edges"]]
+    else:
+        edges = [{"from": label[f], "to": label[r], "via": via} for r, f, via in raw["edges"]]
+    return {"nodes": [k[2] for k in keyed], "edges": edges, "flat": [k[3] for k in keyed]}
+
+
+def _by_level(k: tuple[Any, ...]) -> tuple[int, str]:
+    return k[0], k[1]
+
+
+async def _backward_graph(session: AsyncSession, code: str, *,
+                          resolver: str) -> tuple[dict[str, Any], str | None]:
+    # the common starts resolve inside the walk's statement: a hub unit serial, or a lot number
+    c = code.strip()
+    c = canonical(c) if c.startswith("urn:epc:") else c
+    m = _DL_SERIAL.search(c)
+    raw: dict[str, list[Any]] | None = None
+    unit: str | None = None
+    if m and unquote(m.group(2)).isdigit():
+        raw = await _fetch(session, "unit", {"gtin": m.group(1), "seq": int(unquote(m.group(2)))}, up=True, full=True)
+        unit = c
+    elif not m:
+        lm = _DL_LOT.search(c)
+        raw = await _fetch(session, "number", {"number": unquote(lm.group(2)) if lm else c}, up=True, full=True)
+    if raw is None or not raw["lots"]:
+        lot_id, unit = await resolve(session, code)
+        raw = await _fetch(session, "lot", {"lot": lot_id}, up=True, full=True)
+    return _assemble(raw, up=True, resolver=resolver, full=True), unit
 
 
 async def backward(session: AsyncSession, code: str, *, resolver: str) -> dict[str, Any]:
-    lot, unit = await resolve(session, code)
-    g = await _graph(session, lot, up=True, resolver=resolver)
-    materials = [n for n in g["nodes"] if n["kind"] == "material"]
-    return {"query": code, "unit": unit, "lot": lot.number, **g,
-            "suppliers": sorted({(n["supplier"], n["supplier_lot"], n["heat_number"] or "") for n in materials})}
+    """Where did it come from: the whole history of a unit, batch code or lot."""
+    g, unit = await _backward_graph(session, code, resolver=resolver)
+    materials = [n for n in g["nodes"] if n.get("kind") == "material"]
+    external = [n for n in g["nodes"] if n["node"] == "external"]
+    return {
+        "direction": "backward", "query": code, "unit": unit, "lot": g["nodes"][0]["id"], **g,
+        "suppliers": sorted({(n["supplier"], n["supplier_lot"], n["heat_number"] or "") for n in materials}),
+        "certificates": sorted({n["certificate_ref"] for n in materials if n["certificate_ref"]}),
+        "supplier_lots_upstream": [n["id"] for n in external],
+    }
 
 
-async def forward(session: AsyncSession, lot_number: str, *, resolver: str) -> dict[str, Any]:
-    lot = await get_lot(session, lot_number)
-    g = await _graph(session, lot, up=False, resolver=resolver)
-    customers = sorted({s["customer"] for n in g["nodes"] for s in n["shipments"]})
-    return {"query": lot_number, "lot": lot.number, **g, "customers": customers}
+async def forward(session: AsyncSession, lot_number: str | None = None, *, resolver: str, kind: str = "lot",
+                  value: str | None = None, since: datetime | None = None,
+                  until: datetime | None = None) -> dict[str, Any]:
+    """Where did it go: every lot made from the start, its units, and where each is now."""
+    value = value if value is not None else lot_number
+    if not value:
+        raise InvalidInput("give what to trace forward from", field="value")
+    _check_forward(kind, since, until)
+    raw = await _fetch(session, f"f_{kind}", _forward_params(kind, value, since, until), up=False, full=False)
+    if not raw["starts"]:
+        raise _no_start(kind, value, since)
+    g = _assemble(raw, up=False, resolver=resolver, full=False)
+    lots = [n for n in g["nodes"] if n["node"] == "lot"]
+    customers: dict[str, dict[str, Any]] = {}
+    units = 0
+    in_stock, on_hold, shipped = [], [], []
+    for n in lots:
+        units += n["units"]["count"]
+        if n["status"] in (LotStatus.released, LotStatus.quarantine) and n["quantity_remaining"] > 1e-9:
+            in_stock.append(n["id"])
+        elif n["status"] == LotStatus.on_hold:
+            on_hold.append(n["id"])
+        if not n["shipments"]:
+            continue
+        shipped.append(n["id"])
+        for s in n["shipments"]:
+            c = customers.get(s["customer"])
+            if c is None:
+                c = customers[s["customer"]] = {"customer": s["customer"], "quantity": 0.0, "shipments": {}}
+            c["quantity"] += s["quantity"]
+            sh = c["shipments"].get(s["shipment"])
+            if sh is None:
+                sh = c["shipments"][s["shipment"]] = {"shipment": s["shipment"], "sales_order": s["sales_order"],
+                                                      "shipped_at": s["shipped_at"], "lots": []}
+            sh["lots"].append({"lot": n["id"], "item": n["item"], "quantity": s["quantity"], "uom": n["uom"]})
+    summary = {"lots": len(lots), "units": units, "in_stock": in_stock, "on_hold": on_hold, "shipped": shipped}
+    return {
+        "direction": "forward", "query": {"kind": kind, "value": value, "since": _iso(since), "until": _iso(until)},
+        "lot": value if kind == "lot" else None, **g,
+        "customers": sorted(customers), "by_customer": [
+            {**c, "shipments": list(c["shipments"].values())} for _, c in sorted(customers.items())],
+        "summary": summary,
+    }
 
 
-async def supplier_of(session: AsyncSession, supplier_id: int) -> Supplier | None:
-    return await session.get(Supplier, supplier_id)
+async def lot_count(session: AsyncSession) -> int:
+    return int((await session.execute(select(func.count()).select_from(Lot))).scalar_one())
+
+
+# --- renderings ------------------------------------------------------------------------------------------
+
+FLAT_COLUMNS = ["level", "node", "id", "kind", "item", "status", "where", "quantity", "uom", "units", "supplier",
+                "supplier_lot", "heat_number", "certificate_ref", "customers", "shipments", "operations",
+                "inspections", "ncrs"]
+
+
+def to_csv(result: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FLAT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in result["flat"]:
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _pdf_text(s: Any) -> str:
+    # the core PDF fonts are Latin-1: replace what they cannot show rather than fail the report
+    return str("" if s is None else s).encode("latin-1", "replace").decode("latin-1")
+
+
+def to_pdf(result: dict[str, Any], *, title: str | None = None, compress: bool = True) -> bytes:
+    """A trace report a quality engineer can send: summary, genealogy table, and per-lot history."""
+    from fpdf import FPDF
+
+    pdf = FPDF(orientation="L", format="A4")
+    pdf.set_compression(compress)
+    pdf.set_auto_page_break(auto=True, margin=12)
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 15)
+    direction = result["direction"]
+    q = result["query"]
+    head = title or (f"Backward trace of {q}" if direction == "backward"
+                     else f"Forward trace from {q['kind'].replace('_', ' ')} {q['value']}")
+    pdf.cell(0, 9, _pdf_text(head), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 9)
+    from domain.models import utcnow
+
+    pdf.cell(0, 5, _pdf_text(f"TraceHub trace report, generated {utcnow().strftime('%Y-%m-%d %H:%M UTC')}"),
+             new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 11)
+    pdf.cell(0, 6, "Summary", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 9)
+    lines = []
+    if direction == "backward":
+        lines.append(f"Lot {result['lot']}" + (f", unit {result['unit']}" if result.get("unit") else ""))
+        for sup, slot, heat in result["suppliers"]:
+            lines.append(f"Supplier {sup}, supplier lot {slot}" + (f", heat {heat}" if heat else ""))
+        if result["certificates"]:
+            lines.append("Certificates: " + ", ".join(result["certificates"]))
+    else:
+        s = result["summary"]
+        lines.append(f"{s['lots']} lots, {s['units']} units reached; in stock: {len(s['in_stock'])}, "
+                     f"on hold: {len(s['on_hold'])}, shipped: {len(s['shipped'])}")
+        for c in result["by_customer"]:
+            lines.append(f"Customer {c['customer']}: {c['quantity']:g} shipped on "
+                         + ", ".join(sh["shipment"] for sh in c["shipments"]))
+    for line in lines:
+        pdf.multi_cell(0, 5, _pdf_text(line), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 11)
+    pdf.cell(0, 6, "Genealogy", new_x="LMARGIN", new_y="NEXT")
+    cols = [("level", 12), ("id", 48), ("item", 32), ("status", 20), ("where", 62), ("quantity", 18),
+            ("supplier", 28), ("heat_number", 24), ("certificate_ref", 30)]
+    pdf.set_font("Helvetica", "B", 8)
+    for name, w in cols:
+        pdf.cell(w, 6, name.replace("_", " "), border=1)
+    pdf.ln()
+    pdf.set_font("Helvetica", "", 7)
+    for row in result["flat"]:
+        for name, w in cols:
+            text = _pdf_text(row.get(name))
+            while text and pdf.get_string_width(text) > w - 1.5:
+                text = text[:-1]
+            pdf.cell(w, 5, text, border=1)
+        pdf.ln()
+    if direction == "backward":
+        for n in result["nodes"]:
+            if n["node"] != "lot" or not (n.get("operations") or n.get("inspections") or n.get("ncrs")):
+                continue
+            pdf.ln(2)
+            pdf.set_font("Helvetica", "B", 10)
+            pdf.cell(0, 6, _pdf_text(f"Lot {n['id']} ({n['item']})"), new_x="LMARGIN", new_y="NEXT")
+            pdf.set_font("Helvetica", "", 8)
+            for op in n["operations"]:
+                params = ", ".join(f"{k}={v}" for k, v in (op["parameters"] or {}).items())
+                pdf.multi_cell(0, 4, _pdf_text(
+                    f"Operation {op['seq']} {op['name']}{' (rework)' if op['rework'] else ''}: equipment "
+                    f"{op['equipment']}, operator {op['operator']}, {op['started_at']} - {op['ended_at']}; {params}"),
+                    new_x="LMARGIN", new_y="NEXT")
+            for ins in n["inspections"]:
+                chars = "; ".join(f"{c['name']} {c['values']} {c['unit']} [{c['lower']}, {c['upper']}] {c['verdict']}"
+                                  for c in ins["characteristics"])
+                pdf.multi_cell(0, 4, _pdf_text(f"Inspection {ins['number']} ({ins['kind']}) {ins['status']} by "
+                                               f"{ins['inspector']}: {chars}"), new_x="LMARGIN", new_y="NEXT")
+            for ncr in n["ncrs"]:
+                decs = "; ".join(f"{d['action']} by {d['reviewer']} ({d['role']}): {d['reason']}"
+                                 for d in ncr["decisions"])
+                pdf.multi_cell(0, 4, _pdf_text(f"{ncr['number']} {ncr['state']}: {ncr['description']}. {decs}"),
+                               new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())

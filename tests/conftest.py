@@ -29,6 +29,7 @@ from core.settings import DatabaseSettings, Settings, TemporalSettings
 from domain.endpoints import ensure_endpoint
 from erp_sim.app import create_app as create_erp_app
 from migrations import upgrade
+from tests.helpers import PASSWORD, ROLE_TOKENS, SUPER_HEADERS
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,8 @@ def _database_url(tmp: Path) -> str:
     url = make_url(os.environ.get("HUB_TEST_DATABASE_URL", DEFAULT_PG))
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
+    # one database per run, so two runs on one server never drop each other's data
+    url = url.set(database=f"{url.database}_{os.getpid()}")
     admin = create_engine(url.set(drivername="postgresql+psycopg", database="postgres"),
                           isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -59,10 +62,16 @@ def _database_url(tmp: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = _database_url(tmp_path_factory.mktemp("db"))
     upgrade(url)
-    return url
+    yield url
+    u = make_url(url)
+    if u.get_backend_name() == "postgresql":
+        admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -155,8 +164,29 @@ async def worker(client: Client, settings: Settings, sessionmaker, seeded) -> As
 @pytest_asyncio.fixture(scope="session")
 async def api(settings: Settings, sessionmaker, client: Client, worker) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings, sessionmaker=sessionmaker, temporal=client)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub",
+                                 headers=SUPER_HEADERS) as c:
         yield c
+
+
+@pytest_asyncio.fixture(scope="session", autouse=True)
+async def credentials(sessionmaker) -> None:
+    from datetime import timedelta
+
+    from domain.identity import PEOPLE_ROLES, ROLES, create_user, issue_token, login
+
+    async with sessionmaker() as s, s.begin():
+        token, _ = await issue_token(s, kind="api", name="test-suite", roles=list(ROLES), ttl=timedelta(days=1),
+                                     created_by="tests")
+        SUPER_HEADERS["Authorization"] = f"Bearer {token}"
+        for role in ROLES:
+            if role in PEOPLE_ROLES:
+                await create_user(s, username=f"t-{role}", password=PASSWORD, roles=[role],
+                                  full_name=f"Test {role}", actor="tests")
+                ROLE_TOKENS[role], _, _ = await login(s, f"t-{role}", PASSWORD)
+            else:
+                ROLE_TOKENS[role], _ = await issue_token(s, kind="api", name=f"t-{role}", roles=[role],
+                                                         ttl=timedelta(days=1), created_by="tests")
 
 
 @pytest.fixture

@@ -11,6 +11,18 @@ import httpx
 
 from erp_sim.app import release_event
 
+# Credentials the suite uses (filled by the session fixture `credentials` in conftest.py): one token
+# carrying every role, for tests about other things than authorization, and one user per role with a
+# password (sessions, signatures, the route matrix).
+SUPER_HEADERS: dict[str, str] = {}
+PASSWORD = "correct horse battery staple"
+ROLE_TOKENS: dict[str, str] = {}
+
+
+def role_headers(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ROLE_TOKENS[role]}"}
+
+
 IN_SPEC_IQC = [{"characteristic": "hardness", "values": [30.1]}]
 OUT_SPEC_IQC = [{"characteristic": "hardness", "values": [35.0]}]
 IN_SPEC_FINAL = [{"characteristic": "outer diameter", "values": [25.0, 25.01, 24.99]}]
@@ -76,8 +88,9 @@ async def run_production(api: httpx.AsyncClient, number: str, quantity: int = 20
 
 async def decide(api: httpx.AsyncClient, ncr: str, action: str, role: str, reason: str = "checked",
                  **extra: Any) -> httpx.Response:
-    return await api.post(f"/api/ncrs/{ncr}/decisions",
-                          json={"action": action, "reviewer": f"{role}-1", "role": role, "reason": reason, **extra})
+    """A reviewer of `role` decides, signing with their password (the suite's user t-<role>)."""
+    return await api.post(f"/api/ncrs/{ncr}/decisions", headers=role_headers(role),
+                          json={"action": action, "reason": reason, "password": PASSWORD, **extra})
 
 
 async def wait_ncr(api: httpx.AsyncClient, number: str) -> str:

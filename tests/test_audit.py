@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import uuid
 
 import pytest
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-def fresh_db(db_url: str, tmp_path) -> str:  # noqa: ANN001
+def fresh_db(db_url: str, tmp_path) -> str:
     """A database of its own: these tests tamper with it."""
     u = make_url(db_url)
     if u.get_backend_name() == "sqlite":
@@ -56,7 +55,7 @@ async def _write(url: str, n: int, writers: int = 4) -> None:
     await engine.dispose()
 
 
-async def _verify(url: str):  # noqa: ANN202
+async def _verify(url: str):
     engine = make_engine(url)
     async with make_sessionmaker(engine)() as s:
         report = await verify_chain(s, batch=7)
@@ -87,9 +86,8 @@ async def test_the_database_refuses_update_and_delete(fresh_db: str):
     await _write(fresh_db, 4, writers=1)
     engine = create_engine(sync_url(fresh_db))
     for st in ("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2", "DELETE FROM audit_log WHERE seq = 3"):
-        with pytest.raises(DBAPIError, match="append-only"):
-            with engine.begin() as c:
-                c.execute(text(st))
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as c:
+            c.execute(text(st))
     engine.dispose()
     assert (await _verify(fresh_db)).ok
 
@@ -107,7 +105,7 @@ async def test_verify_names_altered_removed_and_inserted_entries(fresh_db: str):
     assert not any(p.startswith("entry 4 ") for p in problems), problems
 
 
-async def test_work_order_changes_are_audited_in_the_chain(api, sessionmaker, wo_number):  # noqa: ANN001
+async def test_work_order_changes_are_audited_in_the_chain(api, sessionmaker, wo_number):
     from tests.helpers import IN_SPEC_IQC, fast_release, post_results, wait_status
 
     assert (await api.post("/api/erp/events", json=fast_release(wo_number))).status_code == 202

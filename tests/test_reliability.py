@@ -21,6 +21,7 @@ from tests.conftest import ROOT
 from tests.helpers import (
     IN_SPEC_FINAL,
     IN_SPEC_IQC,
+    SUPER_HEADERS,
     fast_release,
     post_results,
     report_operation,
@@ -89,7 +90,7 @@ async def test_worker_killed_mid_work_order_completes_exactly_once(db_url, clien
     app = create_app(settings, sessionmaker=sessionmaker, temporal=client)
     proc = start_worker()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as api:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub", headers=SUPER_HEADERS) as api:
             assert (await api.post("/api/erp/events", json=fast_release(wo_number))).status_code == 202
             await post_results(api, wo_number, "iqc", IN_SPEC_IQC)
             await report_operation(api, wo_number, 10, [{"lot": f"{wo_number}-M1", "quantity": 10.0}])

@@ -6,7 +6,8 @@ import asyncio
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, ChildWorkflowError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.models import (
@@ -23,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         OpenInspectionInput,
         OperationReport,
         PurchaseReceipt,
+        ReceivedLot,
         RecordOperationInput,
         RecordReceiptInput,
         RoutingOperation,
@@ -33,8 +35,31 @@ with workflow.unsafe.imports_passed_through():
         Verdict,
         WorkOrderInput,
     )
+    from activities.models_connectors import (
+        CertificateResult,
+        EquipmentStateReport,
+        FetchCertificateInput,
+        MaterialSpec,
+        ProcessParameter,
+        ReadProcessInput,
+        ReadProcessResult,
+        SampleProcessInput,
+        SampleProcessResult,
+        SkipInspectionInput,
+    )
+    from workflows.connector_policies import (
+        CERTIFICATE_TIMEOUT,
+        DEVICE_RETRY,
+        DEVICE_TIMEOUT,
+        sampling_timeouts,
+    )
     from workflows.nonconformance import NonconformanceWorkflow
     from workflows.policies import DB_RETRY, DB_TIMEOUT, ERP_RETRY, ERP_TIMEOUT
+
+# Changes of the command sequence since the recorded histories (tests/histories): each is taken only by
+# work orders whose input names endpoints for it, so every other work order runs exactly as before.
+PATCH_CERTIFICATES = "material-certificates-v1"
+PATCH_DEVICE_DATA = "device-data-v1"
 
 
 class PendingInspection(BaseModel):
@@ -59,6 +84,10 @@ class WorkOrderStatus(BaseModel):
     shipment: str | None = None
     last_error: str | None = None
     result: str | None = None
+    certificates: dict[str, str] = Field(default_factory=dict, description="lot -> certificate verdict")
+    process_values: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    deviations: list[str] = Field(default_factory=list)
+    equipment_states: dict[str, str] = Field(default_factory=dict)
 
 
 class WorkOrderResult(BaseModel):
@@ -95,6 +124,15 @@ class WorkOrderWorkflow:
         self.last_error: str | None = None
         self.result: str | None = None
         self.iqc_tasks: list[asyncio.Task[None]] = []
+        # device data and certificates (only for work orders whose input names endpoints)
+        self.waits: dict[str, str] = {}
+        self.cert_checks: set[str] = set()
+        self.certificates: dict[str, str] = {}
+        self.op_runs: dict[int, int] = {}
+        self.process_values: dict[str, float | int | str | bool] = {}
+        self.deviations: list[str] = []
+        self.equipment: dict[str, str] = {}
+        self.process_scrapped = False
 
     # --- entry --------------------------------------------------------------------------------------
 
@@ -117,11 +155,17 @@ class WorkOrderWorkflow:
         await self._stage("production")
         for op in order.routing:
             await self._operation(op, rework=False)
+            if self.process_scrapped:
+                break
 
         # 3. final inspection, with NCR review and rework loops
         scrapped = False
+        if self.process_scrapped:  # a process deviation's NCR decided scrap: nothing left to inspect
+            scrapped = True
+            self.scrap += self.good
+            self.good = 0
         attempt = 0
-        while True:
+        while not scrapped:
             attempt += 1
             await self._stage("final_inspection")
             outcome = await self._inspect(f"FIN-{order.number}-{attempt}", "final", order.lot_number)
@@ -212,6 +256,11 @@ class WorkOrderWorkflow:
             self.reports[report.seq] = report
 
     @workflow.signal
+    def equipment_state(self, report: EquipmentStateReport) -> None:
+        """An equipment state from the MES (shown in the status)."""
+        self.equipment[report.equipment] = report.state
+
+    @workflow.signal
     def request_shipment(self, req: ShipmentRequest) -> None:
         if self.ship_request is None:
             self.ship_request = req
@@ -226,12 +275,15 @@ class WorkOrderWorkflow:
             open_ncrs=list(self.open_ncrs), ncrs=self.ncrs, material_lots=dict(self.material),
             output_lot=self.order.lot_number, good_quantity=self.good, scrap_quantity=self.scrap,
             codes=self.codes, shipment=self.shipment, last_error=self.last_error, result=self.result,
+            certificates=dict(self.certificates), process_values=dict(self.process_values),
+            deviations=list(self.deviations), equipment_states=dict(self.equipment),
         )
 
     def _waiting_for(self) -> list[str]:
         w = []
         if self.activity_wait:
             w.append(self.activity_wait)
+        w.extend(self.waits.values())
         if self.stage == "material_intake" and not self.material and not self.receipts:
             w.append("ERP: purchase receipt of material for this work order")
         elif self.stage == "material_intake" and self.material and "released" not in self.material.values() \
@@ -249,7 +301,7 @@ class WorkOrderWorkflow:
         return w
 
     def pending_iqc(self) -> bool:
-        return any(p.kind == "iqc" for p in self.pending.values())
+        return any(p.kind == "iqc" for p in self.pending.values()) or bool(self.cert_checks)
 
     def open_material_ncrs(self) -> bool:
         return any(lot in self.material for lot in self.open_ncrs.values())
@@ -294,9 +346,21 @@ class WorkOrderWorkflow:
             self.receipts.pop(0)
             for line, number in zip(receipt.lots, numbers, strict=True):
                 self.material[line.lot] = "quarantine"
-                self.iqc_tasks.append(asyncio.create_task(self._iqc(number, line.lot)))
+                spec = self._material_spec(line.item)
+                if spec is not None and workflow.patched(PATCH_CERTIFICATES):
+                    self.cert_checks.add(line.lot)  # intake waits for it from now on
+                else:
+                    spec = None
+                self.iqc_tasks.append(asyncio.create_task(self._iqc(number, line, spec)))
 
-    async def _iqc(self, number: str, lot: str) -> None:
+    def _material_spec(self, item: str) -> MaterialSpec | None:
+        assert self.order is not None
+        return next((m for m in self.order.material_specs if m.item == item), None)
+
+    async def _iqc(self, number: str, line: ReceivedLot, spec: MaterialSpec | None = None) -> None:
+        lot = line.lot
+        if spec is not None and not await self._certificate(number, line, spec):
+            return
         outcome = await self._inspect(number, "iqc", lot, opened=True)
         if outcome.verdict == Verdict.passed:
             self.material[lot] = "released"
@@ -304,6 +368,45 @@ class WorkOrderWorkflow:
         self.material[lot] = "on_hold"
         ncr = await self._ncr(outcome, "iqc")
         self.material[lot] = "released" if ncr.outcome in (NcrAction.dismiss, NcrAction.use_as_is) else "rejected"
+
+    async def _certificate(self, number: str, line: ReceivedLot, spec: MaterialSpec) -> bool:
+        """Fetch and judge the lot's certificate; out of specification opens an NCR. False: lot rejected."""
+        assert self.order is not None
+        lot, key = line.lot, f"certificate:{line.lot}"
+        self.waits[key] = (f"supplier: certificate of heat {line.heat_number} for lot {lot} from "
+                           f"{spec.certificate_endpoint} (retried until the service answers)")
+        try:
+            res = await workflow.execute_activity(
+                "fetch_certificate",
+                FetchCertificateInput(work_order=self.order.number, lot=lot, supplier=line.supplier,
+                                      heat_number=line.heat_number, spec=spec),
+                start_to_close_timeout=CERTIFICATE_TIMEOUT, retry_policy=DEVICE_RETRY, result_type=CertificateResult,
+            )
+            failures = res.failures
+            self.certificates[lot] = (f"{res.verdict}: certificate {res.certificate_no or '-'} grade "
+                                      f"{res.grade or '-'}" + (f" ({'; '.join(failures)})" if failures else ""))
+        except ActivityError as err:
+            message = _message(err)
+            self.last_error = f"certificate of lot {lot} (heat {line.heat_number}): {message}"
+            self.certificates[lot] = f"unavailable: {message}"
+            failures = [f"certificate unavailable: {message}"]
+        finally:
+            self.waits.pop(key, None)
+            self.cert_checks.discard(lot)
+        if not failures:
+            return True
+        self.material[lot] = "on_hold"
+        outcome = InspectionOutcome(inspection=f"CERT-{lot}", lot=lot, verdict=Verdict.failed,
+                                    failed_characteristics=failures)
+        ncr = await self._ncr(outcome, "iqc", description=f"material certificate of lot {lot} (heat "
+                                                           f"{line.heat_number}) nonconforming: " + "; ".join(failures))
+        if ncr.outcome in (NcrAction.dismiss, NcrAction.use_as_is):
+            self.material[lot] = "quarantine"  # accepted on its papers: incoming inspection still decides
+            return True
+        self.material[lot] = "rejected"
+        await self._db("skip_inspection", SkipInspectionInput(
+            inspection=number, reason=f"lot {lot} rejected on its certificate ({ncr.ncr}: {ncr.outcome.value})"))
+        return False
 
     async def _inspect(self, number: str, kind: str, lot: str, opened: bool = False) -> InspectionOutcome:
         assert self.order is not None
@@ -327,7 +430,7 @@ class WorkOrderWorkflow:
         del self.results[number]
         return outcome
 
-    async def _ncr(self, outcome: InspectionOutcome, stage: str) -> NonconformanceResult:
+    async def _ncr(self, outcome: InspectionOutcome, stage: str, description: str | None = None) -> NonconformanceResult:
         assert self.order is not None
         number = f"NCR-{self.order.number}-{len(self.ncrs) + 1}"
         self.ncrs.append(number)
@@ -338,7 +441,7 @@ class WorkOrderWorkflow:
                 NonconformanceInput(
                     ncr=number, work_order=self.order.number, lot=outcome.lot, inspection=outcome.inspection,
                     stage=stage, timing=self.order.timing,
-                    description=f"{stage} inspection {outcome.inspection} failed: "
+                    description=description or f"{stage} inspection {outcome.inspection} failed: "
                                 + ", ".join(outcome.failed_characteristics) + " out of specification",
                 ),
                 id=f"ncr-{number}",
@@ -350,26 +453,131 @@ class WorkOrderWorkflow:
 
     async def _operation(self, op: RoutingOperation, *, rework: bool) -> None:
         assert self.order is not None
-        self.expected_op = op
-        while True:
-            await workflow.wait_condition(lambda: op.seq in self.reports)
-            report = self.reports[op.seq]
-            try:
-                await workflow.execute_activity(
-                    "record_operation",
-                    RecordOperationInput(work_order=self.order.number, output_lot=self.order.lot_number,
-                                         operation_name=op.name, rework=rework, report=report),
-                    start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
-                )
-                break
-            except ActivityError as err:
-                self.last_error = f"operation report {report.report_id} refused: {_message(err)}"
-                del self.reports[op.seq]
-        del self.reports[op.seq]
-        self.expected_op = None
-        self.last_error = None
-        self.scrap += report.scrap_quantity
-        self.good = report.good_quantity
+        proc = op.process_data if op.process_data and workflow.patched(PATCH_DEVICE_DATA) else []
+        while True:  # once, or again when a process deviation's NCR decides rework
+            run = self.op_runs[op.seq] = self.op_runs.get(op.seq, 0) + 1
+            self.expected_op = op
+            deviations: list[str] = []
+            samplers: list[asyncio.Task[SampleProcessResult | None]] = []
+            if proc:
+                deviations += await self._read_process(op, run, "start")
+                samplers = [asyncio.create_task(self._sample(op, run, p)) for p in proc if p.when == "during"]
+            while True:
+                await workflow.wait_condition(lambda: op.seq in self.reports)
+                report = self.reports[op.seq]
+                if proc:
+                    report, more = await self._finish_process(op, run, report, samplers)
+                    deviations += more
+                    samplers = []
+                try:
+                    await workflow.execute_activity(
+                        "record_operation",
+                        RecordOperationInput(work_order=self.order.number, output_lot=self.order.lot_number,
+                                             operation_name=op.name, rework=rework, report=report),
+                        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+                    )
+                    break
+                except ActivityError as err:
+                    self.last_error = f"operation report {report.report_id} refused: {_message(err)}"
+                    del self.reports[op.seq]
+            del self.reports[op.seq]
+            self.expected_op = None
+            self.last_error = None
+            self.scrap += report.scrap_quantity
+            self.good = report.good_quantity
+            if not deviations:
+                return
+            # a process value outside its window: the lot goes on hold with an NCR, reviewers decide
+            self.deviations.extend(deviations)
+            outcome = InspectionOutcome(inspection=f"PROC-{self.order.number}-{op.seq}-{run}",
+                                        lot=self.order.lot_number, verdict=Verdict.failed,
+                                        failed_characteristics=[d.split(" ", 1)[0] for d in deviations])
+            await self._stage("nonconformance_review")
+            ncr = await self._ncr(outcome, "process", description=f"process deviation in operation {op.seq} "
+                                                                  f"({op.name}): " + "; ".join(deviations))
+            await self._stage("production")
+            if ncr.outcome == NcrAction.rework:
+                rework = True
+                continue
+            if ncr.outcome == NcrAction.scrap:
+                self.process_scrapped = True
+            return
+
+    async def _read_process(self, op: RoutingOperation, run: int, phase: str) -> list[str]:
+        assert self.order is not None
+        params = [p for p in op.process_data if p.when == phase]
+        if not params:
+            return []
+        key = f"read:{op.seq}:{phase}"
+        self.waits[key] = (f"equipment: {phase} values of operation {op.seq} from "
+                           f"{', '.join(sorted({p.endpoint for p in params}))} (retried until it answers)")
+        try:
+            res = await workflow.execute_activity(
+                "read_process", ReadProcessInput(work_order=self.order.number, seq=op.seq, run=run, phase=phase,
+                                                 parameters=params),
+                start_to_close_timeout=DEVICE_TIMEOUT, retry_policy=DEVICE_RETRY, result_type=ReadProcessResult,
+            )
+        except ActivityError as err:
+            message = _message(err)
+            self.last_error = f"operation {op.seq}: {phase} values: {message}"
+            return [f"{','.join(p.name for p in params)} not read at the {phase} of operation {op.seq}: {message}"]
+        finally:
+            self.waits.pop(key, None)
+        for v in res.values:
+            if v.value is not None:
+                self.process_values[f"{op.seq}.{v.parameter}.{phase}"] = v.value
+        return res.deviations
+
+    async def _sample(self, op: RoutingOperation, run: int, p: ProcessParameter) -> SampleProcessResult | None:
+        assert self.order is not None and p.every_s is not None
+        key = f"sample:{op.seq}:{p.name}"
+        self.waits[key] = f"equipment: sampling {p.name} every {p.every_s:g} s from {p.endpoint} ({p.point})"
+        total, heartbeat = sampling_timeouts(p.every_s, p.for_s)
+        try:
+            return await workflow.execute_activity(
+                "sample_process", SampleProcessInput(work_order=self.order.number, seq=op.seq, run=run, parameter=p,
+                                                     started_at=workflow.now()),
+                start_to_close_timeout=total, heartbeat_timeout=heartbeat, retry_policy=DEVICE_RETRY,
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                result_type=SampleProcessResult,
+            )
+        except asyncio.CancelledError:
+            return None  # the operation ended first: the curve stored so far is the curve
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                return None
+            self.last_error = f"operation {op.seq}: sampling {p.name}: {_message(err)}"
+            return SampleProcessResult(parameter=p.name, samples=0,
+                                       deviation=f"{p.name} not sampled in operation {op.seq}: {_message(err)}")
+        finally:
+            self.waits.pop(key, None)
+
+    async def _finish_process(self, op: RoutingOperation, run: int, report: OperationReport,
+                              samplers: list[asyncio.Task[SampleProcessResult | None]]
+                              ) -> tuple[OperationReport, list[str]]:
+        """The operation is reported: stop sampling, take the end values, and add what the equipment said
+        to the report's parameters (so the trace shows them beside the MES's)."""
+        for t in samplers:
+            if not t.done():
+                t.cancel()
+        results = [await t for t in samplers]
+        deviations = await self._read_process(op, run, "end")
+        extra: dict[str, float | int | str | bool] = {}
+        for r in results:
+            if r is None:
+                continue
+            if r.deviation:
+                deviations.insert(0, r.deviation)
+            extra[f"{r.parameter}.samples"] = r.samples
+            if r.minimum is not None and r.maximum is not None:
+                extra[f"{r.parameter}.min"], extra[f"{r.parameter}.max"] = r.minimum, r.maximum
+                self.process_values[f"{op.seq}.{r.parameter}.min"] = r.minimum
+                self.process_values[f"{op.seq}.{r.parameter}.max"] = r.maximum
+        for k, v in self.process_values.items():
+            seq, _, rest = k.partition(".")
+            if seq == str(op.seq) and (rest.endswith((".start", ".end"))):
+                extra[rest] = v
+        return report.model_copy(update={"parameters": {**report.parameters, **extra}}), deviations
 
 
 def _message(err: BaseException) -> str:

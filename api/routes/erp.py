@@ -1,11 +1,17 @@
-"""ERP events: each starts or advances a work order's durable workflow, exactly once."""
+"""ERP events: each starts or advances a work order's durable workflow, exactly once.
+
+ERPNext signs each webhook's body (HMAC-SHA256, base64, in X-Frappe-Webhook-Signature) with the
+webhook's secret. When the ERP endpoint's config has a `webhook_secret`, an event without a valid
+signature is refused (401) and logged, and its body is never processed.
+"""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -17,11 +23,56 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.models import PurchaseReceipt, ShipmentRequest, WorkOrderInput
 from api.deps import SettingsDep, TemporalDep
-from core.errors import NotFound
+from connectors.erpnext import verify_webhook
+from connectors.errors import ConnectorConfigError
+from connectors.registry import connector_class
+from core.errors import NotFound, Unauthorized
+from domain.endpoints import find_endpoint
 from domain.models import ErpEvent
 from workflows.work_order import WorkOrderWorkflow
 
 router = APIRouter(prefix="/api/erp", tags=["erp"])
+log = logging.getLogger("tracehub.erp.webhook")
+SIGNATURE_HEADER = "X-Frappe-Webhook-Signature"
+
+
+async def _webhook_secret(request: Request, endpoint: str) -> str | None:
+    async with request.app.state.sessionmaker() as s:
+        ep = await find_endpoint(s, endpoint)
+    if ep is None:
+        if endpoint == "erp":
+            return None  # no ERP endpoint configured at all: nothing to verify against (development)
+        raise NotFound(f"no ERP endpoint named {endpoint!r}: create it (POST /api/endpoints)", field="endpoint")
+    try:
+        config = connector_class(ep.kind).validate_config(ep.config)
+    except (KeyError, ConnectorConfigError):
+        # an endpoint we cannot read must not open the door: refuse rather than skip the check
+        raise Unauthorized(f"ERP endpoint {endpoint!r} has a config the hub cannot read; events are refused "
+                           "until it is fixed (PUT /api/endpoints/{name})") from None
+    secret = getattr(config, "webhook_secret", None)
+    return secret.get_secret_value() if secret is not None else None
+
+
+async def verify_erp_signature(
+    request: Request,
+    endpoint: Annotated[str, Query(description="the ERP endpoint whose webhook secret signs the events")] = "erp",
+) -> None:
+    """Refuse an event whose signature does not match its body, before anything reads the body."""
+    secret = await _webhook_secret(request, endpoint)
+    if secret is None:
+        if getattr(request.state, "signed_webhook", False):
+            # the caller chose signature instead of a token: with no secret there is nothing to check it against
+            raise Unauthorized(f"endpoint {endpoint!r} has no webhook_secret, so a signed webhook cannot be "
+                               "verified: configure the secret, or send an API token with the erp role")
+        return
+    signature = request.headers.get(SIGNATURE_HEADER)
+    if verify_webhook(secret, await request.body(), signature):
+        return
+    peer = request.client.host if request.client else "unknown"
+    log.warning("refused an ERP event for endpoint %s from %s: %s %s", endpoint, peer,
+                "bad" if signature else "missing", SIGNATURE_HEADER)
+    raise Unauthorized(f"{SIGNATURE_HEADER} is {'wrong' if signature else 'missing'}: the event was refused "
+                       f"unread; check that the ERP's webhook secret equals endpoint {endpoint!r}'s webhook_secret")
 
 
 def workflow_id(number: str) -> str:
@@ -87,7 +138,9 @@ async def _signal(client: Client, number: str, signal: str, arg: object) -> None
 @router.post(
     "/events", status_code=202, response_model=Accepted,
     summary="Receive an ERP event (work order released, purchase receipt posted, shipment requested)",
-    responses={200: {"model": Accepted, "description": "duplicate: already accepted, nothing started"}},
+    responses={200: {"model": Accepted, "description": "duplicate: already accepted, nothing started"},
+               401: {"description": f"{SIGNATURE_HEADER} missing or wrong: refused unread"}},
+    dependencies=[Depends(verify_erp_signature)],
 )
 async def post_erp_event(
     request: Request, client: TemporalDep, settings: SettingsDep, event: Annotated[ErpEventIn, Body()]

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from activities.models import InspectionResultInput, InspectionResults
-from api.deps import SessionDep, TemporalDep
+from api.deps import ReadSessionDep, SessionDep, TemporalDep
 from core.errors import Conflict
 from domain import quality
 from domain.models import Inspection, WorkOrder
@@ -32,7 +32,7 @@ def _read(ins: Inspection) -> dict[str, Any]:
 
 
 @router.get("", summary="List inspections (pending ones are what inspectors work from)")
-async def list_inspections(session: SessionDep, status: str | None = None, work_order: str | None = None,
+async def list_inspections(session: ReadSessionDep, status: str | None = None, work_order: str | None = None,
                            limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     q = select(Inspection).order_by(Inspection.id.desc()).limit(limit)
     if status:
@@ -43,7 +43,7 @@ async def list_inspections(session: SessionDep, status: str | None = None, work_
 
 
 @router.get("/{number}", summary="One inspection with its plan and results")
-async def get_inspection(number: str, session: SessionDep) -> dict[str, Any]:
+async def get_inspection(number: str, session: ReadSessionDep) -> dict[str, Any]:
     return _read(await quality.get_inspection(session, number))
 
 

@@ -1,22 +1,59 @@
-"""Trace both ways (genealogy)."""
+"""Trace both ways (genealogy), as JSON (graph and flat list), CSV, or a PDF report."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, Response
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import ReadSessionDep, SettingsDep
 from domain import trace
 
 router = APIRouter(prefix="/api/trace", tags=["trace"])
 
-
-@router.get("/backward/{code:path}", summary="Where did it come from: from a unit, batch code or lot")
-async def trace_backward(code: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    return await trace.backward(session, code, resolver=settings.resolver_base_url)
+Format = Annotated[Literal["json", "csv", "pdf"], Query(description="json, csv or pdf")]
 
 
-@router.get("/forward/{lot}", summary="Where did it go: every lot made from it and where each is now")
-async def trace_forward(lot: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    return await trace.forward(session, lot, resolver=settings.resolver_base_url)
+def _render(result: dict[str, Any], fmt: Format, name: str) -> Response:
+    if fmt == "csv":
+        return Response(trace.to_csv(result), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+    if fmt == "pdf":
+        return Response(trace.to_pdf(result), media_type="application/pdf",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.pdf"'})
+    return JSONResponse(result)
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[-80:]
+
+
+@router.get("/backward/{code:path}", summary="Where did it come from: from a unit, case, batch code or lot")
+async def trace_backward(code: str, session: ReadSessionDep, settings: SettingsDep,
+                         format: Format = "json") -> Response:
+    result = await trace.backward(session, code, resolver=settings.resolver_base_url)
+    return _render(result, format, f"trace-backward-{_safe(result['lot'])}")
+
+
+@router.get("/forward", summary="Where did it go: from a lot, supplier lot, heat, or equipment/operator in a window")
+async def trace_forward_from(
+    session: ReadSessionDep, settings: SettingsDep,
+    kind: Annotated[Literal["lot", "supplier_lot", "heat", "equipment", "operator"],
+                    Query(description="what `value` is")],
+    value: Annotated[str, Query(min_length=1, max_length=120)],
+    since: Annotated[datetime | None, Query(description="equipment/operator: window start (with offset)")] = None,
+    until: Annotated[datetime | None, Query(description="equipment/operator: window end (with offset)")] = None,
+    format: Format = "json",
+) -> Response:
+    result = await trace.forward(session, resolver=settings.resolver_base_url, kind=kind, value=value,
+                                 since=since, until=until)
+    return _render(result, format, f"trace-forward-{kind}-{_safe(value)}")
+
+
+@router.get("/forward/{lot}", summary="Where did it go: every lot made from a lot and where each is now")
+async def trace_forward(lot: str, session: ReadSessionDep, settings: SettingsDep,
+                        format: Format = "json") -> Response:
+    result = await trace.forward(session, resolver=settings.resolver_base_url, kind="lot", value=lot)
+    return _render(result, format, f"trace-forward-{_safe(lot)}")

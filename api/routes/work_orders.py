@@ -11,7 +11,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.models import OperationReport
-from api.deps import SessionDep, TemporalDep
+from api.deps import ReadSessionDep, SessionDep, TemporalDep
 from api.routes.erp import workflow_id
 from core.errors import Conflict, InvalidInput
 from domain import production
@@ -68,7 +68,7 @@ async def live_status(client: Client, wf_id: str) -> dict[str, Any]:
 
 @router.get("", summary="List work orders")
 async def list_work_orders(
-    session: SessionDep, status: str | None = None, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
+    session: ReadSessionDep, status: str | None = None, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
 ) -> dict[str, Any]:
     q = select(WorkOrder)
     if status:
@@ -79,7 +79,7 @@ async def list_work_orders(
 
 
 @router.get("/{number}", summary="A work order: its record plus the live workflow status")
-async def get_work_order(number: str, session: SessionDep, client: TemporalDep) -> dict[str, Any]:
+async def get_work_order(number: str, session: ReadSessionDep, client: TemporalDep) -> dict[str, Any]:
     wo = await production.find_work_order(session, number)
     live = await live_status(client, workflow_id(number))
     if wo is None and live.get("workflow") == "not found":
@@ -200,7 +200,7 @@ async def timeline(client: Client, wf_id: str, *, include_workflow_tasks: bool =
 
 
 @router.get("/{number}/history", summary="The workflow's history as a readable timeline (admins)")
-async def get_history(number: str, session: SessionDep, client: TemporalDep,
+async def get_history(number: str, session: ReadSessionDep, client: TemporalDep,
                       include_children: bool = True) -> dict[str, Any]:
     wo = await production.find_work_order(session, number)
     wf_id = wo.workflow_id if wo else workflow_id(number)

@@ -1,3 +1,3 @@
-from connectors.erpnext.connector import ErpnextConfig, ErpnextConnector
+from connectors.erpnext.connector import ErpnextConfig, ErpnextConnector, verify_webhook, webhook_signature
 
-__all__ = ["ErpnextConfig", "ErpnextConnector"]
+__all__ = ["ErpnextConfig", "ErpnextConnector", "verify_webhook", "webhook_signature"]

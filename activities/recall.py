@@ -1,0 +1,102 @@
+"""Recall activities: thin adapters that open a transaction and call domain/recall.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+
+from activities.errors import translated
+from activities.recall_models import (
+    CustomerNotice,
+    CustomerShipment,
+    RecallAckInput,
+    RecallDecisionInput,
+    RecallInput,
+    RecallLotLine,
+    RecallLotRef,
+    RecallRef,
+    RecallResult,
+    RecallScope,
+)
+from domain import recall
+
+
+def _scope(s: dict[str, Any]) -> RecallScope:
+    return RecallScope(
+        number=s["number"],
+        lots=[RecallLotLine(lot=x["lot"], item=x["item"], action=x["action"], quantity=x["quantity"], uom=x["uom"])
+              for x in s["lots"]],
+        customers=[CustomerNotice(customer=c["customer"], quantity=c["quantity"], shipments=[
+            CustomerShipment(shipment=sh["shipment"], sales_order=sh.get("sales_order"),
+                             quantity=sum(x["quantity"] for x in sh.get("lots", [])))
+            for sh in c["shipments"]]) for c in s["customers"]],
+    )
+
+
+class RecallActivities:
+    """The recall's activities; built once per worker."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, resolver: str):
+        self.sm = sessionmaker
+        self.resolver = resolver
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[AsyncSession]:
+        async with self.sm() as session, session.begin():
+            yield session
+
+    @activity.defn
+    @translated
+    async def open_recall(self, inp: RecallInput) -> RecallScope:
+        """Record the recall and compute its scope (a forward trace from the suspect); idempotent."""
+        async with self.tx() as s:
+            return _scope(await recall.open_recall(
+                s, number=inp.number, workflow_id=activity.info().workflow_id, suspect_kind=inp.suspect_kind.value,
+                suspect=inp.suspect, since=inp.since, until=inp.until, reason=inp.reason,
+                requested_by=inp.requested_by, resolver=self.resolver))
+
+    @activity.defn
+    @translated
+    async def hold_recall_lots(self, inp: RecallRef) -> list[RecallLotLine]:
+        """Put every in-stock lot of the scope on hold."""
+        async with self.tx() as s:
+            held = await recall.hold_lots(s, number=inp.number, resolver=self.resolver)
+        return [RecallLotLine(action="held", **h) for h in held]
+
+    @activity.defn
+    @translated
+    async def mark_recall_erp_blocked(self, inp: RecallLotRef) -> None:
+        async with self.tx() as s:
+            await recall.mark_erp_blocked(s, number=inp.number, lot=inp.lot)
+
+    @activity.defn
+    @translated
+    async def acknowledge_recall(self, inp: RecallAckInput) -> None:
+        async with self.tx() as s:
+            await recall.acknowledge(s, number=inp.number, customer=inp.ack.customer, by=inp.ack.acknowledged_by,
+                                     note=inp.ack.note)
+
+    @activity.defn
+    @translated
+    async def decide_recall_lot(self, inp: RecallDecisionInput) -> None:
+        d = inp.decision
+        async with self.tx() as s:
+            await recall.decide_lot(s, number=inp.number, lot=d.lot, decision=d.decision.value, reviewer=d.reviewer,
+                                    role=d.role.value, reason=d.reason, resolver=self.resolver)
+
+    @activity.defn
+    @translated
+    async def close_recall(self, inp: RecallRef) -> RecallResult:
+        async with self.tx() as s:
+            r = await recall.close(s, number=inp.number)
+        return RecallResult(number=r["number"], held=r["held"],
+                            decisions={x["lot"]: x["decision"] for x in r["lots"] if x["decision"]},
+                            customers=[c["customer"] for c in r["customers"]], shipped_quantity=r["shipped_quantity"])
+
+    def all(self) -> list[Any]:
+        return [self.open_recall, self.hold_recall_lots, self.mark_recall_erp_blocked, self.acknowledge_recall,
+                self.decide_recall_lot, self.close_recall]

@@ -1,0 +1,139 @@
+"""The recall's wire contract: the RecallWorkflow's input, updates, status and result, and its activity inputs.
+
+Kept apart from activities/recall.py so the workflow imports pydantic models only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from activities.models import Model, ReviewerRole
+
+_NUMBER = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"
+
+
+class SuspectKind(StrEnum):
+    lot = "lot"
+    supplier_lot = "supplier_lot"
+    heat = "heat"
+    equipment = "equipment"
+    operator = "operator"
+
+
+class RecallInput(Model):
+    """What is suspect and why. Equipment and operator need a time window."""
+
+    number: str = Field(pattern=_NUMBER, description="the recall's business key, e.g. RC-2026-001")
+    suspect_kind: SuspectKind
+    suspect: str = Field(min_length=1, max_length=120, description="lot number, heat number, equipment id ...")
+    since: datetime | None = Field(default=None, description="equipment/operator: window start (with offset)")
+    until: datetime | None = Field(default=None, description="equipment/operator: window end (with offset)")
+    reason: str = Field(min_length=1, max_length=2000)
+    requested_by: str = Field(min_length=1, max_length=80)
+
+    @model_validator(mode="after")
+    def _window(self) -> RecallInput:
+        if self.suspect_kind in (SuspectKind.equipment, SuspectKind.operator) and (
+                self.since is None or self.until is None):
+            raise ValueError(f"a recall by {self.suspect_kind.value} needs since and until (the time window)")
+        for t in (self.since, self.until):
+            if t is not None and t.tzinfo is None:
+                raise ValueError("since and until need a UTC offset, e.g. 2026-01-05T08:00:00Z")
+        if self.since and self.until and self.until <= self.since:
+            raise ValueError("until must be after since")
+        if not self.reason.strip():
+            raise ValueError("reason is required: say why the material is suspect")
+        return self
+
+
+class RecallLotLine(Model):
+    lot: str
+    item: str
+    action: str  # held | shipped | none
+    quantity: float
+    uom: str
+
+
+class CustomerShipment(Model):
+    shipment: str
+    sales_order: str | None = None
+    quantity: float = 0.0
+
+
+class CustomerNotice(Model):
+    customer: str
+    quantity: float
+    shipments: list[CustomerShipment] = Field(default_factory=list)
+
+
+class RecallScope(Model):
+    number: str
+    lots: list[RecallLotLine]
+    customers: list[CustomerNotice]
+
+    @property
+    def held(self) -> list[RecallLotLine]:
+        return [x for x in self.lots if x.action == "held"]
+
+
+class RecallAck(Model):
+    """A customer's acknowledgement of the recall notification."""
+
+    customer: str = Field(min_length=1, max_length=120)
+    acknowledged_by: str = Field(min_length=1, max_length=80)
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class HoldDecision(StrEnum):
+    release = "release"
+    reject = "reject"
+
+
+class RecallLotDecision(Model):
+    """A reviewer's decision on a held lot."""
+
+    lot: str = Field(min_length=1, max_length=64)
+    decision: HoldDecision
+    reviewer: str = Field(min_length=1, max_length=80)
+    role: ReviewerRole
+    reason: str = Field(default="", max_length=2000)
+
+
+class RecallStatus(Model):
+    number: str
+    stage: str  # scoping | holding | notifying | closed
+    waiting_for: list[str] = Field(default_factory=list)
+    held: list[str] = Field(default_factory=list)
+    decided: dict[str, str] = Field(default_factory=dict)
+    customers: list[str] = Field(default_factory=list)
+    acknowledged: list[str] = Field(default_factory=list)
+
+
+class RecallResult(Model):
+    number: str
+    held: list[str]
+    decisions: dict[str, str]
+    customers: list[str]
+    shipped_quantity: float
+
+
+class RecallRef(Model):
+    number: str
+
+
+class RecallAckInput(Model):
+    number: str
+    ack: RecallAck
+
+
+class RecallDecisionInput(Model):
+    number: str
+    decision: RecallLotDecision
+
+
+class RecallLotRef(Model):
+    number: str
+    lot: str

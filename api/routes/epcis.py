@@ -1,0 +1,264 @@
+"""GS1 EPCIS 2.0 REST bindings: capture (jobs), events query, single events, named queries.
+
+EPCIS clients expect RFC 7807 problems typed `epcisException:<Name>` with the statuses of the REST
+bindings (400 for validation and query-parameter errors, not the hub's 422), so the errors of this router are
+mapped here, in one function, rather than by the hub-wide handlers of api/errors.py.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec
+from urllib.parse import quote, urlencode
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select
+
+from api.deps import SessionDep
+from core.errors import Conflict, HubError, InvalidInput, NotFound
+from domain import epcis_capture, epcis_query
+from domain.epcis_hash import context_prefixes, event_hash
+from domain.models_trace import EpcisCaptureJob
+
+router = APIRouter(prefix="/epcis", tags=["epcis"])
+P = ParamSpec("P")
+
+PROBLEM = "application/problem+json"
+_STATUS = {
+    "ValidationException": 400, "QueryParameterException": 400, "QueryValidationException": 400,
+    "CaptureLimitExceededException": 413, "QueryTooLargeException": 413, "NoSuchNameException": 404,
+    "NoSuchResourceException": 404, "ResourceAlreadyExistsException": 409, "UnsupportedMediaTypeException": 415,
+    "NotAcceptableException": 406,
+}
+
+
+def _limits() -> dict[str, str]:
+    return {
+        "GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0", "GS1-EPCIS-Min": "2.0.0", "GS1-EPCIS-Max": "2.0.0",
+        "GS1-EPC-Format": "Always_GS1_Digital_Link",
+        "GS1-EPCIS-Capture-Limit": str(epcis_capture.CAPTURE_LIMIT),
+        "GS1-EPCIS-Capture-File-Size-Limit": str(epcis_capture.CAPTURE_FILE_SIZE_LIMIT),
+        "GS1-Capture-Error-Behaviour": "rollback, proceed",
+        "GS1-Vendor-Version": "tracehub-0.1.0",
+    }
+
+
+def problem(name: str, detail: str, *, status: int | None = None, **extra: Any) -> JSONResponse:
+    body = {"type": f"epcisException:{name}", "title": name, "status": status or _STATUS.get(name, 400),
+            "detail": detail, **extra}
+    return JSONResponse(body, status_code=body["status"], media_type=PROBLEM, headers=_limits())
+
+
+def _from_hub_error(exc: HubError) -> JSONResponse:
+    if exc.kind in _STATUS:
+        name = exc.kind
+    elif isinstance(exc, NotFound):
+        name = "NoSuchResourceException"
+    elif isinstance(exc, Conflict):
+        name = "ResourceAlreadyExistsException"
+    elif isinstance(exc, InvalidInput):
+        name = "QueryParameterException"
+    else:
+        name = "ImplementationException"
+    return problem(name, exc.message, status=_STATUS.get(name, 500), **({"field": exc.field} if exc.field else {}))
+
+
+def epcis_errors(fn: Callable[P, Awaitable[Response]]) -> Callable[P, Awaitable[Response]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
+        try:
+            return await fn(*args, **kwargs)
+        except HubError as exc:
+            return _from_hub_error(exc)
+
+    return wrapper
+
+
+def _epc_format(request: Request) -> str:
+    asked = request.headers.get("GS1-EPC-Format", "Always_GS1_Digital_Link")
+    return asked if asked in epcis_query.EPC_FORMATS else "Always_GS1_Digital_Link"
+
+
+def _declared_ns(request: Request) -> dict[str, str]:
+    """`GS1-Extensions: acme=https://ns.acme.example/epcis/, ex=...` names the query's extension prefixes."""
+    out = {}
+    for part in request.headers.get("GS1-Extensions", "").split(","):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+async def _body(request: Request) -> Any:
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if ctype not in ("application/json", "application/ld+json"):
+        raise _Refused("UnsupportedMediaTypeException",
+                       f"content type {ctype!r} is not accepted: send application/json or application/ld+json")
+    size = int(request.headers.get("content-length") or 0)
+    if size > epcis_capture.CAPTURE_FILE_SIZE_LIMIT:
+        raise _Refused("CaptureLimitExceededException", f"the document has {size} bytes; the limit is "
+                       f"{epcis_capture.CAPTURE_FILE_SIZE_LIMIT}: split it into smaller documents")
+    raw = await request.body()
+    if len(raw) > epcis_capture.CAPTURE_FILE_SIZE_LIMIT:
+        raise _Refused("CaptureLimitExceededException", f"the document has {len(raw)} bytes; the limit is "
+                       f"{epcis_capture.CAPTURE_FILE_SIZE_LIMIT}: split it into smaller documents")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _Refused("ValidationException", f"the body is not JSON ({exc}): send an EPCIS document") from None
+
+
+class _Refused(Exception):
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(detail)
+        self.name = name
+        self.detail = detail
+
+
+@router.get("", summary="EPCIS top-level resources")
+async def epcis_root() -> JSONResponse:
+    return JSONResponse({"type": "Collection", "member": ["capture", "events", "queries", "eventTypes"]},
+                        headers=_limits())
+
+
+@router.options("/capture", summary="Capture discovery: versions, formats and capture limits")
+async def capture_options() -> Response:
+    return Response(status_code=204, headers=_limits())
+
+
+@router.post("/capture", status_code=202, summary="Capture an EPCISDocument (all events, or none)")
+@epcis_errors
+async def capture_document(request: Request, session: SessionDep) -> Response:
+    try:
+        doc = await _body(request)
+    except _Refused as r:
+        return problem(r.name, r.detail)
+    behaviour = request.headers.get("GS1-Capture-Error-Behaviour", "rollback").lower()
+    if behaviour not in ("rollback", "proceed"):
+        return problem("ValidationException", "GS1-Capture-Error-Behaviour is rollback or proceed")
+    if not isinstance(doc, dict) or doc.get("type") not in ("EPCISDocument", "EPCISQueryDocument"):
+        return problem("ValidationException", "capture takes an EPCISDocument or an EPCISQueryDocument "
+                       "(JSON-LD with type EPCISDocument)")
+    job = await epcis_capture.capture(session, doc, behaviour=behaviour)
+    return JSONResponse(epcis_capture.job_view(job), status_code=202,
+                        headers={"Location": f"/epcis/capture/{job.id}", **_limits()})
+
+
+@router.get("/capture", summary="Capture jobs, newest first")
+async def list_capture_jobs(session: SessionDep) -> JSONResponse:
+    jobs = (await session.execute(select(EpcisCaptureJob).order_by(EpcisCaptureJob.created_at.desc())
+                                  .limit(100))).scalars()
+    return JSONResponse([epcis_capture.job_view(j) for j in jobs], headers=_limits())
+
+
+@router.get("/capture/{capture_id}", summary="One capture job: running, success, every error")
+@epcis_errors
+async def get_capture_job(capture_id: str, session: SessionDep) -> Response:
+    return JSONResponse(epcis_capture.job_view(await epcis_capture.get_job(session, capture_id)), headers=_limits())
+
+
+@router.post("/events", status_code=201, summary="Capture one event synchronously")
+@epcis_errors
+async def capture_event(request: Request, session: SessionDep) -> Response:
+    try:
+        ev = await _body(request)
+    except _Refused as r:
+        return problem(r.name, r.detail)
+    job = await epcis_capture.capture(session, ev, single_event=True)
+    if not job.success:
+        return problem("ValidationException", "; ".join(e["detail"] for e in job.errors), errors=job.errors)
+    eid = ev.get("eventID") or event_hash({k: v for k, v in ev.items() if k not in ("@context", "recordTime")},
+                                          context_prefixes(ev.get("@context")))
+    return JSONResponse({"eventID": eid}, status_code=201,
+                        headers={"Location": f"/epcis/events/{quote(str(eid), safe='')}", **_limits()})
+
+
+def _params(request: Request) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in request.query_params.multi_items():
+        out[k] = f"{out[k]}|{v}" if k in out else v
+    return out
+
+
+async def _answer(session: SessionDep, request: Request, params: dict[str, Any], name: str | None) -> Response:
+    fmt = _epc_format(request)
+    doc, token = await epcis_query.run(session, params, declared_ns=_declared_ns(request), epc_format=fmt)
+    if name:
+        doc["epcisBody"]["queryResults"]["queryName"] = name
+    doc = await epcis_query.add_contexts(session, doc)
+    headers = {**_limits(), "GS1-EPC-Format": fmt}
+    if token:
+        nxt = {k: v for k, v in request.query_params.multi_items() if k != "nextPageToken"}
+        nxt["nextPageToken"] = token
+        headers["Link"] = f'<{request.url.path}?{urlencode(nxt)}>; rel="next"'
+        headers["GS1-Next-Page-Token"] = token
+    return JSONResponse(doc, media_type="application/ld+json", headers=headers)
+
+
+@router.get("/events", summary="Query events (SimpleEventQuery parameters in the query string)")
+@epcis_errors
+async def query_events(request: Request, session: SessionDep) -> Response:
+    return await _answer(session, request, _params(request), None)
+
+
+@router.get("/events/{event_id:path}", summary="One event and its error declarations")
+@epcis_errors
+async def get_event(event_id: str, request: Request, session: SessionDep) -> Response:
+    if request.url.query and "?" not in event_id:
+        event_id = f"{event_id}?{request.url.query}"  # an unencoded hash ID: ni:///sha-256;...?ver=CBV2.0
+    doc = await epcis_query.get_event(session, event_id, epc_format=_epc_format(request))
+    return JSONResponse(doc, media_type="application/ld+json",
+                        headers={**_limits(), "GS1-EPC-Format": _epc_format(request)})
+
+
+@router.get("/eventTypes", summary="The event types")
+async def event_types() -> JSONResponse:
+    return JSONResponse({"type": "Collection", "member": ["ObjectEvent", "AggregationEvent", "TransactionEvent",
+                                                          "TransformationEvent", "AssociationEvent"]})
+
+
+@router.post("/queries", status_code=201, summary="Create a named query: {name, query: {parameters}}")
+@epcis_errors
+async def create_query(request: Request, session: SessionDep) -> Response:
+    try:
+        body = await _body(request)
+    except _Refused as r:
+        return problem(r.name, r.detail)
+    if not isinstance(body, dict) or not isinstance(body.get("query", {}), dict) or "name" not in body:
+        return problem("QueryValidationException", 'send {"name": "...", "query": {"EQ_bizStep": ["shipping"]}}')
+    row = await epcis_query.create_named(session, str(body["name"]), body.get("query") or {})
+    return JSONResponse({"name": row.name, "query": row.query}, status_code=201,
+                        headers={"Location": f"/epcis/queries/{row.name}", **_limits()})
+
+
+@router.get("/queries", summary="Named queries")
+async def list_queries(session: SessionDep) -> JSONResponse:
+    return JSONResponse([{"name": q.name, "query": q.query} for q in await epcis_query.list_named(session)])
+
+
+@router.get("/queries/{name}", summary="One named query")
+@epcis_errors
+async def get_query(name: str, session: SessionDep) -> Response:
+    row = await epcis_query.get_named(session, name)
+    return JSONResponse({"name": row.name, "query": row.query})
+
+
+@router.delete("/queries/{name}", status_code=204, summary="Delete a named query")
+@epcis_errors
+async def delete_query(name: str, session: SessionDep) -> Response:
+    await epcis_query.delete_named(session, name)
+    return Response(status_code=204)
+
+
+@router.get("/queries/{name}/events", summary="Run a named query (paged with perPage / nextPageToken)")
+@epcis_errors
+async def run_query(name: str, request: Request, session: SessionDep) -> Response:
+    row = await epcis_query.get_named(session, name)
+    params = dict(row.query)
+    for k, v in request.query_params.items():
+        if k in ("perPage", "nextPageToken"):
+            params[k] = v
+    return await _answer(session, request, params, name)

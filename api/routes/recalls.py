@@ -1,0 +1,129 @@
+"""Recalls: start one (exactly once), see its scope and what it waits for, acknowledgements and decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.models import ReviewerRole
+from activities.recall_models import HoldDecision, RecallAck, RecallInput, RecallLotDecision, RecallStatus
+from api.deps import SessionDep, SettingsDep, TemporalDep
+from api.errors import APP_ERROR_STATUS
+from api.security import PrincipalDep
+from core.errors import Conflict, Forbidden
+from domain import identity, recall, trace
+from domain.models_trace import Recall
+from domain.signatures import record_signature
+from workflows.recall import DECIDERS, RecallWorkflow, workflow_id
+
+
+class RecallDecisionRequest(BaseModel):
+    """Release or reject a held lot. The reviewer and role come from the login; the password signs it."""
+
+    lot: str = Field(min_length=1, max_length=64)
+    decision: HoldDecision
+    reason: str = Field(default="", max_length=2000, description="why: required")
+    password: str = Field(min_length=1, max_length=1000, description="your password again: the decision is signed")
+
+router = APIRouter(prefix="/api/recalls", tags=["recalls"])
+
+
+@router.post("", status_code=202, summary="Start a recall: scope, holds, ERP blocks, customer notices")
+async def start_recall(inp: RecallInput, session: SessionDep, settings: SettingsDep,
+                       client: TemporalDep) -> JSONResponse:
+    # refuse a suspect that matches nothing before anything reaches Temporal
+    await trace.forward_starts(session, kind=inp.suspect_kind.value, value=inp.suspect, since=inp.since,
+                               until=inp.until)
+    await session.commit()
+    wid = workflow_id(inp.number)
+    body = {"workflow_id": wid, "status_url": f"/api/recalls/{inp.number}"}
+    try:
+        await client.start_workflow(
+            RecallWorkflow.run, inp, id=wid, task_queue=settings.temporal.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        )
+    except WorkflowAlreadyStartedError:
+        return JSONResponse({**body, "accepted": False, "duplicate": True,
+                             "message": f"recall {inp.number} was already started; nothing was started again"},
+                            status_code=200)
+    return JSONResponse({**body, "accepted": True, "duplicate": False,
+                         "message": f"recall {inp.number} started"}, status_code=202)
+
+
+async def _status(client: TemporalDep, row: Recall) -> dict[str, Any] | None:
+    try:
+        st: RecallStatus = await client.get_workflow_handle(row.workflow_id).query(RecallWorkflow.status)
+    except RPCError:
+        return None
+    return st.model_dump(mode="json")
+
+
+@router.get("", summary="Recalls, newest first")
+async def list_recalls(session: SessionDep, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    rows = (await session.execute(select(Recall).order_by(Recall.id.desc()).limit(limit))).scalars()
+    return [{"number": r.number, "status": r.status, "suspect_kind": r.suspect_kind, "suspect": r.suspect,
+             "reason": r.reason, "created_at": r.created_at.isoformat(),
+             "closed_at": r.closed_at.isoformat() if r.closed_at else None} for r in rows]
+
+
+@router.get("/{number}", summary="A recall: scope (held lots, shipped quantities by customer), live status")
+async def get_recall(number: str, session: SessionDep, client: TemporalDep) -> dict[str, Any]:
+    row = await recall.get_recall(session, number)
+    scope = await recall.scope(session, number)
+    await session.commit()  # do not hold a transaction across the Temporal query
+    return {"record": scope, "status": await _status(client, row), "report": row.report}
+
+
+async def _update(session: SessionDep, client: TemporalDep, number: str, update: Any, arg: Any) -> JSONResponse:
+    row = await recall.get_recall(session, number)
+    await session.commit()
+    try:
+        st: RecallStatus = await client.get_workflow_handle(row.workflow_id).execute_update(update, arg)
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        kind = cause.type if isinstance(cause, ApplicationError) else None
+        msg = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
+        return JSONResponse({"error": kind or "Refused", "detail": msg},
+                            status_code=APP_ERROR_STATUS.get(kind or "", 409))
+    except RPCError as exc:
+        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION) or "completed" in exc.message:
+            raise Conflict(f"recall {number} is closed: it takes no more updates") from exc
+        raise
+    return JSONResponse(st.model_dump(mode="json"), status_code=200)
+
+
+@router.post("/{number}/acknowledgements", summary="A customer acknowledged the recall notification")
+async def acknowledge(number: str, ack: RecallAck, session: SessionDep, client: TemporalDep) -> JSONResponse:
+    return await _update(session, client, number, RecallWorkflow.acknowledge, ack)
+
+
+@router.post("/{number}/decisions", summary="A reviewer releases or rejects a held lot")
+async def decide(number: str, body: RecallDecisionRequest, request: Request, session: SessionDep,
+                 client: TemporalDep, principal: PrincipalDep) -> JSONResponse:
+    mine = [ReviewerRole(r) for r in sorted(principal.roles) if r in ReviewerRole.__members__]
+    role = next((r for r in mine if r in DECIDERS), mine[0] if mine else None)
+    if role is None:
+        raise Forbidden(f"releasing recalled stock needs one of the roles {sorted(r.value for r in DECIDERS)}")
+    if principal.kind != "session" or principal.user_id is None:
+        raise Forbidden("decisions are signed by a person: log in with your own account (POST /api/auth/login)")
+    await identity.check_password(session, principal.subject, body.password)
+    decision = RecallLotDecision(lot=body.lot, decision=body.decision, reviewer=principal.subject, role=role,
+                                 reason=body.reason)
+    response = await _update(session, client, number, RecallWorkflow.decide, decision)
+    if response.status_code == 200:
+        async with request.app.state.sessionmaker() as s, s.begin():
+            await record_signature(
+                s, signer=principal.subject, signer_name=principal.full_name, role=role.value,
+                meaning="released" if body.decision.value == "release" else "rejected", entity="recall_decision",
+                key=f"{number}/{body.lot}", content={"recall": number, **decision.model_dump(mode="json")})
+    return response
+

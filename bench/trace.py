@@ -1,0 +1,419 @@
+"""Trace and EPCIS capture benchmark on PostgreSQL: a synthetic plant built in bulk, then timed traces.
+
+    .venv/bin/python bench/trace.py [--lots 1000000] [--units 5000000] [--levels 5] [--fan-in 3]
+                                    [--heat-lots 8] [--samples 300] [--forward-samples 20]
+                                    [--capture-events 20000] [--capture-batch 1000] [--db-url URL] [--keep]
+
+The plant (database `tracehub_bench` on HUB_TEST_DATABASE_URL's server, dropped and rebuilt unless --keep
+finds it already built at the same size):
+- `--lots` lots over `--levels` levels of genealogy, the same number per level. Level 0 are received material
+  lots (supplier, supplier lot, certificate, an IQC inspection with its measurement); every `--heat-lots` of
+  them share a heat number. Each lot above consumes `--fan-in` random lots of the level below, recorded by an
+  operation (equipment, operator, shift, times, process parameters) and one lineage edge per consumed lot.
+- `--units` unit serials on the top-level lots, one serial block per lot (as the hub issues them); half of the
+  top-level lots are shipped (10 lots per shipment, 200 customers), the rest are in stock.
+Rows go in with COPY; the lineage index is the hub's own trace_node / trace_edge tables.
+
+Figures (warm-up runs excluded), one JSON line each on stdout: {"metric", "value", "unit", ...}:
+- backward_trace_p50_ms / _p99_ms: hub backward trace (domain.trace.backward, the code behind
+  GET /api/trace/backward) from a random unit serial to raw materials, suppliers, heats and certificates,
+  with every operation, inspection, NCR and shipment on the way.
+- forward_trace_heat_p50_ms: hub forward trace from a heat number (lots, units, where each is now,
+  customers); the line says how many units the heats reached.
+- backward_vs_bare_cte_ratio / forward_vs_bare_cte_ratio: hub time / a bare recursive SQL query (node ids
+  only) over the same lineage from the same start, run on a raw psycopg connection in the same run.
+- forward_vs_per_node_walk_ratio: hub forward time / a walk of the same graph with one query per node.
+- epcis_capture_events_per_s: events validated (JSON Schema + rules), hashed, stored and indexed per
+  second through POST /epcis/capture (the FastAPI app in-process, documents of `--capture-batch` events).
+Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/tracehub_test"
+RESOLVER = "https://id.tracehub.example"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def emit(metric: str, value: float, unit: str, **extra: Any) -> None:
+    print(json.dumps({"metric": metric, "value": round(value, 3), "unit": unit, **extra}), flush=True)
+
+
+def gtin(n: int) -> str:
+    body = f"0950600{n:06d}"
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return body + str((10 - total % 10) % 10)
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+# --- the plant --------------------------------------------------------------------------------------------
+
+
+class Copier:
+    """COPY rows into a table through psycopg, in chunks."""
+
+    def __init__(self, conn: psycopg.Connection, table: str, cols: list[str]) -> None:
+        self.conn, self.table, self.cols = conn, table, cols
+        self.rows: list[tuple[Any, ...]] = []
+        self.count = 0
+
+    def add(self, *row: Any) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= 100_000:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        with self.conn.cursor() as cur, cur.copy(f"COPY {self.table} ({', '.join(self.cols)}) FROM STDIN") as cp:
+            for r in self.rows:
+                cp.write_row(r)
+        self.count += len(self.rows)
+        self.rows = []
+
+
+def build(url: str, a: argparse.Namespace) -> dict[str, Any]:
+    from migrations import upgrade
+
+    sa_url = make_url(url)
+    dsn = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    rng = random.Random(7)
+    per_level = a.lots // a.levels
+    units_per_lot = max(1, a.units // per_level)
+    meta = {"lots": per_level * a.levels, "levels": a.levels, "fan_in": a.fan_in, "units": units_per_lot * per_level,
+            "heat_lots": a.heat_lots}
+    with psycopg.connect(dsn, autocommit=True) as c:
+        try:
+            row = c.execute("SELECT value FROM bench_meta WHERE key = 'plant'").fetchone()
+            if a.keep and row and json.loads(row[0]) == meta:
+                log("plant already built at this size (--keep): reusing it")
+                return meta
+        except psycopg.errors.UndefinedTable:
+            pass
+    admin = create_engine(sa_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{sa_url.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{sa_url.database}"'))
+    admin.dispose()
+    upgrade(url)
+    log(f"building {meta['lots']:,} lots over {a.levels} levels, {meta['units']:,} units ...")
+    t_build = time.perf_counter()
+    now = datetime.now(UTC)
+    with psycopg.connect(dsn) as c:
+        c.execute("SET synchronous_commit = off")
+        c.execute("SET session_replication_role = replica")  # bulk load: rows arrive table by table, FKs hold at the end
+        top_items = 20
+        items = Copier(c, "item", ["id", "code", "name", "gtin", "uom"])
+        for lvl in range(a.levels - 1):
+            items.add(lvl + 1, f"ITEM-L{lvl}", f"level {lvl} item", None, "KG" if lvl == 0 else "EA")
+        for k in range(top_items):
+            items.add(a.levels + k, f"PRODUCT-{k}", f"finished product {k}", gtin(500 + k), "EA")
+        items.flush()
+        suppliers = Copier(c, "supplier", ["id", "code", "name"])
+        for k in range(50):
+            suppliers.add(k + 1, f"SUP-{k}", f"Supplier {k}")
+        suppliers.flush()
+        n_wo = (per_level * (a.levels - 1)) // 100 + 1
+        wos = Copier(c, "work_order", ["id", "number", "workflow_id", "item_id", "quantity", "uom", "line", "routing",
+                                       "status", "stage", "good_quantity", "scrap_quantity", "released_at"])
+        for w in range(1, n_wo + 1):
+            wos.add(w, f"WO-{w}", f"work-order-WO-{w}", 2, 100, "EA", f"LINE-{w % 8}",
+                    json.dumps([{"seq": 10, "name": "Make"}]), "completed", "done", 100, 0, now)
+        wos.flush()
+        lots = Copier(c, "lot", ["id", "number", "kind", "item_id", "supplier_id", "supplier_lot", "heat_number",
+                                 "certificate_ref", "receipt", "quantity", "quantity_remaining", "uom", "status",
+                                 "location", "work_order_id", "created_at", "updated_at"])
+        nodes = Copier(c, "trace_node", ["id", "uri", "kind", "lot_id"])
+        edges = Copier(c, "trace_edge", ["parent_id", "child_id", "via"])
+        ops = Copier(c, "operation_record", ["report_id", "work_order_id", "output_lot_id", "seq", "name", "rework",
+                                             "equipment", "operator", "shift", "started_at", "ended_at", "parameters",
+                                             "consumed", "good_quantity", "scrap_quantity", "recorded_at"])
+        ins = Copier(c, "inspection", ["id", "number", "kind", "lot_id", "status", "inspector", "opened_at",
+                                       "inspected_at"])
+        chars = Copier(c, "characteristic_result", ["inspection_id", "name", "nominal", "lower", "upper", "unit",
+                                                    "sample_size", "values", "verdict"])
+        blocks = Copier(c, "code_block", ["key", "item_id", "lot_id", "first_seq", "count", "created_at"])
+        ships = Copier(c, "shipment", ["id", "number", "sales_order", "customer", "carrier", "shipped_at"])
+        lines = Copier(c, "shipment_line", ["shipment_id", "lot_id", "quantity"])
+        next_seq = {k: 1 for k in range(top_items)}
+        lot_id = 0
+        level_ids: list[range] = []
+        shipment_id = 0
+        for lvl in range(a.levels):
+            start = lot_id + 1
+            for i in range(per_level):
+                lot_id += 1
+                t = T0 + timedelta(minutes=lot_id)
+                top = lvl == a.levels - 1
+                if lvl == 0:
+                    heat = f"H{i // a.heat_lots:07d}"
+                    sup = 1 + (i // a.heat_lots) % 50
+                    lots.add(lot_id, f"M-{lot_id}", "material", 1, sup, f"SL-{lot_id}", heat, f"CERT-{heat}",
+                             f"PR-{lot_id // 20}", 100.0, 0.0, "KG", "consumed", "STORE-1", None, t, t)
+                    nodes.add(lot_id, f"urn:tracehub:lot:M-{lot_id}", "lot", lot_id)
+                    ins.add(lot_id, f"IQC-M-{lot_id}", "iqc", lot_id, "passed", "inspector-1", t, t)
+                    chars.add(lot_id, "hardness", 30.0, 28.0, 32.0, "HRC", 1, json.dumps([round(29 + rng.random() * 2, 2)]),
+                              "passed")
+                else:
+                    item = a.levels + (i % top_items) if top else lvl + 1
+                    status = "consumed" if not top else ("shipped" if i % 2 == 0 else "released")
+                    number = f"L{lvl}-{lot_id}"
+                    wo = 1 + (lot_id - per_level) // 100
+                    remaining = 0.0 if status != "released" else float(units_per_lot)
+                    lots.add(lot_id, number, "output", item, None, None, None, None, None, float(units_per_lot),
+                             remaining, "EA", status, f"WH-{lvl}", wo, t, t)
+                    if top:
+                        g = gtin(500 + i % top_items)
+                        nodes.add(lot_id, f"https://id.gs1.org/01/{g}/10/{number}", "lot", lot_id)
+                    else:
+                        nodes.add(lot_id, f"urn:tracehub:lot:{number}", "lot", lot_id)
+                    below = level_ids[lvl - 1]
+                    parents = rng.sample(below, a.fan_in)
+                    for p in parents:
+                        edges.add(p, lot_id, "transformation")
+                    consumed = json.dumps([{"lot": f"lot-{p}", "quantity": 1.0} for p in parents])
+                    ops.add(f"R-{lot_id}", wo, lot_id, 10, "Make", False, f"EQ-{lot_id % 40}", f"op-{lot_id % 60}", "A",
+                            t, t + timedelta(minutes=30), json.dumps({"temperature_c": 850 + lot_id % 20, "soak_min": 45}),
+                            consumed, units_per_lot, 0, t)
+                    if top:
+                        k = i % top_items
+                        blocks.add(f"B-{lot_id}", item, lot_id, next_seq[k], units_per_lot, t)
+                        next_seq[k] += units_per_lot
+                        if status == "shipped":
+                            if (i // 2) % 10 == 0:
+                                shipment_id += 1
+                                ships.add(shipment_id, f"DN-{shipment_id}", f"SO-{shipment_id}",
+                                          f"Customer {shipment_id % 200}", "DHL", t)
+                            lines.add(shipment_id, lot_id, float(units_per_lot))
+            level_ids.append(range(start, lot_id + 1))
+            log(f"  level {lvl}: {per_level:,} lots")
+        for cp in (lots, nodes, edges, ops, ins, chars, blocks, ships, lines):
+            cp.flush()
+        for table, col in (("item", "id"), ("supplier", "id"), ("work_order", "id"), ("lot", "id"),
+                           ("inspection", "id"), ("shipment", "id")):
+            c.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{col}'), (SELECT max({col}) FROM {table}))")
+        c.execute("CREATE TABLE IF NOT EXISTS bench_meta (key text primary key, value text)")
+        c.execute("INSERT INTO bench_meta VALUES ('plant', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                  (json.dumps(meta),))
+        c.commit()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("VACUUM ANALYZE")
+    log(f"built in {time.perf_counter() - t_build:.1f} s")
+    emit("plant_build_s", time.perf_counter() - t_build, "s", **meta)
+    return meta
+
+
+# --- the measurements -------------------------------------------------------------------------------------
+
+BARE_UP = """WITH RECURSIVE up(id) AS (SELECT %s::bigint UNION SELECT e.parent_id FROM trace_edge e
+             JOIN up ON e.child_id = up.id) SELECT id FROM up"""
+BARE_DOWN = """WITH RECURSIVE down(id) AS (SELECT n.id FROM trace_node n JOIN lot l ON l.id = n.lot_id
+               WHERE l.heat_number = %s UNION SELECT e.child_id FROM trace_edge e JOIN down ON e.parent_id = down.id)
+               SELECT id FROM down"""
+
+
+async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) -> None:
+    from core.db import make_engine, make_sessionmaker
+    from domain import trace
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    engine = make_engine(url)
+    sm = make_sessionmaker(engine)
+    raw = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    rng = random.Random(11)
+    async with sm() as s:
+        blocks = (await s.execute(text(
+            "SELECT b.lot_id, b.first_seq, b.count, i.gtin, n.id FROM code_block b JOIN item i ON i.id = b.item_id "
+            "JOIN trace_node n ON n.lot_id = b.lot_id ORDER BY random() LIMIT :n"), {"n": a.samples + 20})).all()
+        heats = [r[0] for r in (await s.execute(text(
+            "SELECT DISTINCT heat_number FROM lot WHERE heat_number IS NOT NULL ORDER BY 1 LIMIT 5000"))).all()]
+    rng.shuffle(heats)
+
+    # backward: unit serial -> raw materials
+    hub_ms, bare_ms, sizes = [], [], []
+    for k, (_lot, first, count, g, node) in enumerate(blocks):
+        unit = f"{RESOLVER}/01/{g}/21/{first + rng.randrange(count):012d}"
+        t = time.perf_counter()
+        async with sm() as s:
+            res = await trace.backward(s, unit, resolver=RESOLVER)
+        dt = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        cur = await raw.execute(BARE_UP, (node,))
+        ids = await cur.fetchall()
+        db = (time.perf_counter() - t) * 1000
+        if k >= 20:
+            hub_ms.append(dt)
+            bare_ms.append(db)
+            sizes.append(len(res["nodes"]))
+        assert len(ids) == len(res["nodes"]), (len(ids), len(res["nodes"]))
+        assert res["suppliers"], "the backward trace did not reach a supplier"
+    emit("backward_trace_p50_ms", statistics.median(hub_ms), "ms", target="< 5", samples=len(hub_ms),
+         lots_per_trace=statistics.median(sizes))
+    emit("backward_trace_p99_ms", pct(hub_ms, 99), "ms", samples=len(hub_ms))
+    emit("backward_bare_cte_p50_ms", statistics.median(bare_ms), "ms")
+    emit("backward_vs_bare_cte_ratio", statistics.median(hub_ms) / statistics.median(bare_ms), "x", target="<= 5")
+
+    # forward: heat -> every lot, unit and customer
+    hub_f, bare_f, walk_f, units = [], [], [], []
+    for k, heat in enumerate(heats[:a.forward_samples + 3]):
+        t = time.perf_counter()
+        async with sm() as s:
+            res = await trace.forward(s, resolver=RESOLVER, kind="heat", value=heat)
+        dt = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        cur = await raw.execute(BARE_DOWN, (heat,))
+        ids = await cur.fetchall()
+        db = (time.perf_counter() - t) * 1000
+        # one query per node: what a naive graph walk does
+        t = time.perf_counter()
+        cur = await raw.execute("SELECT n.id FROM trace_node n JOIN lot l ON l.id = n.lot_id WHERE l.heat_number = %s",
+                                (heat,))
+        frontier = [r[0] for r in await cur.fetchall()]
+        seen = set(frontier)
+        while frontier:
+            nxt = []
+            for nid in frontier:
+                cur = await raw.execute("SELECT child_id FROM trace_edge WHERE parent_id = %s", (nid,))
+                for (cid,) in await cur.fetchall():
+                    if cid not in seen:
+                        seen.add(cid)
+                        nxt.append(cid)
+            frontier = nxt
+        dw = (time.perf_counter() - t) * 1000
+        assert len(ids) == len(seen) == len(res["nodes"]), (len(ids), len(seen), len(res["nodes"]))
+        if k >= 3:
+            hub_f.append(dt)
+            bare_f.append(db)
+            walk_f.append(dw)
+            units.append(res["summary"]["units"])
+    emit("forward_trace_heat_p50_ms", statistics.median(hub_f), "ms", target="< 100", samples=len(hub_f),
+         units_reached_median=statistics.median(units), units_reached_min=min(units))
+    emit("forward_bare_cte_p50_ms", statistics.median(bare_f), "ms")
+    emit("forward_vs_bare_cte_ratio", statistics.median(hub_f) / statistics.median(bare_f), "x", target="<= 3")
+    emit("forward_per_node_walk_p50_ms", statistics.median(walk_f), "ms")
+    emit("forward_vs_per_node_walk_ratio", statistics.median(hub_f) / statistics.median(walk_f), "x", target="< 0.25")
+    await raw.close()
+    await engine.dispose()
+
+
+def capture_document(batch: int, seq: int, run: int) -> dict[str, Any]:
+    events = []
+    for i in range(batch):
+        n = seq * batch + i
+        t = (T0 + timedelta(seconds=n)).isoformat().replace("+00:00", "Z")
+        n = run * 10_000_000 + n  # identifiers unique across runs on the same database
+        if i % 4 == 3:
+            events.append({
+                "type": "TransformationEvent", "eventTime": t, "eventTimeZoneOffset": "+00:00",
+                "inputQuantityList": [{"epcClass": f"urn:epc:class:lgtin:4012345.012345.IN{n}", "quantity": 10,
+                                       "uom": "KGM"}],
+                "outputQuantityList": [{"epcClass": f"urn:epc:class:lgtin:4012345.012346.OUT{n}", "quantity": 9,
+                                        "uom": "KGM"}],
+                "bizStep": "commissioning", "ilmd": {"acme:heatNumber": f"HEAT{n // 8}"},
+                "bizTransactionList": [{"type": "prodorder", "bizTransaction": f"urn:acme:wo:{n // 100}"}]})
+        else:
+            events.append({
+                "type": "ObjectEvent", "action": "OBSERVE", "eventTime": t, "eventTimeZoneOffset": "+00:00",
+                "bizStep": "shipping", "disposition": "in_transit",
+                "epcList": [f"urn:epc:id:sgtin:4012345.011111.{n}", f"urn:epc:id:sgtin:4012345.011111.{n}b"],
+                "readPoint": {"id": "urn:epc:id:sgln:4012345.00005.0"},
+                "bizTransactionList": [{"type": "po", "bizTransaction": f"urn:epcglobal:cbv:bt:4012345000054:{n // 50}"},
+                                       {"type": "desadv", "bizTransaction": f"urn:acme:desadv:{n // 50}"}],
+                "destinationList": [{"type": "owning_party", "destination": "urn:epc:id:pgln:4012345.00000"}],
+                "acme:carrier": "DHL"})
+    return {"@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld",
+                         {"acme": "https://ns.acme.example/epcis/"}],
+            "type": "EPCISDocument", "schemaVersion": "2.0", "creationDate": "2026-01-05T08:00:00Z",
+            "epcisBody": {"eventList": events}}
+
+
+async def measure_capture(url: str, a: argparse.Namespace) -> None:
+    import httpx
+
+    from api.main import create_app
+    from core.db import make_engine, make_sessionmaker
+    from core.settings import DatabaseSettings, Settings
+
+    engine = make_engine(url)
+    app = create_app(Settings(database=DatabaseSettings(url=url)), sessionmaker=make_sessionmaker(engine))
+    n_docs = max(1, a.capture_events // a.capture_batch)
+    run = random.randrange(1_000_000)
+    bodies = [json.dumps(capture_document(a.capture_batch, k, run)) for k in range(n_docs + 1)]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub", timeout=600) as c:
+        r = await c.post("/epcis/capture", content=bodies[0], headers={"content-type": "application/ld+json"})
+        assert r.status_code == 202 and r.json()["success"], r.text[:500]  # warm-up (schema compile, caches)
+        stored = 0
+        queue = list(bodies[1:])
+
+        async def client() -> None:
+            nonlocal stored
+            while queue:
+                body = queue.pop()
+                r = await c.post("/epcis/capture", content=body, headers={"content-type": "application/ld+json"})
+                job = r.json()
+                assert r.status_code == 202 and job["success"], r.text[:500]
+                stored += job["storedCount"]
+
+        t = time.perf_counter()
+        await asyncio.gather(*[client() for _ in range(a.capture_clients)])
+        dt = time.perf_counter() - t
+    await engine.dispose()
+    emit("epcis_capture_events_per_s", stored / dt, "events/s", target=">= 5000", events=stored,
+         documents=n_docs, events_per_document=a.capture_batch, concurrent_clients=a.capture_clients)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lots", type=int, default=1_000_000)
+    p.add_argument("--units", type=int, default=5_000_000)
+    p.add_argument("--levels", type=int, default=5)
+    p.add_argument("--fan-in", type=int, default=3)
+    p.add_argument("--heat-lots", type=int, default=8, help="raw lots per heat number")
+    p.add_argument("--samples", type=int, default=300, help="backward traces timed")
+    p.add_argument("--forward-samples", type=int, default=20, help="forward traces timed")
+    p.add_argument("--capture-events", type=int, default=20_000)
+    p.add_argument("--capture-batch", type=int, default=1000, help="events per captured document")
+    p.add_argument("--capture-clients", type=int, default=1, help="documents posted at the same time")
+    p.add_argument("--db-url", default=None, help="default: HUB_TEST_DATABASE_URL's server, database tracehub_bench")
+    p.add_argument("--keep", action="store_true", help="reuse a plant already built at the same size")
+    p.add_argument("--only", choices=["traces", "capture"], help="run one part only")
+    a = p.parse_args()
+    url = a.db_url or make_url(os.environ.get("HUB_TEST_DATABASE_URL", DEFAULT_PG)).set(
+        drivername="postgresql+psycopg", database="tracehub_bench").render_as_string(hide_password=False)
+    meta = build(url, a)
+    if a.only in (None, "traces"):
+        log("timing traces ...")
+        asyncio.run(measure_traces(url, a, meta))
+    if a.only in (None, "capture"):
+        log("timing EPCIS capture ...")
+        asyncio.run(measure_capture(url, a))
+
+
+if __name__ == "__main__":
+    main()

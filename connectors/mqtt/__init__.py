@@ -1,0 +1,3 @@
+from connectors.mqtt.connector import Message, MqttConfig, MqttConnector, Topic
+
+__all__ = ["Message", "MqttConfig", "MqttConnector", "Topic"]

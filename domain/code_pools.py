@@ -1,0 +1,176 @@
+"""Offline code pools (after the OPC UA OPEN-SCS serial pool): a line that may lose its network gets codes
+in advance; when it reconnects it uploads the codes it used; reconciliation returns or voids the rest.
+
+Per-code states: unassigned (in no block), allocated (in a pool's block, unused), commissioned (uploaded
+as used: a used_code row), returned / destroyed (a code_range row `returned` / `voided`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import Conflict, InvalidInput, NotFound
+from domain.audit import audit
+from domain.codes import current_rule, get_item, issue_block, lookup
+from domain.events import record_event
+from domain.models import Lot, utcnow
+from domain.models_codes import CodeAlert, CodePool, CodeRange, PoolUpload, SerialBlock, UsedCode
+from domain.packing import epc
+
+
+async def get_pool(session: AsyncSession, number: str) -> CodePool:
+    pool = (await session.execute(select(CodePool).where(CodePool.number == number))).scalar()
+    if pool is None:
+        raise NotFound(f"code pool {number!r} does not exist: check the pool number", field="pool")
+    return pool
+
+
+async def allocate_pool(session: AsyncSession, *, number: str, item: str, level: str, count: int, line: str,
+                        printer: str | None, actor: str) -> CodePool:
+    """Allocate `count` codes to a line (or printer) in advance. Idempotent on the pool number."""
+    existing = (await session.execute(select(CodePool).where(CodePool.number == number))).scalar()
+    if existing is not None:
+        return existing
+    it = await get_item(session, item)
+    rule = await current_rule(session, it, level)
+    block = await issue_block(session, rule=rule, count=count, key=f"pool:{number}", purpose="pool", line=None,
+                              gtin=it.gtin)
+    pool = CodePool(number=number, line=line, printer=printer, block_id=block.id, state="allocated")
+    session.add(pool)
+    await session.flush()
+    await audit(session, actor=actor, action="code_pool.allocated", entity="code_pool", key=number,
+                changes={"line": line, "printer": printer, "block": block.id, "count": count})
+    return pool
+
+
+async def revoke_pool(session: AsyncSession, *, number: str, actor: str, at: datetime | None = None) -> CodePool:
+    pool = await get_pool(session, number)
+    if pool.state == "allocated":
+        pool.state = "revoked"
+        pool.revoked_at = at or utcnow()
+        await session.flush()
+        await audit(session, actor=actor, action="code_pool.revoked", entity="code_pool", key=number, changes={})
+    return pool
+
+
+async def _alert(session: AsyncSession, kind: str, code: str, pool: CodePool | None, **details: Any) -> CodeAlert:
+    a = CodeAlert(kind=kind, code=code, pool_id=pool.id if pool else None, details=details)
+    session.add(a)
+    await session.flush()
+    return a
+
+
+async def upload(session: AsyncSession, *, number: str, upload_id: str, used: list[dict[str, Any]],
+                 resolver: str) -> dict[str, Any]:
+    """The codes a line used while offline, each with its time and lot. Idempotent on `upload_id`.
+    Flags duplicates, codes outside the pool and codes used after the pool was revoked."""
+    pool = await get_pool(session, number)
+    prior = (await session.execute(select(PoolUpload).where(PoolUpload.upload_id == upload_id))).scalar()
+    if prior is not None:
+        alerts = (await session.execute(select(CodeAlert).where(CodeAlert.pool_id == pool.id))).scalars().all()
+        return {"pool": number, "upload_id": upload_id, "duplicate_upload": True, "accepted": prior.count,
+                "alerts": [_alert_view(a) for a in alerts]}
+    if pool.state == "reconciled":
+        raise Conflict(f"pool {number} is already reconciled: upload before reconciling", field="pool")
+    block = await session.get(SerialBlock, pool.block_id)
+    assert block is not None
+    accepted: list[str] = []
+    alerts: list[CodeAlert] = []
+    lots: dict[str, Lot] = {}
+    for i, u in enumerate(used):
+        code, used_at, lot_no = u["code"], u["used_at"], u.get("lot")
+        info = await lookup(session, code)
+        if info.status == "unknown" or info.view is None:
+            alerts.append(await _alert(session, "outside_pool", code, pool, reason="never issued",
+                                       used_at=used_at.isoformat(), line=pool.line))
+            continue
+        if info.view.block.id != block.id:
+            alerts.append(await _alert(session, "outside_pool", info.value, pool, used_at=used_at.isoformat(),
+                                       line=pool.line, belongs_to_block=info.view.block.id))
+            continue
+        if info.status == "voided":
+            alerts.append(await _alert(session, "voided_used", info.value, pool, used_at=used_at.isoformat()))
+            continue
+        if pool.revoked_at is not None and used_at > pool.revoked_at:
+            alerts.append(await _alert(session, "after_revocation", info.value, pool, used_at=used_at.isoformat(),
+                                       revoked_at=pool.revoked_at.isoformat()))
+            continue
+        lot = None
+        if lot_no:
+            lot = lots.get(lot_no) or (await session.execute(select(Lot).where(Lot.number == lot_no))).scalar()
+            if lot is None:
+                raise InvalidInput(f"used[{i}].lot {lot_no!r} does not exist: check the lot number",
+                                   field=f"used[{i}].lot")
+            lots[lot_no] = lot
+        if info.used is not None:
+            first = info.used
+            alerts.append(await _alert(
+                session, "duplicate", info.value, pool, used_at=used_at.isoformat(), line=pool.line,
+                lot=lot_no, first_used_at=first.used_at.isoformat(), first_line=first.line,
+                first_lot=(await session.get(Lot, first.lot_id)).number if first.lot_id else None))  # type: ignore
+            continue
+        session.add(UsedCode(value=info.value, block_id=block.id, seq=info.seq, level=info.view.rule.level,
+                             state="commissioned", lot_id=lot.id if lot else None, pool_id=pool.id,
+                             line=pool.line, used_at=used_at))
+        await session.flush()
+        accepted.append(info.value)
+    session.add(PoolUpload(upload_id=upload_id, pool_id=pool.id, count=len(accepted)))
+    await session.flush()
+    if accepted:
+        await record_event(
+            session, key=f"pool-upload:{upload_id}", event_type="ObjectEvent", action="ADD",
+            biz_step="commissioning", disposition="active", event_time=max(u["used_at"] for u in used),
+            epc_list=[epc(v, resolver) for v in accepted[:1000]],
+            extensions={"codePool": number, "line": pool.line, "count": len(accepted)})
+    await audit(session, actor=f"line:{pool.line}", action="code_pool.uploaded", entity="code_pool", key=number,
+                changes={"upload_id": upload_id, "accepted": len(accepted), "alerts": len(alerts)})
+    return {"pool": number, "upload_id": upload_id, "duplicate_upload": False, "accepted": len(accepted),
+            "alerts": [_alert_view(a) for a in alerts]}
+
+
+def _alert_view(a: CodeAlert) -> dict[str, Any]:
+    return {"id": a.id, "kind": a.kind, "code": a.code, "details": a.details, "ncr": a.ncr,
+            "created_at": a.created_at.isoformat()}
+
+
+async def reconcile(session: AsyncSession, *, number: str, action: str, actor: str) -> dict[str, Any]:
+    """Close a pool: its unused codes are returned (unassigned again, never resolvable as issued) or voided
+    (destroyed: a scan says so). Stored as ranges, so a pool of millions writes a few rows."""
+    if action not in ("return", "void"):
+        raise InvalidInput(f"action {action!r}: use return or void", field="action")
+    pool = await get_pool(session, number)
+    block = await session.get(SerialBlock, pool.block_id)
+    assert block is not None
+    if pool.state == "reconciled":
+        ranges = (await session.execute(select(CodeRange).where(CodeRange.block_id == block.id))).scalars().all()
+        return {"pool": number, "state": pool.state, "used": None,
+                "unused": sum(r.count for r in ranges), "ranges": len(ranges)}
+    used_seqs = sorted((await session.execute(select(UsedCode.seq).where(UsedCode.block_id == block.id)))
+                       .scalars().all())
+    state = "returned" if action == "return" else "voided"
+    ranges = []
+    cursor = block.first_seq
+    for s in used_seqs + [block.first_seq + block.count]:
+        if s > cursor:
+            ranges.append(CodeRange(block_id=block.id, first_seq=cursor, count=s - cursor, state=state,
+                                    reason=f"unused in pool {number}, {state} at reconciliation"))
+        cursor = s + 1
+    session.add_all(ranges)
+    pool.state = "reconciled"
+    pool.reconciled_at = utcnow()
+    await session.flush()
+    unused = sum(r.count for r in ranges)
+    await audit(session, actor=actor, action="code_pool.reconciled", entity="code_pool", key=number,
+                changes={"action": action, "used": len(used_seqs), "unused": unused})
+    return {"pool": number, "state": pool.state, "used": len(used_seqs), "unused": unused, "ranges": len(ranges)}
+
+
+async def alerts(session: AsyncSession, *, kind: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    q = select(CodeAlert).order_by(CodeAlert.id.desc()).limit(limit)
+    if kind:
+        q = q.where(CodeAlert.kind == kind)
+    return [_alert_view(a) for a in (await session.execute(q)).scalars().all()]

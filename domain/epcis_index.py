@@ -1,0 +1,293 @@
+"""Indexes kept beside the event log, in the same transaction as the events they index.
+
+- epcis_event_epc / epcis_event_field: the identifiers, business transactions, sources, destinations and
+  extension values of each event, canonical, for the SimpleEventQuery parameters.
+- trace_node / trace_edge: the lineage index. A TransformationEvent links each input to each output; an
+  AggregationEvent ADD links each child to its parent; a class known from a captured (supplier) event whose
+  lot (AI 10) is the supplier lot of a received hub lot links to that lot, in whichever order they arrive.
+  Walks over it are one recursive query (domain/trace.py).
+
+Everything works on batches of events, so a captured document of thousands of events costs a handful of
+statements, and a single hub event the same code path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, BigInteger, func, insert, literal, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domain.epcis_ids import GS1_DL, canonical, lot_of, vocab_term
+from domain.models import Item, Lot
+from domain.models_trace import TRACE_NODE_EXT_SEQ, EpcisEventEpc, EpcisEventField, TraceEdge, TraceNode
+
+EPC_ROLES = {"epcList": "epc", "childEPCs": "child", "inputEPCList": "input", "outputEPCList": "output"}
+QTY_ROLES = {"quantityList": "quantity", "childQuantityList": "child_quantity",
+             "inputQuantityList": "input_quantity", "outputQuantityList": "output_quantity"}
+CORE_KEYS = {
+    "type", "eventID", "eventTime", "eventTimeZoneOffset", "recordTime", "errorDeclaration", "certificationInfo",
+    "action", "bizStep", "disposition", "persistentDisposition", "readPoint", "bizLocation", "bizTransactionList",
+    "sourceList", "destinationList", "sensorElementList", "ilmd", "parentID", "transformationID", "@context",
+    *EPC_ROLES, *QTY_ROLES,
+}
+_FIELD_MAX = 500
+_GTIN = re.compile(r"/01/(\d{14})/10/")
+# a heat number in any namespace (`acme:heatNumber`, `.../heat_number`): indexed under one name, `heat`
+_HEAT = re.compile(r"[:/#]heat_?number$", re.IGNORECASE)
+
+
+def expand_key(key: str, ctx: dict[str, str]) -> str:
+    """A CURIE extension key as its full IRI (`acme:lot` -> `https://ns.acme.example/epcis/lot`)."""
+    if ":" in key and not key.startswith(("http://", "https://", "urn:")):
+        prefix, local = key.split(":", 1)
+        if prefix in ctx:
+            return ctx[prefix] + local
+    return key
+
+
+def _scalar(v: Any) -> str | None:
+    if v is None or isinstance(v, (dict, list)):
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)[:_FIELD_MAX]
+
+
+def lot_node_uri(lot: Lot) -> str:
+    """The lineage key of a hub lot: its class identifier, canonical (independent of the resolver domain)."""
+    if lot.item.gtin:
+        return canonical(f"{GS1_DL}/01/{lot.item.gtin}/10/{lot.number}")
+    return f"urn:tracehub:lot:{lot.number}"
+
+
+def _hub_lot_number(uri: str) -> str | None:
+    if uri.startswith("urn:tracehub:lot:"):
+        return uri[len("urn:tracehub:lot:"):]
+    return lot_of(uri)
+
+
+@dataclass
+class Indexed:
+    """What one event contributes to the indexes."""
+
+    epcs: list[tuple[str, str]] = field(default_factory=list)  # (role, canonical uri)
+    fields: list[tuple[str, str | None]] = field(default_factory=list)  # (name, value)
+    edges: list[tuple[str, str, str]] = field(default_factory=list)  # (parent uri, child uri, via)
+    classes: set[str] = field(default_factory=set)  # uris that are classes (lots), the rest instances
+
+
+def analyse(doc: dict[str, Any], ctx: dict[str, str]) -> Indexed:
+    """The index rows of one event (pure: no database)."""
+    out = Indexed()
+    for key, role in EPC_ROLES.items():
+        for epc in doc.get(key) or []:
+            out.epcs.append((role, canonical(epc)))
+    if doc.get("parentID"):
+        out.epcs.append(("parent", canonical(doc["parentID"])))
+    for key, role in QTY_ROLES.items():
+        for q in doc.get(key) or []:
+            c = canonical(q["epcClass"])
+            out.epcs.append((role, c))
+            out.classes.add(c)
+    for bt in doc.get("bizTransactionList") or []:
+        t = vocab_term("bizTransactionType", bt["type"]) if bt.get("type") else ""
+        out.fields.append((f"bt:{t}", bt["bizTransaction"][:_FIELD_MAX]))
+    for key, prefix, item in (("sourceList", "src", "source"), ("destinationList", "dst", "destination")):
+        for s in doc.get(key) or []:
+            out.fields.append((f"{prefix}:{vocab_term('sourceDestType', s['type'])}", s[item][:_FIELD_MAX]))
+    pd = doc.get("persistentDisposition") or {}
+    for which in ("set", "unset"):
+        for d in pd.get(which, []):
+            out.fields.append((f"pd_{which}", vocab_term("disposition", d)))
+    if doc.get("transformationID"):
+        out.fields.append(("tid", doc["transformationID"][:_FIELD_MAX]))
+    for k, v in doc.items():
+        if k not in CORE_KEYS:
+            out.fields.append((f"ext:{expand_key(k, ctx)}", _scalar(v)))
+            if _HEAT.search(k) and _scalar(v):
+                out.fields.append(("heat", _scalar(v)))
+    for k, v in (doc.get("ilmd") or {}).items():
+        out.fields.append((f"ilmd:{expand_key(k, ctx)}", _scalar(v)))
+        if _HEAT.search(k) and _scalar(v):
+            out.fields.append(("heat", _scalar(v)))
+    # lineage
+    etype = doc.get("type")
+    if etype == "TransformationEvent":
+        ins = [canonical(x) for x in doc.get("inputEPCList") or []] + \
+              [canonical(q["epcClass"]) for q in doc.get("inputQuantityList") or []]
+        outs = [canonical(x) for x in doc.get("outputEPCList") or []] + \
+               [canonical(q["epcClass"]) for q in doc.get("outputQuantityList") or []]
+        out.edges += [(i, o, "transformation") for i in ins for o in outs if i != o]
+    elif etype == "AggregationEvent" and doc.get("action") == "ADD" and doc.get("parentID"):
+        parent = canonical(doc["parentID"])
+        kids = [canonical(x) for x in doc.get("childEPCs") or []] + \
+               [canonical(q["epcClass"]) for q in doc.get("childQuantityList") or []]
+        out.edges += [(k, parent, "packing") for k in kids if k != parent]
+    return out
+
+
+async def _external_ids(session: AsyncSession, n: int) -> list[int]:
+    """`n` fresh ids for nodes that are not hub lots: negative, so they never meet a lot id."""
+    if n <= 0:
+        return []
+    if session.bind.dialect.name == "postgresql":
+        return list((await session.execute(
+            text(f"SELECT -nextval('{TRACE_NODE_EXT_SEQ.name}') FROM generate_series(1, :n)"), {"n": n})).scalars())
+    # SQLite: writers are serialised (BEGIN IMMEDIATE), so counting down from the smallest id is safe
+    low = min(0, (await session.execute(select(func.min(TraceNode.id)))).scalar() or 0)
+    return [low - k for k in range(1, n + 1)]
+
+
+async def _rekey(session: AsyncSession, old: int, lot_id: int) -> None:
+    """An external node found to be a hub lot becomes the lot's node: its id and its edges move to the lot id."""
+    e = TraceEdge.__table__
+    if session.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    for mine, other in ((e.c.parent_id, e.c.child_id), (e.c.child_id, e.c.parent_id)):
+        moved = select(literal(lot_id, BigInteger).label(mine.name), other, e.c.event_pk, e.c.via) \
+            .where(mine == old, other != lot_id)
+        await session.execute(upsert(e).from_select([mine.name, other.name, "event_pk", "via"], moved)
+                              .on_conflict_do_nothing())
+        await session.execute(e.delete().where(mine == old))
+    await session.execute(update(TraceNode).where(TraceNode.id == old)
+                          .values(id=lot_id, lot_id=lot_id, kind="lot", lot_part=None))
+
+
+async def ensure_nodes(session: AsyncSession, uris: Iterable[str], *, classes: set[str],
+                       lots: dict[str, int] | None = None) -> dict[str, int]:
+    """Node ids for the uris, creating missing nodes; hub lots are recognised and linked to their lot.
+
+    A hub lot's node id is its lot id; any other identifier gets a negative id (see TraceNode)."""
+    wanted = set(uris)
+    if not wanted:
+        return {}
+    lots = dict(lots or {})
+    found: dict[str, int] = {}
+    missing_lot: list[str] = []
+    wl = list(wanted)
+    for i in range(0, len(wl), 500):
+        for nid, uri, lot_id in (await session.execute(
+                select(TraceNode.id, TraceNode.uri, TraceNode.lot_id).where(TraceNode.uri.in_(wl[i:i + 500])))).all():
+            found[uri] = nid
+            if lot_id is None and uri in lots:
+                missing_lot.append(uri)
+    if missing_lot:
+        taken = set((await session.execute(
+            select(TraceNode.id).where(TraceNode.id.in_([lots[u] for u in missing_lot])))).scalars())
+        for uri in missing_lot:
+            if lots[uri] not in taken:
+                await _rekey(session, found[uri], lots[uri])
+                found[uri] = lots[uri]
+                taken.add(lots[uri])
+    new = [u for u in wanted if u not in found]
+    if not new:
+        return found
+    # a class the hub knows as its own lot gets the lot's id (only hub URNs and GTINs of hub items can be)
+    candidates = {u: n for u in new if u not in lots and (n := _hub_lot_number(u))}
+    gtins = {m.group(1) for u in candidates if (m := _GTIN.search(u))}
+    ours = set((await session.execute(select(Item.gtin).where(Item.gtin.in_(gtins)))).scalars()) if gtins else set()
+    candidates = {u: n for u, n in candidates.items()
+                  if u.startswith("urn:tracehub:lot:") or ((m := _GTIN.search(u)) and m.group(1) in ours)}
+    if candidates:
+        rows = (await session.execute(
+            select(Lot.id, Lot.number, Item.gtin).join(Item, Item.id == Lot.item_id)
+            .where(Lot.number.in_(set(candidates.values()))))).all()
+        by_number = {r.number: r for r in rows}
+        for u, n in candidates.items():
+            r = by_number.get(n)
+            if r is not None and (u.startswith("urn:tracehub:lot:") or (r.gtin and f"/01/{r.gtin}/" in u)):
+                lots[u] = r.id
+    # a lot has one node: a second identifier of a lot that has its node already stays an external node
+    taken = set((await session.execute(
+        select(TraceNode.id).where(TraceNode.id.in_({lots[u] for u in new if u in lots})))).scalars()) \
+        if any(u in lots for u in new) else set()
+    rows_in = []
+    external = []
+    for u in sorted(new):
+        lot_id = lots.get(u)
+        if lot_id is not None and lot_id not in taken:
+            taken.add(lot_id)
+            rows_in.append({"id": lot_id, "uri": u, "kind": "lot", "lot_id": lot_id, "lot_part": None})
+        else:
+            external.append(u)
+    for u, nid in zip(external, await _external_ids(session, len(external)), strict=True):
+        rows_in.append({"id": nid, "uri": u, "kind": "class" if u in classes or lot_of(u) else "instance",
+                        "lot_id": None, "lot_part": lot_of(u) or None})
+    await session.execute(insert(TraceNode.__table__), rows_in)
+    for r in rows_in:
+        found[r["uri"]] = r["id"]
+    # classes from a supplier whose lot is the supplier lot of a received hub lot: the receipt links them
+    parts = {r["lot_part"]: r["id"] for r in rows_in if r["lot_part"]}
+    if parts:
+        received = (await session.execute(
+            select(Lot.id, Lot.supplier_lot).where(Lot.kind == "material", Lot.supplier_lot.in_(list(parts))))).all()
+        await add_edges(session, [(parts[r.supplier_lot], r.id, "receipt", None) for r in received])
+    return found
+
+
+async def link_received_lot(session: AsyncSession, lot: Lot, node_id: int) -> None:
+    """A received lot joins any supplier class captured earlier whose lot is its supplier lot."""
+    if lot.kind != "material" or not lot.supplier_lot:
+        return
+    sources = (await session.execute(
+        select(TraceNode.id).where(TraceNode.lot_part == lot.supplier_lot, TraceNode.lot_id.is_(None)))).scalars()
+    await add_edges(session, [(s, node_id, "receipt", None) for s in sources])
+
+
+async def add_edges(session: AsyncSession, edges: list[tuple[int, int, str, int | None]]) -> None:
+    """Insert lineage edges that are not there yet (parent id, child id, via, event pk)."""
+    uniq = {(p, c): (v, e) for p, c, v, e in edges if p != c}
+    if not uniq:
+        return
+    if session.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    rows = [{"parent_id": p, "child_id": c, "via": v, "event_pk": e} for (p, c), (v, e) in uniq.items()]
+    await session.execute(upsert(TraceEdge.__table__).on_conflict_do_nothing(), rows)
+
+
+async def bulk_insert(session: AsyncSession, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows in the session's transaction: COPY on PostgreSQL, executemany elsewhere."""
+    if not rows:
+        return
+    if session.bind.dialect.name != "postgresql":
+        await session.execute(table.insert(), rows)
+        return
+    cols = list(rows[0])
+    json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    raw = (await (await session.connection()).get_raw_connection()).driver_connection
+    async with raw.cursor() as cur, cur.copy(
+            f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as cp:  # type: ignore[union-attr]
+        for r in rows:
+            await cp.write_row([orjson.dumps(r[c]).decode() if c in json_cols and r[c] is not None else r[c]
+                                for c in cols])
+
+
+async def index_events(session: AsyncSession, batch: list[tuple[int, dict[str, Any], dict[str, str]]], *,
+                       lots: dict[str, int] | None = None) -> None:
+    """Write the query indexes and the lineage of a batch of stored events: (event pk, document, prefixes)."""
+    epc_rows: list[dict[str, Any]] = []
+    field_rows: list[dict[str, Any]] = []
+    edges: list[tuple[str, str, str, int]] = []
+    classes: set[str] = set()
+    for pk, doc, ctx in batch:
+        ix = analyse(doc, ctx)
+        epc_rows += [{"event_pk": pk, "role": r, "uri": u[:300]} for r, u in ix.epcs]
+        field_rows += [{"event_pk": pk, "name": n[:300], "value": v} for n, v in ix.fields]
+        edges += [(p, c, via, pk) for p, c, via in ix.edges]
+        classes |= ix.classes
+    await bulk_insert(session, EpcisEventEpc.__table__, epc_rows)
+    await bulk_insert(session, EpcisEventField.__table__, field_rows)
+    # lots named by any event become nodes too: a supplier's shipment of its lot meets our receipt of it
+    node_uris = {u for p, c, _, _ in edges for u in (p, c)} | set(lots or {}) | {c for c in classes if lot_of(c)}
+    if node_uris:
+        ids = await ensure_nodes(session, node_uris, classes=classes, lots=lots)
+        await add_edges(session, [(ids[p], ids[c], via, pk) for p, c, via, pk in edges])

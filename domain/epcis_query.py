@@ -1,0 +1,393 @@
+"""EPCIS 2.0 SimpleEventQuery over the event log and its indexes, and the EPCISQueryDocument it answers with.
+
+Parameters come as the REST query string (multi-valued ones pipe-delimited) or as a named query's JSON body
+(lists allowed). Identifiers are matched in canonical form, so an EPC URN, a Digital Link on any domain and
+an EPC pattern (`urn:epc:idpat:sgtin:...*`, or a GTIN-only Digital Link) all match the same events. Output
+identifiers follow the GS1-EPC-Format the client asks for.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, String, and_, cast, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import Conflict, HubError, InvalidInput, NotFound
+from domain.epcis_ids import canonical, dl_canonical, dl_to_urn, is_class_pattern, urn_to_dl, vocab_term
+from domain.events import EPCIS_CONTEXT, HUB_NS
+from domain.models import EpcisEvent, utcnow
+from domain.models_trace import (
+    EpcisErrorDeclaration,
+    EpcisEventEpc,
+    EpcisEventField,
+    EpcisNamedQuery,
+    EpcisNamespace,
+    Gs1CompanyPrefix,
+)
+
+DEFAULT_PER_PAGE = 30
+MAX_PER_PAGE = 1000
+EPC_FORMATS = ("No_Preference", "Always_GS1_Digital_Link", "Always_EPC_URN", "Never_Translates")
+_MATCH_ROLES = {
+    "MATCH_epc": ("epc", "child"),
+    "MATCH_parentID": ("parent",),
+    "MATCH_inputEPC": ("input",),
+    "MATCH_outputEPC": ("output",),
+    "MATCH_anyEPC": ("epc", "child", "parent", "input", "output"),
+    "MATCH_epcClass": ("quantity", "child_quantity"),
+    "MATCH_inputEPCClass": ("input_quantity",),
+    "MATCH_outputEPCClass": ("output_quantity",),
+    "MATCH_anyEPCClass": ("quantity", "child_quantity", "input_quantity", "output_quantity"),
+}
+_CONTROL = {"orderBy", "orderDirection", "eventCountLimit", "maxEventCount", "perPage", "nextPageToken"}
+
+
+class QueryParameterException(InvalidInput):
+    kind = "QueryParameterException"
+
+
+class QueryTooLargeException(HubError):
+    kind = "QueryTooLargeException"
+
+
+class NoSuchNameException(NotFound):
+    kind = "NoSuchNameException"
+
+
+class ResourceAlreadyExistsException(Conflict):
+    kind = "ResourceAlreadyExistsException"
+
+
+def _values(v: Any) -> list[str]:
+    if isinstance(v, list):
+        return [str(x) for x in v]
+    return [x for x in str(v).split("|") if x != ""]
+
+
+def _time(name: str, v: Any) -> datetime:
+    s = _values(v)[0] if _values(v) else ""
+    try:
+        t = datetime.fromisoformat(s.replace("z", "Z").replace(" ", "+"))
+    except ValueError:
+        raise QueryParameterException(f"{name}: {s!r} is not a date-time; write e.g. 2026-01-05T08:00:00Z "
+                                      "(percent-encode + as %2B)", field=name) from None
+    if t.tzinfo is None:
+        raise QueryParameterException(f"{name}: {s!r} has no offset; add Z or +hh:mm", field=name)
+    return t
+
+
+def _int(name: str, v: Any) -> int:
+    try:
+        n = int(_values(v)[0])
+    except (ValueError, IndexError):
+        raise QueryParameterException(f"{name} must be a whole number", field=name) from None
+    if n < 0:
+        raise QueryParameterException(f"{name} must not be negative", field=name)
+    return n
+
+
+async def _namespaces(session: AsyncSession, declared: dict[str, str]) -> dict[str, str]:
+    rows = dict((await session.execute(select(EpcisNamespace.prefix, EpcisNamespace.iri))).all())
+    return {"cbvmda": "urn:epcglobal:cbv:mda:", "hub": HUB_NS, **rows, **declared}
+
+
+def _iri(name: str, curie: str, ns: dict[str, str]) -> str:
+    if curie.startswith(("http://", "https://", "urn:")):
+        return curie
+    if ":" not in curie:
+        raise QueryParameterException(f"{name}: {curie!r} is not a namespaced field; write prefix:field", field=name)
+    prefix, local = curie.split(":", 1)
+    if prefix not in ns:
+        raise QueryParameterException(f"{name}: prefix {prefix!r} is not known; declare it in the GS1-Extensions "
+                                      "header (prefix=namespace)", field=name)
+    return ns[prefix] + local
+
+
+def _epc_filter(name: str, roles: tuple[str, ...], values: list[str]) -> Any:
+    conds = []
+    for v in values:
+        c = canonical(v)
+        if is_class_pattern(c):
+            conds.append(or_(EpcisEventEpc.uri == c, EpcisEventEpc.uri.like(c + "/%")))
+        else:
+            conds.append(EpcisEventEpc.uri == c)
+    return EpcisEvent.id.in_(select(EpcisEventEpc.event_pk).where(EpcisEventEpc.role.in_(roles), or_(*conds)))
+
+
+def _field_filter(name: str, values: list[str] | None) -> Any:
+    q = select(EpcisEventField.event_pk).where(EpcisEventField.name == name)
+    if values is not None:
+        q = q.where(EpcisEventField.value.in_(values))
+    return EpcisEvent.id.in_(q)
+
+
+async def build(session: AsyncSession, params: dict[str, Any], *,
+                declared_ns: dict[str, str] | None = None) -> tuple[Select[Any], bool, dict[str, Any]]:
+    """The event query for the parameters; returns (select, declarations only, result controls)."""
+    q = select(EpcisEvent)
+    decl_conds: list[Any] = []
+    decl_only = False
+    ctl: dict[str, Any] = {}
+    ns: dict[str, str] | None = None
+    for name, raw in params.items():
+        if name in _CONTROL:
+            continue
+        vals = _values(raw)
+        if name == "eventType":
+            q = q.where(EpcisEvent.event_type.in_(vals))
+        elif name in ("GE_eventTime", "LT_eventTime", "GE_recordTime", "LT_recordTime"):
+            col = EpcisEvent.event_time if name.endswith("eventTime") else EpcisEvent.record_time
+            t = _time(name, raw)
+            q = q.where(col >= t if name.startswith("GE_") else col < t)
+        elif name == "EQ_action":
+            bad = [v for v in vals if v not in ("ADD", "OBSERVE", "DELETE")]
+            if bad:
+                raise QueryParameterException(f"EQ_action: {bad[0]!r} is not ADD, OBSERVE or DELETE", field=name)
+            q = q.where(EpcisEvent.action.in_(vals))
+        elif name == "EQ_bizStep":
+            q = q.where(EpcisEvent.biz_step.in_([vocab_term("bizStep", v) for v in vals]))
+        elif name == "EQ_disposition":
+            q = q.where(EpcisEvent.disposition.in_([vocab_term("disposition", v) for v in vals]))
+        elif name in ("EQ_readPoint", "EQ_bizLocation"):
+            col = EpcisEvent.read_point if name == "EQ_readPoint" else EpcisEvent.biz_location
+            q = q.where(col.in_([canonical(v) for v in vals]))
+        elif name in _MATCH_ROLES:
+            q = q.where(_epc_filter(name, _MATCH_ROLES[name], vals))
+        elif name == "EQ_eventID":
+            q = q.where(EpcisEvent.event_id.in_(vals))
+        elif name == "EQ_transformationID":
+            q = q.where(_field_filter("tid", vals))
+        elif name in ("EQ_persistentDisposition_set", "EQ_persistentDisposition_unset"):
+            which = "pd_set" if name.endswith("_set") else "pd_unset"
+            q = q.where(_field_filter(which, [vocab_term("disposition", v) for v in vals]))
+        elif m := re.fullmatch(r"EQ_bizTransaction_(.+)", name):
+            q = q.where(_field_filter(f"bt:{vocab_term('bizTransactionType', m.group(1))}", vals))
+        elif m := re.fullmatch(r"EQ_(source|destination)_(.+)", name):
+            prefix = "src" if m.group(1) == "source" else "dst"
+            q = q.where(_field_filter(f"{prefix}:{vocab_term('sourceDestType', m.group(2))}", vals))
+        elif name == "EXISTS_errorDeclaration":
+            decl_only = True
+        elif name == "EQ_errorReason":
+            decl_only = True
+            decl_conds.append(EpcisErrorDeclaration.reason.in_([vocab_term("errorReason", v) for v in vals]))
+        elif name in ("GE_errorDeclarationTime", "LT_errorDeclarationTime", "GE_errorDeclaration_Time",
+                      "LT_errorDeclaration_Time"):
+            decl_only = True
+            t = _time(name, raw)
+            col = EpcisErrorDeclaration.declaration_time
+            decl_conds.append(col >= t if name.startswith("GE_") else col < t)
+        elif name == "EQ_correctiveEventID":
+            decl_only = True
+            as_text = cast(EpcisErrorDeclaration.corrective_event_ids, String)
+            decl_conds.append(or_(*[as_text.like(f'%"{v}"%') for v in vals]))
+        elif m := re.fullmatch(r"(EQ|EXISTS)_(ILMD_)?(.+)", name):
+            if re.fullmatch(r"(INNER_|ERROR_DECLARATION_|SENSOR\w*_|readPoint_|bizLocation_).*", m.group(3)):
+                raise QueryParameterException(f"{name}: this kind of extension parameter is not supported here; "
+                                              "query top-level or ILMD extension fields", field=name)
+            ns = ns if ns is not None else await _namespaces(session, declared_ns or {})
+            kind = "ilmd" if m.group(2) else "ext"
+            field_name = f"{kind}:{_iri(name, m.group(3), ns)}"
+            q = q.where(_field_filter(field_name, vals if m.group(1) == "EQ" else None))
+        else:
+            raise QueryParameterException(
+                f"{name} is not a query parameter this server knows: see the SimpleEventQuery parameters "
+                "(eventType, GE_eventTime, EQ_bizStep, MATCH_epc, EQ_bizTransaction_po, ...)", field=name)
+    if decl_only:
+        dq = select(EpcisErrorDeclaration.event_id)
+        if decl_conds:
+            dq = dq.where(and_(*decl_conds))
+        q = q.where(EpcisEvent.event_id.in_(dq))
+    order = params.get("orderBy")
+    if order is not None:
+        order = _values(order)[0]
+        if order not in ("eventTime", "recordTime"):
+            raise QueryParameterException(f"orderBy {order!r}: order by eventTime or recordTime", field="orderBy")
+    direction = _values(params.get("orderDirection", "ASC"))[0].upper()
+    if direction not in ("ASC", "DESC"):
+        raise QueryParameterException("orderDirection is ASC or DESC", field="orderDirection")
+    col = EpcisEvent.record_time if order == "recordTime" else EpcisEvent.event_time
+    q = q.order_by(col.desc() if direction == "DESC" else col.asc(),
+                   EpcisEvent.id.desc() if direction == "DESC" else EpcisEvent.id.asc())
+    if "eventCountLimit" in params:
+        if order is None:
+            raise QueryParameterException("eventCountLimit needs orderBy", field="eventCountLimit")
+        if "maxEventCount" in params:
+            raise QueryParameterException("give eventCountLimit or maxEventCount, not both", field="maxEventCount")
+        ctl["limit"] = _int("eventCountLimit", params["eventCountLimit"])
+    if "maxEventCount" in params:
+        ctl["max"] = _int("maxEventCount", params["maxEventCount"])
+    ctl["decl_conds"] = decl_conds
+    return q, decl_only, ctl
+
+
+def _fingerprint(params: dict[str, Any]) -> str:
+    body = json.dumps({k: v for k, v in params.items() if k not in ("perPage", "nextPageToken")}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _token(offset: int, fp: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": fp}).encode()).decode().rstrip("=")
+
+
+def _untoken(token: str, fp: str) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if data["q"] != fp:
+            raise ValueError
+        return int(data["o"])
+    except (ValueError, KeyError, TypeError):
+        raise QueryParameterException("nextPageToken does not belong to this query: repeat the query without it",
+                                      field="nextPageToken") from None
+
+
+async def run(session: AsyncSession, params: dict[str, Any], *, declared_ns: dict[str, str] | None = None,
+              epc_format: str = "Always_GS1_Digital_Link") -> tuple[dict[str, Any], str | None]:
+    """Run a query; returns (EPCISQueryDocument, next page token or None)."""
+    q, decl_only, ctl = await build(session, params, declared_ns=declared_ns)
+    per_page = _int("perPage", params["perPage"]) if "perPage" in params else DEFAULT_PER_PAGE
+    per_page = max(1, min(per_page, MAX_PER_PAGE))
+    fp = _fingerprint(params)
+    offset = _untoken(_values(params["nextPageToken"])[0], fp) if params.get("nextPageToken") else 0
+    if "max" in ctl:
+        total = (await session.execute(select(func.count()).select_from(q.order_by(None).subquery()))).scalar_one()
+        if total > ctl["max"]:
+            raise QueryTooLargeException(f"the query matches {total} events, more than maxEventCount "
+                                         f"{ctl['max']}: narrow it or page with perPage")
+    limit = per_page
+    if "limit" in ctl:
+        limit = max(0, min(per_page, ctl["limit"] - offset))
+    rows = (await session.execute(q.offset(offset).limit(limit + 1))).scalars().all() if limit else []
+    more = len(rows) > limit and ("limit" not in ctl or offset + limit < ctl["limit"])
+    rows = rows[:limit]
+    events: list[dict[str, Any]] = []
+    decls: dict[str, list[Any]] = {}
+    if rows:
+        dq = select(EpcisErrorDeclaration).where(EpcisErrorDeclaration.event_id.in_([r.event_id for r in rows]))
+        if decl_only and ctl["decl_conds"]:
+            dq = dq.where(and_(*ctl["decl_conds"]))
+        for d in (await session.execute(dq.order_by(EpcisErrorDeclaration.declaration_time))).scalars():
+            decls.setdefault(d.event_id, []).append(d)
+    fmt = await _formatter(session, epc_format)
+    for r in rows:
+        if not decl_only:
+            events.append(fmt({**r.document, "recordTime": _z(r.record_time)}))
+        for d in decls.get(r.event_id, []):
+            events.append(fmt({**d.document, "recordTime": _z(d.record_time)}))
+    doc = query_document("SimpleEventQuery", events)
+    return doc, (_token(offset + limit, fp) if more else None)
+
+
+def _z(d: datetime) -> str:
+    return d.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def query_document(name: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    prefixes: dict[str, str] = {"hub": HUB_NS}
+    return {
+        "@context": [EPCIS_CONTEXT, prefixes],
+        "type": "EPCISQueryDocument", "schemaVersion": "2.0", "creationDate": _z(utcnow()),
+        "epcisBody": {"queryResults": {"queryName": name, "resultsBody": {"eventList": events}}},
+    }
+
+
+async def add_contexts(session: AsyncSession, doc: dict[str, Any]) -> dict[str, Any]:
+    """Declare in the answer's @context every extension prefix its events use."""
+    used: set[str] = set()
+    for ev in doc["epcisBody"]["queryResults"]["resultsBody"]["eventList"]:
+        for k in list(ev) + list(ev.get("ilmd") or {}):
+            if ":" in k and not k.startswith(("http", "urn:", "@")):
+                used.add(k.split(":", 1)[0])
+    used -= {"hub", "cbvmda", "gs1", "epcis", "cbv"}
+    if used:
+        rows = dict((await session.execute(
+            select(EpcisNamespace.prefix, EpcisNamespace.iri).where(EpcisNamespace.prefix.in_(used)))).all())
+        doc["@context"][1].update(rows)
+    return doc
+
+
+async def _formatter(session: AsyncSession, epc_format: str) -> Any:
+    if epc_format in ("Never_Translates", "No_Preference"):
+        return lambda ev: ev
+    if epc_format == "Always_EPC_URN":
+        gcps = list((await session.execute(select(Gs1CompanyPrefix.prefix))).scalars())
+
+        def to_urn(x: Any) -> Any:
+            if not isinstance(x, str) or dl_canonical(x) is None:
+                return x
+            digits = dl_canonical(x).split("/")[4]  # type: ignore[union-attr]
+            key = digits[1:] if dl_canonical(x).split("/")[3] in ("01", "00") else digits  # type: ignore[union-attr]
+            best = max((g for g in gcps if key.startswith(g)), key=len, default=None)
+            return (dl_to_urn(x, len(best)) or x) if best else x
+
+        return lambda ev: _map_ids(ev, to_urn)
+    return lambda ev: _map_ids(ev, lambda x: (urn_to_dl(x) or x) if isinstance(x, str) else x)
+
+
+def _map_ids(ev: dict[str, Any], f: Any) -> dict[str, Any]:
+    ev = dict(ev)
+    for k in ("epcList", "childEPCs", "inputEPCList", "outputEPCList"):
+        if ev.get(k):
+            ev[k] = [f(x) for x in ev[k]]
+    for k in ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList"):
+        if ev.get(k):
+            ev[k] = [{**q, "epcClass": f(q["epcClass"])} for q in ev[k]]
+    if ev.get("parentID"):
+        ev["parentID"] = f(ev["parentID"])
+    for k in ("readPoint", "bizLocation"):
+        if isinstance(ev.get(k), dict) and "id" in ev[k]:
+            ev[k] = {**ev[k], "id": f(ev[k]["id"])}
+    for k, item in (("sourceList", "source"), ("destinationList", "destination")):
+        if ev.get(k):
+            ev[k] = [{**s, item: f(s[item])} for s in ev[k]]
+    return ev
+
+
+async def get_event(session: AsyncSession, event_id: str, *, epc_format: str) -> dict[str, Any]:
+    """One event and its error declarations, as an EPCISQueryDocument."""
+    row = (await session.execute(select(EpcisEvent).where(EpcisEvent.event_id == event_id))).scalar()
+    decls = (await session.execute(select(EpcisErrorDeclaration).where(EpcisErrorDeclaration.event_id == event_id)
+                                   .order_by(EpcisErrorDeclaration.declaration_time))).scalars().all()
+    if row is None and not decls:
+        raise NotFound(f"no event has eventID {event_id!r}", field="eventID")
+    fmt = await _formatter(session, epc_format)
+    events = ([fmt({**row.document, "recordTime": _z(row.record_time)})] if row else []) + \
+        [fmt({**d.document, "recordTime": _z(d.record_time)}) for d in decls]
+    return await add_contexts(session, query_document("SimpleEventQuery", events))
+
+
+# --- named queries -------------------------------------------------------------------------------------
+
+
+async def create_named(session: AsyncSession, name: str, query: dict[str, Any]) -> EpcisNamedQuery:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,120}", name or ""):
+        raise QueryParameterException("name: use 1-120 letters, digits, . _ or -", field="name")
+    if await session.get(EpcisNamedQuery, name) is not None:
+        raise ResourceAlreadyExistsException(f"a query named {name!r} exists: choose another name or delete it first",
+                                             field="name")
+    await build(session, query)  # refuse a query that would not run
+    row = EpcisNamedQuery(name=name, query=query)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def get_named(session: AsyncSession, name: str) -> EpcisNamedQuery:
+    row = await session.get(EpcisNamedQuery, name)
+    if row is None:
+        raise NoSuchNameException(f"no query is named {name!r}: list them at GET /epcis/queries", field="name")
+    return row
+
+
+async def delete_named(session: AsyncSession, name: str) -> None:
+    await session.delete(await get_named(session, name))
+    await session.flush()
+
+
+async def list_named(session: AsyncSession) -> list[EpcisNamedQuery]:
+    return list((await session.execute(select(EpcisNamedQuery).order_by(EpcisNamedQuery.name))).scalars())

@@ -1,0 +1,258 @@
+"""Aggregation: units into cases, cases onto pallets (SSCC), as EPCIS AggregationEvents, with the
+history of what was where when. Used codes get their facts (used_code rows); unused ones stay virtual."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import Conflict, InvalidInput, NotFound
+from domain.audit import audit
+from domain.codes import CodeInfo, lookup
+from domain.events import record_event
+from domain.models import EpcisEvent, Lot, LotStatus, utcnow
+from domain.models_codes import Container, Containment, UsedCode
+
+RANK = {"unit": 0, "case": 1, "pallet": 2}
+MAX_DEPTH = 10
+
+
+async def mark_used(session: AsyncSession, info: CodeInfo, state: str, *, lot: Lot | None = None,
+                    pool_id: int | None = None, line: str | None = None, at: datetime | None = None) -> UsedCode:
+    """Record (or advance) the facts of a used code."""
+    used = info.used
+    if used is None:
+        used = (await session.execute(select(UsedCode).where(UsedCode.value == info.value))).scalar()
+    if used is None:
+        assert info.view is not None and info.seq is not None
+        lot = lot or info.lot
+        used = UsedCode(value=info.value, block_id=info.view.block.id, seq=info.seq, level=info.view.rule.level,
+                        state=state, lot_id=lot.id if lot else None, pool_id=pool_id, line=line,
+                        used_at=at or utcnow())
+        session.add(used)
+    else:
+        used.state = state
+    await session.flush()
+    info.used = used
+    return used
+
+
+async def _issued(session: AsyncSession, code: str, role: str) -> CodeInfo:
+    info = await lookup(session, code)
+    if info.status == "unknown":
+        raise NotFound(f"{role} {code!r} was never issued by the hub ({info.reason}): check the code", field=role)
+    if info.status != "issued":
+        raise Conflict(f"{role} {code!r} is {info.status}" + (f" ({info.reason})" if info.reason else "")
+                       + ": it may not be packed", field=role)
+    return info
+
+
+def epc(value: str, resolver: str) -> str:
+    """The EPC of a code in EPCIS events: the constrained Digital Link (no query string)."""
+    return f"{resolver.rstrip('/')}{value}" if value.startswith("/") else f"urn:tracehub:code:{value}"
+
+
+async def _container(session: AsyncSession, info: CodeInfo) -> Container:
+    c = (await session.execute(select(Container).where(Container.code == info.value))).scalar()
+    if c is None:
+        assert info.view is not None
+        c = Container(code=info.value, level=info.view.rule.level, status="open")
+        session.add(c)
+        await session.flush()
+    return c
+
+
+def _event_key(action: str, parent: str, children: list[str], at: datetime) -> str:
+    h = hashlib.sha256("\n".join(sorted(children)).encode()).hexdigest()[:24]
+    return f"{action}:{parent}:{h}:{at.isoformat()}"
+
+
+async def _aggregation_event(session: AsyncSession, *, key: str, action: str, parent: str, children: list[str],
+                             at: datetime, resolver: str, read_point: str | None) -> EpcisEvent:
+    row = await record_event(
+        session, key=key, event_type="AggregationEvent", action=action,
+        biz_step="packing" if action == "ADD" else "unpacking",
+        disposition="in_progress" if action == "ADD" else None, event_time=at,
+        read_point=read_point, extensions=None)
+    # record_event has no AggregationEvent fields (yet): add parentID and childEPCs to its document
+    if "parentID" not in row.document:
+        doc = dict(row.document)
+        doc["parentID"] = parent
+        doc["childEPCs"] = children
+        row.document = doc
+        await session.flush()
+    return row
+
+
+async def pack(session: AsyncSession, *, parent: str, children: list[str], actor: str, resolver: str,
+               at: datetime | None = None, read_point: str | None = None) -> dict[str, Any]:
+    """Pack `children` (units into a case, or cases onto a pallet) and record an AggregationEvent ADD.
+    Refuses a unit already in another container, a unit of a lot on hold, and a shipped parent."""
+    if not children:
+        raise InvalidInput("give at least one child code to pack", field="children")
+    at = at or utcnow()
+    p = await _issued(session, parent, "parent")
+    assert p.view is not None
+    if p.view.rule.level == "unit":
+        raise InvalidInput(f"parent {parent!r} is a unit code: pack into a case or pallet code (SSCC)",
+                           field="parent")
+    container = await _container(session, p)
+    if container.status == "shipped":
+        raise Conflict(f"{p.view.rule.level} {p.value} was shipped ({container.shipment}) on "
+                       f"{container.shipped_at:%Y-%m-%d}: nothing more may be packed onto it", field="parent")
+    # a parent that is itself packed in a shipped container is shipped too
+    new: list[CodeInfo] = []
+    seen: set[str] = set()
+    for code in children:
+        c = await _issued(session, code, "child")
+        assert c.view is not None
+        if c.value in seen:
+            continue
+        seen.add(c.value)
+        if c.value == p.value:
+            raise InvalidInput(f"{c.value} cannot be packed into itself", field="children")
+        if RANK[c.view.rule.level] >= RANK[p.view.rule.level]:
+            raise InvalidInput(f"a {c.view.rule.level} ({c.value}) cannot go into a {p.view.rule.level}: "
+                               "units go into cases, cases onto pallets", field="children")
+        if c.view.rule.level == "unit":
+            lot = c.lot
+            if lot is not None and lot.status in (LotStatus.on_hold, LotStatus.rejected, LotStatus.quarantine):
+                why = {"on_hold": "on hold (an NCR is open)", "rejected": "rejected",
+                       "quarantine": "in quarantine (not released)"}[lot.status]
+                raise Conflict(f"unit {c.value} is of lot {lot.number}, which is {why}: it may not be packed "
+                               "until the lot is released", field="children")
+        else:
+            child_container = await _container(session, c)
+            if child_container.status == "shipped":
+                raise Conflict(f"{c.view.rule.level} {c.value} has shipped: it cannot be packed again",
+                               field="children")
+        open_row = (await session.execute(select(Containment).where(
+            Containment.child == c.value, Containment.unpacked_at.is_(None)))).scalar()
+        if open_row is not None:
+            if open_row.parent == p.value:
+                continue  # already there: packing again is harmless
+            raise Conflict(f"{c.view.rule.level} {c.value} is already packed in {open_row.parent} since "
+                           f"{open_row.packed_at:%Y-%m-%d %H:%M}: unpack it first", field="children")
+        new.append(c)
+    if not new:
+        return {"parent": p.value, "packed": [], "event_id": None}
+    key = _event_key("pack", p.value, [c.value for c in new], at)
+    ev = await _aggregation_event(session, key=key, action="ADD", parent=epc(p.value, resolver),
+                                  children=[epc(c.value, resolver) for c in new], at=at, resolver=resolver,
+                                  read_point=read_point)
+    for c in new:
+        session.add(Containment(parent=p.value, child=c.value, child_level=c.view.rule.level,  # type: ignore
+                                packed_at=at, pack_event=ev.event_id, actor=actor))
+        await mark_used(session, c, "packed", at=at)
+    await mark_used(session, p, "packed" if p.used is None else p.used.state, at=at)
+    await session.flush()
+    await audit(session, actor=actor, action="codes.packed", entity="container", key=p.value,
+                changes={"children": [c.value for c in new], "event": ev.event_id})
+    return {"parent": p.value, "packed": [c.value for c in new], "event_id": ev.event_id}
+
+
+async def unpack(session: AsyncSession, *, parent: str, children: list[str] | None, actor: str, resolver: str,
+                 at: datetime | None = None, read_point: str | None = None) -> dict[str, Any]:
+    """Take children out (all of them if `children` is None) and record an AggregationEvent DELETE."""
+    at = at or utcnow()
+    p = await lookup(session, parent)
+    c = (await session.execute(select(Container).where(Container.code == p.value))).scalar()
+    if c is None:
+        raise NotFound(f"{parent!r} has never been packed: nothing to unpack", field="parent")
+    if c.status == "shipped":
+        raise Conflict(f"{p.value} has shipped: it cannot be unpacked here", field="parent")
+    q = select(Containment).where(Containment.parent == p.value, Containment.unpacked_at.is_(None))
+    rows = (await session.execute(q)).scalars().all()
+    wanted = None
+    if children is not None:
+        wanted = {(await lookup(session, ch)).value for ch in children}
+        missing = wanted - {r.child for r in rows}
+        if missing:
+            raise Conflict(f"{', '.join(sorted(missing))} is not in {p.value} now: nothing to unpack",
+                           field="children")
+        rows = [r for r in rows if r.child in wanted]
+    if not rows:
+        return {"parent": p.value, "unpacked": [], "event_id": None}
+    key = _event_key("unpack", p.value, [r.child for r in rows], at)
+    ev = await _aggregation_event(session, key=key, action="DELETE", parent=epc(p.value, resolver),
+                                  children=[epc(r.child, resolver) for r in rows], at=at, resolver=resolver,
+                                  read_point=read_point)
+    for r in rows:
+        r.unpacked_at = at
+        r.unpack_event = ev.event_id
+    await session.flush()
+    await audit(session, actor=actor, action="codes.unpacked", entity="container", key=p.value,
+                changes={"children": [r.child for r in rows], "event": ev.event_id})
+    return {"parent": p.value, "unpacked": [r.child for r in rows], "event_id": ev.event_id}
+
+
+def _open_at(at: datetime | None) -> Any:
+    if at is None:
+        return Containment.unpacked_at.is_(None)
+    return (Containment.packed_at <= at) & or_(Containment.unpacked_at.is_(None), Containment.unpacked_at > at)
+
+
+async def contents(session: AsyncSession, code: str, *, at: datetime | None = None) -> dict[str, Any]:
+    """Everything in a case or pallet (now, or at time `at`), down to units: a tree and the flat units."""
+    info = await lookup(session, code)
+    root = info.value
+    level = info.view.rule.level if info.view else None
+    tree: dict[str, Any] = {"code": root, "level": level, "children": []}
+    frontier = {root: tree}
+    units: list[str] = []
+    for _ in range(MAX_DEPTH):  # one query per level, not per node
+        if not frontier:
+            break
+        rows = (await session.execute(select(Containment).where(
+            Containment.parent.in_(frontier), _open_at(at)).order_by(Containment.child))).scalars().all()
+        nxt: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            node = {"code": r.child, "level": r.child_level, "packed_at": r.packed_at.isoformat(), "children": []}
+            frontier[r.parent]["children"].append(node)
+            if r.child_level == "unit":
+                units.append(r.child)
+            else:
+                nxt[r.child] = node
+        frontier = nxt
+    return {"code": root, "level": level, "at": at.isoformat() if at else None, "tree": tree,
+            "units": sorted(units), "unit_count": len(units)}
+
+
+async def history(session: AsyncSession, code: str) -> list[dict[str, Any]]:
+    """Every packing of this code, as parent or child, in time order."""
+    info = await lookup(session, code)
+    rows = (await session.execute(select(Containment).where(
+        or_(Containment.child == info.value, Containment.parent == info.value)).order_by(
+        Containment.packed_at, Containment.id))).scalars().all()
+    return [{"parent": r.parent, "child": r.child, "packed_at": r.packed_at.isoformat(),
+             "unpacked_at": r.unpacked_at.isoformat() if r.unpacked_at else None,
+             "pack_event": r.pack_event, "unpack_event": r.unpack_event} for r in rows]
+
+
+async def parent_of(session: AsyncSession, value: str) -> str | None:
+    return (await session.execute(select(Containment.parent).where(
+        Containment.child == value, Containment.unpacked_at.is_(None)))).scalar()
+
+
+async def ship_container(session: AsyncSession, *, code: str, shipment: str, actor: str, resolver: str,
+                         at: datetime | None = None) -> dict[str, Any]:
+    """Mark a pallet (or case) shipped: it takes nothing more, and an ObjectEvent shipping records it."""
+    at = at or utcnow()
+    info = await _issued(session, code, "container")
+    c = await _container(session, info)
+    if c.status == "shipped":
+        return {"code": c.code, "shipment": c.shipment, "shipped_at": c.shipped_at.isoformat()}  # type: ignore
+    inside = await contents(session, code)
+    c.status, c.shipment, c.shipped_at = "shipped", shipment, at
+    await mark_used(session, info, "shipped", at=at)
+    await record_event(session, key=f"ship-container:{c.code}:{shipment}", event_type="ObjectEvent",
+                       biz_step="shipping", disposition="in_transit", event_time=at,
+                       epc_list=[epc(c.code, resolver)],
+                       biz_transactions=[("desadv", f"urn:tracehub:shipment:{shipment}")])
+    await audit(session, actor=actor, action="container.shipped", entity="container", key=c.code,
+                changes={"shipment": shipment, "units": inside["unit_count"]})
+    return {"code": c.code, "shipment": shipment, "shipped_at": at.isoformat()}

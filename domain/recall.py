@@ -1,0 +1,187 @@
+"""Recalls: the scope from a forward trace, holds on what is still in stock, customers to notify, decisions.
+
+Every function is idempotent on the recall number (and the lot or customer), so a retried activity or a
+second start of the same recall changes nothing twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import Conflict, InvalidInput, NotFound
+from domain.audit import audit
+from domain.events import hub_uri, lot_class_uri, record_event
+from domain.models import Lot, LotStatus, utcnow
+from domain.models_trace import Recall, RecallLot, RecallNotice
+from domain.production import set_lot_status
+from domain.trace import forward
+
+IN_STOCK = (LotStatus.released, LotStatus.quarantine, LotStatus.on_hold)
+
+
+async def get_recall(session: AsyncSession, number: str) -> Recall:
+    row = (await session.execute(select(Recall).where(Recall.number == number))).scalar()
+    if row is None:
+        raise NotFound(f"recall {number!r} does not exist: list recalls at GET /api/recalls", field="number")
+    return row
+
+
+async def open_recall(
+    session: AsyncSession, *, number: str, workflow_id: str, suspect_kind: str, suspect: str,
+    since: datetime | None, until: datetime | None, reason: str, requested_by: str, resolver: str,
+) -> dict[str, Any]:
+    """Record the recall and its scope (once); returns the scope."""
+    row = (await session.execute(select(Recall).where(Recall.number == number))).scalar()
+    if row is None:
+        result = await forward(session, resolver=resolver, kind=suspect_kind, value=suspect, since=since,
+                               until=until)
+        row = Recall(number=number, workflow_id=workflow_id, suspect_kind=suspect_kind, suspect=suspect,
+                     window_from=since, window_to=until, reason=reason, requested_by=requested_by, status="open")
+        session.add(row)
+        await session.flush()
+        lots = {n["id"]: n for n in result["nodes"] if n["node"] == "lot"}
+        ids = dict((await session.execute(select(Lot.number, Lot.id).where(Lot.number.in_(list(lots))))).all())
+        for number_, n in lots.items():
+            in_stock = n["status"] in IN_STOCK and n["quantity_remaining"] > 1e-9
+            action = "held" if in_stock else ("shipped" if n["shipments"] else "none")
+            qty = n["quantity_remaining"] if in_stock else sum(s["quantity"] for s in n["shipments"])
+            session.add(RecallLot(recall_id=row.id, lot_id=ids[number_], action=action, status_before=n["status"],
+                                  quantity=qty))
+        for c in result["by_customer"]:
+            session.add(RecallNotice(recall_id=row.id, customer=c["customer"], quantity=c["quantity"],
+                                     shipments=c["shipments"]))
+        await session.flush()
+        await audit(session, actor=requested_by, action="recall.opened", entity="recall", key=number,
+                    changes={"suspect": f"{suspect_kind}:{suspect}", "reason": reason,
+                             "lots": len(lots), "customers": result["customers"]})
+    return await scope(session, number)
+
+
+async def scope(session: AsyncSession, number: str) -> dict[str, Any]:
+    row = await get_recall(session, number)
+    lots = (await session.execute(
+        select(RecallLot, Lot).join(Lot, Lot.id == RecallLot.lot_id).where(RecallLot.recall_id == row.id)
+        .order_by(Lot.number))).all()
+    notices = (await session.execute(select(RecallNotice).where(RecallNotice.recall_id == row.id)
+                                     .order_by(RecallNotice.customer))).scalars().all()
+    return {
+        "number": row.number, "status": row.status, "suspect_kind": row.suspect_kind, "suspect": row.suspect,
+        "reason": row.reason,
+        "lots": [{"lot": lot.number, "item": lot.item.code, "action": rl.action, "status_before": rl.status_before,
+                  "status": lot.status, "quantity": rl.quantity, "uom": lot.uom, "location": lot.location,
+                  "erp_blocked": rl.erp_blocked_at is not None, "decision": rl.decision, "decided_by": rl.decided_by,
+                  "decision_reason": rl.decision_reason} for rl, lot in lots],
+        "customers": [{"customer": n.customer, "quantity": n.quantity, "shipments": n.shipments,
+                       "acknowledged_at": n.acknowledged_at.isoformat() if n.acknowledged_at else None,
+                       "acknowledged_by": n.acknowledged_by, "note": n.note} for n in notices],
+    }
+
+
+async def hold_lots(session: AsyncSession, *, number: str, resolver: str) -> list[dict[str, Any]]:
+    """Put every in-stock lot of the scope on hold (recorded as an EPCIS holding event, disposition recalled)."""
+    row = await get_recall(session, number)
+    pairs = (await session.execute(
+        select(RecallLot, Lot).join(Lot, Lot.id == RecallLot.lot_id)
+        .where(RecallLot.recall_id == row.id, RecallLot.action == "held"))).all()
+    out = []
+    for rl, lot in pairs:
+        if rl.held_at is None:
+            await set_lot_status(session, lot, LotStatus.on_hold, actor=row.requested_by,
+                                 why=f"recall {number}: {row.reason}")
+            await record_event(
+                session, key=f"recall-hold:{number}:{lot.number}", event_type="ObjectEvent", biz_step="holding",
+                disposition="recalled",
+                quantity_list=[{"epcClass": lot_class_uri(lot, resolver), "quantity": lot.quantity_remaining}],
+                biz_transactions=[("testres", hub_uri("recall", number))],
+                biz_location=hub_uri("location", lot.location) if lot.location else None,
+                extensions={"recall": {"number": number, "reason": row.reason}}, lot=lot,
+                work_order_id=lot.work_order_id,
+            )
+            rl.held_at = utcnow()
+        out.append({"lot": lot.number, "item": lot.item.code, "quantity": rl.quantity, "uom": lot.uom})
+    await session.flush()
+    return out
+
+
+async def mark_erp_blocked(session: AsyncSession, *, number: str, lot: str) -> None:
+    row = await get_recall(session, number)
+    rl = (await session.execute(select(RecallLot).join(Lot, Lot.id == RecallLot.lot_id)
+                                .where(RecallLot.recall_id == row.id, Lot.number == lot))).scalar_one()
+    if rl.erp_blocked_at is None:
+        rl.erp_blocked_at = utcnow()
+        await session.flush()
+
+
+async def acknowledge(session: AsyncSession, *, number: str, customer: str, by: str, note: str | None) -> None:
+    row = await get_recall(session, number)
+    n = (await session.execute(select(RecallNotice).where(RecallNotice.recall_id == row.id,
+                                                          RecallNotice.customer == customer))).scalar()
+    if n is None:
+        raise NotFound(f"recall {number} has no customer {customer!r} to notify", field="customer")
+    if n.acknowledged_at is None:
+        n.acknowledged_at = utcnow()
+        n.acknowledged_by = by
+        n.note = note
+        await session.flush()
+        await audit(session, actor=by, action="recall.acknowledged", entity="recall", key=number,
+                    changes={"customer": customer, "note": note})
+
+
+async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: str, reviewer: str, role: str,
+                     reason: str, resolver: str) -> None:
+    """A reviewer's decision on a held lot: release (back to what it was) or reject."""
+    if decision not in ("release", "reject"):
+        raise InvalidInput(f"decision {decision!r}: use release or reject", field="decision")
+    row = await get_recall(session, number)
+    pair = (await session.execute(select(RecallLot, Lot).join(Lot, Lot.id == RecallLot.lot_id)
+                                  .where(RecallLot.recall_id == row.id, Lot.number == lot))).first()
+    if pair is None or pair[0].action != "held":
+        raise Conflict(f"lot {lot!r} is not held by recall {number}: only held lots take a decision", field="lot")
+    rl, lot_row = pair
+    if rl.decision is not None:
+        if rl.decision == decision:
+            return
+        raise Conflict(f"lot {lot} was already decided ({rl.decision} by {rl.decided_by})", field="lot")
+    rl.decision, rl.decided_by, rl.decided_role, rl.decision_reason, rl.decided_at = \
+        decision, reviewer, role, reason, utcnow()
+    if decision == "release":
+        # back to what it was before the recall; a lot that was on hold for an NCR stays on hold
+        await set_lot_status(session, lot_row, rl.status_before, actor=reviewer,
+                             why=f"recall {number}: released by {reviewer} ({role}): {reason}")
+        disp, pd = "available", {"unset": ["non_conformant"]}
+    else:
+        await set_lot_status(session, lot_row, LotStatus.rejected, actor=reviewer,
+                             why=f"recall {number}: rejected by {reviewer} ({role}): {reason}")
+        disp, pd = "non_conformant", {"set": ["non_conformant"]}
+    await record_event(
+        session, key=f"recall-{decision}:{number}:{lot}", event_type="ObjectEvent", biz_step="inspecting",
+        disposition=disp, persistent_disposition=pd,
+        quantity_list=[{"epcClass": lot_class_uri(lot_row, resolver), "quantity": lot_row.quantity_remaining}],
+        biz_transactions=[("testres", hub_uri("recall", number))],
+        extensions={"recallDecision": {"number": number, "decision": decision, "reviewer": reviewer, "role": role,
+                                       "reason": reason}},
+        lot=lot_row, work_order_id=lot_row.work_order_id,
+    )
+    await session.flush()
+
+
+async def close(session: AsyncSession, *, number: str) -> dict[str, Any]:
+    """Close the recall and keep its report."""
+    row = await get_recall(session, number)
+    if row.status != "closed":
+        report = await scope(session, number)
+        report["closed_at"] = utcnow().isoformat()
+        report["held"] = [x["lot"] for x in report["lots"] if x["action"] == "held"]
+        report["shipped_quantity"] = sum(c["quantity"] for c in report["customers"])
+        row.report = report
+        row.status = "closed"
+        row.closed_at = utcnow()
+        await session.flush()
+        await audit(session, actor="workflow", action="recall.closed", entity="recall", key=number,
+                    changes={"held": report["held"], "customers": [c["customer"] for c in report["customers"]]})
+    assert row.report is not None
+    return row.report

@@ -1,0 +1,281 @@
+"""The GS1 EPCIS 2.0 REST interface: capture jobs (atomic, limits), queries, corrections, named queries, and
+captured supplier events joining the genealogy. Runs on the suite's database with the API in-process."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from api.main import create_app
+from core.settings import DatabaseSettings, Settings
+from domain import epcis_capture, production
+from domain.epcis_hash import event_hash
+from domain.epcis_validate import validate
+from tests.helpers import SUPER_HEADERS
+from tests.test_trace_plant import RESOLVER, build_plant
+
+pytestmark = pytest.mark.asyncio
+CTX = ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld", {"acme": "https://ns.acme.example/epcis/"}]
+ACME = {"acme": "https://ns.acme.example/epcis/"}
+
+
+@pytest_asyncio.fixture(scope="session")
+async def hub(db_url: str, sessionmaker) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(database=DatabaseSettings(url=db_url), resolver_base_url=RESOLVER),
+                     sessionmaker=sessionmaker)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub", headers=SUPER_HEADERS) as c:
+        yield c
+
+
+def document(*events: dict[str, Any]) -> dict[str, Any]:
+    return {"@context": CTX, "type": "EPCISDocument", "schemaVersion": "2.0", "creationDate": "2026-01-05T08:00:00Z",
+            "epcisBody": {"eventList": list(events)}}
+
+
+def shipping(serial: str, *, minute: int = 0, po: str = "PO-1", **extra: Any) -> dict[str, Any]:
+    return {"type": "ObjectEvent", "action": "OBSERVE", "eventTime": f"2026-01-05T08:{minute:02d}:00.000+01:00",
+            "eventTimeZoneOffset": "+01:00", "bizStep": "shipping", "disposition": "in_transit",
+            "epcList": [f"urn:epc:id:sgtin:4012345.011111.{serial}"],
+            "readPoint": {"id": "urn:epc:id:sgln:4012345.00005.0"},
+            "bizTransactionList": [{"type": "po", "bizTransaction": f"urn:epcglobal:cbv:bt:4012345000054:{po}"}],
+            "recordTime": "2000-01-01T00:00:00Z", **extra}
+
+
+async def capture(hub: httpx.AsyncClient, doc: dict[str, Any], **headers: str) -> dict[str, Any]:
+    r = await hub.post("/epcis/capture", json=doc, headers=headers)
+    assert r.status_code == 202, r.text
+    assert r.headers["Location"] == f"/epcis/capture/{r.json()['captureID']}"
+    job = (await hub.get(r.headers["Location"])).json()
+    assert job == r.json()
+    return job
+
+
+async def events(hub: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    r = await hub.get("/epcis/events", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+
+
+async def test_capture_stores_assigns_ids_and_record_time(hub: httpx.AsyncClient):
+    tag = uuid.uuid4().hex[:8]
+    job = await capture(hub, document(shipping(f"{tag}A"), shipping(f"{tag}B", minute=5, **{"acme:carrier": "DHL"})))
+    assert job["success"] is True and job["running"] is False and job["storedCount"] == 2 and job["errors"] == []
+    got = await events(hub, MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}A|urn:epc:id:sgtin:4012345.011111.{tag}B")
+    assert len(got) == 2
+    for ev in got:
+        assert ev["eventID"].startswith("ni:///sha-256;") and ev["eventID"].endswith("?ver=CBV2.0")
+        assert ev["recordTime"] > "2025"  # the server's own time, not the 2000 the client sent
+    original = {k: v for k, v in shipping(f"{tag}A").items() if k != "recordTime"}
+    assert got[0]["eventID"] == event_hash(original, ACME)
+    # capturing the same document again stores nothing twice
+    again = await capture(hub, document(shipping(f"{tag}A")))
+    assert again["success"] is True and again["storedCount"] == 0
+    assert len(await events(hub, MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}A")) == 1
+
+
+async def test_capture_is_atomic_and_lists_every_violation(hub: httpx.AsyncClient):
+    tag = uuid.uuid4().hex[:8]
+    bad1 = {**shipping(f"{tag}B"), "action": "MOVE"}
+    bad2 = {**shipping(f"{tag}C"), "eventTime": "2026-01-05T08:00:00", "acme:ok": 1, "bare": 2}
+    job = await capture(hub, document(shipping(f"{tag}A"), bad1, bad2))
+    assert job["success"] is False and job["storedCount"] == 0
+    found = {(e["event"], e["field"]) for e in job["errors"]}
+    assert {(1, "action"), (2, "eventTime"), (2, "bare")} <= found
+    assert all(e["type"] == "epcisException:ValidationException" for e in job["errors"])
+    assert await events(hub, MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}A") == []
+    # with GS1-Capture-Error-Behaviour: proceed, the valid event is kept
+    job = await capture(hub, document(shipping(f"{tag}A"), bad1), **{"GS1-Capture-Error-Behaviour": "proceed"})
+    assert job["success"] is False and job["storedCount"] == 1
+    assert len(await events(hub, MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}A")) == 1
+
+
+async def test_capture_limits_are_advertised_and_enforced(hub: httpx.AsyncClient, monkeypatch):
+    r = await hub.options("/epcis/capture")
+    assert r.status_code == 204 and r.headers["GS1-EPCIS-Capture-Limit"] == str(epcis_capture.CAPTURE_LIMIT)
+    assert int(r.headers["GS1-EPCIS-Capture-File-Size-Limit"]) == epcis_capture.CAPTURE_FILE_SIZE_LIMIT
+    monkeypatch.setattr(epcis_capture, "CAPTURE_LIMIT", 2)
+    r = await hub.post("/epcis/capture", json=document(shipping("L1"), shipping("L2"), shipping("L3")))
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["type"] == "epcisException:CaptureLimitExceededException"
+    monkeypatch.setattr(epcis_capture, "CAPTURE_FILE_SIZE_LIMIT", 100)
+    r = await hub.post("/epcis/capture", json=document(shipping("L1")))
+    assert r.status_code == 413
+    r = await hub.post("/epcis/capture", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["type"] == "epcisException:ValidationException"
+
+
+async def test_query_parameters(hub: httpx.AsyncClient):
+    tag = uuid.uuid4().hex[:8]
+    recv = {"type": "ObjectEvent", "action": "OBSERVE", "eventTime": "2026-01-05T09:00:00Z",
+            "eventTimeZoneOffset": "+00:00", "bizStep": "receiving",
+            "disposition": "in_progress", "epcList": [f"https://brand.example/01/04012345111118/21/{tag}R"],
+            "bizLocation": {"id": "urn:epc:id:sgln:4012345.00005.0"}}
+    make = {"type": "TransformationEvent", "eventTime": "2026-01-05T10:00:00Z", "eventTimeZoneOffset": "+00:00",
+            "inputQuantityList": [{"epcClass": f"urn:epc:class:lgtin:4012345.012345.IN{tag}", "quantity": 5,
+                                   "uom": "KGM"}],
+            "outputQuantityList": [{"epcClass": f"urn:epc:class:lgtin:4012345.012346.OUT{tag}", "quantity": 4}],
+            "bizStep": "commissioning", "ilmd": {"acme:heatNumber": f"HEAT{tag}"},
+            "bizTransactionList": [{"type": "prodorder", "bizTransaction": f"urn:acme:wo:{tag}"}]}
+    job = await capture(hub, document(shipping(f"{tag}A", po=f"PO{tag}"), recv, make))
+    assert job["success"], job["errors"]
+    epc_a = f"urn:epc:id:sgtin:4012345.011111.{tag}A"
+    dl_a = f"https://id.gs1.org/01/04012345111118/21/{tag}A"
+    assert len(await events(hub, MATCH_epc=dl_a)) == 1  # a DL matches what was captured as a URN
+    assert len(await events(hub, MATCH_anyEPC=f"urn:epc:id:sgtin:4012345.011111.{tag}R")) == 1  # and the reverse
+    by_pattern = await events(hub, MATCH_epc="urn:epc:idpat:sgtin:4012345.011111.*", EQ_bizTransaction_po=
+                              f"urn:epcglobal:cbv:bt:4012345000054:PO{tag}")
+    assert [e["epcList"] for e in by_pattern] == [[dl_a]]  # output in Digital Link by default
+    assert [e["type"] for e in await events(hub, MATCH_outputEPCClass=f"urn:epc:class:lgtin:4012345.012346.OUT{tag}")] \
+        == ["TransformationEvent"]
+    assert len(await events(hub, MATCH_inputEPCClass=f"https://id.gs1.org/01/04012345123456/10/IN{tag}")) == 1
+    # the prefix is known from the captured @context; a GS1-Extensions header overrides it
+    assert len(await events(hub, **{"EQ_ILMD_acme:heatNumber": f"HEAT{tag}"})) == 1
+    r = await hub.get("/epcis/events", params={"EQ_ILMD_acme:heatNumber": f"HEAT{tag}"},
+                      headers={"GS1-Extensions": "acme=https://other.example/"})
+    assert r.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"] == []
+    r = await hub.get("/epcis/events", params={"EXISTS_ILMD_zzz:heatNumber": ""})
+    assert r.status_code == 400 and "zzz" in r.json()["detail"]
+    assert len(await events(hub, EQ_bizTransaction_prodorder=f"urn:acme:wo:{tag}", eventType="TransformationEvent")) == 1
+    assert len(await events(hub, EQ_bizStep="urn:epcglobal:cbv:bizstep:receiving", EQ_bizLocation="https://id.gs1.org/414/4012345000054",
+                            MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}R")) == 1
+    assert await events(hub, EQ_bizStep="shipping", MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}R") == []
+    window = await events(hub, GE_eventTime="2026-01-05T09:30:00Z", LT_eventTime="2026-01-05T10:30:00Z",
+                          MATCH_anyEPCClass=f"urn:epc:class:lgtin:4012345.012345.IN{tag}")
+    assert len(window) == 1
+    ev_id = window[0]["eventID"]
+    assert [e["eventID"] for e in await events(hub, EQ_eventID=ev_id)] == [ev_id]
+    urns = (await hub.get("/epcis/events", params={"MATCH_epc": epc_a},
+                          headers={"GS1-EPC-Format": "Always_EPC_URN"}))
+    assert urns.headers["GS1-EPC-Format"] == "Always_EPC_URN"
+    assert urns.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"][0]["epcList"] == [epc_a]
+    r = await hub.get("/epcis/events", params={"EQ_nonsense": "x", "FOO": "1"})
+    assert r.status_code == 400 and r.json()["type"] == "epcisException:QueryParameterException"
+    r = await hub.get("/epcis/events", params={"GE_eventTime": "yesterday"})
+    assert r.status_code == 400 and "GE_eventTime" in r.json()["detail"]
+
+
+async def test_answers_are_valid_epcis_query_documents_and_page(hub: httpx.AsyncClient):
+    tag = uuid.uuid4().hex[:8]
+    await capture(hub, document(*[shipping(f"{tag}{i}", minute=i, po=f"P{tag}") for i in range(5)]))
+    params = {"EQ_bizTransaction_po": f"urn:epcglobal:cbv:bt:4012345000054:P{tag}", "orderBy": "eventTime",
+              "orderDirection": "DESC", "perPage": "2"}
+    r = await hub.get("/epcis/events", params=params)
+    doc = r.json()
+    assert doc["type"] == "EPCISQueryDocument" and validate(doc) == []
+    first = doc["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    assert [e["eventTime"] for e in first] == ["2026-01-05T08:04:00.000+01:00", "2026-01-05T08:03:00.000+01:00"]
+    seen = [e["eventID"] for e in first]
+    while "Link" in r.headers:
+        nxt = r.headers["Link"].split(";")[0].strip("<>")
+        r = await hub.get(nxt)
+        seen += [e["eventID"] for e in r.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]]
+    assert len(seen) == len(set(seen)) == 5
+    r = await hub.get("/epcis/events", params={**params, "eventCountLimit": "3", "perPage": "10"})
+    assert len(r.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 3
+    r = await hub.get("/epcis/events", params={**params, "maxEventCount": "4"})
+    assert r.status_code == 413 and r.json()["type"] == "epcisException:QueryTooLargeException"
+    token = (await hub.get("/epcis/events", params=params)).headers["GS1-Next-Page-Token"]
+    r = await hub.get("/epcis/events", params={"eventType": "ObjectEvent", "nextPageToken": token})
+    assert r.status_code == 400 and r.json()["field"] == "nextPageToken"
+
+
+async def test_error_declarations_are_kept_beside_the_original(hub: httpx.AsyncClient):
+    tag = uuid.uuid4().hex[:8]
+    ev = shipping(f"{tag}X")
+    await capture(hub, document(ev))
+    eid = (await events(hub, MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}X"))[0]["eventID"]
+    decl = {**{k: v for k, v in ev.items() if k != "recordTime"}, "eventID": eid,
+            "errorDeclaration": {"declarationTime": "2026-01-06T00:00:00Z", "reason": "incorrect_data",
+                                 "correctiveEventIDs": [f"urn:uuid:{uuid.uuid4()}"]}}
+    job = await capture(hub, document(decl))
+    assert job["success"] is True and job["storedCount"] == 1
+    r = await hub.get(f"/epcis/events/{quote(eid, safe='')}")
+    assert r.status_code == 200
+    both = r.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    assert [e["eventID"] for e in both] == [eid, eid] and "errorDeclaration" in both[1]
+    declared = await events(hub, EXISTS_errorDeclaration="", MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}X")
+    assert len(declared) == 1 and declared[0]["errorDeclaration"]["reason"] == "incorrect_data"
+    assert len(await events(hub, EQ_errorReason="incorrect_data", EQ_eventID=eid)) == 1
+    # a later declaration with another time is a correction too, not a duplicate
+    later = {**decl, "errorDeclaration": {**decl["errorDeclaration"], "declarationTime": "2026-01-07T00:00:00Z"}}
+    assert (await capture(hub, document(later)))["storedCount"] == 1
+    # a "declaration" that is not the same event is refused
+    wrong = {**decl, "disposition": "damaged",
+             "errorDeclaration": {**decl["errorDeclaration"], "declarationTime": "2026-01-08T00:00:00Z"}}
+    job = await capture(hub, document(wrong))
+    assert job["success"] is False and job["errors"][0]["field"] == "errorDeclaration"
+    assert (await hub.get(f"/epcis/events/{quote('ni:///sha-256;nope?ver=CBV2.0', safe='')}")).status_code == 404
+
+
+async def test_single_event_capture_and_named_queries(hub: httpx.AsyncClient):
+    tag = uuid.uuid4().hex[:8]
+    r = await hub.post("/epcis/events", json={**shipping(f"{tag}S"), "@context": CTX})
+    assert r.status_code == 201, r.text
+    r = await hub.post("/epcis/events", json=shipping(f"{tag}T"))  # no @context
+    assert r.status_code == 400 and "@context" in r.json()["detail"]
+    q = {"name": f"q-{tag}", "query": {"MATCH_epc": [f"urn:epc:id:sgtin:4012345.011111.{tag}S"]}}
+    r = await hub.post("/epcis/queries", json=q)
+    assert r.status_code == 201 and r.headers["Location"] == f"/epcis/queries/q-{tag}"
+    assert (await hub.post("/epcis/queries", json=q)).status_code == 409
+    r = await hub.get(f"/epcis/queries/q-{tag}/events")
+    body = r.json()["epcisBody"]["queryResults"]
+    assert body["queryName"] == f"q-{tag}" and len(body["resultsBody"]["eventList"]) == 1
+    assert (await hub.post("/epcis/queries", json={"name": f"bad-{tag}", "query": {"NOPE": "1"}})).status_code == 400
+    assert (await hub.delete(f"/epcis/queries/q-{tag}")).status_code == 204
+    r = await hub.get(f"/epcis/queries/q-{tag}/events")
+    assert r.status_code == 404 and r.json()["type"] == "epcisException:NoSuchNameException"
+
+
+async def test_hub_events_are_queryable_by_business_transaction(hub: httpx.AsyncClient, sessionmaker):
+    plant = await build_plant(sessionmaker, ship=False)
+    got = await events(hub, EQ_bizTransaction_prodorder=f"urn:tracehub:workorder:WOA-{plant.tag}",
+                       eventType="TransformationEvent")
+    assert len(got) == 1 and got[0]["inputQuantityList"][0]["epcClass"] == f"urn:tracehub:lot:{plant.lots['M1']}"
+    recv = await events(hub, EQ_bizStep="receiving", MATCH_epcClass=f"urn:tracehub:lot:{plant.lots['M2']}")
+    assert recv[0]["hub:heatNumber"] == plant.heats["M2"]
+
+
+async def test_a_supplier_document_extends_the_genealogy_past_our_dock(hub: httpx.AsyncClient, sessionmaker):
+    plant = await build_plant(sessionmaker)
+    tag = plant.tag
+    supplier_lot = f"urn:epc:class:lgtin:4012345.012346.S-M1-{tag}"  # our M1 was received as this supplier lot
+    billet = f"urn:epc:class:lgtin:4012345.012345.BILLET-{tag}"
+    melt = {"type": "TransformationEvent", "eventTime": "2026-01-01T06:00:00Z", "eventTimeZoneOffset": "+00:00",
+            "inputQuantityList": [{"epcClass": billet, "quantity": 900, "uom": "KGM"}],
+            "outputQuantityList": [{"epcClass": supplier_lot, "quantity": 850, "uom": "KGM"}],
+            "bizStep": "commissioning", "ilmd": {"acme:heatNumber": f"SUPHEAT-{tag}"},
+            "certificationInfo": f"https://acme.example/certs/{tag}"}
+    ship = {"type": "ObjectEvent", "action": "OBSERVE", "eventTime": "2026-01-02T06:00:00Z",
+            "eventTimeZoneOffset": "+00:00", "bizStep": "shipping", "disposition": "in_transit", "epcList": [],
+            "quantityList": [{"epcClass": supplier_lot, "quantity": 50, "uom": "KGM"}],
+            "sourceList": [{"type": "owning_party", "source": "urn:epc:id:pgln:4012345.00000"}]}
+    assert (await capture(hub, document(melt, ship)))["success"] is True
+    back = (await hub.get(f"/api/trace/backward/{plant.unit(0)}")).json()
+    ext = {n["id"]: n for n in back["nodes"] if n["node"] == "external"}
+    sup_dl, billet_dl = "https://id.gs1.org/01/04012345123463/10/S-M1-" + tag, \
+        "https://id.gs1.org/01/04012345123456/10/BILLET-" + tag
+    assert set(ext) == {sup_dl, billet_dl}
+    assert {"from": sup_dl, "to": plant.lots["M1"], "via": "receipt"} in back["edges"]
+    assert {"from": billet_dl, "to": sup_dl, "via": "transformation"} in back["edges"]
+    assert ext[sup_dl]["level"] == 3 and ext[billet_dl]["level"] == 4
+    assert {e["biz_step"] for e in ext[sup_dl]["events"]} == {"commissioning", "shipping"}
+    # forward from the supplier's heat (named in its ILMD) reaches our lots and the customer
+    fwd = (await hub.get("/api/trace/forward", params={"kind": "heat", "value": f"SUPHEAT-{tag}"})).json()
+    assert {plant.lots["M1"], plant.lots["A1"], plant.lots["B1"]} <= {n["id"] for n in fwd["nodes"]}
+    assert fwd["customers"] == [f"Customer X {tag}"]
+    # the other order: the supplier's event first, our receipt after
+    early = f"urn:epc:class:lgtin:4012345.012346.S-LATE-{tag}"
+    await capture(hub, document({**ship, "quantityList": [{"epcClass": early, "quantity": 5}]}))
+    async with sessionmaker() as s, s.begin():
+        await production.receive_lot(s, work_order=None, receipt=f"PR2-{tag}", received_at=None, lot=f"LATE-{tag}",
+                                     supplier="ACME-STEEL", item="BAR-42CRMO4", supplier_lot=f"S-LATE-{tag}",
+                                     heat_number=None, quantity=5, uom="KG", certificate_ref=None, location=None,
+                                     resolver=RESOLVER)
+    back = (await hub.get(f"/api/trace/backward/LATE-{tag}")).json()
+    assert "https://id.gs1.org/01/04012345123463/10/S-LATE-" + tag in {n["id"] for n in back["nodes"]}
