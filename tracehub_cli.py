@@ -121,6 +121,9 @@ def up() -> None:
     Path("var").mkdir(exist_ok=True)
     console.print("[bold]TraceHub[/] starting (data in var/) ...")
     migrate()
+    if asyncio.run(_ensure_first_admin(s)):
+        console.print("first start: created user [bold]admin[/]; its password is in var/admin-password "
+                      "(log in at POST /api/auth/login, then create users: `tracehub users create NAME -r ROLE`)")
     me = [str(BIN / "tracehub")]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = Path("var/log")
@@ -466,6 +469,112 @@ async def _demo(n: int, fail_rate: float, quantity: int, seed: int | None, hub_u
                           f"scrap {row['scrap_quantity']}")
         console.print(f"trace a lot: {hub_url}/api/trace/forward/{numbers[0]}-M1   "
                       f"history: {hub_url}/api/work-orders/{numbers[0]}/history")
+
+
+users_app = typer.Typer(help="People and system tokens.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+def _with_session(fn):  # noqa: ANN001, ANN202
+    from core.db import make_engine, make_sessionmaker
+
+    async def run():  # noqa: ANN202
+        engine = make_engine(_settings().database.url)
+        try:
+            async with make_sessionmaker(engine)() as session, session.begin():
+                return await fn(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@users_app.command("create")
+def users_create(
+    username: str = typer.Argument(..., help="login name"),
+    role: list[str] = typer.Option(..., "--role", "-r", help="a role; repeat for several (e.g. -r admin)"),
+    full_name: str = typer.Option(None, help="the person's name, shown on signatures"),
+    password: str = typer.Option(None, help="default: asked for (not echoed)"),
+) -> None:
+    """Create a user. The first admin is created this way: `tracehub users create admin -r admin`."""
+    from core.errors import HubError
+    from domain import identity
+
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+
+    async def create(session):  # noqa: ANN001, ANN202
+        return await identity.create_user(session, username=username, password=password, roles=role,
+                                          full_name=full_name, actor="tracehub-cli")
+
+    try:
+        _with_session(create)
+    except HubError as exc:
+        console.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"user {username} created with roles {', '.join(sorted(set(role)))}")
+
+
+@users_app.command("token")
+def users_token(
+    name: str = typer.Argument(..., help="the system that uses it, e.g. erp-prod"),
+    role: list[str] = typer.Option(..., "--role", "-r", help="erp, mes, gauge, printer or a person's role"),
+    days: int = typer.Option(365, min=1, max=3650, help="days until it expires"),
+) -> None:
+    """Create an API token for a system; it is printed once, only its hash is stored."""
+    from datetime import timedelta
+
+    from core.errors import HubError
+    from domain import identity
+
+    async def issue(session):  # noqa: ANN001, ANN202
+        return await identity.issue_token(session, kind="api", name=name, roles=role, ttl=timedelta(days=days),
+                                          created_by="tracehub-cli")
+
+    try:
+        token, row = _with_session(issue)
+    except HubError as exc:
+        console.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"token for {name} ({', '.join(row.roles)}), expires {row.expires_at:%Y-%m-%d}:")
+    print(token)
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List users and their roles."""
+    from sqlalchemy import select
+
+    from domain.models_identity import User
+
+    async def rows(session):  # noqa: ANN001, ANN202
+        return (await session.execute(select(User).order_by(User.username))).scalars().all()
+
+    for u in _with_session(rows):
+        console.print(f"{u.username:24} {', '.join(u.roles):40} {'active' if u.active else 'inactive'}")
+
+
+async def _ensure_first_admin(s: Settings) -> str | None:
+    """On first start, create user `admin` with a random password kept in var/admin-password (owner-only)."""
+    import secrets
+
+    from core.db import make_engine, make_sessionmaker
+    from domain import identity
+
+    engine = make_engine(s.database.url)
+    try:
+        async with make_sessionmaker(engine)() as session, session.begin():
+            if await identity.count_users(session):
+                return None
+            password = secrets.token_urlsafe(12)
+            await identity.create_user(session, username="admin", password=password, roles=["admin"],
+                                       full_name="Administrator", actor="tracehub-up")
+    finally:
+        await engine.dispose()
+    f = Path("var/admin-password")
+    f.write_text(password + "\n")
+    f.chmod(0o600)
+    return password
 
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)

@@ -134,6 +134,9 @@ class WorkOrderInput(Model):
     shipment: ShipmentRequest | None = Field(
         default=None, description="ship against this sales order when ready; else wait for the ERP's request"
     )
+    codes_child_threshold: int = Field(
+        default=1_000_000, ge=1,
+        description="orders above this many units issue their codes in a child workflow that reports progress")
     timing: Timing = Field(default_factory=Timing)
     material_specs: list[MaterialSpec] = Field(
         default_factory=list, description="materials whose supplier certificate is checked at intake")

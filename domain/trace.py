@@ -191,69 +191,20 @@ _UP = "SELECT e.parent_id, e.child_id, e.via FROM trace_edge e JOIN walk w ON e.
 _DOWN = "SELECT e.child_id, e.parent_id, e.via FROM trace_edge e JOIN walk w ON e.parent_id = w.id"
 
 
-def _cols(*exprs: str) -> str:
-    return "json_build_array(" + ", ".join(f"array_agg({x})" for x in exprs) + ")"
-
-
-# PostgreSQL: everything in one statement; each kind of detail is a JSON array of columns (array_agg per
-# column is several times cheaper to build than an array per row). The details are read for the visited lots
-# by lot id, after the walk.
-_PG_TAIL = """, v AS MATERIALIZED (SELECT DISTINCT id FROM walk),
-lots AS MATERIALIZED (
-    SELECT l.id, l.number, l.kind, l.status, l.quantity, l.quantity_remaining, l.uom, l.supplier_lot, l.heat_number,
-           l.certificate_ref, l.receipt, l.location, l.concession, i.code, i.gtin, s.code AS supplier
-    FROM v JOIN lot l ON l.id = v.id LEFT JOIN item i ON i.id = l.item_id LEFT JOIN supplier s ON s.id = l.supplier_id
-    WHERE v.id > 0),
-ext AS MATERIALIZED (SELECT n.id, n.uri, n.kind FROM v JOIN trace_node n ON n.id = v.id WHERE v.id < 0),
-ids AS MATERIALIZED (SELECT ARRAY(SELECT id FROM lots) AS a)
-SELECT json_build_array(
- (SELECT array_agg(id) FROM walk WHERE c IS NULL),
- (SELECT """ + _cols("id", "c", "via") + """ FROM walk WHERE c IS NOT NULL),
- (SELECT """ + _cols("id", "number", "kind", "status", "quantity", "quantity_remaining", "uom", "supplier_lot",
-                     "heat_number", "certificate_ref", "receipt", "location", "concession", "code", "gtin",
-                     "supplier") + """ FROM lots),
- (SELECT """ + _cols("id", "uri", "kind") + """ FROM ext),
- (SELECT """ + _cols("lot_id", "quantity", "number", "sales_order", "customer", "carrier", "tracking_number",
-                     "shipped_at") + """ FROM (
-    SELECT sl.lot_id, sl.quantity, sh.number, sh.sales_order, sh.customer, sh.carrier, sh.tracking_number,
-           sh.shipped_at
-    FROM shipment_line sl JOIN shipment sh ON sh.id = sl.shipment_id
-    WHERE sl.lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY sh.shipped_at, sl.id) t),
- (SELECT """ + _cols("lot_id", "first_seq", "count") + """ FROM (
-    SELECT b.lot_id, b.first_seq, b.count FROM code_block b WHERE b.lot_id = ANY((SELECT a FROM ids)::int[])
-    ORDER BY b.lot_id, b.first_seq) t),
- {history},
- CASE WHEN EXISTS (SELECT 1 FROM ext) THEN (SELECT """ + _cols("uri", "role", "event_id", "event_type", "biz_step",
-                                                            "event_time", "document") + """ FROM (
-    SELECT x.uri, x.role, ev.event_id, ev.event_type, ev.biz_step, ev.event_time, ev.document
-    FROM epcis_event_epc x JOIN epcis_event ev ON ev.id = x.event_pk
-    WHERE x.uri IN (SELECT uri FROM ext) ORDER BY ev.event_time, ev.id) t) END
-)::text"""
-_PG_HISTORY = """
- (SELECT """ + _cols("output_lot_id", "seq", "name", "rework", "equipment", "operator", "shift", "started_at",
-                     "ended_at", "parameters", "consumed", "good_quantity", "scrap_quantity") + """ FROM (
-    SELECT o.* FROM operation_record o WHERE o.output_lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY o.id) t),
- (SELECT """ + _cols("id", "lot_id", "number", "kind", "status", "inspector", "inspected_at", "name", "nominal",
-                     "lower", "upper", "unit", '"values"', "verdict") + """ FROM (
-    SELECT x.id, x.lot_id, x.number, x.kind, x.status, x.inspector, x.inspected_at, c.name, c.nominal, c.lower,
-           c.upper, c.unit, c."values", c.verdict
-    FROM inspection x LEFT JOIN characteristic_result c ON c.inspection_id = x.id
-    WHERE x.lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY x.id, c.id) t),
- (SELECT """ + _cols("id", "lot_id", "number", "state", "disposition", "description", "opened_at", "closed_at",
-                     "action", "reviewer", "role", "reason", "decided_at") + """ FROM (
-    SELECT r.id, r.lot_id, r.number, r.state, r.disposition, r.description, r.opened_at, r.closed_at, d.action,
-           d.reviewer, d.role, d.reason, d.decided_at
-    FROM ncr r LEFT JOIN ncr_decision d ON d.ncr_id = r.id
-    WHERE r.lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY r.id, d.id) t)"""
-_KINDS = ("starts", "edges", "lots", "ext", "ships", "units", "ops", "ins", "ncrs", "events")
+# PostgreSQL: the start's query feeds trace_genealogy() (migrations/versions/0003_trace.py), which walks and
+# reads every kind of detail for the visited lots by lot id, after the walk, and answers one JSON text: the
+# starts, the walk rows as three arrays, then each kind of detail above as an array of its columns (array_agg
+# per column is several times cheaper to build than an array per row, and orjson reads it at once). Being a
+# PL/pgSQL function, its plans stay cached on the connection across requests (a prepared statement does not
+# survive the rollback that ends every session), so a trace is not planned again each time.
+_PG_CALL = "SELECT trace_genealogy(ARRAY({anchor})::bigint[], {up}, {full})"
 
 
 def _statement(anchor: str, *, up: bool, pg: bool, full: bool = False) -> Any:
-    sql = _WALK.format(anchor=_ANCHORS[anchor], step=_UP if up else _DOWN)
     if pg:
-        sql += _PG_TAIL.format(history=_PG_HISTORY if full else "NULL, NULL, NULL")
+        sql = _PG_CALL.format(anchor=_ANCHORS[anchor], up="true" if up else "false", full="true" if full else "false")
     else:
-        sql += " SELECT id, c, via FROM walk"
+        sql = _WALK.format(anchor=_ANCHORS[anchor], step=_UP if up else _DOWN) + " SELECT id, c, via FROM walk"
     q = text(sql)
     return q.bindparams(*_WINDOW) if anchor in ("f_equipment", "f_operator") else q
 
@@ -275,7 +226,6 @@ def _rows(cols: list[Any] | None) -> list[tuple[Any, ...]]:
 
 async def _fetch_pg(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool,
                     full: bool) -> dict[str, list[Any]]:
-    # one JSON text, parsed with orjson; psycopg prepares the statement after a few runs on a connection
     doc = orjson.loads((await session.execute(_sql(anchor, up=up, pg=True, full=full), params)).scalar_one())
     out: dict[str, list[Any]] = {"starts": doc[0] or []}
     for k, cols in zip(_KINDS[1:], doc[1:], strict=True):

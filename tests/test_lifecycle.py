@@ -142,3 +142,19 @@ async def test_rework_repeats_the_operation_and_reinspects(api: httpx.AsyncClien
     assert [(o["seq"], o["rework"]) for o in ops] == [(10, False), (20, False), (10, True)]
     assert [i["status"] for i in back["nodes"][0]["inspections"]] == ["failed", "passed"]
     await record_history(client, f"work-order-{wo_number}", "work_order_rework")
+
+
+async def test_a_large_order_issues_its_codes_in_a_child_workflow(api: httpx.AsyncClient, client, wo_number):
+    ev = fast_release(wo_number)
+    ev["work_order"]["codes_child_threshold"] = 5  # "large" for this test: 20 units
+    assert (await api.post("/api/erp/events", json=ev)).status_code == 202
+    await post_results(api, wo_number, "iqc", IN_SPEC_IQC)
+    await run_production(api, wo_number)
+    await post_results(api, wo_number, "final", IN_SPEC_FINAL)
+    done = await wait_done(api, wo_number)
+    assert done["status"]["result"] == "completed" and done["status"]["codes"]["count"] == 20
+    child = await client.get_workflow_handle(f"issue-codes-{wo_number}").describe()
+    assert child.status.name == "COMPLETED"
+    unit = done["status"]["codes"]["last_serial"]
+    back = (await api.get(f"/api/trace/backward/https://id.tracehub.example/01/09506000134352/21/{unit}")).json()
+    assert back["lot"] == f"{wo_number}-L1"

@@ -10,6 +10,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from activities.codes_models import IssueCodeBlocksInput, IssueCodeBlocksResult
     from activities.models import (
         CompleteWorkOrderInput,
         ErpNotice,
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         DEVICE_TIMEOUT,
         sampling_timeouts,
     )
+    from workflows.issue_codes import IssueCodesWorkflow
     from workflows.nonconformance import NonconformanceWorkflow
     from workflows.policies import DB_RETRY, DB_TIMEOUT, ERP_RETRY, ERP_TIMEOUT
 
@@ -197,10 +199,20 @@ class WorkOrderWorkflow:
         if not scrapped and self.good > 0:
             # 5. codes for the lot and each unit
             await self._stage("code_issuance")
-            self.codes = await workflow.execute_activity(
-                "issue_codes", IssueCodesInput(work_order=order.number, lot=order.lot_number, quantity=self.good),
-                start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=IssueCodesResult,
-            )
+            # the threshold is checked first, so orders of today's size keep their recorded command sequence
+            if self.good > order.codes_child_threshold and workflow.patched("codes-child-workflow"):
+                big = await workflow.execute_child_workflow(
+                    IssueCodesWorkflow.run,
+                    IssueCodeBlocksInput(work_order=order.number, lot=order.lot_number, quantity=self.good),
+                    id=f"issue-codes-{order.number}", result_type=IssueCodeBlocksResult)
+                self.codes = IssueCodesResult(batch_code=big.batch_code, first_serial=big.first_serial,
+                                              last_serial=big.last_serial, count=big.count)
+            else:
+                self.codes = await workflow.execute_activity(
+                    "issue_codes", IssueCodesInput(work_order=order.number, lot=order.lot_number,
+                                                   quantity=self.good),
+                    start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=IssueCodesResult,
+                )
             # 6. shipment against the sales order, or when the ERP asks for it
             await self._stage("shipment")
             if order.shipment and not self.ship_request:

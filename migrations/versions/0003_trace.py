@@ -14,6 +14,100 @@ branch_labels = None
 depends_on = None
 
 
+# PostgreSQL: a whole walk and every detail of the visited lots, as one JSON text (domain/trace.py reads it:
+# [starts, [reached, from, via], lots, external nodes, shipments, unit blocks, operations, inspections, NCRs,
+# captured events], each kind as an array of columns). A PL/pgSQL function keeps its plans for the life of the
+# connection, where a prepared statement would not survive the rollback that ends every request's session.
+# The plans are generic: one start or a thousand, the walk and the details are index probes by id.
+TRACE_GENEALOGY = """
+CREATE OR REPLACE FUNCTION trace_genealogy(p_starts bigint[], p_up boolean, p_full boolean) RETURNS text
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+DECLARE
+  v_starts bigint[]; v_reached bigint[]; v_from bigint[]; v_via varchar[]; v_nodes bigint[];
+BEGIN
+  IF p_up THEN
+    WITH RECURSIVE walk(id, c, via) AS (
+        SELECT s, NULL::bigint, NULL::varchar FROM unnest(p_starts) s
+      UNION
+        SELECT e.parent_id, e.child_id, e.via FROM trace_edge e JOIN walk w ON e.child_id = w.id)
+    SELECT array_agg(w.id) FILTER (WHERE w.c IS NULL), array_agg(w.id) FILTER (WHERE w.c IS NOT NULL),
+           array_agg(w.c) FILTER (WHERE w.c IS NOT NULL), array_agg(w.via) FILTER (WHERE w.c IS NOT NULL),
+           array_agg(DISTINCT w.id)
+      INTO v_starts, v_reached, v_from, v_via, v_nodes FROM walk w;
+  ELSE
+    WITH RECURSIVE walk(id, c, via) AS (
+        SELECT s, NULL::bigint, NULL::varchar FROM unnest(p_starts) s
+      UNION
+        SELECT e.child_id, e.parent_id, e.via FROM trace_edge e JOIN walk w ON e.parent_id = w.id)
+    SELECT array_agg(w.id) FILTER (WHERE w.c IS NULL), array_agg(w.id) FILTER (WHERE w.c IS NOT NULL),
+           array_agg(w.c) FILTER (WHERE w.c IS NOT NULL), array_agg(w.via) FILTER (WHERE w.c IS NOT NULL),
+           array_agg(DISTINCT w.id)
+      INTO v_starts, v_reached, v_from, v_via, v_nodes FROM walk w;
+  END IF;
+  RETURN (
+    WITH lots AS MATERIALIZED (
+        SELECT l.id, l.number, l.kind, l.status, l.quantity, l.quantity_remaining, l.uom, l.supplier_lot,
+               l.heat_number, l.certificate_ref, l.receipt, l.location, l.concession, i.code, i.gtin,
+               s.code AS supplier
+        FROM unnest(v_nodes) v(id) JOIN lot l ON l.id = v.id LEFT JOIN item i ON i.id = l.item_id
+        LEFT JOIN supplier s ON s.id = l.supplier_id WHERE v.id > 0),
+    ext AS MATERIALIZED (
+        SELECT n.id, n.uri, n.kind FROM unnest(v_nodes) v(id) JOIN trace_node n ON n.id = v.id WHERE v.id < 0),
+    ids AS MATERIALIZED (SELECT ARRAY(SELECT lots.id FROM lots) AS a)
+    SELECT json_build_array(v_starts, json_build_array(v_reached, v_from, v_via),
+     (SELECT json_build_array(array_agg(x.id), array_agg(x.number), array_agg(x.kind), array_agg(x.status),
+             array_agg(x.quantity), array_agg(x.quantity_remaining), array_agg(x.uom), array_agg(x.supplier_lot),
+             array_agg(x.heat_number), array_agg(x.certificate_ref), array_agg(x.receipt), array_agg(x.location),
+             array_agg(x.concession), array_agg(x.code), array_agg(x.gtin), array_agg(x.supplier)) FROM lots x),
+     (SELECT json_build_array(array_agg(x.id), array_agg(x.uri), array_agg(x.kind)) FROM ext x),
+     (SELECT json_build_array(array_agg(t.lot_id), array_agg(t.quantity), array_agg(t.number),
+             array_agg(t.sales_order), array_agg(t.customer), array_agg(t.carrier), array_agg(t.tracking_number),
+             array_agg(t.shipped_at)) FROM (
+        SELECT sl.lot_id, sl.quantity, sh.number, sh.sales_order, sh.customer, sh.carrier, sh.tracking_number,
+               sh.shipped_at
+        FROM shipment_line sl JOIN shipment sh ON sh.id = sl.shipment_id
+        WHERE sl.lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY sh.shipped_at, sl.id) t),
+     (SELECT json_build_array(array_agg(t.lot_id), array_agg(t.first_seq), array_agg(t.count)) FROM (
+        SELECT b.lot_id, b.first_seq, b.count FROM code_block b WHERE b.lot_id = ANY((SELECT a FROM ids)::int[])
+        ORDER BY b.lot_id, b.first_seq) t),
+     CASE WHEN p_full THEN (SELECT json_build_array(array_agg(t.output_lot_id), array_agg(t.seq), array_agg(t.name),
+             array_agg(t.rework), array_agg(t.equipment), array_agg(t.operator), array_agg(t.shift),
+             array_agg(t.started_at), array_agg(t.ended_at), array_agg(t.parameters), array_agg(t.consumed),
+             array_agg(t.good_quantity), array_agg(t.scrap_quantity)) FROM (
+        SELECT o.* FROM operation_record o WHERE o.output_lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY o.id) t)
+     END,
+     CASE WHEN p_full THEN (SELECT json_build_array(array_agg(t.id), array_agg(t.lot_id), array_agg(t.number),
+             array_agg(t.kind), array_agg(t.status), array_agg(t.inspector), array_agg(t.inspected_at),
+             array_agg(t.name), array_agg(t.nominal), array_agg(t.lower), array_agg(t.upper), array_agg(t.unit),
+             array_agg(t."values"), array_agg(t.verdict)) FROM (
+        SELECT x.id, x.lot_id, x.number, x.kind, x.status, x.inspector, x.inspected_at, c.name, c.nominal, c.lower,
+               c.upper, c.unit, c."values", c.verdict
+        FROM inspection x LEFT JOIN characteristic_result c ON c.inspection_id = x.id
+        WHERE x.lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY x.id, c.id) t)
+     END,
+     CASE WHEN p_full THEN (SELECT json_build_array(array_agg(t.id), array_agg(t.lot_id), array_agg(t.number),
+             array_agg(t.state), array_agg(t.disposition), array_agg(t.description), array_agg(t.opened_at),
+             array_agg(t.closed_at), array_agg(t.action), array_agg(t.reviewer), array_agg(t.role),
+             array_agg(t.reason), array_agg(t.decided_at)) FROM (
+        SELECT r.id, r.lot_id, r.number, r.state, r.disposition, r.description, r.opened_at, r.closed_at, d.action,
+               d.reviewer, d.role, d.reason, d.decided_at
+        FROM ncr r LEFT JOIN ncr_decision d ON d.ncr_id = r.id
+        WHERE r.lot_id = ANY((SELECT a FROM ids)::int[]) ORDER BY r.id, d.id) t)
+     END,
+     CASE WHEN EXISTS (SELECT 1 FROM ext) THEN (SELECT json_build_array(array_agg(t.uri), array_agg(t.role),
+             array_agg(t.event_id), array_agg(t.event_type), array_agg(t.biz_step), array_agg(t.event_time),
+             array_agg(t.document)) FROM (
+        SELECT x.uri, x.role, ev.event_id, ev.event_type, ev.biz_step, ev.event_time, ev.document
+        FROM epcis_event_epc x JOIN epcis_event ev ON ev.id = x.event_pk
+        WHERE x.uri IN (SELECT ext.uri FROM ext) ORDER BY ev.event_time, ev.id) t)
+     END)::text);
+END
+$fn$;
+"""
+
+
 def upgrade() -> None:
 # ### commands auto generated by Alembic - please adjust! ###
     op.create_table('epcis_capture_job',
@@ -189,9 +283,13 @@ def upgrade() -> None:
         batch_op.create_index('ix_code_block_item_first_seq', ['item_id', 'first_seq'], unique=False)
     with op.batch_alter_table('lot', schema=None) as batch_op:
         batch_op.create_index('ix_lot_supplier_lot', ['supplier_lot'], unique=False)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(TRACE_GENEALOGY)
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS trace_genealogy(bigint[], boolean, boolean)")
     with op.batch_alter_table('lot', schema=None) as batch_op:
         batch_op.drop_index('ix_lot_supplier_lot')
     with op.batch_alter_table('code_block', schema=None) as batch_op:
