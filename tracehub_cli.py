@@ -408,6 +408,10 @@ class DemoPlant:
                 headers = mrb_headers
                 body = {"action": action, "reason": "demo disposition", "password": mrb_password,
                         **({"rework_operation": 10} if action == "rework" else {})}
+                if action == "use_as_is":  # a concession is signed by engineering and production
+                    await self.hub.post(f"/api/ncrs/{ncr}/decisions", json=body, headers=headers)
+                    headers, password = self.reviewers["mrb_production"]
+                    body = {**body, "password": password}
             else:
                 continue
             await self.hub.post(f"/api/ncrs/{ncr}/decisions", json=body, headers=headers)

@@ -148,10 +148,13 @@ class HubActivities:
 
     @activity.defn
     @translated
-    async def apply_disposition(self, inp: ApplyDispositionInput) -> None:
+    async def apply_disposition(self, inp: ApplyDispositionInput) -> dict[str, Any]:
+        """Apply the NCR outcome to its lot; returns what the ERP needs to hear of the lot."""
         async with self.tx() as s:
-            await quality.apply_disposition(s, ncr=inp.ncr, lot=inp.lot, outcome=inp.outcome.value,
-                                            resolver=self.resolver)
+            lot = await quality.apply_disposition(s, ncr=inp.ncr, lot=inp.lot, outcome=inp.outcome.value,
+                                                  resolver=self.resolver)
+            return {"lot": lot.number, "item": lot.item.code, "quantity": lot.quantity, "uom": lot.uom,
+                    "supplier": lot.supplier.code if lot.supplier else None, "receipt": lot.receipt}
 
     @activity.defn
     @translated

@@ -227,17 +227,37 @@ def prepare_database(kind: str, tmp: Path, db_url: str | None = None) -> str:
     return url
 
 
-async def seed_erp_endpoint(db_url: str, erp_url: str) -> None:
+BENCH_PASSWORD = "bench: correct horse battery staple"
+REVIEWERS = {"qa_supervisor": "bench-qa", "mrb_engineering": "bench-mrb"}  # role -> username
+
+
+async def seed_hub(db_url: str, erp_url: str) -> dict[str, str]:
+    """The ERP endpoint (the simulator), API tokens for the systems (ERP, MES, gauge) and the reviewers'
+    accounts, as an admin sets them up. Returns the tokens by role."""
+    from datetime import timedelta
+
     from core.db import make_engine, make_sessionmaker
     from domain.endpoints import ensure_endpoint
 
     engine = make_engine(db_url)
+    tokens: dict[str, str] = {}
     try:
         async with make_sessionmaker(engine)() as s, s.begin():
             await ensure_endpoint(s, name="erp", kind="erpnext", replace=True, config={
                 "base_url": erp_url, "api_key": "tracehub", "api_secret": "simulator-secret", "timeout_s": 10})
+            try:
+                from domain.identity import create_user, issue_token
+            except ImportError:  # a hub without authentication
+                return tokens
+            for role in ("erp", "mes", "gauge"):
+                tokens[role], _ = await issue_token(s, kind="api", name=f"bench-{role}", roles=[role],
+                                                    ttl=timedelta(days=1), created_by="bench")
+            for role, username in REVIEWERS.items():
+                await create_user(s, username=username, password=BENCH_PASSWORD, roles=[role],
+                                  full_name=f"Bench {role}", actor="bench")
     finally:
         await engine.dispose()
+    return tokens
 
 
 # --- services -----------------------------------------------------------------------------------------
@@ -399,22 +419,34 @@ class HttpDriver(Driver):
 
     name = "http"
 
-    def __init__(self, client: Any, poll: float, step_timeout: float, api_url: str, concurrency: int) -> None:
+    def __init__(self, client: Any, poll: float, step_timeout: float, api_url: str, concurrency: int,
+                 tokens: dict[str, str]) -> None:
         import httpx
 
         super().__init__(client, poll, step_timeout)
         self.http = httpx.AsyncClient(
             base_url=api_url, timeout=60,
             limits=httpx.Limits(max_connections=2 * concurrency, max_keepalive_connections=2 * concurrency))
+        self.tokens = dict(tokens)  # by role: the systems' API tokens, then the reviewers' session tokens
 
-    async def _call(self, method: str, path: str, *, ok: tuple[int, ...], retry: tuple[int, ...] = (),
-                    body: Any = None) -> Any:
-        """One request; `retry` statuses (and 502/503) are sent again after a pause until step_timeout."""
+    async def login(self) -> None:
+        """The reviewers log in (decisions are signed by a person, with a session of their own)."""
+        if not self.tokens:
+            return
+        for role, username in REVIEWERS.items():
+            r = await self._call("POST", "/api/auth/login", None, ok=(200,),
+                                 body={"username": username, "password": BENCH_PASSWORD})
+            self.tokens[role] = r["token"]
+
+    async def _call(self, method: str, path: str, role: str | None, *, ok: tuple[int, ...],
+                    retry: tuple[int, ...] = (), body: Any = None) -> Any:
+        """One request as `role`; `retry` statuses (and 5xx) are sent again after a pause until step_timeout."""
         deadline = time.monotonic() + self.step_timeout
         delay = self.poll
+        headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role and role in self.tokens else None
         while True:
             self.requests += 1
-            r = await self.http.request(method, path, json=body)
+            r = await self.http.request(method, path, json=body, headers=headers)
             if r.status_code in ok:
                 return r.json()
             if r.status_code >= 500:
@@ -432,13 +464,13 @@ class HttpDriver(Driver):
 
     async def _status(self, number: str) -> dict | None:
         self.requests -= 1  # counted by _until
-        return (await self._call("GET", f"/api/work-orders/{number}", ok=(200,))).get("status")
+        return (await self._call("GET", f"/api/work-orders/{number}", "mes", ok=(200,))).get("status")
 
     async def release(self, number: str) -> None:
         from erp_sim.app import release_event
 
         # 200: a re-sent event already accepted (after a 5xx)
-        await self._call("POST", "/api/erp/events", ok=(200, 202), body=release_event(number, QUANTITY))
+        await self._call("POST", "/api/erp/events", "erp", ok=(200, 202), body=release_event(number, QUANTITY))
 
     async def wait_inspection(self, number: str, kind: str) -> str:
         st = await self._until(lambda: self._status(number),
@@ -449,18 +481,22 @@ class HttpDriver(Driver):
         await self._until(lambda: self._status(number), lambda s: s["expected_operation"] == seq, f"operation {seq}")
 
     async def results(self, number: str, inspection: str, measurements: list[dict]) -> None:
-        await self._call("POST", f"/api/inspections/{inspection}/results", ok=(202,),
-                         body={"inspector": "inspector-1", "measurements": measurements})
+        await self._call("POST", f"/api/inspections/{inspection}/results", "gauge", ok=(202,),
+                         body={"inspector": "gauge-1", "measurements": measurements})
 
     async def report(self, number: str, report: dict) -> None:
-        await self._call("POST", f"/api/work-orders/{number}/operations", ok=(202,), body=report)
+        await self._call("POST", f"/api/work-orders/{number}/operations", "mes", ok=(202,), body=report)
 
     async def wait_ncr_open(self, ncr: str) -> None:
-        await self._call("GET", f"/api/ncrs/{ncr}", ok=(200,), retry=(404,))  # recorded by its first activity
+        # recorded by the NCR's first activity; the QA supervisor looks it up
+        await self._call("GET", f"/api/ncrs/{ncr}", "qa_supervisor", ok=(200,), retry=(404,))
 
     async def decide(self, ncr: str, action: str, role: str, reason: str) -> None:
-        await self._call("POST", f"/api/ncrs/{ncr}/decisions", ok=(200,),
-                         body={"action": action, "reviewer": f"{role}-1", "role": role, "reason": reason})
+        # who decides, and in which role, comes from the login; the password signs the decision
+        body = {"action": action, "reason": reason, "password": BENCH_PASSWORD}
+        if not self.tokens:  # a hub without authentication takes reviewer and role from the body
+            body = {"action": action, "reviewer": REVIEWERS[role], "role": role, "reason": reason}
+        await self._call("POST", f"/api/ncrs/{ncr}/decisions", role, ok=(200,), body=body)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -539,7 +575,7 @@ class TemporalDriver(Driver):
 
         self.requests += 1
         await self.client.get_workflow_handle(f"ncr-{ncr}").execute_update(
-            "decide", NcrDecision(action=action, reviewer=f"{role}-1", role=role, reason=reason), result_type=dict)
+            "decide", NcrDecision(action=action, reviewer=REVIEWERS[role], role=role, reason=reason), result_type=dict)
 
 
 # --- phases -------------------------------------------------------------------------------------------
@@ -688,7 +724,7 @@ async def bench(args: argparse.Namespace) -> None:
         erp_url = f"http://127.0.0.1:{erp_port}"
         await wait_http(children, f"{erp_url}/api/method/frappe.auth.get_logged_user",
                         headers={"Authorization": "token tracehub:simulator-secret"})
-        await seed_erp_endpoint(db_url, erp_url)
+        tokens = await seed_hub(db_url, erp_url)
         worker = children.start("worker", [sys.executable, "worker.py"], env=hub_env(db_url, address))
         children.start("bare_worker", [sys.executable, str(Path(__file__).resolve()), "--bare-worker", address],
                        env={"PYTHONUNBUFFERED": "1"})
@@ -704,7 +740,8 @@ async def bench(args: argparse.Namespace) -> None:
         client = await Client.connect(address, data_converter=pydantic_data_converter)
         if args.driver == "http":
             driver = HttpDriver(client, args.poll, args.step_timeout, f"http://127.0.0.1:{api_port}",
-                                args.concurrency)
+                                args.concurrency, tokens)
+            await driver.login()
         else:
             driver = TemporalDriver(client, args.poll, args.step_timeout)
 
@@ -780,7 +817,8 @@ async def bench(args: argparse.Namespace) -> None:
                 open_driver = driver
             elif args.open_driver == "http":
                 open_driver = HttpDriver(client, args.open_poll, args.step_timeout, f"http://127.0.0.1:{api_port}",
-                                         args.open_concurrency)
+                                         args.open_concurrency, tokens)
+                await open_driver.login()
             else:
                 open_driver = TemporalDriver(client, args.open_poll, args.step_timeout)
             open_driver.poll = args.open_poll

@@ -18,7 +18,9 @@ from typing import Any
 
 from sqlalchemy import event, insert, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +71,32 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+class ReadOnlySession(Session):
+    """A session that refuses to write (see `make_read_sessionmaker`)."""
+
+
+@event.listens_for(ReadOnlySession, "before_flush")
+def _refuse_flush(session: Session, _ctx: Any, _instances: Any) -> None:
+    if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
+        raise InvalidRequestError("this session only reads (ReadSessionDep / make_read_sessionmaker): "
+                                  "write through the ordinary session factory (SessionDep)")
+
+
+@event.listens_for(ReadOnlySession, "do_orm_execute")
+def _refuse_dml(state: Any) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        raise InvalidRequestError("this session only reads (ReadSessionDep / make_read_sessionmaker): "
+                                  "write through the ordinary session factory (SessionDep)")
+
+
 def make_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions for code that only reads. On SQLite their transactions begin DEFERRED, so they take no write
-    lock (a write in one would have to upgrade its lock and may fail with "database is locked": use the
-    ordinary factory to write). Same pool as `engine`; on PostgreSQL identical to `make_sessionmaker`.
-    `session.info["read_only"]` is True: what such a session reads is committed."""
+    """Sessions for code that only reads. On SQLite their transactions begin DEFERRED: a snapshot, no lock,
+    so readers neither wait for writers nor hold them up. Same engine and pool as the writers; on PostgreSQL
+    nothing differs but the refusal to write (a flush or an INSERT/UPDATE/DELETE raises; the transaction is
+    rolled back when the session closes). `session.info["read_only"]` is True: what such a session reads is
+    committed, so it may fill the caches of immutable rows."""
     return async_sessionmaker(engine.execution_options(**{SQLITE_BEGIN: "deferred"}), expire_on_commit=False,
-                              info={"read_only": True})
+                              sync_session_class=ReadOnlySession, info={"read_only": True})
 
 
 def engine_of(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncEngine:

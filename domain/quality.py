@@ -215,7 +215,7 @@ async def record_decision(
     session.add(rec)
     before = row.state
     row.state = new_state
-    if action not in ("confirm",):
+    if action != "confirm" and new_state in ("closed", "dismissed"):
         row.disposition = action
     if new_state in ("closed", "dismissed"):
         row.closed_at = utcnow()

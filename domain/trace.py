@@ -109,11 +109,12 @@ _ANCHORS = {
                ORDER BY first_seq DESC LIMIT 1) b WHERE :seq < b.first_seq + b.count""",
     "f_lot": "SELECT id FROM lot WHERE number = :value",
     # a heat of our received lots, or named in captured events (a supplier's ILMD or extension `...heatNumber`)
-    # (OFFSET 0 keeps the captured part driven by the (name, value) index of the few events naming the heat)
+    # ({fence}: OFFSET 0 on PostgreSQL keeps the captured part driven by the (name, value) index of the few
+    # events naming the heat, whatever the statistics of trace_node say)
     "f_heat": f"""SELECT id FROM lot WHERE heat_number = :value
                UNION SELECT n.id FROM (SELECT x.uri FROM epcis_event_field f
                    JOIN epcis_event_epc x ON x.event_pk = f.event_pk
-                   WHERE f.name = 'heat' AND f.value = :value AND x.role IN {_HEAT_ROLES} OFFSET 0) h
+                   WHERE f.name = 'heat' AND f.value = :value AND x.role IN {_HEAT_ROLES} {{fence}}) h
                JOIN trace_node n ON n.uri = h.uri WHERE n.lot_id IS NULL""",
     "f_supplier_lot": """SELECT id FROM lot WHERE supplier_lot = :value
                UNION SELECT id FROM trace_node WHERE lot_part = :value AND lot_id IS NULL""",
@@ -152,7 +153,7 @@ async def forward_starts(session: AsyncSession, *, kind: str, value: str, since:
                          until: datetime | None = None) -> list[int]:
     """The lineage nodes (lot ids, or captured supplier classes) a forward trace starts from."""
     _check_forward(kind, since, until)
-    q = text(_ANCHORS[f"f_{kind}"])
+    q = text(_anchor(f"f_{kind}", pg=_pg(session)))
     if kind in ("equipment", "operator"):
         q = q.bindparams(*_WINDOW)
     starts = sorted({r for r in (await session.execute(q, _forward_params(kind, value, since, until))).scalars()
@@ -168,7 +169,7 @@ async def forward_starts(session: AsyncSession, *, kind: str, value: str, since:
 # into the answer.
 #
 # starts: node ids
-# edges: (parent node, child node, via)
+# edges: walk rows (node reached, node it was reached from, via): a parent backward, a child forward
 # lots:  (lot id, number, lot kind, status, quantity, remaining, uom, supplier lot, heat, certificate, receipt,
 #         location, concession, item, gtin, supplier)
 # ext:   (node id, uri, node kind): identifiers known from captured events only
@@ -198,13 +199,19 @@ _DOWN = "SELECT e.child_id, e.parent_id, e.via FROM trace_edge e JOIN walk w ON 
 # PL/pgSQL function, its plans stay cached on the connection across requests (a prepared statement does not
 # survive the rollback that ends every session), so a trace is not planned again each time.
 _PG_CALL = "SELECT trace_genealogy(ARRAY({anchor})::bigint[], {up}, {full})"
+_KINDS = ("starts", "edges", "lots", "ext", "ships", "units", "ops", "ins", "ncrs", "events")
+
+
+def _anchor(anchor: str, *, pg: bool) -> str:
+    return _ANCHORS[anchor].replace("{fence}", "OFFSET 0" if pg else "LIMIT -1 OFFSET 0")
 
 
 def _statement(anchor: str, *, up: bool, pg: bool, full: bool = False) -> Any:
     if pg:
-        sql = _PG_CALL.format(anchor=_ANCHORS[anchor], up="true" if up else "false", full="true" if full else "false")
+        sql = _PG_CALL.format(anchor=_anchor(anchor, pg=True), up="true" if up else "false",
+                              full="true" if full else "false")
     else:
-        sql = _WALK.format(anchor=_ANCHORS[anchor], step=_UP if up else _DOWN) + " SELECT id, c, via FROM walk"
+        sql = _WALK.format(anchor=_anchor(anchor, pg=False), step=_UP if up else _DOWN) + " SELECT id, c, via FROM walk"
     q = text(sql)
     return q.bindparams(*_WINDOW) if anchor in ("f_equipment", "f_operator") else q
 

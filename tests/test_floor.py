@@ -97,6 +97,9 @@ async def test_iqc_failure_returned_to_supplier_then_new_receipt(api: httpx.Asyn
     st = await wait_status(api, wo_number, lambda s: s["material_lots"].get(f"{wo_number}-M1") == "rejected",
                            what="the lot to be rejected")
     assert any("every lot received so far was rejected" in w for w in st["status"]["waiting_for"])
+    ret = erp_sim.documents("Purchase Receipt")[f"{ncr}-RETURN"]
+    assert ret["is_return"] == 1 and ret["return_against"] == f"PR-{wo_number}" and ret["supplier"] == "ACME-STEEL"
+    assert ret["items"][0]["batch_no"] == f"{wo_number}-M1" and ret["items"][0]["qty"] < 0
 
     receipt = {"receipt": f"PR2-{wo_number}", "lots": [{
         "lot": f"{wo_number}-M2", "supplier": "OTHER-STEEL", "item": "BAR-42CRMO4", "supplier_lot": "B-9",

@@ -61,6 +61,12 @@ async def test_erp_event_to_shipment_with_ncr_then_trace_and_history(api: httpx.
     assert r.json()["state"] == "mrb"
     r = await decide(api, ncr, "use_as_is", "mrb_engineering", reason="customer concession C-12")
     assert r.status_code == 200, r.text
+    # a concession needs the whole board: engineering has signed, production has not
+    assert r.json()["state"] == "mrb" and "mrb_production" in r.json()["waiting_for"]
+    r = await decide(api, ncr, "use_as_is", "mrb_engineering", reason="again")
+    assert r.status_code == 409 and "needs the signature of mrb_production" in r.json()["detail"]
+    r = await decide(api, ncr, "use_as_is", "mrb_production", reason="customer concession C-12")
+    assert r.status_code == 200 and r.json()["state"] == "closed", r.text
 
     done = await wait_done(api, wo_number)
     assert done["status"]["result"] == "completed"
@@ -83,7 +89,7 @@ async def test_erp_event_to_shipment_with_ncr_then_trace_and_history(api: httpx.
     assert [o["seq"] for o in out["operations"]] == [10, 20]
     assert out["operations"][1]["parameters"] == {"temperature_c": 860, "soak_min": 45}
     assert out["concession"].startswith(f"{ncr}: customer concession")
-    assert [d["action"] for d in out["ncrs"][0]["decisions"]] == ["confirm", "use_as_is"]
+    assert [d["action"] for d in out["ncrs"][0]["decisions"]] == ["confirm", "use_as_is", "use_as_is"]
     assert out["shipments"][0]["customer"] == "Customer A"
 
     # forward trace from the material lot reaches the shipped lot and its customer
@@ -98,9 +104,9 @@ async def test_erp_event_to_shipment_with_ncr_then_trace_and_history(api: httpx.
     assert any(e.get("activity") == "notify_erp" for e in hist["events"])
     assert any(e.get("signal") == "submit_inspection" for e in hist["events"])
     child = hist["children"][f"ncr-{ncr}"]
-    assert [e.get("update") for e in child if e["event"] == "update accepted"] == ["decide", "decide"]
-    await record_history(client, f"work-order-{wo_number}", "work_order_ncr_use_as_is")
-    await record_history(client, f"ncr-{ncr}", "nonconformance_use_as_is")
+    assert [e.get("update") for e in child if e["event"] == "update accepted"] == ["decide"] * 3
+    await record_history(client, f"work-order-{wo_number}", "work_order_ncr_use_as_is_two_signatures")
+    await record_history(client, f"ncr-{ncr}", "nonconformance_use_as_is_two_signatures")
 
 
 async def test_scrap_completes_short_and_nothing_ships(api: httpx.AsyncClient, erp_sim, wo_number):
@@ -117,6 +123,9 @@ async def test_scrap_completes_short_and_nothing_ships(api: httpx.AsyncClient, e
     fwd = (await api.get(f"/api/trace/forward/{wo_number}-L1")).json()
     assert fwd["nodes"][0]["status"] == "rejected" and fwd["customers"] == []
     assert f"DN-{wo_number}" not in erp_sim.documents("Delivery Note")
+    # the scrap is written off in the ERP
+    scrap = erp_sim.documents("Stock Entry")[f"{ncr}-SCRAP"]
+    assert scrap["purpose"] == "scrap" and scrap["items"][0]["batch_no"] == f"{wo_number}-L1"
     # a decided NCR takes no more decisions
     r = await decide(api, ncr, "use_as_is", "mrb_production")
     assert r.status_code == 409

@@ -11,6 +11,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.models import (
         DISPOSITIONS,
         ApplyDispositionInput,
+        ErpNotice,
         NcrAction,
         NcrDecision,
         NcrDecisionInput,
@@ -22,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
         OpenNcrInput,
         ReviewerRole,
     )
-    from workflows.policies import DB_RETRY, DB_TIMEOUT
+    from workflows.policies import DB_RETRY, DB_TIMEOUT, ERP_RETRY, ERP_TIMEOUT
 
 # Who may decide what (the spine's rules; signatures and two-person MRB come with the quality issue).
 ALLOWED_ROLES: dict[NcrAction, set[ReviewerRole]] = {
@@ -30,7 +31,10 @@ ALLOWED_ROLES: dict[NcrAction, set[ReviewerRole]] = {
     NcrAction.dismiss: {ReviewerRole.qa_supervisor, ReviewerRole.quality_manager},
     **{a: {ReviewerRole.mrb_production, ReviewerRole.mrb_engineering, ReviewerRole.quality_manager}
        for a in DISPOSITIONS},
+    # a concession needs the whole board: production AND engineering each sign it
+    NcrAction.use_as_is: {ReviewerRole.mrb_production, ReviewerRole.mrb_engineering},
 }
+CONCESSION_SIGNERS = {ReviewerRole.mrb_production.value, ReviewerRole.mrb_engineering.value}
 ALLOWED_IN_STATE: dict[NcrState, set[NcrAction]] = {
     NcrState.open: {NcrAction.confirm, NcrAction.dismiss},
     NcrState.mrb: set(DISPOSITIONS),
@@ -50,6 +54,7 @@ class NonconformanceWorkflow:
         self.reminded = False
         self.escalated = False
         self.opened = False
+        self.concession: dict[str, str] = {}  # role -> reviewer who signed use_as_is so far
 
     @workflow.run
     async def run(self, inp: NonconformanceInput) -> NonconformanceResult:
@@ -82,12 +87,30 @@ class NonconformanceWorkflow:
         await workflow.wait_condition(lambda: self.outcome is not None)
         await workflow.wait_condition(workflow.all_handlers_finished)
         assert self.outcome is not None
-        await workflow.execute_activity(
+        applied = await workflow.execute_activity(
             "apply_disposition", ApplyDispositionInput(ncr=inp.ncr, lot=inp.lot, outcome=self.outcome),
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
+        if self.outcome in (NcrAction.scrap, NcrAction.return_to_supplier) and applied \
+                and workflow.patched("ncr-erp-notices"):
+            await self._tell_erp(inp, applied)
         return NonconformanceResult(ncr=inp.ncr, lot=inp.lot, outcome=self.outcome,
                                     rework_operation=self.rework_operation)
+
+    async def _tell_erp(self, inp: NonconformanceInput, lot: dict) -> None:
+        """Scrap is written off in the ERP; a return to the supplier becomes a purchase return."""
+        item = {"item_code": lot["item"], "batch_no": lot["lot"], "qty": lot["quantity"], "uom": lot["uom"]}
+        if self.outcome == NcrAction.scrap:
+            notice = ErpNotice(doctype="Stock Entry", name=f"{inp.ncr}-SCRAP",
+                               doc={"stock_entry_type": "Material Issue", "purpose": "scrap", "remarks": inp.ncr,
+                                    "items": [item]})
+        else:
+            notice = ErpNotice(doctype="Purchase Receipt", name=f"{inp.ncr}-RETURN",
+                               doc={"is_return": 1, "return_against": lot.get("receipt"),
+                                    "supplier": lot.get("supplier"), "remarks": inp.ncr,
+                                    "items": [{**item, "qty": -abs(item["qty"])}]})
+        await workflow.execute_activity("notify_erp", notice, start_to_close_timeout=ERP_TIMEOUT,
+                                        retry_policy=ERP_RETRY)
 
     async def _wait_decided(self, timeout: timedelta) -> bool:
         try:
@@ -102,12 +125,19 @@ class NonconformanceWorkflow:
         assert self.inp is not None
         d = d.model_copy(update={"decision_id": f"{self.inp.ncr}-D{len(self.decisions) + 1}"})
         # change state before awaiting, so a concurrent update is validated against the new state
+        concession_pending = False
         if d.action == NcrAction.confirm:
             new_state = NcrState.mrb
         elif d.action == NcrAction.dismiss:
             new_state = NcrState.dismissed
+        elif d.action == NcrAction.use_as_is and workflow.patched("mrb-two-signatures"):
+            self.concession[d.role.value] = d.reviewer
+            concession_pending = not CONCESSION_SIGNERS <= set(self.concession)
+            new_state = NcrState.mrb if concession_pending else NcrState.closed
         else:
             new_state = NcrState.closed
+        if d.action != NcrAction.use_as_is:
+            self.concession.clear()  # another disposition replaces a concession still waiting for its second signer
         self.state = new_state
         self.decisions.append(d)
         await workflow.wait_condition(lambda: self.opened)
@@ -115,7 +145,7 @@ class NonconformanceWorkflow:
             "record_ncr_decision", NcrDecisionInput(ncr=self.inp.ncr, decision=d, new_state=new_state),
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
         )
-        if d.action != NcrAction.confirm:
+        if d.action != NcrAction.confirm and not concession_pending:
             self.rework_operation = d.rework_operation
             self.outcome = d.action
         return self.status()
@@ -136,6 +166,11 @@ class NonconformanceWorkflow:
             raise ApplicationError(
                 f"{ncr}: role {d.role.value} may not {d.action.value}; it needs one of: {roles}", type="Forbidden"
             )
+        if d.action == NcrAction.use_as_is and d.role.value in self.concession:
+            missing = sorted(CONCESSION_SIGNERS - set(self.concession))
+            raise ApplicationError(
+                f"{ncr}: use_as_is is already signed for {d.role.value} by {self.concession[d.role.value]}; "
+                f"it needs the signature of {', '.join(missing)}", type="Conflict")
         if d.action == NcrAction.return_to_supplier and self.inp and self.inp.stage != "iqc":
             raise ApplicationError(f"{ncr}: return_to_supplier is only for received material (IQC NCRs)",
                                    type="Conflict")
@@ -148,6 +183,9 @@ class NonconformanceWorkflow:
         waiting = None
         if self.state == NcrState.open:
             waiting = "QA supervisor: confirm or dismiss"
+        elif self.state == NcrState.mrb and self.concession:
+            missing = sorted(CONCESSION_SIGNERS - set(self.concession))
+            waiting = f"material review board: use_as_is needs the signature of {', '.join(missing)} too"
         elif self.state == NcrState.mrb:
             waiting = "material review board: disposition (rework, scrap, use_as_is" + (
                 ", return_to_supplier)" if self.inp and self.inp.stage == "iqc" else ")")
