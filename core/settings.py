@@ -24,9 +24,18 @@ class TemporalSettings(BaseModel):
     task_queue: str = "tracehub"
 
 
+MiB = 1024 * 1024
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
+    # request bodies over these are refused with 413 before they are read (api/limits.py)
+    max_body_bytes: int = Field(default=10 * MiB, ge=1, description="largest request body of any route")
+    max_capture_body_bytes: int = Field(
+        default=16 * MiB, ge=1,
+        description="largest body of POST /epcis/capture: the GS1-EPCIS-Capture-File-Size-Limit it advertises "
+                    "(domain/epcis_capture.py); keep the two equal")
 
 
 class ErpSettings(BaseModel):
