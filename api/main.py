@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from api import errors
+from api.limits import BodySizeLimit
 from api.routes import (
     auth,
     codes,
@@ -67,6 +68,8 @@ def create_app(
     app.state.scan_recorder = ScanRecorder(sessionmaker)
     app.state.temporal = temporal
     errors.install(app)
+    app.add_middleware(BodySizeLimit, default=settings.api.max_body_bytes,
+                       routes={("POST", "/epcis/capture"): settings.api.max_capture_body_bytes})
     for r in (health, auth, erp, work_orders, inspections, ncrs, trace, endpoints, codes, resolver, epcis, recalls):
         app.include_router(r.router)
     return app

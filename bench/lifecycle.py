@@ -16,8 +16,9 @@ Phases (the warm-up, 3 work orders and 5 bare workflows, is left out of every fi
 1.  N work orders through the whole lifecycle, `--concurrency` at a time: ERP release event (with its
     purchase receipt) -> IQC results in spec -> operation reports 10 and 20 -> final inspection results;
     every `--fail-every`-th work order fails final inspection and is decided through the NCR update
-    (confirm by qa_supervisor, then use_as_is by mrb_engineering) -> codes -> shipment to the ERP
-    simulator -> completed. Wall time is from the first release to the last workflow close time.
+    (confirm by qa_supervisor, then use_as_is by mrb_engineering and, where the two-person MRB asks for
+    it, by mrb_production) -> codes -> shipment to the ERP simulator -> completed. Wall time is from the
+    first release to the last workflow close time.
 2b. the other M/2 bare workflows (the halves bracket phase 1: the Temporal server slows as it fills).
 3.  `--open` work orders driven until each waits for a reviewer on an open NCR (`--open-via iqc`: the
     IQC results fail; `final`: IQC passes, both operations, final inspection fails); then the RSS of
@@ -228,7 +229,7 @@ def prepare_database(kind: str, tmp: Path, db_url: str | None = None) -> str:
 
 
 BENCH_PASSWORD = "bench: correct horse battery staple"
-REVIEWERS = {"qa_supervisor": "bench-qa", "mrb_engineering": "bench-mrb"}  # role -> username
+REVIEWERS = {"qa_supervisor": "bench-qa", "mrb_engineering": "bench-mrb-eng", "mrb_production": "bench-mrb-prod"}
 
 
 async def seed_hub(db_url: str, erp_url: str) -> dict[str, str]:
@@ -396,11 +397,19 @@ class Driver:
             if fail == "iqc":
                 raise NotImplementedError("the lifecycle phase fails final inspection only")
             await self.decide(ncr, "confirm", "qa_supervisor", "diameter confirmed on CMM")
-            await self.decide(ncr, "use_as_is", "mrb_engineering", "customer concession C-12")
+            st = await self.decide(ncr, "use_as_is", "mrb_engineering", "customer concession C-12")
+            if st.get("state") == "mrb":
+                # two-person MRB: a concession also needs the production member's signature
+                await self.decide(ncr, "use_as_is", "mrb_production", "customer concession C-12")
 
     async def wait_done(self, number: str) -> None:
         # a long poll on the result: measurement machinery, costs neither the API nor the worker
-        await self.client.get_workflow_handle(f"work-order-{number}").result()
+        try:
+            await asyncio.wait_for(self.client.get_workflow_handle(f"work-order-{number}").result(),
+                                   self.step_timeout)
+        except TimeoutError:
+            raise TimeoutError(f"work order {number} did not complete within {self.step_timeout} s of its "
+                               "last input") from None
 
     # implemented by the drivers
     async def release(self, number: str) -> None: ...
@@ -409,7 +418,7 @@ class Driver:
     async def results(self, number: str, inspection: str, measurements: list[dict]) -> None: ...
     async def report(self, number: str, report: dict) -> None: ...
     async def wait_ncr_open(self, ncr: str) -> None: ...
-    async def decide(self, ncr: str, action: str, role: str, reason: str) -> None: ...
+    async def decide(self, ncr: str, action: str, role: str, reason: str) -> dict: ...
     async def close(self) -> None: ...
 
 
@@ -491,12 +500,12 @@ class HttpDriver(Driver):
         # recorded by the NCR's first activity; the QA supervisor looks it up
         await self._call("GET", f"/api/ncrs/{ncr}", "qa_supervisor", ok=(200,), retry=(404,))
 
-    async def decide(self, ncr: str, action: str, role: str, reason: str) -> None:
+    async def decide(self, ncr: str, action: str, role: str, reason: str) -> dict:
         # who decides, and in which role, comes from the login; the password signs the decision
         body = {"action": action, "reason": reason, "password": BENCH_PASSWORD}
         if not self.tokens:  # a hub without authentication takes reviewer and role from the body
             body = {"action": action, "reviewer": REVIEWERS[role], "role": role, "reason": reason}
-        await self._call("POST", f"/api/ncrs/{ncr}/decisions", role, ok=(200,), body=body)
+        return await self._call("POST", f"/api/ncrs/{ncr}/decisions", role, ok=(200,), body=body)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -570,11 +579,11 @@ class TemporalDriver(Driver):
         # NonconformanceWorkflow.decide would trip on `assert self.inp is not None` (run() not begun yet).
         await self._wait_quiet(f"ncr-{ncr}", f"{ncr} recorded")
 
-    async def decide(self, ncr: str, action: str, role: str, reason: str) -> None:
+    async def decide(self, ncr: str, action: str, role: str, reason: str) -> dict:
         from activities.models import NcrDecision
 
         self.requests += 1
-        await self.client.get_workflow_handle(f"ncr-{ncr}").execute_update(
+        return await self.client.get_workflow_handle(f"ncr-{ncr}").execute_update(
             "decide", NcrDecision(action=action, reviewer=REVIEWERS[role], role=role, reason=reason), result_type=dict)
 
 

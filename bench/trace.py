@@ -353,6 +353,18 @@ def capture_document(batch: int, seq: int, run: int) -> dict[str, Any]:
             "epcisBody": {"eventList": events}}
 
 
+async def capture_credentials(sm: Any, run: int) -> dict[str, str]:
+    """A bearer token for the capture client (an ERP integration), when the hub asks for one."""
+    try:
+        from domain.identity import issue_token
+    except ImportError:  # a hub without authentication
+        return {}
+    async with sm() as s, s.begin():
+        token, _ = await issue_token(s, kind="api", name=f"bench-trace-{run}", roles=["erp"], ttl=timedelta(hours=2),
+                                     created_by="bench/trace.py")
+    return {"Authorization": f"Bearer {token}"}
+
+
 async def measure_capture(url: str, a: argparse.Namespace) -> None:
     import httpx
 
@@ -361,12 +373,14 @@ async def measure_capture(url: str, a: argparse.Namespace) -> None:
     from core.settings import DatabaseSettings, Settings
 
     engine = make_engine(url)
-    app = create_app(Settings(database=DatabaseSettings(url=url)), sessionmaker=make_sessionmaker(engine))
+    sm = make_sessionmaker(engine)
+    app = create_app(Settings(database=DatabaseSettings(url=url)), sessionmaker=sm)
     n_docs = max(1, a.capture_events // a.capture_batch)
     run = random.randrange(1_000_000)
     bodies = [json.dumps(capture_document(a.capture_batch, k, run)) for k in range(n_docs + 1)]
+    headers = {"content-type": "application/ld+json", **await capture_credentials(sm, run)}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub", timeout=600) as c:
-        r = await c.post("/epcis/capture", content=bodies[0], headers={"content-type": "application/ld+json"})
+        r = await c.post("/epcis/capture", content=bodies[0], headers=headers)
         assert r.status_code == 202 and r.json()["success"], r.text[:500]  # warm-up (schema compile, caches)
         stored = 0
         queue = list(bodies[1:])
@@ -375,7 +389,7 @@ async def measure_capture(url: str, a: argparse.Namespace) -> None:
             nonlocal stored
             while queue:
                 body = queue.pop()
-                r = await c.post("/epcis/capture", content=body, headers={"content-type": "application/ld+json"})
+                r = await c.post("/epcis/capture", content=body, headers=headers)
                 job = r.json()
                 assert r.status_code == 202 and job["success"], r.text[:500]
                 stored += job["storedCount"]

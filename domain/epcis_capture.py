@@ -12,7 +12,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from psycopg.errors import UniqueViolation
+from sqlalchemy import ARRAY, String, any_, bindparam, insert, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import InvalidInput, NotFound
@@ -66,6 +68,56 @@ async def _learn(session: AsyncSession, prefixes: dict[str, str], gcps: set[str]
             await session.execute(insert(Gs1CompanyPrefix), new)
 
 
+async def _stored_ids(session: AsyncSession, event_ids: list[str]) -> set[str]:
+    if session.bind.dialect.name == "postgresql":
+        q = select(EpcisEvent.event_id).where(
+            EpcisEvent.event_id == any_(bindparam("ids", event_ids, type_=ARRAY(String))))
+        return set((await session.execute(q)).scalars())
+    found: set[str] = set()
+    for i in range(0, len(event_ids), 500):
+        found |= set((await session.execute(
+            select(EpcisEvent.event_id).where(EpcisEvent.event_id.in_(event_ids[i:i + 500])))).scalars())
+    return found
+
+
+async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]],
+                         docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Store the events not stored yet; (row with its primary key, document) of each one stored.
+
+    PostgreSQL: the keys come from the table's sequence in one round trip and the rows go in with COPY, in a
+    savepoint: a document of new events (the usual case) costs no lookup at all, and only when one of them is
+    stored already (the unique eventID refuses the COPY) are the stored ones looked up and left out."""
+    pairs = list(zip(rows, docs, strict=True))
+    if session.bind.dialect.name != "postgresql":
+        stored = await _stored_ids(session, [r["event_id"] for r in rows])
+        keep = [(r, d) for r, d in pairs if r["event_id"] not in stored]
+        if keep:
+            await bulk_insert(session, EpcisEvent.__table__, [r for r, _ in keep])
+            pk_of: dict[str, int] = {}
+            ids = [r["event_id"] for r, _ in keep]
+            for i in range(0, len(ids), 500):
+                pk_of.update((await session.execute(
+                    select(EpcisEvent.event_id, EpcisEvent.id).where(EpcisEvent.event_id.in_(ids[i:i + 500])))).all())
+            for r, _ in keep:
+                r["id"] = pk_of[r["event_id"]]
+        return keep
+    keys = (await session.execute(
+        text("SELECT nextval(pg_get_serial_sequence('epcis_event', 'id')) FROM generate_series(1, :n)"),
+        {"n": len(rows)})).scalars()
+    for r, k in zip(rows, keys, strict=True):
+        r["id"] = k
+    try:
+        async with session.begin_nested():
+            await bulk_insert(session, EpcisEvent.__table__, rows)
+        return pairs
+    except (IntegrityError, UniqueViolation):
+        stored = await _stored_ids(session, [r["event_id"] for r in rows])
+        keep = [(r, d) for r, d in pairs if r["event_id"] not in stored]
+        if keep:
+            await bulk_insert(session, EpcisEvent.__table__, [r for r, _ in keep])
+        return keep
+
+
 async def store_events(session: AsyncSession, events: list[dict[str, Any]],
                        prefixes: dict[str, str]) -> tuple[int, int]:
     """Store validated events with their indexes and lineage; returns (stored, duplicates)."""
@@ -103,21 +155,10 @@ async def store_events(session: AsyncSession, events: list[dict[str, Any]],
         docs.append(doc)
     stored = dup = 0
     if rows:
-        existing = set()
-        ids = [r["event_id"] for r in rows]
-        for i in range(0, len(ids), 1000):
-            existing |= set((await session.execute(
-                select(EpcisEvent.event_id).where(EpcisEvent.event_id.in_(ids[i:i + 1000])))).scalars())
-        keep = [(r, d) for r, d in zip(rows, docs, strict=True) if r["event_id"] not in existing]
+        keep = await _insert_events(session, rows, docs)
         dup += len(rows) - len(keep)
         if keep:
-            await bulk_insert(session, EpcisEvent.__table__, [r for r, _ in keep])
-            ids = [r["event_id"] for r, _ in keep]
-            pk_of: dict[str, int] = {}
-            for i in range(0, len(ids), 1000):
-                pk_of.update((await session.execute(
-                    select(EpcisEvent.event_id, EpcisEvent.id).where(EpcisEvent.event_id.in_(ids[i:i + 1000])))).all())
-            await index_events(session, [(pk_of[r["event_id"]], d, prefixes) for r, d in keep])
+            await index_events(session, [(r["id"], d, prefixes) for r, d in keep])
             stored += len(keep)
     if decls:
         existing_d = set((await session.execute(

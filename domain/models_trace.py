@@ -71,12 +71,15 @@ class EpcisEventKey(Base):
 
 
 class EpcisEventEpc(Base):
-    """Every identifier an event names, canonical, with its role (for MATCH_ queries and lineage)."""
+    """Every identifier an event names, canonical, with its role (for MATCH_ queries and lineage).
+
+    Like epcis_event_field, a derived index of the event log written with its events (epcis_index.py): no
+    foreign key to epcis_event, so capture does not pay a lookup for every identifier and field it indexes."""
 
     __tablename__ = "epcis_event_epc"
     __table_args__ = (Index("ix_epcis_event_epc_uri", "uri", "role"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    event_pk: Mapped[int] = mapped_column(ForeignKey("epcis_event.id"), index=True)
+    event_pk: Mapped[int] = mapped_column(Integer, index=True)  # epcis_event.id
     # epc | parent | child | input | output | quantity | child_quantity | input_quantity | output_quantity
     role: Mapped[str] = mapped_column(String(16))
     uri: Mapped[str] = mapped_column(String(300))
@@ -88,7 +91,7 @@ class EpcisEventField(Base):
     __tablename__ = "epcis_event_field"
     __table_args__ = (Index("ix_epcis_event_field_name_value", "name", "value"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    event_pk: Mapped[int] = mapped_column(ForeignKey("epcis_event.id"), index=True)
+    event_pk: Mapped[int] = mapped_column(Integer, index=True)  # epcis_event.id
     # bt:{type} | src:{type} | dst:{type} | ext:{iri} | ilmd:{iri} | pd_set | pd_unset | tid | heat
     name: Mapped[str] = mapped_column(String(300))
     value: Mapped[str | None] = mapped_column(String(500))

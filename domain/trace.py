@@ -73,7 +73,7 @@ async def resolve(session: AsyncSession, code: str) -> tuple[int, str | None]:
             seq = int(serial)
             block = (await session.execute(
                 select(CodeBlock.lot_id, CodeBlock.first_seq, CodeBlock.count)
-                .where(CodeBlock.item_id == select(Item.id).where(Item.gtin == m.group(1)).scalar_subquery(),
+                .where(CodeBlock.item_id.in_(select(Item.id).where(Item.gtin == m.group(1))),
                        CodeBlock.first_seq <= seq)
                 .order_by(CodeBlock.first_seq.desc()).limit(1))).first()
             if block is not None and seq < block.first_seq + block.count:
@@ -105,7 +105,7 @@ _ANCHORS = {
     "lot": "SELECT :lot AS id",
     "number": "SELECT id FROM lot WHERE number = :number",
     "unit": """SELECT b.lot_id AS id FROM (SELECT lot_id, first_seq, count FROM code_block
-               WHERE item_id = (SELECT id FROM item WHERE gtin = :gtin) AND first_seq <= :seq
+               WHERE item_id IN (SELECT id FROM item WHERE gtin = :gtin) AND first_seq <= :seq
                ORDER BY first_seq DESC LIMIT 1) b WHERE :seq < b.first_seq + b.count""",
     "f_lot": "SELECT id FROM lot WHERE number = :value",
     # a heat of our received lots, or named in captured events (a supplier's ILMD or extension `...heatNumber`)

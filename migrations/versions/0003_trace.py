@@ -228,12 +228,13 @@ def upgrade() -> None:
     with op.batch_alter_table('trace_node', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_trace_node_lot_part'), ['lot_part'], unique=False)
 
+    # the query index of the event log: derived rows, written by domain/epcis_index.py in the transaction of
+    # their events; no foreign key, so a captured document does not pay a lookup per identifier and field
     op.create_table('epcis_event_epc',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('event_pk', sa.Integer(), nullable=False),
     sa.Column('role', sa.String(length=16), nullable=False),
     sa.Column('uri', sa.String(length=300), nullable=False),
-    sa.ForeignKeyConstraint(['event_pk'], ['epcis_event.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('epcis_event_epc', schema=None) as batch_op:
@@ -245,7 +246,6 @@ def upgrade() -> None:
     sa.Column('event_pk', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=300), nullable=False),
     sa.Column('value', sa.String(length=500), nullable=True),
-    sa.ForeignKeyConstraint(['event_pk'], ['epcis_event.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('epcis_event_field', schema=None) as batch_op:
