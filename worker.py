@@ -33,7 +33,8 @@ def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue
         activities=build_activities(sessionmaker, resolver=settings.resolver_base_url)
         + CodeActivities(sessionmaker, resolver=settings.resolver_base_url).all()
         + build_connector_activities(sessionmaker),
-        max_concurrent_activities=50,
+        max_concurrent_activities=settings.worker.max_concurrent_activities,
+        max_cached_workflows=settings.worker.max_cached_workflows,
     )
 
 

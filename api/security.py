@@ -55,6 +55,15 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/inspections"): READERS | {"gauge"},
     ("GET", "/api/inspections/{number}"): READERS | {"gauge"},
     ("POST", "/api/inspections/{number}/results"): frozenset({"inspector", "gauge"}),
+    ("POST", "/api/inspections/{number}/results/csv"): frozenset({"inspector", "gauge"}),
+    # inspection plans, acceptance sampling (ISO 2859-1) and SPC
+    ("POST", "/api/quality/plans"): frozenset({"quality_manager", "qa_supervisor", "admin"}),
+    ("GET", "/api/quality/plans/{item}/{operation}"): READERS | {"gauge", "mes"},
+    ("GET", "/api/quality/sampling"): READERS | {"gauge"},
+    ("POST", "/api/quality/sampling/results"): frozenset({"inspector", "gauge", "quality_manager"}),
+    # the responsible authority accepts the supplier's corrective action (ISO 2859-1 9.4)
+    ("POST", "/api/quality/sampling/resume"): frozenset({"quality_manager"}),
+    ("GET", "/api/quality/spc"): READERS,
     ("GET", "/api/ncrs"): READERS,
     ("GET", "/api/ncrs/{number}"): READERS,
     ("POST", "/api/ncrs/{number}/decisions"): REVIEWERS,
@@ -144,7 +153,9 @@ async def authenticate(request: Request) -> Principal | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("send `Authorization: Bearer <token>`: log in at POST /api/auth/login")
-    async with request.app.state.sessionmaker() as session:
+    # a read-only session: checking a token must never queue behind writers (SQLite's write lock)
+    factory = getattr(request.app.state, "read_sessionmaker", None) or request.app.state.sessionmaker
+    async with factory() as session:
         principal = await principal_for(session, token.strip())
     if not principal.has(*roles):
         raise Forbidden(f"{request.method} {path} needs one of the roles {sorted(roles)}; "

@@ -27,6 +27,13 @@ class TemporalSettings(BaseModel):
 MiB = 1024 * 1024
 
 
+class WorkerSettings(BaseModel):
+    # Workflows kept in memory between tasks. An evicted workflow is replayed from its history when it
+    # next has work (a few ms); a smaller cache trades that for memory with thousands of open work orders.
+    max_cached_workflows: int = 500
+    max_concurrent_activities: int = 50
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -60,6 +67,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     temporal: TemporalSettings = TemporalSettings()
     api: ApiSettings = ApiSettings()
+    worker: WorkerSettings = WorkerSettings()
     erp: ErpSettings = ErpSettings()
     dev_server: DevServerSettings = DevServerSettings()
     # GS1 identity of the plant: used for Digital Link URIs of lots and serials

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ async def check_password(session: AsyncSession, username: str, password: str) ->
     """The user if the password is right; one message for every failure so usernames do not leak."""
     user = (await session.execute(select(User).where(User.username == username))).scalar()
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        # argon2 is deliberately slow (~100 ms of CPU): off the event loop
+        await asyncio.to_thread(_hasher.verify, user.password_hash if user else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):
         user = None
     if user is None or not user.active:

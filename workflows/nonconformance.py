@@ -122,6 +122,8 @@ class NonconformanceWorkflow:
     @workflow.update
     async def decide(self, d: NcrDecision) -> NcrStatus:
         """A reviewer's decision; the validator has already refused what is not allowed."""
+        # an update can arrive in the workflow's very first activation, before run() has its input
+        await workflow.wait_condition(lambda: self.inp is not None)
         assert self.inp is not None
         d = d.model_copy(update={"decision_id": f"{self.inp.ncr}-D{len(self.decisions) + 1}"})
         # change state before awaiting, so a concurrent update is validated against the new state

@@ -7,9 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client
 
 from activities.models import InspectionResultInput, InspectionResults
-from api.deps import ReadSessionDep, SessionDep, TemporalDep
+from api.deps import ReadSessionDep, TemporalDep
 from core.errors import Conflict
 from domain import quality
 from domain.models import Inspection, WorkOrder
@@ -48,8 +50,15 @@ async def get_inspection(number: str, session: ReadSessionDep) -> dict[str, Any]
 
 
 @router.post("/{number}/results", status_code=202, summary="Post measurements; the hub computes the verdict")
-async def post_results(number: str, results: InspectionResults, session: SessionDep,
+async def post_results(number: str, results: InspectionResults, session: ReadSessionDep,
                        client: TemporalDep) -> JSONResponse:
+    # only reads here (the workflow records the results): no write lock held across the Temporal round trip
+    return await submit_results(number, results, session, client)
+
+
+async def submit_results(number: str, results: InspectionResults, session: AsyncSession,
+                         client: Client) -> JSONResponse:
+    """Judge results and hand them to the work order: the one path of JSON and CSV uploads (api/routes/quality.py)."""
     ins = await quality.get_inspection(session, number)
     values = quality.check_results(ins, results.measurements)  # 422 naming each problem
     verdict, failed = quality.verdict_of(ins, values)

@@ -11,7 +11,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.models import OperationReport
-from api.deps import ReadSessionDep, SessionDep, TemporalDep
+from api.deps import ReadSessionDep, TemporalDep
 from api.routes.erp import workflow_id
 from core.errors import Conflict, InvalidInput
 from domain import production
@@ -68,7 +68,8 @@ async def live_status(client: Client, wf_id: str) -> dict[str, Any]:
 
 @router.get("", summary="List work orders")
 async def list_work_orders(
-    session: ReadSessionDep, status: str | None = None, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
+    session: ReadSessionDep, status: str | None = None, limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=2**63 - 1)
 ) -> dict[str, Any]:
     q = select(WorkOrder)
     if status:
@@ -88,7 +89,9 @@ async def get_work_order(number: str, session: ReadSessionDep, client: TemporalD
 
 
 @router.post("/{number}/operations", status_code=202, summary="Report an operation (MES or operator)")
-async def post_operation(number: str, report: OperationReport, session: SessionDep, client: TemporalDep) -> dict:
+async def post_operation(number: str, report: OperationReport, session: ReadSessionDep,
+                         client: TemporalDep) -> dict:
+    # only reads here (the workflow records the report): no write lock held across the Temporal round trip
     wo = await production.get_work_order(session, number)
     seqs = [op["seq"] for op in wo.routing]
     if report.seq not in seqs:
