@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from api import errors
-from api.limits import BodySizeLimit
+from api.limits import BodySizeLimit, refuse_nul_characters
 from api.routes import (
     auth,
     codes,
@@ -20,6 +20,7 @@ from api.routes import (
     health,
     inspections,
     ncrs,
+    quality,
     recalls,
     resolver,
     trace,
@@ -59,7 +60,7 @@ def create_app(
         "inspections, nonconformance review, codes, shipments, and trace both ways.",
         lifespan=lifespan,
         # every route is authorized through the permission matrix in api/security.py
-        dependencies=[Depends(authenticate)],
+        dependencies=[Depends(authenticate), Depends(refuse_nul_characters)],
     )
     app.state.settings = settings
     app.state.sessionmaker = sessionmaker
@@ -70,6 +71,7 @@ def create_app(
     errors.install(app)
     app.add_middleware(BodySizeLimit, default=settings.api.max_body_bytes,
                        routes={("POST", "/epcis/capture"): settings.api.max_capture_body_bytes})
-    for r in (health, auth, erp, work_orders, inspections, ncrs, trace, endpoints, codes, resolver, epcis, recalls):
+    for r in (health, auth, erp, work_orders, inspections, ncrs, trace, endpoints, codes, resolver, epcis, recalls,
+              quality):
         app.include_router(r.router)
     return app

@@ -346,5 +346,6 @@ from domain import (
     models_codes,  # noqa: F401
     models_connectors,  # noqa: F401
     models_identity,  # noqa: F401
+    models_quality,  # noqa: F401
     models_trace,  # noqa: F401
 )

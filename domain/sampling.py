@@ -198,7 +198,7 @@ def resolve(severity: str, letter: str, aql: float | str) -> tuple[str, int, int
     col = AQLS.index(aql_key(aql))
     rows = [r for r in LETTERS if r in table]
     i = rows.index(letter)
-    while True:
+    for _ in range(len(rows)):  # an arrow never points back: more steps than rows is a broken table
         cell = table[rows[i]][col]
         if cell == "v":
             i += 1
@@ -211,6 +211,7 @@ def resolve(severity: str, letter: str, aql: float | str) -> tuple[str, int, int
             return rows[i], cell[0], cell[1]
         if not 0 <= i < len(rows):
             raise AssertionError(f"{TABLE_NAMES[severity]}: an arrow from {letter} at AQL {aql} leaves the table")
+    raise AssertionError(f"{TABLE_NAMES[severity]}: the arrows from {letter} at AQL {aql} go round in a circle")
 
 
 def plan(lot_size: int, level: str, aql: float | str, severity: str = "normal") -> SamplingPlan:

@@ -135,10 +135,10 @@ def western_electric(points: list[float], centre: float, sigma: float) -> list[V
         if abs(zi) > 3:
             out.append(Violation(1, i, _side(zi), [i]))
         for rule, beyond, of, need in ((2, 2.0, 3, 2), (3, 1.0, 5, 4)):
-            if i + 1 < of or abs(zi) <= beyond:
+            if abs(zi) <= beyond:
                 continue  # the point itself must be one of the pattern's points
             side = 1 if zi > 0 else -1
-            window = range(i - of + 1, i + 1)
+            window = range(max(0, i - of + 1), i + 1)  # "2 of 3 or fewer": the first points count too
             hits = [j for j in window if z[j] * side > beyond]
             if len(hits) >= need:
                 out.append(Violation(rule, i, _side(zi), hits))
