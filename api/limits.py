@@ -1,9 +1,13 @@
-"""Request size limits: a body over the route's limit is refused with 413 before it is read, or as soon as
-the bytes read so far pass the limit. A body is never buffered here, so an endless chunked upload costs at
-most `limit` bytes of memory.
+"""Request limits.
 
-A plain ASGI middleware (not BaseHTTPMiddleware, which would buffer and wrap every request). It runs before
-routing and authentication: a client declaring a gigabyte is refused without a database look-up.
+`BodySizeLimit`: a body over the route's limit is refused with 413 before it is read, or as soon as the bytes
+read so far pass the limit. A body is never buffered there, so an endless chunked upload costs at most `limit`
+bytes of memory. A plain ASGI middleware (not BaseHTTPMiddleware, which would buffer and wrap every request);
+it runs before routing and authentication: a client declaring a gigabyte is refused without a database look-up.
+
+`refuse_nul_characters`: an app-wide dependency that refuses the NUL character (U+0000) in a path or query
+parameter or in a JSON body, naming where it is (422). PostgreSQL text cannot hold it: without this check the
+driver's error surfaced as a 500 from every route that stores or looks up what it was sent.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
+
+from fastapi import Request
+
+from core.errors import InvalidInput
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -113,3 +121,46 @@ async def _answer(send: Send, path: str, status: int, error: str, detail: str, *
         (b"connection", b"close"),
     ]})
     await send({"type": "http.response.body", "body": raw})
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """The dotted path of the first string (or key) holding a NUL character, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        here = f"{path}.{k}" if path else str(k)
+        if isinstance(k, str) and "\x00" in k:
+            return here
+        if (found := _nul_at(v, here)) is not None:
+            return found
+    return None
+
+
+def _refuse_nul(field: str) -> InvalidInput:
+    return InvalidInput(f"{field}: contains the NUL character (U+0000), which the hub cannot store; remove it",
+                        field=field)
+
+
+async def refuse_nul_characters(request: Request) -> None:
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise _refuse_nul(name)
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise _refuse_nul(name.replace("\x00", "\\u0000") or "query")
+    if getattr(request.state, "signed_webhook", False):
+        return  # its route checks the signature before anything looks into the body, then the body
+    await refuse_nul_in_body(request)
+
+
+async def refuse_nul_in_body(request: Request) -> None:
+    if "json" in request.headers.get("content-type", ""):
+        raw = await request.body()  # FastAPI reads a JSON body whole anyway; the size limit bounds it
+        if b"\\u0000" in raw:  # JSON text can only carry NUL escaped; no escape, nothing to parse
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                return  # not JSON: the route says so in its own words
+            if (found := _nul_at(doc, "")) is not None:
+                raise _refuse_nul(found or "body")

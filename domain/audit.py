@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Row, Text, cast, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.models import AuditLog, utcnow
@@ -23,19 +23,20 @@ GENESIS = "0" * 64
 _LOCK_KEY = 7_245_001  # pg_advisory_xact_lock key of the audit chain
 
 
+# json.dumps(changes, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False), built once:
+# json.dumps would build this encoder again for every entry
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+_decode_json = json.JSONDecoder().decode  # json.loads of a str, without its per-call checks
+
+
 def canonical_changes(changes: dict[str, Any]) -> str:
-    return json.dumps(changes, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+    return _CANONICAL.encode(changes)
 
 
 def entry_hash(prev_hash: str, seq: int, at: datetime, actor: str, action: str, entity: str, key: str,
                changes_json: str) -> str:
     body = "\x1f".join([prev_hash, str(seq), at.isoformat(), actor, action, entity, key, changes_json])
     return hashlib.sha256(body.encode()).hexdigest()
-
-
-def _hash_of(row: AuditLog) -> str:
-    return entry_hash(row.prev_hash, row.seq, row.at, row.actor, row.action, row.entity, row.entity_key,
-                      canonical_changes(row.changes))
 
 
 async def audit(
@@ -70,39 +71,58 @@ class ChainReport:
         return not self.problems
 
 
-async def _rows(session: AsyncSession, batch: int) -> AsyncIterator[AuditLog]:
-    after = 0
-    while True:
-        rows = (await session.execute(
-            select(AuditLog).where(AuditLog.seq > after).order_by(AuditLog.seq).limit(batch)
-        )).scalars().all()
-        if not rows:
-            return
-        for r in rows:
-            yield r
-        after = rows[-1].seq
-        session.expunge_all()
+# what verify_chain reads: plain rows, not ORM objects (a million identity-map entries cost more than the
+# hashing); `changes` as the stored JSON text, parsed here exactly as the ORM would (json.loads)
+_COLUMNS = (AuditLog.seq, AuditLog.prev_hash, AuditLog.hash, AuditLog.at, AuditLog.actor, AuditLog.action,
+            AuditLog.entity, AuditLog.entity_key, cast(AuditLog.changes, Text))
 
 
 async def verify_chain(session: AsyncSession, *, batch: int = 5000, max_problems: int = 100) -> ChainReport:
     """Walk the chain and name every entry altered, removed or inserted."""
     report = ChainReport()
-    expected_seq, prev_hash = 1, GENESIS
-    async for row in _rows(session, batch):
-        report.entries += 1
-        if row.seq != expected_seq:
-            missing = f"{expected_seq}" if row.seq == expected_seq + 1 else f"{expected_seq}-{row.seq - 1}"
-            report.problems.append(f"entries {missing} removed (the chain jumps to entry {row.seq})")
-        if row.prev_hash != prev_hash:
-            report.problems.append(
-                f"entry {row.seq} ({row.action} {row.entity} {row.entity_key}) does not follow entry "
-                f"{row.seq - 1}: inserted, or its predecessor was altered or removed")
-        if _hash_of(row) != row.hash:
-            report.problems.append(
-                f"entry {row.seq} ({row.action} {row.entity} {row.entity_key}, {row.at.isoformat()}) was altered "
-                "after it was written")
-        expected_seq, prev_hash = row.seq + 1, row.hash
-        if len(report.problems) >= max_problems:
-            report.problems.append("... stopped after too many problems")
-            break
-    return report
+    walk = _Walk(report, max_problems)
+    conn = await session.connection()  # Core rows: the ORM's row processing is not needed for tuples
+    after = 0
+    while True:
+        rows = (await conn.execute(
+            select(*_COLUMNS).where(AuditLog.seq > after).order_by(AuditLog.seq).limit(batch)
+        )).all()
+        if not rows or not walk.check(rows):
+            return report
+        after = rows[-1][0]
+
+
+class _Walk:
+    """The chain so far: checks the next rows against it (plain loop over tuples: this is the hot path)."""
+
+    def __init__(self, report: ChainReport, max_problems: int) -> None:
+        self.report, self.max_problems = report, max_problems
+        self.expected_seq, self.prev_hash = 1, GENESIS
+
+    def check(self, rows: Sequence[Row[Any]]) -> bool:
+        """False once there are too many problems to go on."""
+        report, problems = self.report, self.report.problems
+        expected_seq, prev_hash = self.expected_seq, self.prev_hash
+        for seq, prev, hash_, at, actor, action, entity, key, changes_json in rows:
+            report.entries += 1
+            if seq != expected_seq:
+                missing = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}-{seq - 1}"
+                problems.append(f"entries {missing} removed (the chain jumps to entry {seq})")
+            if prev != prev_hash:
+                problems.append(
+                    f"entry {seq} ({action} {entity} {key}) does not follow entry "
+                    f"{seq - 1}: inserted, or its predecessor was altered or removed")
+            try:
+                computed = entry_hash(prev, seq, at, actor, action, entity, key,
+                                      _CANONICAL.encode(_decode_json(changes_json)))
+            except ValueError:  # the stored changes are no longer JSON at all (SQLite does not check)
+                computed = None
+            if computed != hash_:
+                problems.append(
+                    f"entry {seq} ({action} {entity} {key}, {at.isoformat()}) was altered after it was written")
+            expected_seq, prev_hash = seq + 1, hash_
+            if len(problems) >= self.max_problems:
+                problems.append("... stopped after too many problems")
+                return False
+        self.expected_seq, self.prev_hash = expected_seq, prev_hash
+        return True

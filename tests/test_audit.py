@@ -119,3 +119,12 @@ async def test_work_order_changes_are_audited_in_the_chain(api, sessionmaker, wo
         report = await verify_chain(s)
     assert report.ok, report.problems
 
+
+
+async def test_verify_names_an_entry_whose_changes_are_no_longer_json(fresh_db: str):
+    if make_url(fresh_db).get_backend_name() != "sqlite":
+        pytest.skip("PostgreSQL's json type refuses text that is not JSON: only SQLite can hold it")
+    await _write(fresh_db, 4, writers=1)
+    _tamper(fresh_db, "UPDATE audit_log SET changes = '{not json' WHERE seq = 3")
+    problems = (await _verify(fresh_db)).problems
+    assert len(problems) == 1 and problems[0].startswith("entry 3 ") and "altered" in problems[0], problems

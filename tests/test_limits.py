@@ -1,5 +1,6 @@
-"""Request size limits (api/limits.py): a body over its route's limit gets 413 naming the limit, whether the
-client declared its length or streams it chunked; a body within the limit reaches the route whole."""
+"""Request limits (api/limits.py): a body over its route's limit gets 413 naming the limit, whether the
+client declared its length or streams it chunked; a body within the limit reaches the route whole. And the
+inputs tests/test_fuzz.py found answered with a 500, now refused with a 422 naming the field."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 import pytest_asyncio
 
 from api.main import create_app
@@ -113,3 +113,42 @@ async def test_a_content_length_that_is_not_a_number_is_refused(small: httpx.Asy
     r = await small.post("/epcis/capture", content=b"{}", headers={"content-length": "lots",
                                                                     "content-type": "application/json"})
     assert r.status_code == 400 and "Content-Length" in r.json()["detail"]
+
+
+# --- what the fuzzer found (tests/test_fuzz.py) -------------------------------------------------------------
+
+
+def assert_names(r: httpx.Response, field: str) -> None:
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert field in body["detail"] and (body.get("field") == field or field in str(body.get("errors"))), body
+
+
+async def test_the_nul_character_is_refused_wherever_it_is_sent(small: httpx.AsyncClient):
+    # PostgreSQL text cannot hold U+0000: the driver's error used to come back as a 500
+    assert_names(await small.get("/api/work-orders", params={"status": "open\x00"}), "status")
+    assert_names(await small.get("/api/inspections", params={"status": "\x00"}), "status")
+    assert_names(await small.get("/api/ncrs/NCR%00-1"), "number")
+    assert_names(await small.post("/api/auth/login", json={"username": "\x00", "password": "x"}), "username")
+    r = await small.post("/api/codes/pack", json={"parent": "P", "children": ["ok", "bad\x00"], "actor": "a"})
+    assert_names(r, "children.1")
+    r = await small.get("/api/work-orders", params={"": "\x00"})  # even a parameter without a name
+    assert r.status_code == 422 and r.json()["field"] == "query"
+    # the text "\\u0000" (a backslash, then u0000) is no NUL character: it reaches the route
+    r = await small.get("/api/work-orders", params={"status": "\\u0000"})
+    assert r.status_code == 200 and r.json()["total"] == 0
+
+
+async def test_numbers_past_what_the_database_holds_are_refused_as_input(small: httpx.AsyncClient):
+    # block ids are 32-bit in the database; limits and offsets go into LIMIT / OFFSET
+    for path in ("/api/codes/blocks/9223372036854775806", "/api/codes/blocks/2147483648/codes/0",
+                 "/api/codes/blocks/9223372036854775808/labels.zpl"):
+        assert_names(await small.get(path), "block_id")
+    assert (await small.get("/api/codes/blocks/2147483647")).status_code == 404  # the largest id: not found
+    assert_names(await small.get("/api/erp/events", params={"limit": -9223372036854775809}), "limit")
+    assert_names(await small.get("/api/work-orders", params={"offset": 2**64}), "offset")
+
+
+async def test_the_resolver_says_why_in_json_too(small: httpx.AsyncClient):
+    r = await small.get("/01/09506000134352/21/NEVER-ISSUED", headers={"accept": "application/json"})
+    assert r.status_code == 404 and r.json()["status"] == "unknown" and r.json()["detail"]

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -17,6 +17,9 @@ router = APIRouter(prefix="/api/codes", tags=["codes"])
 
 Level = Literal["unit", "case", "pallet"]
 MAX_LABELS = 2000  # one PDF or ZPL request
+# block ids are 32-bit integers in the database: a larger number is refused as input (422) instead of
+# reaching the driver (an out-of-range error, a 500)
+BlockId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the block id (POST /api/codes/blocks answers it)")]
 
 
 class RuleCreate(BaseModel):
@@ -110,19 +113,19 @@ async def create_block(body: BlockCreate, session: SessionDep, settings: Setting
 
 
 @router.get("/blocks/{block_id}", summary="A block: its rule version, range, first and last code")
-async def get_block(block_id: int, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+async def get_block(block_id: BlockId, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     return codes.block_summary(await codes.block_view(session, block_id), settings.resolver_base_url)
 
 
 @router.get("/blocks/{block_id}/codes/{index}", summary="One code of a block, computed on demand")
-async def get_code(block_id: int, index: int, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+async def get_code(block_id: BlockId, index: int, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     r = (await codes.block_view(session, block_id)).code(index, settings.resolver_base_url)
     return {"code": r.value, "element_string": r.element_string, "digital_link": r.digital_link or None}
 
 
 @router.get("/blocks/{block_id}/export", summary="Stream a block's codes as CSV or NDJSON")
 async def export_block(
-    block_id: int, request: Request, session: SessionDep, settings: SettingsDep,
+    block_id: BlockId, request: Request, session: SessionDep, settings: SettingsDep,
     format: Literal["csv", "ndjson"] = "csv",
     first: Annotated[int, Query(ge=0)] = 0, count: Annotated[int | None, Query(ge=1)] = None,
 ) -> StreamingResponse:
@@ -151,7 +154,7 @@ async def _rendered(session: Any, block_id: int, first: int, count: int, domain:
 
 
 @router.get("/blocks/{block_id}/codes/{index}/qr.{fmt}", summary="The QR of one code (PNG or SVG)")
-async def code_qr(block_id: int, index: int, fmt: Literal["png", "svg"], session: SessionDep,
+async def code_qr(block_id: BlockId, index: int, fmt: Literal["png", "svg"], session: SessionDep,
                   settings: SettingsDep, scale: Annotated[int, Query(ge=1, le=40)] = 8) -> Response:
     r = (await codes.block_view(session, block_id)).code(index, settings.resolver_base_url)
     text = r.digital_link or r.value
@@ -161,7 +164,7 @@ async def code_qr(block_id: int, index: int, fmt: Literal["png", "svg"], session
 
 
 @router.get("/blocks/{block_id}/labels.pdf", summary="A printable PDF sheet of labels (QR + text)")
-async def labels_pdf(block_id: int, session: SessionDep, settings: SettingsDep,
+async def labels_pdf(block_id: BlockId, session: SessionDep, settings: SettingsDep,
                      first: Annotated[int, Query(ge=0)] = 0,
                      count: Annotated[int, Query(ge=1, le=MAX_LABELS)] = 21) -> Response:
     view, rendered = await _rendered(session, block_id, first, count, settings.resolver_base_url)
@@ -171,7 +174,7 @@ async def labels_pdf(block_id: int, session: SessionDep, settings: SettingsDep,
 
 
 @router.get("/blocks/{block_id}/labels.zpl", summary="ZPL II labels for Zebra printers")
-async def labels_zpl(block_id: int, session: SessionDep, settings: SettingsDep,
+async def labels_zpl(block_id: BlockId, session: SessionDep, settings: SettingsDep,
                      first: Annotated[int, Query(ge=0)] = 0,
                      count: Annotated[int, Query(ge=1, le=MAX_LABELS)] = 21) -> Response:
     view, rendered = await _rendered(session, block_id, first, count, settings.resolver_base_url)

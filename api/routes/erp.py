@@ -23,6 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.models import PurchaseReceipt, ShipmentRequest, WorkOrderInput
 from api.deps import SettingsDep, TemporalDep
+from api.limits import refuse_nul_in_body
 from connectors.erpnext import verify_webhook
 from connectors.errors import ConnectorConfigError
 from connectors.registry import connector_class
@@ -67,6 +68,7 @@ async def verify_erp_signature(
         return
     signature = request.headers.get(SIGNATURE_HEADER)
     if verify_webhook(secret, await request.body(), signature):
+        await refuse_nul_in_body(request)
         return
     peer = request.client.host if request.client else "unknown"
     log.warning("refused an ERP event for endpoint %s from %s: %s %s", endpoint, peer,
@@ -181,8 +183,8 @@ async def post_erp_event(
 
 
 @router.get("/events", summary="The ERP event inbox, newest first")
-async def list_erp_events(request: Request, limit: int = 50) -> list[dict]:
+async def list_erp_events(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict]:
     async with request.app.state.sessionmaker() as s:
-        rows = (await s.execute(select(ErpEvent).order_by(ErpEvent.id.desc()).limit(min(limit, 500)))).scalars()
+        rows = (await s.execute(select(ErpEvent).order_by(ErpEvent.id.desc()).limit(limit))).scalars()
         return [{"event_id": r.event_id, "event_type": r.event_type, "work_order": r.business_key,
                  "received_at": r.received_at.isoformat()} for r in rows]
