@@ -3,7 +3,8 @@
 On SQLite every transaction of the ordinary session factory begins IMMEDIATE (it takes the write lock at
 BEGIN), so concurrent writers queue instead of failing when a read lock cannot be upgraded. Readers must not
 queue behind writers: `make_read_sessionmaker` gives sessions whose transactions begin DEFERRED (a WAL
-snapshot, no lock), for code that only reads. On PostgreSQL both factories are the same.
+snapshot, no lock), for code that only reads; they refuse to write. On PostgreSQL their transactions are
+the ordinary ones.
 
 `BatchWriter` appends rows (an audit trail of requests, for instance) off the request path: many rows in one
 transaction, every `interval` seconds or `max_batch` rows.
@@ -31,16 +32,12 @@ SQLITE_BEGIN = "tracehub_sqlite_begin"
 def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     u = make_url(url)
     kwargs: dict = {"echo": echo}
-    # Connections beyond pool_size are closed when returned: under steady concurrency above pool_size every
-    # request would then open a connection (a thread and the PRAGMAs on SQLite, a backend process on
-    # PostgreSQL). So most of the allowance is kept open (pool_size), the same 30 at most as before.
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs.update(pool_size=20, max_overflow=10)
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_size=20, max_overflow=10, pool_pre_ping=True)
+        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
     engine = create_async_engine(url, **kwargs)
     if u.get_backend_name() == "sqlite":
 

@@ -90,6 +90,9 @@ def _respond(request: Request, elements: dict[str, str], res: ScanResult) -> Res
         body["serial"] = elements["21"]
     http = 200 if res.status == "genuine" else 410 if res.status == "voided" else 404
     if _wants_json(request):
+        if http != 200:  # the hub's refusals say why in `detail`; here it is the scan's reason
+            body["detail"] = res.reason or (f"code {code} was withdrawn" if res.status == "voided"
+                                            else f"code {code} was never issued")
         return JSONResponse(body, status_code=http)
     if res.status == "genuine":
         f = {**res.facts, "serial": elements.get("21"), "sscc": elements.get("00")}
