@@ -108,14 +108,14 @@ def build(url: str, a: argparse.Namespace) -> dict[str, Any]:
     units_per_lot = max(1, a.units // per_level)
     meta = {"lots": per_level * a.levels, "levels": a.levels, "fan_in": a.fan_in, "units": units_per_lot * per_level,
             "heat_lots": a.heat_lots}
-    with psycopg.connect(dsn, autocommit=True) as c:
-        try:
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
             row = c.execute("SELECT value FROM bench_meta WHERE key = 'plant'").fetchone()
             if a.keep and row and json.loads(row[0]) == meta:
                 log("plant already built at this size (--keep): reusing it")
                 return meta
-        except psycopg.errors.UndefinedTable:
-            pass
+    except (psycopg.errors.UndefinedTable, psycopg.OperationalError):  # no plant, or no database yet
+        pass
     admin = create_engine(sa_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{sa_url.database}" WITH (FORCE)'))

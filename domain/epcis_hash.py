@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,8 +33,16 @@ GS1_VOC = "https://gs1.org/voc/"
 _NUMERIC_START = frozenset("+-.0123456789iInN")  # what float() may accept: digits, signs, inf, nan
 
 
+# a timestamp already in UTC with at most milliseconds, on a day every month has: written out as it is
+_UTC_MS = re.compile(r"([1-9]\d{3})-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])T([01]\d|2[0-3]):([0-5]\d):([0-5]\d)"
+                     r"(?:\.(\d{1,3}))?(?:Z|z|[+-]00:00)")
+
+
 def utc_millis(value: str) -> str:
     """An xsd:dateTimeStamp as UTC with exactly three fractional digits, rounded half up."""
+    m = _UTC_MS.fullmatch(value)
+    if m:  # the usual case, without a datetime round trip (a third of the time of a hash)
+        return f"{m[1]}-{m[2]}-{m[3]}T{m[4]}:{m[5]}:{m[6]}.{(m[7] or '').ljust(3, '0')}Z"
     dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, BigInteger, func, insert, literal, select, text, update
+from sqlalchemy import ARRAY, JSON, BigInteger, any_, bindparam, func, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.epcis_ids import GS1_DL, canonical, lot_of, vocab_term
@@ -131,11 +132,23 @@ def analyse(doc: dict[str, Any], ctx: dict[str, str]) -> Indexed:
     return out
 
 
+def _pg(session: AsyncSession) -> bool:
+    return session.bind.dialect.name == "postgresql"
+
+
+def _among(session: AsyncSession, col: Any, values: list[Any]) -> Any:
+    """`col IN (values)`; on PostgreSQL as `= ANY(array)`, one parameter however many values (a captured
+    document looks up hundreds of identifiers at once)."""
+    if _pg(session):
+        return col == any_(bindparam(None, values, type_=ARRAY(col.type)))
+    return col.in_(values)
+
+
 async def _external_ids(session: AsyncSession, n: int) -> list[int]:
     """`n` fresh ids for nodes that are not hub lots: negative, so they never meet a lot id."""
     if n <= 0:
         return []
-    if session.bind.dialect.name == "postgresql":
+    if _pg(session):
         return list((await session.execute(
             text(f"SELECT -nextval('{TRACE_NODE_EXT_SEQ.name}') FROM generate_series(1, :n)"), {"n": n})).scalars())
     # SQLite: writers are serialised (BEGIN IMMEDIATE), so counting down from the smallest id is safe
@@ -146,7 +159,7 @@ async def _external_ids(session: AsyncSession, n: int) -> list[int]:
 async def _rekey(session: AsyncSession, old: int, lot_id: int) -> None:
     """An external node found to be a hub lot becomes the lot's node: its id and its edges move to the lot id."""
     e = TraceEdge.__table__
-    if session.bind.dialect.name == "postgresql":
+    if _pg(session):
         from sqlalchemy.dialects.postgresql import insert as upsert
     else:
         from sqlalchemy.dialects.sqlite import insert as upsert
@@ -172,9 +185,11 @@ async def ensure_nodes(session: AsyncSession, uris: Iterable[str], *, classes: s
     found: dict[str, int] = {}
     missing_lot: list[str] = []
     wl = list(wanted)
-    for i in range(0, len(wl), 500):
+    step = len(wl) if _pg(session) else 500
+    for i in range(0, len(wl), step):
         for nid, uri, lot_id in (await session.execute(
-                select(TraceNode.id, TraceNode.uri, TraceNode.lot_id).where(TraceNode.uri.in_(wl[i:i + 500])))).all():
+                select(TraceNode.id, TraceNode.uri, TraceNode.lot_id)
+                .where(_among(session, TraceNode.uri, wl[i:i + step])))).all():
             found[uri] = nid
             if lot_id is None and uri in lots:
                 missing_lot.append(uri)
@@ -206,7 +221,7 @@ async def ensure_nodes(session: AsyncSession, uris: Iterable[str], *, classes: s
                 lots[u] = r.id
     # a lot has one node: a second identifier of a lot that has its node already stays an external node
     taken = set((await session.execute(
-        select(TraceNode.id).where(TraceNode.id.in_({lots[u] for u in new if u in lots})))).scalars()) \
+        select(TraceNode.id).where(TraceNode.id.in_(list({lots[u] for u in new if u in lots}))))).scalars()) \
         if any(u in lots for u in new) else set()
     rows_in = []
     external = []
@@ -220,14 +235,15 @@ async def ensure_nodes(session: AsyncSession, uris: Iterable[str], *, classes: s
     for u, nid in zip(external, await _external_ids(session, len(external)), strict=True):
         rows_in.append({"id": nid, "uri": u, "kind": "class" if u in classes or lot_of(u) else "instance",
                         "lot_id": None, "lot_part": lot_of(u) or None})
-    await session.execute(insert(TraceNode.__table__), rows_in)
+    await bulk_insert(session, TraceNode.__table__, rows_in)
     for r in rows_in:
         found[r["uri"]] = r["id"]
     # classes from a supplier whose lot is the supplier lot of a received hub lot: the receipt links them
     parts = {r["lot_part"]: r["id"] for r in rows_in if r["lot_part"]}
     if parts:
         received = (await session.execute(
-            select(Lot.id, Lot.supplier_lot).where(Lot.kind == "material", Lot.supplier_lot.in_(list(parts))))).all()
+            select(Lot.id, Lot.supplier_lot)
+            .where(Lot.kind == "material", _among(session, Lot.supplier_lot, list(parts))))).all()
         await add_edges(session, [(parts[r.supplier_lot], r.id, "receipt", None) for r in received])
     return found
 
@@ -262,13 +278,16 @@ async def bulk_insert(session: AsyncSession, table: Any, rows: list[dict[str, An
         await session.execute(table.insert(), rows)
         return
     cols = list(rows[0])
-    json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    json_cols = [c for c in cols if isinstance(table.c[c].type, JSON)]
+    if json_cols:  # JSON columns go in as their text
+        rows = [{**r, **{c: orjson.dumps(r[c]).decode() for c in json_cols if r[c] is not None}} for r in rows]
+    values = itemgetter(*cols) if len(cols) > 1 else (lambda r: (r[cols[0]],))
     raw = (await (await session.connection()).get_raw_connection()).driver_connection
-    async with raw.cursor() as cur, cur.copy(
-            f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as cp:  # type: ignore[union-attr]
+    async with raw.cursor() as cur, cur.copy(  # type: ignore[union-attr]
+            f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as cp:
+        write = cp.write_row
         for r in rows:
-            await cp.write_row([orjson.dumps(r[c]).decode() if c in json_cols and r[c] is not None else r[c]
-                                for c in cols])
+            await write(values(r))
 
 
 async def index_events(session: AsyncSession, batch: list[tuple[int, dict[str, Any], dict[str, str]]], *,

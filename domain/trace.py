@@ -2,10 +2,11 @@
 
 A hub lot's lineage node id is its lot id (models_trace.TraceNode), so a walk is one recursive query over
 the edge index that yields lot ids directly, one index probe per edge, and the lots and their details are
-read by primary key or lot id with no mapping in between. On PostgreSQL the start (a unit serial, a lot
-number, a heat, ...), the walk and every kind of detail come back in one statement, each kind as columns of
-arrays in one JSON text (parsed with orjson, no ORM objects). On SQLite the same walk runs with one query per
-kind of detail (correct, not tuned). Both paths feed one assembler.
+read by primary key or lot id after the walk, with no mapping in between. On PostgreSQL the start (a unit
+serial, a lot number, a heat, ...), the walk and every kind of detail come back in one statement (the start's
+query feeding the PL/pgSQL function trace_genealogy(), whose plans stay cached on the connection), each kind
+as arrays of columns in one JSON text parsed with orjson: no ORM objects on the way. On SQLite the same walk
+runs with one query per kind of detail (correct, not tuned). Both paths feed one assembler.
 
 - backward(code): from a unit serial (Digital Link), a batch code, or a lot number, down to every consumed
   lot, supplier, supplier lot, heat and certificate, and past the receiving dock into a supplier's own lots
@@ -21,6 +22,7 @@ import io
 import re
 from collections import defaultdict, deque
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 from urllib.parse import unquote
 
@@ -70,14 +72,11 @@ async def resolve(session: AsyncSession, code: str) -> tuple[int, str | None]:
     if m:
         serial = unquote(m.group(2))
         if serial.isdigit():
-            seq = int(serial)
-            block = (await session.execute(
-                select(CodeBlock.lot_id, CodeBlock.first_seq, CodeBlock.count)
-                .where(CodeBlock.item_id.in_(select(Item.id).where(Item.gtin == m.group(1))),
-                       CodeBlock.first_seq <= seq)
-                .order_by(CodeBlock.first_seq.desc()).limit(1))).first()
-            if block is not None and seq < block.first_seq + block.count:
-                return block.lot_id, code
+            # the block holding the serial, among the blocks of every item with that GTIN (_ANCHORS["unit"])
+            lot_id = (await session.execute(text(_anchor("unit", pg=_pg(session))),
+                                            {"gtin": m.group(1), "seq": int(serial)})).scalar()
+            if lot_id is not None:
+                return lot_id, code
     else:
         m = _DL_LOT.search(code)
         number = unquote(m.group(2)) if m else code
@@ -104,20 +103,24 @@ _HEAT_ROLES = "('output', 'output_quantity', 'quantity', 'epc')"
 _ANCHORS = {
     "lot": "SELECT :lot AS id",
     "number": "SELECT id FROM lot WHERE number = :number",
+    # the block holding a serial: the newest block at or below it among the items with that GTIN (_PG_ANCHORS
+    # has the same, one index probe per item)
     "unit": """SELECT b.lot_id AS id FROM (SELECT lot_id, first_seq, count FROM code_block
                WHERE item_id IN (SELECT id FROM item WHERE gtin = :gtin) AND first_seq <= :seq
                ORDER BY first_seq DESC LIMIT 1) b WHERE :seq < b.first_seq + b.count""",
     "f_lot": "SELECT id FROM lot WHERE number = :value",
-    # a heat of our received lots, or named in captured events (a supplier's ILMD or extension `...heatNumber`)
-    # ({fence}: OFFSET 0 on PostgreSQL keeps the captured part driven by the (name, value) index of the few
-    # events naming the heat, whatever the statistics of trace_node say)
+    # a heat of our received lots, or named in captured events (a supplier's ILMD or extension `...heatNumber`).
+    # The captured identifiers are found by their index (uri, lot_part) and only then kept if not hub lots: the
+    # fence ({fence}: OFFSET 0 on PostgreSQL) keeps `lot_id IS NULL` from driving the plan (the statistics of
+    # trace_node can lag behind a capture by thousands of nodes)
     "f_heat": f"""SELECT id FROM lot WHERE heat_number = :value
-               UNION SELECT n.id FROM (SELECT x.uri FROM epcis_event_field f
-                   JOIN epcis_event_epc x ON x.event_pk = f.event_pk
-                   WHERE f.name = 'heat' AND f.value = :value AND x.role IN {_HEAT_ROLES} {{fence}}) h
-               JOIN trace_node n ON n.uri = h.uri WHERE n.lot_id IS NULL""",
+               UNION SELECT t.id FROM (SELECT n.id, n.lot_id FROM trace_node n WHERE n.uri IN (
+                   SELECT x.uri FROM epcis_event_field f JOIN epcis_event_epc x ON x.event_pk = f.event_pk
+                   WHERE f.name = 'heat' AND f.value = :value AND x.role IN {_HEAT_ROLES}) {{fence}}) t
+               WHERE t.lot_id IS NULL""",
     "f_supplier_lot": """SELECT id FROM lot WHERE supplier_lot = :value
-               UNION SELECT id FROM trace_node WHERE lot_part = :value AND lot_id IS NULL""",
+               UNION SELECT t.id FROM (SELECT id, lot_id FROM trace_node WHERE lot_part = :value {fence}) t
+               WHERE t.lot_id IS NULL""",
     "f_equipment": """SELECT DISTINCT output_lot_id AS id FROM operation_record
                WHERE equipment = :value AND started_at < :until AND ended_at >= :since""",
     "f_operator": """SELECT DISTINCT output_lot_id AS id FROM operation_record
@@ -202,8 +205,19 @@ _PG_CALL = "SELECT trace_genealogy(ARRAY({anchor})::bigint[], {up}, {full})"
 _KINDS = ("starts", "edges", "lots", "ext", "ships", "units", "ops", "ins", "ncrs", "events")
 
 
+# PostgreSQL plans `item_id IN (...) ... ORDER BY first_seq DESC LIMIT 1` as a scan of all the item's blocks
+# (milliseconds); per item, the newest block at or below the serial is one probe of (item_id, first_seq)
+_PG_ANCHORS = {
+    "unit": """SELECT b.lot_id AS id FROM (SELECT c.lot_id, c.first_seq, c.count FROM item i
+               CROSS JOIN LATERAL (SELECT lot_id, first_seq, count FROM code_block
+                   WHERE item_id = i.id AND first_seq <= :seq ORDER BY first_seq DESC LIMIT 1) c
+               WHERE i.gtin = :gtin ORDER BY c.first_seq DESC LIMIT 1) b WHERE :seq < b.first_seq + b.count""",
+}
+
+
 def _anchor(anchor: str, *, pg: bool) -> str:
-    return _ANCHORS[anchor].replace("{fence}", "OFFSET 0" if pg else "LIMIT -1 OFFSET 0")
+    sql = _PG_ANCHORS.get(anchor, _ANCHORS[anchor]) if pg else _ANCHORS[anchor]
+    return sql.replace("{fence}", "OFFSET 0" if pg else "LIMIT -1 OFFSET 0")
 
 
 def _statement(anchor: str, *, up: bool, pg: bool, full: bool = False) -> Any:
@@ -227,23 +241,35 @@ def _sql(anchor: str, *, up: bool, pg: bool, full: bool) -> Any:
     return q
 
 
-def _rows(cols: list[Any] | None) -> list[tuple[Any, ...]]:
-    return list(zip(*cols, strict=True)) if cols and cols[0] is not None else []
+class _Columns:
+    """Rows of one kind read from its columns, tuple by tuple as they are iterated (several times if need be):
+    no list of row tuples is kept, so a large trace leaves less for the garbage collector to walk."""
+
+    __slots__ = ("cols",)
+
+    def __init__(self, cols: list[Any] | None) -> None:
+        self.cols = cols if cols and cols[0] is not None else None
+
+    def __iter__(self) -> Any:
+        return zip(*self.cols, strict=True) if self.cols else iter(())
+
+    def __bool__(self) -> bool:
+        return self.cols is not None
 
 
 async def _fetch_pg(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool,
-                    full: bool) -> dict[str, list[Any]]:
+                    full: bool) -> dict[str, Any]:
     doc = orjson.loads((await session.execute(_sql(anchor, up=up, pg=True, full=full), params)).scalar_one())
-    out: dict[str, list[Any]] = {"starts": doc[0] or []}
+    out: dict[str, Any] = {"starts": doc[0] or []}
     for k, cols in zip(_KINDS[1:], doc[1:], strict=True):
-        out[k] = _rows(cols)
+        out[k] = _Columns(cols)
     return out
 
 
 async def _fetch_portable(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool,
-                          full: bool) -> dict[str, list[Any]]:
+                          full: bool) -> dict[str, Any]:
     walk = (await session.execute(_sql(anchor, up=up, pg=False, full=full), params)).all()
-    out: dict[str, list[Any]] = {k: [] for k in _KINDS}
+    out: dict[str, Any] = {k: [] for k in _KINDS}
     out["starts"] = list(dict.fromkeys(r[0] for r in walk if r[1] is None))
     out["edges"] = [tuple(r) for r in walk if r[1] is not None]
     node_ids = list({r[0] for r in walk})
@@ -299,7 +325,7 @@ def _pg(session: AsyncSession) -> bool:
 
 
 async def _fetch(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool,
-                 full: bool) -> dict[str, list[Any]]:
+                 full: bool) -> dict[str, Any]:
     fetch = _fetch_pg if _pg(session) else _fetch_portable
     return await fetch(session, anchor, params, up=up, full=full)
 
@@ -351,10 +377,11 @@ def _lot_uri(number: str, gtin: str | None) -> str:
 
 
 _EXT_WHERE = "outside the plant (captured EPCIS events)"
+_BY_LEVEL = itemgetter(0, 1)  # nodes by (level, label)
 
 
-def _history(raw: dict[str, list[Any]]) -> dict[int, dict[str, list[Any]]]:
-    hist: dict[int, dict[str, list[Any]]] = defaultdict(lambda: {"operations": [], "inspections": [], "ncrs": []})
+def _history(raw: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    hist: dict[int, dict[str, Any]] = defaultdict(lambda: {"operations": [], "inspections": [], "ncrs": []})
     for lot_id, seq, name, rework, eq, operator, shift, started, ended, params, consumed, good, scrap in raw["ops"]:
         hist[lot_id]["operations"].append({
             "seq": seq, "name": name, "rework": rework, "equipment": eq, "operator": operator, "shift": shift,
@@ -385,7 +412,7 @@ def _history(raw: dict[str, list[Any]]) -> dict[int, dict[str, list[Any]]]:
     return hist
 
 
-def _assemble(raw: dict[str, list[Any]], *, up: bool, resolver: str, full: bool) -> dict[str, Any]:
+def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool) -> dict[str, Any]:
     """nodes (one per lot or captured identifier, by level), edges, and the flat list (one row per node)."""
     depth = _depths(raw["starts"], raw["edges"])
     ships: dict[int, list[dict[str, Any]]] = {}
@@ -426,7 +453,7 @@ def _assemble(raw: dict[str, list[Any]], *, up: bool, resolver: str, full: bool)
     label: dict[int, str] = {}
     keyed: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []
     uri_of_gtin: dict[str | None, str | None] = {}  # the Digital Link prefix of a GTIN, None: canonical() needed
-    consumed = LotStatus.consumed
+    consumed, shipped = LotStatus.consumed, LotStatus.shipped
     for (lot_id, number, kind, status, qty, remaining, uom, slot, heat, cert, receipt, loc, concession, item,
          gtin, supplier) in raw["lots"]:
         label[lot_id] = number
@@ -436,9 +463,14 @@ def _assemble(raw: dict[str, list[Any]], *, up: bool, resolver: str, full: bool)
             shipments = []
             customers = names = ""
             where = "consumed" if status == consumed else _where(status, remaining, loc, shipments)
+        elif len(shipments) == 1:  # the usual case, without sets and sorts
+            s0 = shipments[0]
+            customers, names = s0["customer"], s0["shipment"]
+            where = f"shipped to {customers} ({names})" if status == shipped or remaining <= 1e-9 \
+                else _where(status, remaining, loc, shipments)
         else:
             customers = ", ".join(sorted({s["customer"] for s in shipments}))
-            names = ", ".join(s["shipment"] for s in shipments)
+            names = ", ".join([s["shipment"] for s in shipments])
             where = _where(status, remaining, loc, shipments)
         u = units.get(lot_id)
         if u is None:
@@ -468,7 +500,8 @@ def _assemble(raw: dict[str, list[Any]], *, up: bool, resolver: str, full: bool)
             node["operations"] = ops
             node["inspections"] = ins
             node["ncrs"] = ncrs
-            n_ops, n_ins, ncr_names = len(ops), len(ins), ", ".join(x["number"] for x in ncrs)
+            n_ops, n_ins = len(ops), len(ins)
+            ncr_names = ", ".join([x["number"] for x in ncrs]) if ncrs else ""
         else:
             n_ops = n_ins = 0
             ncr_names = ""
@@ -488,7 +521,7 @@ def _assemble(raw: dict[str, list[Any]], *, up: bool, resolver: str, full: bool)
             "where": _EXT_WHERE, "quantity": None, "uom": None, "units": 0, "supplier": None, "supplier_lot": None,
             "heat_number": None, "certificate_ref": None, "customers": "", "shipments": "", "operations": 0,
             "inspections": 0, "ncrs": ""}))
-    keyed.sort(key=_by_level)
+    keyed.sort(key=_BY_LEVEL)
     # walk rows are (reached, from): backward reaches parents, forward children
     if up:
         edges = [{"from": label[r], "to": label[f], "via": via} for r, f, via in raw["edges"]]
@@ -497,17 +530,13 @@ def _assemble(raw: dict[str, list[Any]], *, up: bool, resolver: str, full: bool)
     return {"nodes": [k[2] for k in keyed], "edges": edges, "flat": [k[3] for k in keyed]}
 
 
-def _by_level(k: tuple[Any, ...]) -> tuple[int, str]:
-    return k[0], k[1]
-
-
 async def _backward_graph(session: AsyncSession, code: str, *,
                           resolver: str) -> tuple[dict[str, Any], str | None]:
     # the common starts resolve inside the walk's statement: a hub unit serial, or a lot number
     c = code.strip()
     c = canonical(c) if c.startswith("urn:epc:") else c
     m = _DL_SERIAL.search(c)
-    raw: dict[str, list[Any]] | None = None
+    raw: dict[str, Any] | None = None
     unit: str | None = None
     if m and unquote(m.group(2)).isdigit():
         raw = await _fetch(session, "unit", {"gtin": m.group(1), "seq": int(unquote(m.group(2)))}, up=True, full=True)
