@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import orjson
 from psycopg.errors import UniqueViolation
 from sqlalchemy import ARRAY, String, any_, bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import InvalidInput, NotFound
 from domain.epcis_hash import context_prefixes, event_hash
 from domain.epcis_ids import canonical, gcp_of_urn, vocab_term
-from domain.epcis_index import bulk_insert, index_events
+from domain.epcis_index import IndexRows, bulk_insert, index_rows, write_index
 from domain.epcis_validate import Violation, events_of, validate, validate_single_event
 from domain.models import EpcisEvent, utcnow
 from domain.models_trace import EpcisCaptureJob, EpcisErrorDeclaration, EpcisNamespace, Gs1CompanyPrefix
@@ -28,6 +29,7 @@ from domain.models_trace import EpcisCaptureJob, EpcisErrorDeclaration, EpcisNam
 CAPTURE_LIMIT = 10_000  # events per document (GS1-EPCIS-Capture-Limit)
 CAPTURE_FILE_SIZE_LIMIT = 16 * 1024 * 1024  # bytes (GS1-EPCIS-Capture-File-Size-Limit)
 _ID_FIELDS = ("epcList", "childEPCs", "inputEPCList", "outputEPCList")
+_NOT_STORED = ("recordTime", "@context")  # the server's recordTime is its own; prefixes are kept apart
 _Q_FIELDS = ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList")
 
 
@@ -80,9 +82,9 @@ async def _stored_ids(session: AsyncSession, event_ids: list[str]) -> set[str]:
     return found
 
 
-async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]],
-                         docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Store the events not stored yet; (row with its primary key, document) of each one stored.
+async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]], docs: list[dict[str, Any]],
+                         prefixes: dict[str, str]) -> tuple[int, IndexRows]:
+    """Store the events not stored yet: (how many, their index rows, keyed by their primary keys).
 
     PostgreSQL: the keys come from the table's sequence in one round trip and the rows go in with COPY, in a
     savepoint: a document of new events (the usual case) costs no lookup at all, and only when one of them is
@@ -100,7 +102,7 @@ async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]],
                     select(EpcisEvent.event_id, EpcisEvent.id).where(EpcisEvent.event_id.in_(ids[i:i + 500])))).all())
             for r, _ in keep:
                 r["id"] = pk_of[r["event_id"]]
-        return keep
+        return len(keep), index_rows([(r["id"], d, prefixes) for r, d in keep])
     keys = (await session.execute(
         text("SELECT nextval(pg_get_serial_sequence('epcis_event', 'id')) FROM generate_series(1, :n)"),
         {"n": len(rows)})).scalars()
@@ -108,29 +110,32 @@ async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]],
         r["id"] = k
     try:
         async with session.begin_nested():
-            await bulk_insert(session, EpcisEvent.__table__, rows)
-        return pairs
+            await bulk_insert(session, EpcisEvent.__table__, rows, encoded=("document",))
+        return len(pairs), index_rows([(r["id"], d, prefixes) for r, d in pairs])
     except (IntegrityError, UniqueViolation):
         stored = await _stored_ids(session, [r["event_id"] for r in rows])
         keep = [(r, d) for r, d in pairs if r["event_id"] not in stored]
         if keep:
-            await bulk_insert(session, EpcisEvent.__table__, [r for r, _ in keep])
-        return keep
+            await bulk_insert(session, EpcisEvent.__table__, [r for r, _ in keep], encoded=("document",))
+        return len(keep), index_rows([(r["id"], d, prefixes) for r, d in keep])
 
 
 async def store_events(session: AsyncSession, events: list[dict[str, Any]],
                        prefixes: dict[str, str]) -> tuple[int, int]:
     """Store validated events with their indexes and lineage; returns (stored, duplicates)."""
     now = utcnow()
+    pg = session.bind.dialect.name == "postgresql"
     rows: list[dict[str, Any]] = []
     docs: list[dict[str, Any]] = []
     decls: list[dict[str, Any]] = []
     gcps: set[str] = set()
     seen: set[str] = set()
     for ev in events:
-        doc = {k: v for k, v in ev.items() if k not in ("recordTime", "@context")}
-        if not doc.get("eventID"):
-            doc = {"type": doc["type"], "eventID": event_hash(doc, prefixes), **doc}
+        if ev.get("eventID"):
+            doc = {k: v for k, v in ev.items() if k not in _NOT_STORED}
+        else:  # the hash leaves out recordTime and @context itself: one copy of the event, with its id in front
+            doc = {"type": ev["type"], "eventID": event_hash(ev, prefixes)}
+            doc.update((k, v) for k, v in ev.items() if k not in _NOT_STORED and k != "type")
         gcps |= _company_prefixes(doc)
         decl = doc.get("errorDeclaration")
         if decl:
@@ -150,16 +155,18 @@ async def store_events(session: AsyncSession, events: list[dict[str, Any]],
             "read_point": canonical(doc["readPoint"]["id"])[:200] if (doc.get("readPoint") or {}).get("id") else None,
             "biz_location": canonical(doc["bizLocation"]["id"])[:200]
             if (doc.get("bizLocation") or {}).get("id") else None,
-            "lot_id": None, "work_order_id": None, "document": doc,
+            # PostgreSQL: the document goes in as its JSON text, ready for COPY (and a row of plain values is
+            # not one more object for the garbage collector to follow while the capture runs)
+            "lot_id": None, "work_order_id": None, "document": orjson.dumps(doc).decode() if pg else doc,
         })
         docs.append(doc)
     stored = dup = 0
     if rows:
-        keep = await _insert_events(session, rows, docs)
-        dup += len(rows) - len(keep)
-        if keep:
-            await index_events(session, [(r["id"], d, prefixes) for r, d in keep])
-            stored += len(keep)
+        n, ix = await _insert_events(session, rows, docs, prefixes)
+        dup += len(rows) - n
+        if n:
+            await write_index(session, ix)
+            stored += n
     if decls:
         existing_d = set((await session.execute(
             select(EpcisErrorDeclaration.event_id, EpcisErrorDeclaration.declaration_time)
@@ -222,8 +229,7 @@ async def capture(session: AsyncSession, doc: Any, *, behaviour: str = "rollback
             good = []
         else:
             good = [ev for i, ev in enumerate(events) if i not in bad]
-        stored, _ = await store_events(session, [{k: v for k, v in e.items() if k != "@context"} for e in good],
-                                       prefixes)
+        stored, _ = await store_events(session, good, prefixes)
         job.stored_count = stored
         job.success = not violations
         job.errors = [v.as_problem() for v in violations]

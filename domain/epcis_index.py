@@ -5,6 +5,7 @@
 - trace_node / trace_edge: the lineage index. A TransformationEvent links each input to each output; an
   AggregationEvent ADD links each child to its parent; a class known from a captured (supplier) event whose
   lot (AI 10) is the supplier lot of a received hub lot links to that lot, in whichever order they arrive.
+  A hub lot's node id is its lot id, any other identifier's a negative one (models_trace.TraceNode).
   Walks over it are one recursive query (domain/trace.py).
 
 Everything works on batches of events, so a captured document of thousands of events costs a handful of
@@ -270,15 +271,18 @@ async def add_edges(session: AsyncSession, edges: list[tuple[int, int, str, int 
     await session.execute(upsert(TraceEdge.__table__).on_conflict_do_nothing(), rows)
 
 
-async def bulk_insert(session: AsyncSession, table: Any, rows: list[dict[str, Any]]) -> None:
-    """Insert many rows in the session's transaction: COPY on PostgreSQL, executemany elsewhere."""
+async def bulk_insert(session: AsyncSession, table: Any, rows: list[dict[str, Any]], *,
+                      encoded: tuple[str, ...] = ()) -> None:
+    """Insert many rows in the session's transaction: COPY on PostgreSQL, executemany elsewhere.
+
+    `encoded`: JSON columns whose values are their JSON text already (PostgreSQL)."""
     if not rows:
         return
     if session.bind.dialect.name != "postgresql":
         await session.execute(table.insert(), rows)
         return
     cols = list(rows[0])
-    json_cols = [c for c in cols if isinstance(table.c[c].type, JSON)]
+    json_cols = [c for c in cols if isinstance(table.c[c].type, JSON) and c not in encoded]
     if json_cols:  # JSON columns go in as their text
         rows = [{**r, **{c: orjson.dumps(r[c]).decode() for c in json_cols if r[c] is not None}} for r in rows]
     values = itemgetter(*cols) if len(cols) > 1 else (lambda r: (r[cols[0]],))
@@ -290,23 +294,42 @@ async def bulk_insert(session: AsyncSession, table: Any, rows: list[dict[str, An
             await write(values(r))
 
 
-async def index_events(session: AsyncSession, batch: list[tuple[int, dict[str, Any], dict[str, str]]], *,
-                       lots: dict[str, int] | None = None) -> None:
-    """Write the query indexes and the lineage of a batch of stored events: (event pk, document, prefixes)."""
-    epc_rows: list[dict[str, Any]] = []
-    field_rows: list[dict[str, Any]] = []
-    edges: list[tuple[str, str, str, int]] = []
-    classes: set[str] = set()
+@dataclass
+class IndexRows:
+    """What a batch of stored events adds to the indexes (index_rows), before it is written (write_index)."""
+
+    epcs: list[dict[str, Any]] = field(default_factory=list)
+    fields: list[dict[str, Any]] = field(default_factory=list)
+    edges: list[tuple[str, str, str, int]] = field(default_factory=list)  # (parent uri, child uri, via, event pk)
+    classes: set[str] = field(default_factory=set)
+
+
+def index_rows(batch: list[tuple[int, dict[str, Any], dict[str, str]]]) -> IndexRows:
+    """The index rows of a batch of events: (event pk, document, prefixes). Pure: no database."""
+    out = IndexRows()
+    epc_rows, field_rows, edges = out.epcs, out.fields, out.edges
     for pk, doc, ctx in batch:
         ix = analyse(doc, ctx)
         epc_rows += [{"event_pk": pk, "role": r, "uri": u[:300]} for r, u in ix.epcs]
         field_rows += [{"event_pk": pk, "name": n[:300], "value": v} for n, v in ix.fields]
         edges += [(p, c, via, pk) for p, c, via in ix.edges]
-        classes |= ix.classes
-    await bulk_insert(session, EpcisEventEpc.__table__, epc_rows)
-    await bulk_insert(session, EpcisEventField.__table__, field_rows)
+        out.classes |= ix.classes
+    return out
+
+
+async def write_index(session: AsyncSession, ix: IndexRows, *, lots: dict[str, int] | None = None) -> None:
+    """Write the query indexes and the lineage of index_rows()."""
+    await bulk_insert(session, EpcisEventEpc.__table__, ix.epcs)
+    await bulk_insert(session, EpcisEventField.__table__, ix.fields)
     # lots named by any event become nodes too: a supplier's shipment of its lot meets our receipt of it
-    node_uris = {u for p, c, _, _ in edges for u in (p, c)} | set(lots or {}) | {c for c in classes if lot_of(c)}
+    node_uris = {u for p, c, _, _ in ix.edges for u in (p, c)} | set(lots or {}) | \
+        {c for c in ix.classes if lot_of(c)}
     if node_uris:
-        ids = await ensure_nodes(session, node_uris, classes=classes, lots=lots)
-        await add_edges(session, [(ids[p], ids[c], via, pk) for p, c, via, pk in edges])
+        ids = await ensure_nodes(session, node_uris, classes=ix.classes, lots=lots)
+        await add_edges(session, [(ids[p], ids[c], via, pk) for p, c, via, pk in ix.edges])
+
+
+async def index_events(session: AsyncSession, batch: list[tuple[int, dict[str, Any], dict[str, str]]], *,
+                       lots: dict[str, int] | None = None) -> None:
+    """Write the query indexes and the lineage of a batch of stored events: (event pk, document, prefixes)."""
+    await write_index(session, index_rows(batch), lots=lots)

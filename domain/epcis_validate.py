@@ -145,7 +145,7 @@ def _compile(definition: dict[str, Any]) -> Any:
     code = fastjsonschema.compile_to_code(definition, formats=_FORMATS, detailed_exceptions=False)
     code = code.replace(".format(**locals())", "")
     scope: dict[str, Any] = {}
-    exec(compile(code, "<epcis-schema>", "exec"), scope)  # noqa: S102 - code generated from our schema file
+    exec(compile(code, "<epcis-schema>", "exec"), scope)  # noqa: S102 - generated from our schema file
     return functools.partial(scope[_FIRST_DEF.search(code).group(1)], custom_formats=_FORMATS)
 
 

@@ -50,15 +50,16 @@ class TraceEdge(Base):
 
     Both walks read only indexes, one probe per edge: backward (child -> parents) the covering index
     (child_id, parent_id, via), forward (parent -> children) the primary key, which carries `via` too on
-    PostgreSQL. No foreign keys to trace_node: a node id is a lot id or a negative external id, and an
-    external node that turns out to be a hub lot is re-keyed to the lot id (epcis_index.ensure_nodes)."""
+    PostgreSQL. A derived index written with its events, so no foreign keys: a node id is a lot id or a negative
+    external id (an external node that turns out to be a hub lot is re-keyed to the lot id, see
+    epcis_index.ensure_nodes), and the event is the one being stored."""
 
     __tablename__ = "trace_edge"
     __table_args__ = (PrimaryKeyConstraint("parent_id", "child_id", postgresql_include=["via"]),
                       Index("ix_trace_edge_child_parent_via", "child_id", "parent_id", "via"))
     parent_id: Mapped[int] = mapped_column(BigId)
     child_id: Mapped[int] = mapped_column(BigId)
-    event_pk: Mapped[int | None] = mapped_column(ForeignKey("epcis_event.id"))
+    event_pk: Mapped[int | None] = mapped_column(Integer)  # epcis_event.id of the event that made the edge
     via: Mapped[str] = mapped_column(String(16), default="transformation")  # transformation | receipt | packing
 
 

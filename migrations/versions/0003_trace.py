@@ -261,14 +261,13 @@ def upgrade() -> None:
     with op.batch_alter_table('epcis_event_key', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_epcis_event_key_event_pk'), ['event_pk'], unique=False)
 
-    # no foreign keys to trace_node (a node that turns out to be a hub lot is re-keyed to the lot id); the
-    # primary key carries `via` on PostgreSQL, so both walks are index-only
+    # a derived index written with its events: no foreign keys (a node that turns out to be a hub lot is
+    # re-keyed to the lot id); the primary key carries `via` on PostgreSQL, so both walks are index-only
     op.create_table('trace_edge',
     sa.Column('parent_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('child_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('event_pk', sa.Integer(), nullable=True),
     sa.Column('via', sa.String(length=16), nullable=False),
-    sa.ForeignKeyConstraint(['event_pk'], ['epcis_event.id'], ),
     sa.PrimaryKeyConstraint('parent_id', 'child_id', postgresql_include=['via'])
     )
     with op.batch_alter_table('trace_edge', schema=None) as batch_op:
