@@ -415,9 +415,10 @@ class WorkOrderWorkflow:
         if ncr.outcome in (NcrAction.dismiss, NcrAction.use_as_is):
             self.material[lot] = "quarantine"  # accepted on its papers: incoming inspection still decides
             return True
-        self.material[lot] = "rejected"
         await self._db("skip_inspection", SkipInspectionInput(
             inspection=number, reason=f"lot {lot} rejected on its certificate ({ncr.ncr}: {ncr.outcome.value})"))
+        # after the record, so whoever sees "rejected" in the status also finds the inspection skipped
+        self.material[lot] = "rejected"
         return False
 
     async def _inspect(self, number: str, kind: str, lot: str, opened: bool = False) -> InspectionOutcome:
