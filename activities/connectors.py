@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +19,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.base import TransactionalActivities
 from activities.errors import translated
 from activities.models import PurchaseReceipt, ShipmentRequest, WorkOrderInput
 from activities.models_connectors import (
@@ -48,16 +47,11 @@ from domain.endpoints import find_endpoint
 WORK_ORDER_WORKFLOW = "WorkOrderWorkflow"
 
 
-class ConnectorActivities:
+class ConnectorActivities(TransactionalActivities):
     """Activities that open an endpoint's connector; built once per worker."""
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-        self.sm = sessionmaker
-
-    @asynccontextmanager
-    async def tx(self) -> AsyncIterator[AsyncSession]:
-        async with self.sm() as session, session.begin():
-            yield session
+        super().__init__(sessionmaker)
 
     async def connector(self, endpoint: str) -> Connector:
         """The endpoint's connector (not yet open); a missing or invalid endpoint is a config error."""

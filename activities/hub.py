@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
+from activities.base import TransactionalActivities
 from activities.errors import translated
 from activities.models import (
     ApplyDispositionInput,
@@ -38,18 +37,13 @@ from domain import codes, production, quality, shipping
 from domain.models import Endpoint
 
 
-class HubActivities:
+class HubActivities(TransactionalActivities):
     """Every activity of the hub; built once per worker with its collaborators."""
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, resolver: str, erp_endpoint: str = "erp"):
-        self.sm = sessionmaker
+        super().__init__(sessionmaker)
         self.resolver = resolver
         self.erp_endpoint = erp_endpoint
-
-    @asynccontextmanager
-    async def tx(self) -> AsyncIterator[AsyncSession]:
-        async with self.sm() as session, session.begin():
-            yield session
 
     @activity.defn
     @translated

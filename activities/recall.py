@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
+from activities.base import TransactionalActivities
 from activities.errors import translated
 from activities.recall_models import (
     CustomerNotice,
@@ -37,17 +36,12 @@ def _scope(s: dict[str, Any]) -> RecallScope:
     )
 
 
-class RecallActivities:
+class RecallActivities(TransactionalActivities):
     """The recall's activities; built once per worker."""
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, resolver: str):
-        self.sm = sessionmaker
+        super().__init__(sessionmaker)
         self.resolver = resolver
-
-    @asynccontextmanager
-    async def tx(self) -> AsyncIterator[AsyncSession]:
-        async with self.sm() as session, session.begin():
-            yield session
 
     @activity.defn
     @translated
