@@ -73,7 +73,10 @@ async def public_facts(session: AsyncSession, info: CodeInfo, lot_in_uri: str | 
     v = info.view
     assert v is not None
     item = v.item
-    facts: dict[str, Any] = {"product": item.name or item.code, "item": item.code, "gtin": item.gtin,
+    # a case or pallet with a GTIN of its own carries that GTIN, not its units'
+    ns = v.rule.namespace
+    gtin = ns.removeprefix("sgtin:") if ns.startswith("sgtin:") else item.gtin
+    facts: dict[str, Any] = {"product": item.name or item.code, "item": item.code, "gtin": gtin,
                              "level": v.rule.level, "code": info.value}
     lot: Lot | None = info.lot
     if lot is not None:

@@ -172,6 +172,8 @@ async def save_rule(session: AsyncSession, *, item: str, level: str, spec: dict[
         if g != it.gtin:
             raise InvalidInput(f"part 1 (AI 01 GTIN): {g} is not the item's GTIN {it.gtin}; unit codes carry "
                                "the item's own GTIN (use a case GTIN at case level)", field="spec")
+    if ns.startswith("sgtin:") and level != "unit":
+        await _check_package_gtin(session, it, level, ns.removeprefix("sgtin:"))
     new = CompiledRule(parsed, level=level, secret="00" * 16, gtin=it.gtin)
     # every earlier version sharing the namespace shares the counter and the permutation key; refuse a
     # change of structure that could make a new code equal an old one
@@ -200,6 +202,22 @@ async def save_rule(session: AsyncSession, *, item: str, level: str, spec: dict[
     await audit(session, actor=actor, action="code_rule.saved", entity="code_rule", key=f"{it.code}:{level}",
                 changes={"version": rule.version, "spec": rule.spec})
     return rule
+
+
+async def _check_package_gtin(session: AsyncSession, it: Item, level: str, gtin: str) -> None:
+    """A case or pallet identified by GTIN + serial is its own trade item (GS1: each packaging level has its own
+    GTIN, often the unit's with indicator digit 1-8): not the unit's GTIN, and no other item's GTIN."""
+    if gtin == it.gtin:
+        raise InvalidInput(f"part 1 (AI 01 GTIN): {gtin} is the unit GTIN of item {it.code!r}; a {level} is its "
+                           "own trade item: give the GTIN of the {level} (e.g. the unit's with an indicator "
+                           "digit 1-8) or use AI 00 (SSCC)".replace("{level}", level), field="spec")
+    other = (await session.execute(select(Item.code).where(Item.gtin == gtin, Item.id != it.id))).scalar()
+    if other is None:
+        other = (await session.execute(select(Item.code).join(CodeRule, CodeRule.item_id == Item.id).where(
+            CodeRule.namespace == f"sgtin:{gtin}", Item.id != it.id).limit(1))).scalar()
+    if other is not None:
+        raise Conflict(f"part 1 (AI 01 GTIN): {gtin} already identifies item {other!r}: give the {level} of "
+                       f"item {it.code!r} a GTIN of its own", field="spec")
 
 
 async def current_rule(session: AsyncSession, item: Item, level: str, *, create_default: bool = True) -> CodeRule:

@@ -12,12 +12,15 @@ from core.errors import Conflict, InvalidInput, NotFound
 from domain.audit import audit
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import Item, Lot, LotEdge, LotStatus, OperationRecord, Supplier, WorkOrder, utcnow
+from domain.models_codes import CodeRule
 
 
 async def upsert_item(
     session: AsyncSession, code: str, *, name: str | None = None, gtin: str | None = None, uom: str = "EA"
 ) -> Item:
     item = (await session.execute(select(Item).where(Item.code == code))).scalar()
+    if gtin and (item is None or not item.gtin):
+        await _refuse_gtin_of_another_item(session, gtin, code)
     if item is None:
         item = Item(code=code, name=name, gtin=gtin, uom=uom)
         session.add(item)
@@ -28,6 +31,18 @@ async def upsert_item(
         if name and not item.name:
             item.name = name
     return item
+
+
+async def _refuse_gtin_of_another_item(session: AsyncSession, gtin: str, code: str) -> None:
+    """A GTIN identifies one trade item: two items sharing one would make their serials collide in scans,
+    codes and traces. (Decided in session 2: the hub refuses it rather than guessing which item is meant.)"""
+    other = (await session.execute(select(Item.code).where(Item.gtin == gtin, Item.code != code))).scalar()
+    if other is None:  # or the GTIN of another item's case or pallet
+        other = (await session.execute(select(Item.code).join(CodeRule, CodeRule.item_id == Item.id).where(
+            CodeRule.namespace == f"sgtin:{gtin}", Item.code != code).limit(1))).scalar()
+    if other is not None:
+        raise Conflict(f"gtin {gtin} already belongs to item {other!r}: a GTIN identifies one trade item; "
+                       f"give item {code!r} its own GTIN", field="gtin")
 
 
 async def upsert_supplier(session: AsyncSession, code: str) -> Supplier:

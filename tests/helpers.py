@@ -106,3 +106,12 @@ async def wait_ncr(api: httpx.AsyncClient, number: str) -> str:
 
 async def wait_done(api: httpx.AsyncClient, number: str, timeout: float = 40.0) -> dict:
     return await wait_status(api, number, lambda s: s["result"] is not None, timeout=timeout, what="completion")
+
+
+def new_gtin() -> str:
+    """A fresh, valid GTIN-14 (a GTIN belongs to one item, so tests that make items need their own)."""
+    import secrets
+
+    from domain import gs1
+    body = "0" + "950" + f"{secrets.randbelow(10**9):09d}"  # not `random`: hypothesis seeds it per example
+    return body + str(gs1.mod10(body))

@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import random
+import secrets
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
@@ -41,7 +42,7 @@ DOMAIN = "https://id.tracehub.example"
 
 
 def new_gtin() -> str:
-    body = "0" + "950" + f"{random.randrange(10**9):09d}"
+    body = "0" + "950" + f"{secrets.randbelow(10**9):09d}"  # not `random`: hypothesis seeds it per example
     return body + str(gs1.mod10(body))
 
 
@@ -118,7 +119,7 @@ def test_gs1_check_digits_sscc_and_digital_link_match_the_published_vectors():
 ])
 async def test_a_bad_rule_is_refused_with_a_message_naming_the_part_and_the_fix(codes_api, sessionmaker, spec,
                                                                                   expected):
-    item, _ = await make_item(sessionmaker, gtin="09506000134352" if "0950600013435" in json.dumps(spec) else "new")
+    item, _ = await make_item(sessionmaker)
     r = await codes_api.post("/api/codes/rules", json={"item": item, "level": "unit", "spec": spec})
     assert r.status_code == 422, r.text
     for text in expected:
@@ -428,6 +429,47 @@ async def test_packing_units_cases_pallets_with_refusals_history_and_aggregation
                for d in mine)
     assert any(d["action"] == "DELETE" and d["bizStep"] == "unpacking" and d["childEPCs"] == [units[0]]
                for d in mine)
+
+
+async def test_case_level_gtin_rules_are_their_own_trade_item_and_pack_resolve_and_parse(codes_api, sessionmaker):
+    item, gtin = await make_item(sessionmaker)
+    other, other_gtin = await make_item(sessionmaker)
+    lot = await make_lot(sessionmaker, item)
+    case_body = "1" + gtin[1:13]  # indicator digit 1: the case of this item
+    case_gtin = case_body + str(gs1.mod10(case_body))
+
+    def rule(g: str) -> dict:
+        return {"elements": [{"ai": "01", "value": g}, {"ai": "21", "segments": [{"kind": "sequence", "width": 9}]}]}
+    r = await codes_api.post("/api/codes/rules", json={"item": item, "level": "case", "spec": rule(gtin)})
+    assert r.status_code == 422 and "is the unit GTIN" in r.json()["detail"] and "part 1 (AI 01 GTIN)" in r.json()["detail"]
+    r = await codes_api.post("/api/codes/rules", json={"item": item, "level": "case", "spec": rule(other_gtin)})
+    assert r.status_code == 409 and f"already identifies item {other!r}" in r.json()["detail"], r.text
+    r = await codes_api.post("/api/codes/rules", json={"item": item, "level": "case", "spec": rule(case_gtin)})
+    assert r.status_code == 201, r.text
+    # the case GTIN now belongs to this item: another item cannot take it as its own GTIN
+    async with sessionmaker() as s, s.begin():
+        with pytest.raises(Exception, match="already belongs to item"):
+            await upsert_item(s, f"IT-{uuid.uuid4().hex[:8]}", gtin=case_gtin)
+    u = (await codes_api.post("/api/codes/blocks", json={"key": f"{item}-u", "item": item, "count": 4,
+                                                         "lot": lot})).json()
+    c = (await codes_api.post("/api/codes/blocks", json={"key": f"{item}-c", "item": item, "level": "case",
+                                                         "count": 2})).json()
+    units = [(await codes_api.get(f"/api/codes/blocks/{u['id']}/codes/{i}")).json()["digital_link"] for i in range(4)]
+    case = (await codes_api.get(f"/api/codes/blocks/{c['id']}/codes/1")).json()
+    es = {e.ai.ai: e for e in GS1Message.parse_hri(case["element_string"]).element_strings}
+    assert es["01"].gtin.value == case_gtin and es["01"].gtin_error is None
+    assert es["21"].value == gs1.parse_digital_link(case["digital_link"])["21"]
+    r = await codes_api.post("/api/codes/pack", json={"parent": case["digital_link"], "children": units[:3],
+                                                      "actor": "packer-1"})
+    assert r.status_code == 200, r.text
+    assert (await codes_api.get("/api/codes/contents", params={"code": case["digital_link"]})).json()["unit_count"] == 3
+    path = case["digital_link"].removeprefix(DOMAIN)
+    j = (await codes_api.get(path, headers={"accept": "application/json"})).json()
+    assert j["status"] == "genuine" and j["level"] == "case" and j["contains"] == 3 and j["gtin"] == case_gtin
+    # a unit code cannot be packed into a unit of this item, nor a case into a unit
+    r = await codes_api.post("/api/codes/pack", json={"parent": units[3], "children": [case["digital_link"]],
+                                                      "actor": "p"})
+    assert r.status_code == 422
 
 
 # --- offline pools ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from core.settings import DatabaseSettings, Settings
 from domain.models import Inspection, Lot
 from domain.production import upsert_item
 from tests.conftest import free_port
-from tests.helpers import SUPER_HEADERS
+from tests.helpers import SUPER_HEADERS, new_gtin
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -47,8 +47,9 @@ def server(db_url, sessionmaker):
 async def test_scan_page_on_a_phone_and_the_svg_qr_in_the_browser(server, sessionmaker, tmp_path):
     from playwright.async_api import async_playwright
     item, lot_no = f"IT-{uuid.uuid4().hex[:8]}", f"L-{uuid.uuid4().hex[:6].upper()}"
+    gtin = new_gtin()  # a GTIN belongs to one item
     async with sessionmaker() as s, s.begin():
-        it = await upsert_item(s, item, name="Hydraulic fitting 12 mm", gtin="09506000134352")
+        it = await upsert_item(s, item, name="Hydraulic fitting 12 mm", gtin=gtin)
         s.add(Lot(number=lot_no, kind="output", item_id=it.id, quantity=5, quantity_remaining=5, status="released",
                   location="PLANT-2 LINE-4"))
         await s.flush()
@@ -76,7 +77,7 @@ async def test_scan_page_on_a_phone_and_the_svg_qr_in_the_browser(server, sessio
         assert size >= 14
         await page.screenshot(path=str(tmp_path / "scan.png"), full_page=True)
         # a code that was never issued says so plainly
-        resp = await page.goto(f"{server}/01/09506000134352/21/999999999999")
+        resp = await page.goto(f"{server}/01/{gtin}/21/999999999999")
         assert resp is not None and resp.status == 404
         assert await page.locator("#verdict").inner_text() == "Not recognised"
         assert "We did not issue this code" in await page.locator("body").inner_text()

@@ -12,14 +12,16 @@ from domain import codes
 from domain.models import Lot
 from domain.models_codes import SerialBlock
 from domain.production import upsert_item
+from tests.helpers import new_gtin
 from workflows.issue_codes import IssueCodesWorkflow
 
 
 async def test_a_very_large_order_is_issued_block_by_block_by_the_child_workflow(client, worker, settings,
                                                                                  sessionmaker):
     item, lot_no = f"IT-{uuid.uuid4().hex[:8]}", f"L-{uuid.uuid4().hex[:6]}"
+    gtin = new_gtin()  # a GTIN belongs to one item
     async with sessionmaker() as s, s.begin():
-        it = await upsert_item(s, item, name="Bolt", gtin="09506000134352")
+        it = await upsert_item(s, item, name="Bolt", gtin=gtin)
         s.add(Lot(number=lot_no, kind="output", item_id=it.id, quantity=0, quantity_remaining=0, status="released"))
     inp = IssueCodeBlocksInput(work_order=f"WO-{lot_no}", lot=lot_no, quantity=25_000_000, chunk_size=10_000_000)
     res = await client.execute_workflow(IssueCodesWorkflow.run, inp, id=f"issue-codes-{lot_no}",
@@ -31,7 +33,7 @@ async def test_a_very_large_order_is_issued_block_by_block_by_the_child_workflow
                                   .order_by(SerialBlock.first_seq))).scalars().all()
         assert [b.count for b in blocks] == [10_000_000, 10_000_000, 5_000_000]
         assert all(a.first_seq + a.count <= b.first_seq for a, b in itertools.pairwise(blocks))
-        found, unit = await codes.resolve(s, f"https://id.tracehub.example/01/09506000134352/21/{res.last_serial}")
+        found, unit = await codes.resolve(s, f"https://id.tracehub.example/01/{gtin}/21/{res.last_serial}")
         assert found.number == lot_no and unit
     # history shows the activity heartbeating its progress
     hist = await client.get_workflow_handle(f"issue-codes-{lot_no}").fetch_history()
