@@ -19,11 +19,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.db import BatchWriter
+from core.db import BatchWriter, FastReader
 from domain import gs1
-from domain.codes import CodeInfo, lookup
+from domain.codes import CODE_STATE, CodeInfo, code_state_params, lookup, lookup_cached
 from domain.models import Inspection, Lot, WorkOrder, utcnow
-from domain.models_codes import CodeAlert, CodeScan, Container, Containment
+from domain.models_codes import CodeAlert, CodeRule, CodeScan, Container, Containment, SerialBlock
 
 # faster than an airliner between two scans of one serial means two physical copies of it
 MAX_PLAUSIBLE_KMH = 900.0
@@ -69,18 +69,33 @@ def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 6371.0 * 2 * math.asin(math.sqrt(a))
 
 
+def _facts(*, item_code: str, item_name: str | None, item_gtin: str | None, rule: CodeRule, value: str) -> dict[str, Any]:
+    # a case or pallet with a GTIN of its own carries that GTIN, not its units'
+    ns = rule.namespace
+    gtin = ns.removeprefix("sgtin:") if ns.startswith("sgtin:") else item_gtin
+    return {"product": item_name or item_code, "item": item_code, "gtin": gtin, "level": rule.level, "code": value}
+
+
+def _lot_facts(facts: dict[str, Any], *, lot_number: str, lot_status: str, count: int, last: str | None,
+               made_at: str | None) -> None:
+    facts["lot"] = lot_number
+    facts["inspections"] = {"count": count, "passed": count > 0 and last == "passed"
+                            and lot_status in ("released", "shipped", "consumed")}
+    facts["made_at"] = made_at
+
+
+def _dates(facts: dict[str, Any], block: SerialBlock, lot_created: str | None) -> None:
+    facts["production_date"] = block.production_date or lot_created
+    facts["expiry_date"] = block.expiry_date
+
+
 async def public_facts(session: AsyncSession, info: CodeInfo, lot_in_uri: str | None) -> dict[str, Any]:
     v = info.view
     assert v is not None
     item = v.item
-    # a case or pallet with a GTIN of its own carries that GTIN, not its units'
-    ns = v.rule.namespace
-    gtin = ns.removeprefix("sgtin:") if ns.startswith("sgtin:") else item.gtin
-    facts: dict[str, Any] = {"product": item.name or item.code, "item": item.code, "gtin": gtin,
-                             "level": v.rule.level, "code": info.value}
+    facts = _facts(item_code=item.code, item_name=item.name, item_gtin=item.gtin, rule=v.rule, value=info.value)
     lot: Lot | None = info.lot
     if lot is not None:
-        facts["lot"] = lot.number
         if info.lot_facts is not None and info.lot_facts[0] == lot.id:  # read along with the code's state
             _, count, last, line = info.lot_facts
         else:
@@ -89,13 +104,9 @@ async def public_facts(session: AsyncSession, info: CodeInfo, lot_in_uri: str | 
             count, last = len(finals), (finals[-1] if finals else None)
             wo = await session.get(WorkOrder, lot.work_order_id) if lot.work_order_id else None
             line = wo.line if wo else None
-        facts["inspections"] = {"count": count, "passed": count > 0 and last == "passed"
-                                and lot.status in ("released", "shipped", "consumed")}
-        facts["made_at"] = line or lot.location
-    b = v.block
-    prod = b.production_date or (lot.created_at.date().isoformat() if lot is not None else None)
-    facts["production_date"] = prod
-    facts["expiry_date"] = b.expiry_date
+        _lot_facts(facts, lot_number=lot.number, lot_status=lot.status, count=count, last=last,
+                   made_at=line or lot.location)
+    _dates(facts, v.block, lot.created_at.date().isoformat() if lot is not None else None)
     if lot_in_uri is not None and lot is not None and lot_in_uri != lot.number:
         facts["lot_mismatch"] = True
     if v.rule.level in ("case", "pallet"):
@@ -163,6 +174,37 @@ async def scan(session: AsyncSession, *, elements: dict[str, str], lat: float | 
         if status == "genuine" and lat is not None and lon is not None:
             recorder.located(info.value, at, lat, lon)
     return ScanResult(status, suspicious, reason, facts)
+
+
+async def scan_cached(reader: FastReader, *, elements: dict[str, str], recorder: ScanRecorder,
+                      at: datetime | None = None) -> ScanResult | None:
+    """`scan` for the common case, a genuine unit code whose rule and block this process has cached (see
+    `codes.lookup_cached`): one plain statement, no session. None whenever anything is unusual (a cache miss,
+    a located scan, a voided or returned range, a lot or binding that changed...): then use `scan`."""
+    c = lookup_cached(elements)
+    if c is None or c.rule.level != "unit":
+        return None
+    row = await reader.fetchone(CODE_STATE, code_state_params(c))
+    if row is None:
+        return None
+    (used, used_lot, rng_state, lot_id, lot_number, lot_status, location, lot_created, item_code, item_name,
+     item_gtin, count, last, line) = row
+    if rng_state is not None or item_code is None or lot_number != c.lot_number or item_gtin != c.gtin:
+        return None
+    if used is not None and used_lot and lot_id != used_lot:
+        return None
+    if "10" in elements and lot_number is not None and elements["10"] != lot_number:
+        return None
+    facts = _facts(item_code=item_code, item_name=item_name, item_gtin=item_gtin, rule=c.rule, value=c.value)
+    if lot_number is not None:
+        _lot_facts(facts, lot_number=lot_number, lot_status=lot_status, count=count, last=last,
+                   made_at=line or location)
+    created = (lot_created[:10] if isinstance(lot_created, str) else lot_created.date().isoformat()) \
+        if lot_created is not None else None
+    _dates(facts, c.block, created)
+    recorder.add(CodeScan, {"code": c.value, "scanned_at": at or utcnow(), "lat": None, "lon": None,
+                            "outcome": "genuine", "suspicious": False, "reason": None})
+    return ScanResult("genuine", False, None, facts)
 
 
 async def _previous_located(session: AsyncSession, code: str, at: datetime,

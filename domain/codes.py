@@ -604,6 +604,83 @@ async def _lookup_in(session: AsyncSession, rule: CodeRule, target: str, value: 
     return CodeInfo(value, "issued", view, seq, used, lot, lot_facts=facts)
 
 
+# --- the resolver's fast path ------------------------------------------------------------------------
+# A phone scan of a unit code is the hub's hottest read. When the rule version, block and binding of the code
+# are already in this process's caches, `lookup_cached` finds them without SQL and `CODE_STATE` reads what can
+# change (used code, voided/returned range, lot, item, inspections, line) as plain columns in one statement.
+# Anything unusual (a cache miss, a stale binding, a voided or returned range, a used code on another lot) makes
+# the caller take the full `lookup` path, so both paths give the same answer by construction.
+
+@dataclass(frozen=True)
+class CachedCode:
+    value: str
+    rule: CodeRule
+    block: SerialBlock
+    seq: int
+    lot_number: str | None
+    gtin: str | None
+
+
+def lookup_cached(elements: dict[str, str]) -> CachedCode | None:
+    """A unit code (AI 01 + 21) found in the caches alone, or None (then use `lookup`)."""
+    gtin, serial = elements.get("01"), elements.get("21")
+    if gtin is None or serial is None or "00" in elements:
+        return None
+    rules = _rules_of.get(f"sgtin:{gtin}")
+    if not rules:
+        return None
+    value = f"/01/{gtin}/21/{serial}"
+    for rule in rules:
+        c = _compiled.get(rule.id)
+        if c is None:
+            return None
+        seq = c.parse_seq(serial)
+        if seq is None:
+            continue
+        block = _cached_block_of(rule.namespace, seq)
+        if block is None:
+            return None  # maybe a block this process has not read yet
+        if block.rule_id != rule.id:
+            continue
+        hit = _bound.get(block.id)
+        if hit is None:
+            return None
+        lot_number, bound_gtin, bound = hit
+        if bound.render(c.numbers(np.array([seq], dtype=np.uint64)), "")[0].value != value:
+            return None  # the full path re-binds and compares afresh
+        return CachedCode(value, rule, block, seq, lot_number, bound_gtin)
+    return None
+
+
+def _code_state_statement() -> Any:
+    block_id, seq = bindparam("cs_block", type_=Integer), bindparam("cs_seq", type_=BigInteger)
+    rng = (select(CodeRange.state).where(CodeRange.block_id == block_id, CodeRange.first_seq <= seq,
+                                         CodeRange.first_seq + CodeRange.count > seq)
+           .order_by(CodeRange.id.desc()).limit(1).scalar_subquery())
+    anchor = select(literal_column("1").label("one")).subquery("anchor")
+    return (select(
+        UsedCode.value, UsedCode.lot_id, rng, Lot.id, Lot.number, Lot.status, Lot.location, Lot.created_at,
+        Item.code, Item.name, Item.gtin,
+        select(func.count()).select_from(Inspection).where(Inspection.lot_id == Lot.id).scalar_subquery(),
+        select(Inspection.status).where(Inspection.lot_id == Lot.id).order_by(Inspection.id.desc())
+        .limit(1).scalar_subquery(),
+        select(WorkOrder.line).where(WorkOrder.id == Lot.work_order_id).scalar_subquery(),
+    ).select_from(anchor)
+        .outerjoin(UsedCode, UsedCode.value == bindparam("cs_value", type_=UsedCode.value.type))
+        .outerjoin(Lot, Lot.id == bindparam("cs_lot", type_=Integer))
+        .outerjoin(Item, Item.id == bindparam("cs_item", type_=Integer)))
+
+
+# one row: used value, used lot id, latest range state, lot id, number, status, location, created_at,
+# item code, name, gtin, inspection count, last inspection status, work order line
+CODE_STATE = _code_state_statement()
+
+
+def code_state_params(c: CachedCode) -> dict[str, Any]:
+    return {"cs_value": c.value, "cs_block": c.block.id, "cs_seq": c.seq, "cs_lot": c.block.lot_id,
+            "cs_item": c.rule.item_id}
+
+
 async def resolve(session: AsyncSession, code: str) -> tuple[Lot, str | None]:
     """Find the lot behind a lot number, a batch code or a unit serial. Returns (lot, unit code or None)."""
     lot = (await session.execute(select(Lot).where(Lot.number == code))).scalar()
