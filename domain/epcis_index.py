@@ -96,6 +96,8 @@ def analyse(doc: dict[str, Any], ctx: dict[str, str]) -> Indexed:
             c = canonical(q["epcClass"])
             out.epcs.append((role, c))
             out.classes.add(c)
+            if q.get("quantity") is not None:  # for EQ/GT/GE/LT/LE_quantity[_{uom}]
+                out.fields.append((f"qty:{q.get('uom') or ''}", repr(float(q["quantity"]))))
     for bt in doc.get("bizTransactionList") or []:
         t = vocab_term("bizTransactionType", bt["type"]) if bt.get("type") else ""
         out.fields.append((f"bt:{t}", bt["bizTransaction"][:_FIELD_MAX]))

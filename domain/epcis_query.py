@@ -15,7 +15,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, String, and_, cast, func, or_, select
+from sqlalchemy import Float, Select, String, and_, case, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, HubError, InvalidInput, NotFound
@@ -127,6 +127,20 @@ def _field_filter(name: str, values: list[str] | None) -> Any:
     return EpcisEvent.id.in_(q)
 
 
+def _quantity_filter(name: str, op: str, uom: str | None, raw: Any) -> Any:
+    """Events with a quantityElement (in any quantity list) whose quantity compares so with the value; with a
+    `_{uom}` suffix, only elements in that unit (EPCIS 2.0 repurposes these parameters to quantityElement)."""
+    try:
+        value = float(_values(raw)[0])
+    except ValueError:
+        raise QueryParameterException(f"{name}: {raw!r} is not a number", field=name) from None
+    names = EpcisEventField.name == f"qty:{uom}" if uom else EpcisEventField.name.like("qty:%")
+    # cast only the quantity rows: the database may test the conditions in any order
+    qty = cast(case((names, EpcisEventField.value), else_=None), Float)
+    cmp = {"EQ": qty == value, "GT": qty > value, "GE": qty >= value, "LT": qty < value, "LE": qty <= value}[op]
+    return EpcisEvent.id.in_(select(EpcisEventField.event_pk).where(names, cmp))
+
+
 async def build(session: AsyncSession, params: dict[str, Any], *,
                 declared_ns: dict[str, str] | None = None) -> tuple[Select[Any], bool, dict[str, Any]]:
     """The event query for the parameters; returns (select, declarations only, result controls)."""
@@ -171,6 +185,8 @@ async def build(session: AsyncSession, params: dict[str, Any], *,
         elif m := re.fullmatch(r"EQ_(source|destination)_(.+)", name):
             prefix = "src" if m.group(1) == "source" else "dst"
             q = q.where(_field_filter(f"{prefix}:{vocab_term('sourceDestType', m.group(2))}", vals))
+        elif m := re.fullmatch(r"(EQ|GT|GE|LT|LE)_quantity(?:_([A-Z0-9]{2,4}))?", name):
+            q = q.where(_quantity_filter(name, m.group(1), m.group(2), raw))
         elif name == "EXISTS_errorDeclaration":
             decl_only = True
         elif name == "EQ_errorReason":

@@ -149,6 +149,14 @@ async def test_query_parameters(hub: httpx.AsyncClient):
                           MATCH_anyEPCClass=f"urn:epc:class:lgtin:4012345.012345.IN{tag}")
     assert len(window) == 1
     ev_id = window[0]["eventID"]
+    # quantities (EPCIS 2.0: any quantityElement), with or without a unit
+    wo = {"EQ_bizTransaction_prodorder": f"urn:acme:wo:{tag}"}
+    for params, n in (({"EQ_quantity": "5"}, 1), ({"GT_quantity": "4.5"}, 1), ({"GT_quantity": "5"}, 0),
+                      ({"LT_quantity": "4"}, 0), ({"LE_quantity": "4"}, 1), ({"EQ_quantity_KGM": "5"}, 1),
+                      ({"EQ_quantity_KGM": "4"}, 0), ({"GE_quantity_KGM": "5", "LT_quantity_KGM": "6"}, 1)):
+        assert len(await events(hub, **wo, **params)) == n, params
+    r = await hub.get("/epcis/events", params={"GE_quantity": "lots"})
+    assert r.status_code == 400 and "GE_quantity" in r.json()["detail"]
     assert [e["eventID"] for e in await events(hub, EQ_eventID=ev_id)] == [ev_id]
     urns = (await hub.get("/epcis/events", params={"MATCH_epc": epc_a},
                           headers={"GS1-EPC-Format": "Always_EPC_URN"}))
