@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import Conflict, InvalidInput, NotFound
 from domain.audit import audit
 from domain.codes import CodeInfo, lookup
-from domain.events import record_event
-from domain.models import EpcisEvent, Lot, LotStatus, utcnow
+from domain.events import hub_uri, record_event
+from domain.models import EpcisEvent, Lot, LotStatus, Shipment, utcnow
 from domain.models_codes import Container, Containment, UsedCode
 
 RANK = {"unit": 0, "case": 1, "pallet": 2}
@@ -240,19 +240,58 @@ async def parent_of(session: AsyncSession, value: str) -> str | None:
 
 async def ship_container(session: AsyncSession, *, code: str, shipment: str, actor: str, resolver: str,
                          at: datetime | None = None) -> dict[str, Any]:
-    """Mark a pallet (or case) shipped: it takes nothing more, and an ObjectEvent shipping records it."""
+    """Put a pallet (or case) on a shipment: it takes nothing more, and an ObjectEvent shipping records it.
+
+    The shipment must exist (the work order ships its lot, or the ERP's delivery) and every unit inside must
+    come from a lot on it; the cases on a pallet go with it. Idempotent on (container, shipment)."""
     at = at or utcnow()
     info = await _issued(session, code, "container")
     c = await _container(session, info)
     if c.status == "shipped":
-        return {"code": c.code, "shipment": c.shipment, "shipped_at": c.shipped_at.isoformat()}  # type: ignore
+        if c.shipment != shipment:
+            raise Conflict(f"container {c.code} was already shipped on {c.shipment}: it cannot also leave on "
+                           f"{shipment}", field="code")
+        return {"code": c.code, "shipment": c.shipment, "shipped_at": c.shipped_at.isoformat(),  # type: ignore
+                "cases": []}
+    sh = (await session.execute(select(Shipment).where(Shipment.number == shipment))).scalar()
+    if sh is None:
+        raise NotFound(f"shipment {shipment!r} is not known: ship the lot first (the work order's shipment), then "
+                       "put its containers on it", field="shipment")
     inside = await contents(session, code)
-    c.status, c.shipment, c.shipped_at = "shipped", shipment, at
+    on_shipment = {line.lot_id for line in sh.lines}
+    lots = dict((await session.execute(select(UsedCode.value, UsedCode.lot_id).where(
+        UsedCode.value.in_(inside["units"])))).all()) if inside["units"] else {}
+    stray = sorted({v for v in inside["units"] if lots.get(v) not in on_shipment})
+    if stray:
+        numbers = sorted({n for n in (await session.execute(select(Lot.number).where(Lot.id.in_(
+            {lots[v] for v in stray if lots.get(v)})))).scalars()})
+        raise Conflict(f"container {c.code} holds {len(stray)} unit(s) from lots not on shipment {shipment} "
+                       f"({', '.join(numbers) or 'no lot'}; e.g. {stray[0]}): unpack them or ship their lot first",
+                       field="code")
+    cases = []
+    nested = [n for n in _walk(inside["tree"]) if n["level"] != "unit" and n["code"] != c.code]
+    for node in [{"code": c.code}, *nested]:
+        box = c if node["code"] == c.code else await _container(session, await _issued(session, node["code"],
+                                                                                       "container"))
+        if box.status == "shipped":
+            continue
+        box.status, box.shipment, box.shipped_at = "shipped", shipment, at
+        if box is not c:
+            cases.append(box.code)
     await mark_used(session, info, "shipped", at=at)
     await record_event(session, key=f"ship-container:{c.code}:{shipment}", event_type="ObjectEvent",
                        biz_step="shipping", disposition="in_transit", event_time=at,
                        epc_list=[epc(c.code, resolver)],
-                       biz_transactions=[("desadv", f"urn:tracehub:shipment:{shipment}")])
+                       biz_transactions=[("desadv", hub_uri("shipment", shipment))],
+                       destination_list=[{"type": "owning_party", "destination": hub_uri("customer", sh.customer)}])
     await audit(session, actor=actor, action="container.shipped", entity="container", key=c.code,
-                changes={"shipment": shipment, "units": inside["unit_count"]})
-    return {"code": c.code, "shipment": shipment, "shipped_at": at.isoformat()}
+                changes={"shipment": shipment, "customer": sh.customer, "units": inside["unit_count"],
+                         "cases": cases})
+    return {"code": c.code, "shipment": shipment, "shipped_at": at.isoformat(), "cases": cases}
+
+
+def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [node]
+    for child in node.get("children", []):
+        out += _walk(child)
+    return out

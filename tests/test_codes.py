@@ -359,11 +359,11 @@ async def _packing_setup(codes_api, sessionmaker, *, units: int = 6):
     units_ = [await code(u, i) for i in range(units)]
     cases = [await code(c, i) for i in range(3)]
     pallets = [await code(p, i) for i in range(2)]
-    return item, gtin, units_, cases, pallets
+    return item, gtin, units_, cases, pallets, ok_lot
 
 
 async def test_packing_units_cases_pallets_with_refusals_history_and_aggregation_events(codes_api, sessionmaker):
-    item, gtin, units, cases, pallets = await _packing_setup(codes_api, sessionmaker)
+    item, gtin, units, cases, pallets, lot_of_units = await _packing_setup(codes_api, sessionmaker)
     for c in cases + pallets:
         s = gs1.parse_digital_link(c)["00"]
         assert len(s) == 18 and gs1.check_digit_problem(s, "SSCC") is None and s[1:8] == "4012345"
@@ -412,12 +412,36 @@ async def test_packing_units_cases_pallets_with_refusals_history_and_aggregation
                                                                 "at": (t0 + timedelta(minutes=30)).isoformat()})).json()
     now = (await codes_api.get("/api/codes/contents", params={"code": pallets[0]})).json()
     assert then["unit_count"] == 5 and now["unit_count"] == 4
-    # a shipped pallet takes nothing more
+    # a pallet leaves on a known shipment of the lots inside it, its cases with it, and takes nothing more
+    dn = f"DN-{uuid.uuid4().hex[:6]}"
     r = await codes_api.post("/api/codes/containers/ship", params={"code": pallets[0]},
-                             json={"shipment": "DN-77", "actor": "shipper"})
-    assert r.status_code == 200
+                             json={"shipment": dn, "actor": "shipper"})
+    assert r.status_code == 404 and f"shipment {dn!r} is not known" in r.json()["detail"]
+    from domain.models import Shipment, ShipmentLine
+    other_lot = await make_lot(sessionmaker, item)
+    async with sessionmaker() as s, s.begin():
+        lots = {n: i for n, i in (await s.execute(select(Lot.number, Lot.id).where(
+            Lot.number.in_([lot_of_units, other_lot])))).all()}
+        sh = Shipment(number=dn, sales_order="SO-1", customer="ACME Pumps")
+        wrong = Shipment(number=dn + "-X", sales_order="SO-2", customer="Other")
+        s.add_all([sh, wrong])
+        await s.flush()
+        s.add_all([ShipmentLine(shipment_id=sh.id, lot_id=lots[lot_of_units], quantity=10),
+                   ShipmentLine(shipment_id=wrong.id, lot_id=lots[other_lot], quantity=10)])
+    r = await codes_api.post("/api/codes/containers/ship", params={"code": pallets[0]},
+                             json={"shipment": dn + "-X", "actor": "shipper"})
+    assert r.status_code == 409 and f"lots not on shipment {dn}-X ({lot_of_units}" in r.json()["detail"]
+    r = await codes_api.post("/api/codes/containers/ship", params={"code": pallets[0]},
+                             json={"shipment": dn, "actor": "shipper"})
+    assert r.status_code == 200, r.text
+    assert sorted(r.json()["cases"]) == sorted(f"/00/{gs1.parse_digital_link(c)['00']}" for c in cases[:2])
+    r = await codes_api.post("/api/codes/containers/ship", params={"code": pallets[0]},
+                             json={"shipment": dn + "-X", "actor": "shipper"})
+    assert r.status_code == 409 and f"already shipped on {dn}" in r.json()["detail"]
     r = await codes_api.post("/api/codes/pack", json={"parent": pallets[0], "children": [cases[2]], "actor": "p"})
-    assert r.status_code == 409 and "was shipped (DN-77)" in r.json()["detail"]
+    assert r.status_code == 409 and f"was shipped ({dn})" in r.json()["detail"]
+    r = await codes_api.post("/api/codes/pack", json={"parent": cases[0], "children": [units[5]], "actor": "p"})
+    assert r.status_code == 409 and "shipped" in r.json()["detail"]  # a case that left on the pallet
     # the packing was recorded as EPCIS AggregationEvents
     from domain.models import EpcisEvent
     async with sessionmaker() as s:
