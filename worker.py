@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 from temporalio.client import Client
@@ -10,19 +11,23 @@ from temporalio.worker import Worker
 
 from activities.codes import CodeActivities
 from activities.connectors import build_connector_activities
+from activities.epcis import EpcisActivities
 from activities.hub import build_activities
+from activities.mes import MesActivities, MesBridge
 from connectors.errors import ConnectorLoadError
 from connectors.registry import load_connectors
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings
 from core.temporal import connect
+from workflows.epcis_subscription import EpcisDeliveryWorkflow
 from workflows.erp_poll import ErpPollWorkflow
 from workflows.issue_codes import IssueCodesWorkflow
 from workflows.nonconformance import NonconformanceWorkflow
 from workflows.recall import RecallWorkflow
 from workflows.work_order import WorkOrderWorkflow
 
-WORKFLOWS = [WorkOrderWorkflow, NonconformanceWorkflow, RecallWorkflow, IssueCodesWorkflow, ErpPollWorkflow]
+WORKFLOWS = [WorkOrderWorkflow, NonconformanceWorkflow, RecallWorkflow, IssueCodesWorkflow, ErpPollWorkflow,
+             EpcisDeliveryWorkflow]
 
 
 def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue: str | None = None) -> Worker:
@@ -32,7 +37,9 @@ def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue
         workflows=WORKFLOWS,
         activities=build_activities(sessionmaker, resolver=settings.resolver_base_url)
         + CodeActivities(sessionmaker, resolver=settings.resolver_base_url).all()
-        + build_connector_activities(sessionmaker),
+        + build_connector_activities(sessionmaker)
+        + MesActivities(sessionmaker).all()
+        + EpcisActivities(sessionmaker).all(),
         max_concurrent_activities=settings.worker.max_concurrent_activities,
         max_cached_workflows=settings.worker.max_cached_workflows,
     )
@@ -58,13 +65,18 @@ async def main(settings: Settings | None = None) -> None:
     print(f"worker: connectors {', '.join(sorted(kinds))}", flush=True)
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     client = await _connect_with_retry(settings)
-    worker = build_worker(client, settings, make_sessionmaker(engine))
+    sessionmaker = make_sessionmaker(engine)
+    worker = build_worker(client, settings, sessionmaker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"worker: polling task queue {settings.temporal.task_queue!r} on {settings.temporal.address}", flush=True)
-    async with worker:
+    # the MES bridge runs here: it needs what the worker holds (database, Temporal client), and the
+    # workflows it signals are queried from this process (activities/mes.py says more)
+    async with worker, contextlib.AsyncExitStack() as extra:
+        if settings.worker.mes_bridge:
+            await extra.enter_async_context(MesBridge(sessionmaker, client))
         await stop.wait()
     await engine.dispose()
     await asyncio.sleep(0.2)  # let the SDK finish its shutdown before the interpreter exits

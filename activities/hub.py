@@ -16,15 +16,22 @@ from activities.models import (
     ErpNotice,
     InspectionOutcome,
     InspectionResultInput,
+    InspectionTriggers,
+    InspectionTriggersInput,
     IssueCodesInput,
     IssueCodesResult,
     NcrDecisionInput,
     NcrNoticeInput,
+    NcrStateInput,
     OpenInspectionInput,
     OpenNcrInput,
+    OpenPlannedInspectionInput,
     RecordOperationInput,
     RecordReceiptInput,
+    ReinspectionInput,
+    ReinspectionResult,
     ShipInput,
+    ShipmentGateInput,
     StageInput,
     StartWorkOrderInput,
     Verdict,
@@ -33,7 +40,7 @@ from activities.recall import RecallActivities
 from connectors.errors import ConnectorConfigError
 from connectors.registry import connector_class
 from core.errors import NotFound
-from domain import codes, production, quality, shipping
+from domain import codes, inspection_triggers, production, quality, shipping
 from domain.models import Endpoint
 
 
@@ -80,8 +87,14 @@ class HubActivities(TransactionalActivities):
                     certificate_ref=line.certificate_ref, location=line.location, resolver=self.resolver,
                 )
                 number = f"IQC-{line.lot}"
-                await quality.open_inspection(s, number=number, kind="iqc", work_order=inp.work_order,
-                                              lot=line.lot, plan=r.iqc_plan or inp.plan)
+                # the material item's plan at `iqc` (sample sizes by ISO 2859-1 under the supplier's switching
+                # state), unless the receipt brings its own plan; without either, the work order's plan
+                planned = None if r.iqc_plan else await inspection_triggers.open_planned_inspection(
+                    s, number=number, trigger="iqc", work_order=inp.work_order, lot=line.lot, item=line.item,
+                    operation="iqc", lot_size=max(1, round(line.quantity)), supplier=line.supplier)
+                if planned is None:
+                    await quality.open_inspection(s, number=number, kind="iqc", work_order=inp.work_order,
+                                                  lot=line.lot, plan=r.iqc_plan or inp.plan)
                 out.append(number)
         return out
 
@@ -97,13 +110,45 @@ class HubActivities(TransactionalActivities):
     async def record_inspection(self, inp: InspectionResultInput) -> InspectionOutcome:
         r = inp.results
         async with self.tx() as s:
+            pending = await quality.get_inspection(s, inp.inspection)
+            if pending.status == "pending":  # counts within the sample, photos of visual characteristics
+                await inspection_triggers.check_planned_results(s, pending, r.measurements)
             ins, failed = await quality.record_results(
                 s, number=inp.inspection, inspector=r.inspector, measurements=r.measurements,
                 inspected_at=r.inspected_at, result_id=r.result_id, resolver=self.resolver,
             )
+            await inspection_triggers.after_verdict(s, ins, actor=r.inspector)  # IQC: the switching state
             return InspectionOutcome(inspection=ins.number, lot=ins.lot.number,
                                      verdict=Verdict.failed if failed else Verdict.passed,
                                      failed_characteristics=failed)
+
+    @activity.defn
+    @translated
+    async def inspection_triggers(self, inp: InspectionTriggersInput) -> InspectionTriggers:
+        """The inspections the work order's item plans trigger (taken once, when the order starts)."""
+        async with self.tx() as s:
+            t = await inspection_triggers.work_order_triggers(
+                s, work_order=inp.work_order, item=inp.item, routing=[(op.seq, op.name) for op in inp.routing])
+        return InspectionTriggers(
+            operations=[{"seq": int(seq), **v} for seq, v in sorted(t["operations"].items(), key=lambda kv: int(kv[0]))],
+            outgoing=t["outgoing"], outgoing_plan_version=t.get("outgoing_plan_version"))
+
+    @activity.defn
+    @translated
+    async def open_planned_inspection(self, inp: OpenPlannedInspectionInput) -> bool:
+        """Open a first-article, patrol or outgoing inspection from the plan; False if the item has none."""
+        async with self.tx() as s:
+            ins = await inspection_triggers.open_planned_inspection(
+                s, number=inp.number, trigger=inp.trigger, work_order=inp.work_order, lot=inp.lot, item=inp.item,
+                operation=inp.operation, lot_size=inp.lot_size)
+            return ins is not None
+
+    @activity.defn
+    @translated
+    async def shipment_gate(self, inp: ShipmentGateInput) -> list[str]:
+        """Why the lot may not ship yet (a missing outgoing inspection, open NCRs); empty when it may."""
+        async with self.tx() as s:
+            return await inspection_triggers.shipment_problems(s, work_order=inp.work_order, lot=inp.lot)
 
     @activity.defn
     @translated
@@ -121,6 +166,8 @@ class HubActivities(TransactionalActivities):
             await quality.open_ncr(
                 s, number=inp.ncr, workflow_id=activity.info().workflow_id, work_order=inp.work_order,
                 lot=inp.lot, inspection=inp.inspection, description=inp.description, resolver=self.resolver,
+                severity=inp.severity.value if inp.severity else None,
+                timing={sev.value: {k: v.total_seconds() for k, v in t} for sev, t in inp.timing.items()},
             )
 
     @activity.defn
@@ -138,7 +185,21 @@ class HubActivities(TransactionalActivities):
     @translated
     async def record_ncr_notice(self, inp: NcrNoticeInput) -> None:
         async with self.tx() as s:
-            await quality.record_notice(s, ncr=inp.ncr, notice=inp.notice)
+            await quality.record_notice(s, ncr=inp.ncr, notice=inp.notice, to_role=inp.to_role)
+
+    @activity.defn
+    @translated
+    async def set_ncr_state(self, inp: NcrStateInput) -> None:
+        async with self.tx() as s:
+            await quality.set_ncr_state(s, ncr=inp.ncr, state=inp.state.value, note=inp.note,
+                                        verification=inp.verification)
+
+    @activity.defn
+    @translated
+    async def check_reinspection(self, inp: ReinspectionInput) -> ReinspectionResult:
+        """Has the reworked lot been inspected again (or opened another NCR)? Read-only."""
+        async with self.tx() as s:
+            return ReinspectionResult(**await quality.check_reinspection(s, ncr=inp.ncr, lot=inp.lot))
 
     @activity.defn
     @translated
@@ -206,8 +267,10 @@ class HubActivities(TransactionalActivities):
         return [
             self.start_work_order, self.set_stage, self.record_receipt, self.open_inspection,
             self.record_inspection, self.record_operation, self.open_ncr, self.record_ncr_decision,
-            self.record_ncr_notice, self.apply_disposition, self.issue_codes, self.ship, self.confirm_shipment,
+            self.record_ncr_notice, self.set_ncr_state, self.check_reinspection, self.apply_disposition,
+            self.issue_codes, self.ship, self.confirm_shipment,
             self.complete_work_order, self.notify_erp,
+            self.inspection_triggers, self.open_planned_inspection, self.shipment_gate,
         ]
 
 

@@ -110,11 +110,51 @@ class ShipmentRequest(Model):
     tracking_number: str | None = Field(default=None, max_length=80)
 
 
+class Severity(StrEnum):
+    critical = "critical"
+    major = "major"
+    minor = "minor"
+
+
+SEVERITY_RANK = {Severity.minor: 0, Severity.major: 1, Severity.critical: 2}
+
+
+class NcrSeverityTiming(Model):
+    reminder_after: timedelta
+    escalate_after: timedelta
+    due_after: timedelta
+
+
 class Timing(Model):
     """Durations the tests shorten; production uses the defaults."""
 
     ncr_reminder_after: timedelta = timedelta(hours=8)
     ncr_escalate_after: timedelta = timedelta(hours=24)
+    shipment_gate_recheck: timedelta = Field(
+        default=timedelta(minutes=5), description="a held shipment checks its gate again this often (NCRs of "
+                                                  "consumed lots are decided in other workflows)")
+    ncr_due_after: timedelta = timedelta(days=7)
+    ncr_severity: dict[Severity, NcrSeverityTiming] = Field(
+        default_factory=dict,
+        description="per NCR severity: reminder, escalation to the quality manager, due; the ERP route fills it "
+                    "from the settings (HUB_NCR__...) when the event gives no timing; a severity missing here "
+                    "uses ncr_reminder_after / ncr_escalate_after / ncr_due_after")
+    ncr_reinspection_poll: timedelta = Field(
+        default=timedelta(minutes=5), gt=timedelta(0),
+        description="how often an NCR reworked looks for the re-inspection that verifies it")
+
+    def for_severity(self, severity: Severity | str) -> NcrSeverityTiming:
+        got = self.ncr_severity.get(Severity(severity))
+        return got or NcrSeverityTiming(reminder_after=self.ncr_reminder_after,
+                                        escalate_after=self.ncr_escalate_after, due_after=self.ncr_due_after)
+
+    def with_defaults(self, table: dict[str, Any]) -> Timing:
+        """The settings' per-severity table, unless the sender chose NCR durations itself."""
+        chosen = {"ncr_severity", "ncr_reminder_after", "ncr_escalate_after", "ncr_due_after"}
+        if chosen & self.model_fields_set:
+            return self
+        return self.model_copy(update={"ncr_severity": {Severity(k): NcrSeverityTiming.model_validate(v)
+                                                        for k, v in table.items()}})
 
 
 class WorkOrderInput(Model):
@@ -193,6 +233,8 @@ class NcrAction(StrEnum):
     scrap = "scrap"
     use_as_is = "use_as_is"
     return_to_supplier = "return_to_supplier"
+    review = "review"  # a QA supervisor takes an open NCR into review (containment, analysis)
+    verify = "verify"  # a QA supervisor verifies a disposition's physical follow-up (scrapped, shipped back)
 
 
 DISPOSITIONS = {NcrAction.rework, NcrAction.scrap, NcrAction.use_as_is, NcrAction.return_to_supplier}
@@ -228,7 +270,10 @@ class NcrDecision(Model):
 
 class NcrState(StrEnum):
     open = "open"
+    qa_review = "qa_review"
     mrb = "mrb"
+    disposition = "disposition"  # the decided disposition is being carried out
+    verification = "verification"  # waiting for proof it was carried out (signed, or the re-inspection)
     closed = "closed"
     dismissed = "dismissed"
 
@@ -241,6 +286,9 @@ class NonconformanceInput(Model):
     stage: str = Field(description="iqc or final")
     description: str
     timing: Timing = Field(default_factory=Timing)
+    severity: Severity = Severity.major
+    notify_parent: str | None = Field(
+        default=None, description="signal the parent work order by this name once the disposition is carried out")
 
 
 class NcrStatus(Model):
@@ -252,6 +300,10 @@ class NcrStatus(Model):
     decisions: list[NcrDecision] = Field(default_factory=list)
     reminded: bool = False
     escalated: bool = False
+    severity: Severity | None = None
+    waiting_on: list[str] = Field(default_factory=list, description="roles (or system) the NCR waits for")
+    escalated_to: str | None = None
+    verification: str | None = None
 
 
 class NonconformanceResult(Model):
@@ -309,6 +361,8 @@ class OpenNcrInput(Model):
     lot: str
     inspection: str
     description: str
+    severity: Severity | None = None
+    timing: dict[Severity, NcrSeverityTiming] = Field(default_factory=dict, description="this NCR's durations")
 
 
 class NcrDecisionInput(Model):
@@ -320,6 +374,29 @@ class NcrDecisionInput(Model):
 class NcrNoticeInput(Model):
     ncr: str
     notice: str  # reminder | escalation
+    to_role: str | None = None  # escalation: the role it goes to
+
+
+class NcrStateInput(Model):
+    """A state change the workflow makes on its own (disposition carried out, verified)."""
+
+    ncr: str
+    state: NcrState
+    note: str = ""
+    verification: str | None = None  # verified | not_effective
+
+
+class ReinspectionInput(Model):
+    ncr: str
+    lot: str
+
+
+class ReinspectionResult(Model):
+    """The first inspection of the lot after a rework, or a later NCR on it; None fields: not yet."""
+
+    inspection: str | None = None
+    verdict: str | None = None  # passed | failed
+    later_ncr: str | None = None
 
 
 class ApplyDispositionInput(Model):
@@ -365,3 +442,54 @@ class CompleteWorkOrderInput(Model):
 class StageInput(Model):
     work_order: str
     stage: str
+
+
+# --- inspection triggers (domain/inspection_triggers.py) -------------------------------------------------
+
+
+class OperationTriggers(Model):
+    """The inspections a routing operation's plan triggers while it runs."""
+
+    seq: int
+    operation: str
+    plan_version: int
+    first_article: bool = False
+    patrol_every_units: int | None = None
+    patrol_every_minutes: float | None = None
+
+
+class InspectionTriggers(Model):
+    operations: list[OperationTriggers] = Field(default_factory=list)
+    outgoing: bool = False
+    outgoing_plan_version: int | None = None
+
+    def for_op(self, seq: int) -> OperationTriggers | None:
+        return next((o for o in self.operations if o.seq == seq), None)
+
+
+class InspectionTriggersInput(Model):
+    work_order: str
+    item: str
+    routing: list[RoutingOperation]
+
+
+class OpenPlannedInspectionInput(Model):
+    number: str
+    trigger: str  # first_article | patrol | outgoing
+    work_order: str
+    lot: str
+    item: str
+    operation: str
+    lot_size: int
+
+
+class ShipmentGateInput(Model):
+    work_order: str
+    lot: str
+
+
+class OperationProgress(Model):
+    """Units made so far in a running operation, from the MES (patrol inspections every N units)."""
+
+    seq: int = Field(ge=1, description="routing operation number")
+    units: int = Field(ge=0, le=10_000_000, description="units made so far in this operation (cumulative)")

@@ -13,12 +13,14 @@ from api import errors
 from api.limits import BodySizeLimit, refuse_nul_characters
 from api.routes import (
     auth,
+    capas,
     codes,
     endpoints,
     epcis,
     erp,
     health,
     inspections,
+    mes,
     ncrs,
     quality,
     recalls,
@@ -26,8 +28,9 @@ from api.routes import (
     trace,
     work_orders,
 )
+from api.routes.resolver import ResolverFastPath
 from api.security import authenticate
-from core.db import engine_of, make_engine, make_read_sessionmaker, make_sessionmaker
+from core.db import FastReader, engine_of, make_engine, make_read_sessionmaker, make_sessionmaker
 from core.settings import Settings
 from domain.code_scans import ScanRecorder
 
@@ -48,8 +51,12 @@ def create_app(
             app.state.sessionmaker = make_sessionmaker(engine)
             app.state.read_sessionmaker = make_read_sessionmaker(engine)
             app.state.scan_recorder.sessionmaker = app.state.sessionmaker
+            if settings.api.resolver_fast_path:
+                app.state.fast_reader = FastReader(engine.url)
         yield
         await app.state.scan_recorder.close()  # the scans not written yet
+        if app.state.fast_reader is not None:
+            await app.state.fast_reader.close()
         if engine is not None:
             await engine.dispose()
 
@@ -67,11 +74,16 @@ def create_app(
     # readers (ReadSessionDep) share the writers' engine and pool; the resolver's scans are written in batches
     app.state.read_sessionmaker = make_read_sessionmaker(engine_of(sessionmaker)) if sessionmaker else None
     app.state.scan_recorder = ScanRecorder(sessionmaker)
+    app.state.fast_reader = FastReader(engine_of(sessionmaker).url) if sessionmaker and \
+        settings.api.resolver_fast_path else None
     app.state.temporal = temporal
     errors.install(app)
     app.add_middleware(BodySizeLimit, default=settings.api.max_body_bytes,
                        routes={("POST", "/epcis/capture"): settings.api.max_capture_body_bytes})
+    app.add_middleware(ResolverFastPath)  # outermost: phone scans skip routing when they can
     for r in (health, auth, erp, work_orders, inspections, ncrs, trace, endpoints, codes, resolver, epcis, recalls,
               quality):
         app.include_router(r.router)
+    app.include_router(mes.router)
+    app.include_router(capas.router)
     return app

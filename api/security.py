@@ -52,10 +52,19 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/work-orders/{number}"): READERS | {"mes", "erp"},
     ("GET", "/api/work-orders/{number}/history"): frozenset({"admin", "auditor", "quality_manager", "integrator"}),
     ("POST", "/api/work-orders/{number}/operations"): frozenset({"operator", "mes"}),
+    ("POST", "/api/work-orders/{number}/equipment-states"): frozenset({"operator", "mes"}),
+    ("GET", "/api/mes/rejected"): ENGINEERING | {"auditor", "quality_manager", "mes"},
     ("GET", "/api/inspections"): READERS | {"gauge"},
     ("GET", "/api/inspections/{number}"): READERS | {"gauge"},
     ("POST", "/api/inspections/{number}/results"): frozenset({"inspector", "gauge"}),
     ("POST", "/api/inspections/{number}/results/csv"): frozenset({"inspector", "gauge"}),
+    # photos of visual characteristics (an inspector's camera, or a vision system as a gauge)
+    ("POST", "/api/inspections/{number}/characteristics/{characteristic}/photos"): frozenset({"inspector", "gauge"}),
+    ("GET", "/api/inspections/{number}/photos"): READERS | {"gauge"},
+    ("GET", "/api/inspections/{number}/photos/{attachment_id}"): READERS | {"gauge"},
+    # progress of a running operation (patrol inspections every N units) and shipment requests
+    ("POST", "/api/work-orders/{number}/operations/{seq}/progress"): frozenset({"operator", "mes"}),
+    ("POST", "/api/work-orders/{number}/shipment"): frozenset({"erp", "operator"}),
     # inspection plans, acceptance sampling (ISO 2859-1) and SPC
     ("POST", "/api/quality/plans"): frozenset({"quality_manager", "qa_supervisor", "admin"}),
     ("GET", "/api/quality/plans/{item}/{operation}"): READERS | {"gauge", "mes"},
@@ -67,6 +76,20 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/ncrs"): READERS,
     ("GET", "/api/ncrs/{number}"): READERS,
     ("POST", "/api/ncrs/{number}/decisions"): REVIEWERS,
+    # NCR review content (classification, containment, root cause) and the defect code catalogue
+    ("PATCH", "/api/ncrs/{number}"): REVIEWERS,
+    ("POST", "/api/ncrs/{number}/containment"): REVIEWERS,
+    ("PATCH", "/api/ncrs/{number}/containment/{seq}"): REVIEWERS,
+    ("PATCH", "/api/ncrs/{number}/root-cause"): REVIEWERS,
+    ("GET", "/api/defect-codes"): READERS | {"gauge", "mes"},
+    ("POST", "/api/defect-codes"): frozenset({"quality_manager"}),
+    # corrective and preventive actions; closing (the effectiveness check) is the quality manager's signature
+    ("GET", "/api/capas"): READERS,
+    ("POST", "/api/capas"): frozenset({"quality_manager", "qa_supervisor"}),
+    ("GET", "/api/capas/{number}"): READERS,
+    ("POST", "/api/capas/{number}/actions"): frozenset({"quality_manager", "qa_supervisor"}),
+    ("PATCH", "/api/capas/{number}/actions/{seq}"): frozenset({"quality_manager", "qa_supervisor"}),
+    ("POST", "/api/capas/{number}/close"): frozenset({"quality_manager"}),
     # trace and recall
     ("GET", "/api/trace/backward/{code}"): READERS,
     ("GET", "/api/trace/forward"): READERS,
@@ -122,6 +145,10 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/epcis/queries/{name}"): EPCIS_READ,
     ("DELETE", "/epcis/queries/{name}"): ENGINEERING | {"quality_manager"},
     ("GET", "/epcis/queries/{name}/events"): EPCIS_READ,
+    ("POST", "/epcis/queries/{name}/subscriptions"): ENGINEERING | {"quality_manager"},
+    ("GET", "/epcis/queries/{name}/subscriptions"): EPCIS_READ,
+    ("GET", "/epcis/queries/{name}/subscriptions/{subscription_id}"): EPCIS_READ,
+    ("DELETE", "/epcis/queries/{name}/subscriptions/{subscription_id}"): ENGINEERING | {"quality_manager"},
 }
 # ERP webhooks authenticate by their HMAC signature instead of a bearer token (api/routes/erp.py checks it)
 SIGNED: set[tuple[str, str]] = {("POST", "/api/erp/events")}

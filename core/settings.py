@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
@@ -32,6 +33,9 @@ class WorkerSettings(BaseModel):
     # next has work (a few ms); a smaller cache trades that for memory with thousands of open work orders.
     max_cached_workflows: int = 250
     max_concurrent_activities: int = 50
+    # the MES-over-MQTT bridge (activities/mes.py) subscribes under a fixed client id: with several worker
+    # processes, run it in one of them (HUB_WORKER__MES_BRIDGE=false in the others)
+    mes_bridge: bool = True
 
 
 class ApiSettings(BaseModel):
@@ -43,6 +47,12 @@ class ApiSettings(BaseModel):
         default=16 * MiB, ge=1,
         description="largest body of POST /epcis/capture: the GS1-EPCIS-Capture-File-Size-Limit it advertises "
                     "(domain/epcis_capture.py); keep the two equal")
+    max_photo_bytes: int = Field(
+        default=5 * MiB, ge=1, description="largest photo of a visual characteristic (PNG or JPEG); larger "
+                                           "uploads get 413 after at most this much is read")
+    resolver_fast_path: bool = Field(
+        default=True, description="answer scans of cached unit codes with one plain statement, before FastAPI "
+                                  "(api/routes/resolver.py ResolverFastPath); off: every scan takes the routes")
 
 
 class ErpSettings(BaseModel):
@@ -55,10 +65,44 @@ class ErpSettings(BaseModel):
     webhook_secret: SecretStr = SecretStr("simulator-webhook-secret")
 
 
+class NcrSeverityTiming(BaseModel):
+    """How long an NCR of one severity may wait before a reminder, an escalation to the quality manager,
+    and when it is overdue (not closed)."""
+
+    reminder_after: timedelta
+    escalate_after: timedelta
+    due_after: timedelta
+
+
+class NcrSettings(BaseModel):
+    """Per-severity NCR durations (HUB_NCR__CRITICAL__REMINDER_AFTER=PT30M ...); the ERP route copies them into
+    each work order's input, so a running work order keeps the durations it started with."""
+
+    critical: NcrSeverityTiming = NcrSeverityTiming(
+        reminder_after=timedelta(hours=1), escalate_after=timedelta(hours=4), due_after=timedelta(days=1))
+    major: NcrSeverityTiming = NcrSeverityTiming(
+        reminder_after=timedelta(hours=8), escalate_after=timedelta(hours=24), due_after=timedelta(days=7))
+    minor: NcrSeverityTiming = NcrSeverityTiming(
+        reminder_after=timedelta(hours=24), escalate_after=timedelta(hours=72), due_after=timedelta(days=30))
+
+    def table(self) -> dict[str, dict[str, timedelta]]:
+        return {sev: getattr(self, sev).model_dump() for sev in ("critical", "major", "minor")}
+
+
 class DevServerSettings(BaseModel):
     port: int = 7233
     ui_port: int = 8233
     db_filename: str = str(VAR_DIR / "temporal.db")
+
+
+class EpcisSettings(BaseModel):
+    """Delivery of EPCIS query subscriptions (domain/epcis_subscriptions.py)."""
+
+    stream_every_seconds: float = Field(default=5.0, gt=0, description="how often a stream subscription is served")
+    record_lag_seconds: float = Field(
+        default=5.0, ge=0, description="events recorded this recently wait for the next run, so a capture still "
+                                       "committing is never skipped")
+    callback_batch: int = Field(default=500, ge=1, le=10_000, description="events per callback document")
 
 
 class Settings(BaseSettings):
@@ -70,6 +114,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     erp: ErpSettings = ErpSettings()
     dev_server: DevServerSettings = DevServerSettings()
+    ncr: NcrSettings = NcrSettings()
+    epcis: EpcisSettings = EpcisSettings()
     # GS1 identity of the plant: used for Digital Link URIs of lots and serials
     resolver_base_url: str = "https://id.tracehub.example"
     erp_sim_port: int = 8100

@@ -17,7 +17,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 from domain.audit import audit
 from domain.codes import current_rule, get_item, issue_block, lookup
 from domain.events import record_event
-from domain.models import Lot, utcnow
+from domain.models import Lot, WorkOrder, utcnow
 from domain.models_codes import CodeAlert, CodePool, CodeRange, PoolUpload, SerialBlock, UsedCode
 from domain.packing import epc
 
@@ -108,10 +108,16 @@ async def upload(session: AsyncSession, *, number: str, upload_id: str, used: li
             lots[lot_no] = lot
         if info.used is not None:
             first = info.used
-            alerts.append(await _alert(
+            first_lot = (await session.get(Lot, first.lot_id)).number if first.lot_id else None  # type: ignore
+            dup = await _alert(
                 session, "duplicate", info.value, pool, used_at=used_at.isoformat(), line=pool.line,
-                lot=lot_no, first_used_at=first.used_at.isoformat(), first_line=first.line,
-                first_lot=(await session.get(Lot, first.lot_id)).number if first.lot_id else None))  # type: ignore
+                lot=lot_no, first_used_at=first.used_at.isoformat(), first_line=first.line, first_lot=first_lot)
+            # one code on two things: the lot that got the second copy is held under an NCR (the caller starts
+            # its review workflow; the number is kept here, in the upload's transaction)
+            if lot_no or first_lot:
+                dup.ncr = f"NCR-DUP-{dup.id}"
+                await session.flush()
+            alerts.append(dup)
             continue
         session.add(UsedCode(value=info.value, block_id=block.id, seq=info.seq, level=info.view.rule.level,
                              state="commissioned", lot_id=lot.id if lot else None, pool_id=pool.id,
@@ -130,6 +136,23 @@ async def upload(session: AsyncSession, *, number: str, upload_id: str, used: li
                 changes={"upload_id": upload_id, "accepted": len(accepted), "alerts": len(alerts)})
     return {"pool": number, "upload_id": upload_id, "duplicate_upload": False, "accepted": len(accepted),
             "alerts": [_alert_view(a) for a in alerts]}
+
+
+async def duplicate_ncrs(session: AsyncSession, alert_ids: list[int]) -> list[dict[str, Any]]:
+    """What the NCR of each duplicate alert is about: its number, lot, work order and description."""
+    out = []
+    for a in (await session.execute(select(CodeAlert).where(CodeAlert.id.in_(alert_ids), CodeAlert.ncr.is_not(None))
+                                    .order_by(CodeAlert.id))).scalars():
+        d = a.details
+        lot_no = d.get("lot") or d.get("first_lot")
+        lot = (await session.execute(select(Lot).where(Lot.number == lot_no))).scalar_one()
+        wo = (await session.execute(select(WorkOrder.number).where(WorkOrder.id == lot.work_order_id))).scalar() \
+            if lot.work_order_id else None
+        out.append({"ncr": a.ncr, "lot": lot_no, "work_order": wo or "", "description": (
+            f"code {a.code} was used twice: first {d.get('first_used_at')} on line {d.get('first_line') or '?'}"
+            f" (lot {d.get('first_lot') or '?'}), again {d.get('used_at')} on line {d.get('line') or '?'}"
+            f" (lot {d.get('lot') or '?'}): one code on two items; relabel, or scrap the copies")})
+    return out
 
 
 def _alert_view(a: CodeAlert) -> dict[str, Any]:

@@ -146,3 +146,9 @@ async def record_equipment_state(session: AsyncSession, *, event_id: str, equipm
     except IntegrityError:
         return False
     return True
+
+
+async def equipment_state_seen(session: AsyncSession, event_id: str) -> bool:
+    """True when an equipment state with this event id was recorded (it was delivered before)."""
+    q = select(EquipmentState.id).where(EquipmentState.event_id == event_id)
+    return (await session.execute(q)).scalar() is not None

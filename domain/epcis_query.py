@@ -82,6 +82,9 @@ def _time(name: str, v: Any) -> datetime:
     return t
 
 
+parse_time = _time  # for other EPCIS modules (subscriptions' initialRecordTime)
+
+
 def _int(name: str, v: Any) -> int:
     try:
         n = int(_values(v)[0])
@@ -301,6 +304,9 @@ async def run(session: AsyncSession, params: dict[str, Any], *, declared_ns: dic
 
 def _z(d: datetime) -> str:
     return d.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+z = _z  # an aware time as EPCIS writes it (UTC, milliseconds, Z)
 
 
 def query_document(name: str, events: list[dict[str, Any]]) -> dict[str, Any]:

@@ -132,6 +132,27 @@ class EpcisNamedQuery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class EpcisSubscription(Base):
+    """A standing query: its named query's new events go to `dest` on a schedule or as they arrive (stream).
+    Delivered by a Temporal Schedule (workflows/epcis_subscription.py); `min_record_time` is the watermark."""
+
+    __tablename__ = "epcis_subscription"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    query_name: Mapped[str] = mapped_column(String(120), index=True)
+    dest: Mapped[str] = mapped_column(String(2000))
+    signature_token: Mapped[str | None] = mapped_column(String(500))
+    report_if_empty: Mapped[bool] = mapped_column(default=False)
+    stream: Mapped[bool] = mapped_column(default=False)
+    schedule: Mapped[dict[str, Any] | None] = mapped_column()
+    epc_format: Mapped[str] = mapped_column(String(40), default="Always_GS1_Digital_Link")
+    initial_record_time: Mapped[datetime] = mapped_column()
+    min_record_time: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_notified_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(String(2000))
+    deleted_at: Mapped[datetime | None] = mapped_column()
+
+
 class EpcisNamespace(Base):
     """Extension namespace prefixes seen in captured @contexts (to read `EQ_prefix:field` queries)."""
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
+from domain import ncr_review
 from domain.audit import audit
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import (
@@ -21,6 +22,7 @@ from domain.models import (
     WorkOrder,
     utcnow,
 )
+from domain.models_identity import User
 from domain.production import get_lot, set_lot_status
 from domain.signatures import is_valid, record_signature, signatures_for
 
@@ -144,7 +146,8 @@ async def record_results(
     )
     await audit(session, actor=inspector, action="inspection.recorded", entity="inspection", key=number,
                 changes={"verdict": verdict, "failed": failed, "values": values})
-    if verdict == "passed" and lot.status == LotStatus.quarantine:
+    # a first-article or patrol inspection passes a lot still in production: it is released by final inspection
+    if verdict == "passed" and lot.status == LotStatus.quarantine and ins.kind not in ("first_article", "patrol"):
         await set_lot_status(session, lot, LotStatus.released, actor="system",
                              why=f"{ins.kind} inspection {number} passed")
     return ins, failed
@@ -162,11 +165,15 @@ async def get_ncr(session: AsyncSession, number: str) -> Ncr:
 
 async def open_ncr(
     session: AsyncSession, *, number: str, workflow_id: str, work_order: str | None, lot: str,
-    inspection: str | None, description: str, resolver: str,
+    inspection: str | None, description: str, resolver: str, severity: str | None = None,
+    timing: dict[str, dict[str, float]] | None = None,
 ) -> Ncr:
-    """Open an NCR and put its lot on hold. Idempotent on the NCR number."""
+    """Open an NCR and put its lot on hold. Idempotent on the NCR number. With a severity (NCRs opened
+    since the review states), its review record starts too: severity, durations, due time."""
     existing = (await session.execute(select(Ncr).where(Ncr.number == number))).scalar()
     if existing is not None:
+        if severity is not None:
+            await ncr_review.start_review(session, existing, severity=severity, timing=timing or {})
         return existing
     lot_row = await get_lot(session, lot)
     wo_id = None
@@ -187,10 +194,16 @@ async def open_ncr(
         biz_transactions=[("testres", hub_uri("ncr", number))],
         lot=lot_row, work_order_id=wo_id,
     )
+    if severity is not None:
+        await ncr_review.start_review(session, ncr, severity=severity, timing=timing or {})
     await audit(session, actor="system", action="ncr.opened", entity="ncr", key=number,
-                changes={"lot": lot, "inspection": inspection, "description": description})
+                changes={"lot": lot, "inspection": inspection, "description": description,
+                         **({"severity": severity} if severity is not None else {})})
     await session.refresh(ncr, ["lot", "decisions"])
     return ncr
+
+
+DISPOSITION_ACTIONS = ("rework", "scrap", "use_as_is", "return_to_supplier")
 
 
 def decision_content(ncr: str, rec: NcrDecisionRecord) -> dict[str, Any]:
@@ -215,10 +228,14 @@ async def record_decision(
     session.add(rec)
     before = row.state
     row.state = new_state
-    if action != "confirm" and new_state in ("closed", "dismissed"):
+    if action in DISPOSITION_ACTIONS and new_state in ("closed", "dismissed", "disposition"):
         row.disposition = action
     if new_state in ("closed", "dismissed"):
         row.closed_at = utcnow()
+    if action == "verify":
+        rev = await ncr_review.review_of(session, row)
+        rev.verification, rev.verified_by, rev.verified_at = "verified", reviewer, utcnow()
+        rev.verification_note = reason
     await session.flush()
     await audit(session, actor=reviewer, action=f"ncr.{action}", entity="ncr", key=ncr,
                 changes={"state": [before, new_state], "role": role, "reason": reason,
@@ -242,7 +259,7 @@ async def decision_signatures(session: AsyncSession, ncr: Ncr) -> dict[str, dict
     return out
 
 
-async def record_notice(session: AsyncSession, *, ncr: str, notice: str) -> None:
+async def record_notice(session: AsyncSession, *, ncr: str, notice: str, to_role: str | None = None) -> None:
     row = await get_ncr(session, ncr)
     if notice == "reminder" and row.reminded_at is None:
         row.reminded_at = utcnow()
@@ -250,9 +267,57 @@ async def record_notice(session: AsyncSession, *, ncr: str, notice: str) -> None
         row.escalated_at = utcnow()
     else:
         return
+    changes: dict[str, Any] = {"state": row.state}
+    if notice == "escalation" and to_role:
+        rev = await ncr_review.review_of(session, row)
+        users = await _usernames_with_role(session, to_role)
+        rev.escalated_to, rev.escalated_users = to_role, users
+        changes.update({"to_role": to_role, "to_users": users})
     await session.flush()
-    await audit(session, actor="system", action=f"ncr.{notice}", entity="ncr", key=ncr,
-                changes={"state": row.state})
+    await audit(session, actor="system", action=f"ncr.{notice}", entity="ncr", key=ncr, changes=changes)
+
+
+async def _usernames_with_role(session: AsyncSession, role: str) -> list[str]:
+    users = (await session.execute(select(User).where(User.active.is_(True)).order_by(User.username))).scalars()
+    return [u.username for u in users if role in (u.roles or [])]
+
+
+async def set_ncr_state(session: AsyncSession, *, ncr: str, state: str, note: str = "",
+                        verification: str | None = None) -> None:
+    """A state change the NCR's workflow makes itself (carried out, verified by re-inspection). Idempotent."""
+    row = await get_ncr(session, ncr)
+    rev = await ncr_review.review_of(session, row)
+    if state == "verification" and rev.baseline_inspection_id is None:
+        # the re-inspection that verifies a rework is one opened after this point
+        rev.baseline_inspection_id = (await session.execute(
+            select(func.max(Inspection.id)).where(Inspection.lot_id == row.lot_id))).scalar() or 0
+    if verification and rev.verification is None:
+        rev.verification, rev.verified_by, rev.verified_at = verification, "system", utcnow()
+        rev.verification_note = note
+    if row.state == state:
+        await session.flush()
+        return
+    before = row.state
+    row.state = state
+    if state in ("closed", "dismissed") and row.closed_at is None:
+        row.closed_at = utcnow()
+    await session.flush()
+    await audit(session, actor="system", action="ncr.state", entity="ncr", key=ncr,
+                changes={"state": [before, state], "note": note, "verification": verification})
+
+
+async def check_reinspection(session: AsyncSession, *, ncr: str, lot: str) -> dict[str, Any]:
+    """The first inspection with a verdict on the lot since the rework was decided, or a later NCR on it."""
+    row = await get_ncr(session, ncr)
+    rev = await ncr_review.review_of(session, row)
+    baseline = rev.baseline_inspection_id or 0
+    ins = (await session.execute(
+        select(Inspection).where(Inspection.lot_id == row.lot_id, Inspection.id > baseline,
+                                 Inspection.status.in_(("passed", "failed"))).order_by(Inspection.id).limit(1)
+    )).scalar()
+    later = (await session.execute(
+        select(Ncr.number).where(Ncr.lot_id == row.lot_id, Ncr.id > row.id).order_by(Ncr.id).limit(1))).scalar()
+    return {"inspection": ins.number if ins else None, "verdict": ins.status if ins else None, "later_ncr": later}
 
 
 async def apply_disposition(

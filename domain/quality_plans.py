@@ -15,6 +15,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 from domain import sampling, spc
 from domain.audit import audit
 from domain.models import CharacteristicResult, Inspection, Item, Lot, utcnow
+from domain.models_inspection import PlanTrigger
 from domain.models_quality import InspectionPlan, PlanCharacteristic, PlanSampling, SamplingLot, SamplingState
 from domain.production import upsert_item
 
@@ -41,6 +42,28 @@ class SamplingIn(BaseModel):
     level: sampling.Level = "II"
 
 
+# operations that are not steps of a routing: their plans are triggered by receipt, the end of production and
+# shipment, never by units made or minutes run
+NOT_ROUTING = ("iqc", "final", "outgoing")
+
+
+class TriggersIn(BaseModel):
+    """When the plan's inspection is opened (domain/inspection_triggers.py). Versioned with the plan."""
+
+    first_article: bool = Field(
+        default=False, description="routing operation: the first unit of its first run is inspected and must "
+                                   "pass before the operation's report is recorded")
+    patrol_every_units: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="routing operation: a patrol inspection each time the "
+                                                       "MES's progress reports pass another N units")
+    patrol_every_minutes: float | None = Field(
+        default=None, gt=0, le=7 * 24 * 60, allow_inf_nan=False,
+        description="routing operation: a patrol inspection every N minutes while the operation runs")
+    outgoing: bool | None = Field(
+        default=None, description="operation 'outgoing': a passed outgoing inspection is required before the "
+                                  "lot ships (default true for an 'outgoing' plan)")
+
+
 class PlanIn(BaseModel):
     """A plan as saved: every save is a new version of the item's plan at that operation."""
 
@@ -50,6 +73,7 @@ class PlanIn(BaseModel):
     sampling: dict[NcSeverity, SamplingIn] = Field(
         default_factory=dict, description="AQL and inspection level per severity of the characteristics")
     note: str | None = Field(default=None, max_length=400)
+    triggers: TriggersIn = Field(default_factory=TriggersIn)
 
 
 def plan_problems(p: PlanIn) -> list[tuple[str, str]]:
@@ -109,6 +133,15 @@ def plan_problems(p: PlanIn) -> list[tuple[str, str]]:
     for sev in sorted({c.severity for c in p.characteristics} - set(p.sampling)):
         bad(f"sampling.{sev}", f"{sev} characteristics have no AQL and inspection level: add "
                                f"sampling.{sev} = {{\"aql\": ..., \"level\": \"II\"}}")
+    t = p.triggers
+    if p.operation in NOT_ROUTING:
+        for name in ("first_article", "patrol_every_units", "patrol_every_minutes"):
+            if getattr(t, name):
+                bad(f"triggers.{name}", f"a {name.replace('_', ' ')} inspection belongs to a routing operation "
+                                        f"(its name or seq), not to {p.operation!r}")
+    if t.outgoing is not None and p.operation != "outgoing":
+        bad("triggers.outgoing", "the outgoing inspection is the plan of operation 'outgoing': save this "
+                                 "plan with operation 'outgoing'")
     for sev, s in p.sampling.items():
         try:
             sampling.aql_key(s.aql)
@@ -137,8 +170,12 @@ async def save_plan(session: AsyncSession, p: PlanIn, *, actor: str) -> Inspecti
             defect_codes=[d.strip() for d in c.defect_codes], photo_required=c.kind == "visual"))
     for sev, s in sorted(p.sampling.items()):
         session.add(PlanSampling(plan_id=plan.id, severity=sev, aql=sampling.aql_key(s.aql), level=s.level))
+    t = p.triggers
+    session.add(PlanTrigger(plan_id=plan.id, first_article=t.first_article,
+                            patrol_every_units=t.patrol_every_units, patrol_every_minutes=t.patrol_every_minutes,
+                            outgoing=p.operation == "outgoing" and t.outgoing is not False))
     await session.flush()
-    await session.refresh(plan, ["characteristics", "sampling"])
+    await session.refresh(plan, ["characteristics", "sampling", "trigger"])
     await audit(session, actor=actor, action="inspection_plan.saved", entity="inspection_plan",
                 key=f"{p.item}:{p.operation}", changes={"version": plan.version, "plan": plan_view(plan)})
     return plan
@@ -155,6 +192,23 @@ async def plan_versions(session: AsyncSession, item: str, operation: str) -> lis
     return list(rows)
 
 
+def triggers_view(row: PlanTrigger | None) -> dict[str, Any]:
+    """Trigger settings of a plan version; a version saved before triggers existed has none."""
+    if row is None:
+        return {"first_article": False, "patrol_every_units": None, "patrol_every_minutes": None,
+                "outgoing": False}
+    return {"first_article": row.first_article, "patrol_every_units": row.patrol_every_units,
+            "patrol_every_minutes": row.patrol_every_minutes, "outgoing": row.outgoing}
+
+
+async def latest_plan(session: AsyncSession, item: str, operation: str) -> InspectionPlan | None:
+    """The newest version of an item's plan at an operation, or None."""
+    return (await session.execute(
+        select(InspectionPlan).join(Item, Item.id == InspectionPlan.item_id)
+        .where(Item.code == item, InspectionPlan.operation == operation)
+        .order_by(InspectionPlan.version.desc()).limit(1))).scalar()
+
+
 def plan_view(plan: InspectionPlan) -> dict[str, Any]:
     def char(c: PlanCharacteristic) -> dict[str, Any]:
         base: dict[str, Any] = {"name": c.name, "kind": c.kind, "severity": c.severity}
@@ -169,7 +223,8 @@ def plan_view(plan: InspectionPlan) -> dict[str, Any]:
     return {"item": plan.item.code, "operation": plan.operation, "version": plan.version, "note": plan.note,
             "created_by": plan.created_by, "created_at": plan.created_at.isoformat(),
             "characteristics": [char(c) for c in plan.characteristics],
-            "sampling": {s.severity: {"aql": s.aql, "level": s.level} for s in plan.sampling}}
+            "sampling": {s.severity: {"aql": s.aql, "level": s.level} for s in plan.sampling},
+            "triggers": triggers_view(plan.trigger)}  # type: ignore[attr-defined]
 
 
 # --- acceptance sampling with the switching rules --------------------------------------------------------
@@ -367,3 +422,50 @@ async def spc_for(session: AsyncSession, *, item: str, characteristic: str, subg
         "range_out_of_control": [i + 1 for i in out_r],
         "warnings": warnings,
     }
+
+
+# --- the switching state fed by inspection verdicts (domain/inspection_triggers.py) ------------------------
+
+
+async def current_severity(session: AsyncSession, *, supplier: str, item: str) -> str:
+    """The severity the next lot of an item from a supplier is inspected under (normal if none judged yet);
+    a discontinued supplier and item is refused (Conflict) until sampling is resumed."""
+    row = (await session.execute(select(SamplingState).where(
+        SamplingState.supplier == supplier, SamplingState.item == item))).scalar()
+    state = _state_of(row)
+    if state.severity == "discontinued":
+        _plan_for(state, supplier, item, 2, "II", "1.0")  # raises the Conflict that says what to do
+    return state.severity
+
+
+async def record_verdict(session: AsyncSession, *, supplier: str, item: str, lot: str, lot_size: int, level: str,
+                         aql: str, severity: str, nonconforming: int, accepted: bool, inspection: str,
+                         actor: str) -> dict[str, Any]:
+    """Move the switching state by an inspection's verdict on a lot. `accepted` is the inspection's verdict
+    (every class of characteristic within its acceptance number, variables within their limits); the plan
+    that governs the switching is the one of the most severe class of the inspection plan. Idempotent on the
+    lot: a second call returns what the first recorded."""
+    row = await _locked_state(session, supplier, item)
+    existing = (await session.execute(select(SamplingLot).where(SamplingLot.lot == lot))).scalar()
+    if existing is not None:
+        st = await session.get(SamplingState, existing.state_id)
+        assert st is not None
+        return {**_lot_view(existing), "state": state_view(_state_of(st)), "duplicate": True}
+    state = _state_of(row)
+    p = sampling.plan(max(lot_size, 2), level, aql, severity if severity in sampling.TABLES else "normal")
+    # the state machine counts acceptance by Ac; the inspection's verdict is what decided the lot
+    judged = min(nonconforming, p.ac) if accepted else max(nonconforming, p.re)
+    t = state.after_lot(sampling.LotOutcome(
+        nonconforming=judged, ac=p.ac, tighter_ac=sampling.tighter_acceptance_number(p), reduced_wanted=False))
+    _store(row, t.state)
+    rec = SamplingLot(lot=lot, state_id=row.id, severity=p.severity, lot_size=lot_size, level=level, aql=p.aql,
+                      code_letter=p.code_letter, n=p.n, ac=p.ac, re=p.re, nonconforming=nonconforming,
+                      accepted=accepted, switched_to=t.switched_to, recorded_by=actor)
+    session.add(rec)
+    await session.flush()
+    await audit(session, actor=actor, action="sampling.lot_judged", entity="sampling_state",
+                key=f"{supplier}:{item}", changes={
+                    "lot": lot, "inspection": inspection, "plan": sampling_plan_view(p),
+                    "nonconforming": nonconforming, "accepted": accepted, "switched_to": t.switched_to,
+                    "reason": t.reason})
+    return {**_lot_view(rec), "switch_reason": t.reason, "state": state_view(t.state), "duplicate": False}

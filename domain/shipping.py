@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import Conflict
 from domain.audit import audit
 from domain.events import hub_uri, lot_class_uri, record_event
+from domain.inspection_triggers import check_shipment
 from domain.models import Ncr, Shipment, ShipmentLine, utcnow
 from domain.production import get_lot, get_work_order, set_lot_status
 
@@ -22,6 +23,7 @@ async def ship_lot(
         return existing
     wo = await get_work_order(session, work_order)
     lot_row = await get_lot(session, lot)
+    await check_shipment(session, work_order=work_order, lot=lot)  # outgoing inspection, open NCRs
     if lot_row.status != "released":
         open_ncrs = (
             await session.execute(select(Ncr.number).where(Ncr.lot_id == lot_row.id, Ncr.closed_at.is_(None)))

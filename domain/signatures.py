@@ -14,7 +14,7 @@ from core.errors import InvalidInput
 from domain.audit import audit
 from domain.models_identity import Signature
 
-MEANINGS = ("reviewed", "approved", "rejected", "released")
+MEANINGS = ("reviewed", "approved", "rejected", "released", "verified")  # verified: an NCR's follow-up
 
 
 def content_hash(content: dict[str, Any]) -> str:

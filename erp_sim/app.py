@@ -199,6 +199,8 @@ def create_app(
         if missing:
             raise HTTPException(417, {"exc_type": "MandatoryError",
                                       "message": f"{doctype}: value missing for {', '.join(missing)}"})
+        if doctype == "Stock Entry":
+            check_stock_entry(store, doc)
         async with lock:
             doc = store.put(doctype, doc)
         return {"data": doc}
@@ -251,6 +253,55 @@ def create_app(
         return {k: list(v) for k, v in store.docs.items()}
 
     return app
+
+
+# stock entry types whose rows take material out of a warehouse (ERPNext's purposes)
+CONSUMING = {"Manufacture", "Material Consumption for Manufacture", "Material Issue",
+             "Material Transfer for Manufacture"}
+
+
+def check_stock_entry(store: Store, doc: dict[str, Any]) -> None:
+    """Refuse a Stock Entry as ERPNext would (417 ValidationError): every row names an item and a quantity;
+    a row that takes material from a warehouse (s_warehouse, not the finished item) needs qty > 0 and, for
+    a batched item, a batch that exists (batches come from purchase receipts) and is of that item."""
+    items = doc.get("items")
+    if items is None:
+        return
+    purpose = doc.get("stock_entry_type")
+
+    def refuse(message: str) -> None:
+        raise HTTPException(417, {"exc_type": "ValidationError", "message": message})
+
+    if not isinstance(items, list):
+        refuse("Stock Entry: items must be a list of rows")
+    if purpose == "Material Consumption for Manufacture" and not items:
+        refuse("Stock Entry: a material consumption needs at least one row")
+    batches = store.docs.get("Batch", {})
+    for i, row in enumerate(items, start=1):
+        if not isinstance(row, dict) or not row.get("item_code"):
+            refuse(f"Row {i}: Item Code is mandatory")
+        qty = row.get("qty")
+        if not isinstance(qty, int | float) or isinstance(qty, bool):
+            refuse(f"Row {i}: Quantity must be a number, not {qty!r}")
+        consumes = not row.get("is_finished_item") and (row.get("s_warehouse") or
+                                                         purpose == "Material Consumption for Manufacture")
+        if not consumes:
+            continue
+        if purpose not in CONSUMING:
+            refuse(f"Row {i}: a {purpose} entry takes no material from a warehouse")
+        if not row.get("s_warehouse"):
+            refuse(f"Row {i}: Source Warehouse is mandatory for {row['item_code']}")
+        if qty <= 0:
+            refuse(f"Row {i}: Quantity must be greater than 0 for {row['item_code']}")
+        batch_no = row.get("batch_no")
+        if not batch_no:
+            continue
+        batch = batches.get(batch_no)
+        if batch is None:
+            refuse(f"Row {i}: Batch {batch_no} not found: it is received with a Purchase Receipt first")
+        if batch.get("item") != row["item_code"]:
+            refuse(f"Row {i}: Batch {batch_no} does not belong to Item {row['item_code']} "
+                   f"(it is of {batch.get('item')})")
 
 
 def release_event(number: str, quantity: int, *, with_shipment: bool = True, heat_prefix: str = "H",

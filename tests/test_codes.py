@@ -31,7 +31,7 @@ from sqlalchemy import func, select
 
 from api.main import create_app
 from core.db import make_engine, make_sessionmaker
-from core.settings import DatabaseSettings, Settings
+from core.settings import Settings
 from domain import code_pools, codes, gs1, packing, qr
 from domain.models import Lot, LotStatus
 from domain.models_codes import CodeCounter, CodeRule, CodeScan, SerialBlock
@@ -47,13 +47,13 @@ def new_gtin() -> str:
 
 
 @pytest.fixture(scope="module")
-def hub_settings(db_url: str) -> Settings:
-    return Settings(database=DatabaseSettings(url=db_url))
+def hub_settings(settings: Settings) -> Settings:
+    return settings  # the suite's: its database, and the worker's task queue (a duplicate code's NCR runs there)
 
 
 @pytest_asyncio.fixture(scope="module")
-async def codes_api(hub_settings: Settings, sessionmaker):
-    app = create_app(hub_settings, sessionmaker=sessionmaker)
+async def codes_api(hub_settings: Settings, sessionmaker, client, worker):
+    app = create_app(hub_settings, sessionmaker=sessionmaker, temporal=client)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub", headers=SUPER_HEADERS) as c:
         c.app = app  # scans are written in batches: `await c.app.state.scan_recorder.flush()` before reading them
         yield c
@@ -522,6 +522,16 @@ async def test_offline_pool_upload_and_reconciliation_flag_duplicates_strays_and
     assert sorted(a["kind"] for a in body["alerts"]) == ["duplicate", "outside_pool"]
     dup = next(a for a in body["alerts"] if a["kind"] == "duplicate")
     assert dup["details"]["first_line"] == "LINE-3" and dup["details"]["lot"] == lot
+    # and an NCR holds the lot that got the second copy, for the reviewers to decide (relabel, scrap...)
+    assert dup["ncr"] == f"NCR-DUP-{dup['id']}"
+    for _ in range(100):
+        r = await codes_api.get(f"/api/ncrs/{dup['ncr']}")
+        if r.status_code == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert r.status_code == 200 and r.json()["lot"] == lot and "used twice" in r.json()["description"]
+    async with sessionmaker() as s:
+        assert (await s.execute(select(Lot.status).where(Lot.number == lot))).scalar_one() == "on_hold"
     # the same upload again changes nothing
     again = (await codes_api.post(f"/api/codes/pools/{number}/uploads",
                                   json={"upload_id": f"{number}-u1", "used": used})).json()

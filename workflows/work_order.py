@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
@@ -17,19 +18,25 @@ with workflow.unsafe.imports_passed_through():
         InspectionOutcome,
         InspectionResultInput,
         InspectionResults,
+        InspectionTriggers,
+        InspectionTriggersInput,
         IssueCodesInput,
         IssueCodesResult,
         NcrAction,
         NonconformanceInput,
         NonconformanceResult,
         OpenInspectionInput,
+        OpenPlannedInspectionInput,
+        OperationProgress,
         OperationReport,
+        OperationTriggers,
         PurchaseReceipt,
         ReceivedLot,
         RecordOperationInput,
         RecordReceiptInput,
         RoutingOperation,
         ShipInput,
+        ShipmentGateInput,
         ShipmentRequest,
         StageInput,
         StartWorkOrderInput,
@@ -62,6 +69,9 @@ with workflow.unsafe.imports_passed_through():
 # work orders whose input names endpoints for it, so every other work order runs exactly as before.
 PATCH_CERTIFICATES = "material-certificates-v1"
 PATCH_DEVICE_DATA = "device-data-v1"
+# inspection triggers from the item's plans (first-article, patrol, outgoing) and the shipment gate: every work
+# order started since asks for its triggers once; one whose item has no such plan then runs as before
+PATCH_TRIGGERS = "inspection-triggers-v1"
 
 
 class PendingInspection(BaseModel):
@@ -90,6 +100,8 @@ class WorkOrderStatus(BaseModel):
     process_values: dict[str, float | int | str | bool] = Field(default_factory=dict)
     deviations: list[str] = Field(default_factory=list)
     equipment_states: dict[str, str] = Field(default_factory=dict)
+    inspection_triggers: InspectionTriggers | None = None
+    shipment_gate: list[str] = Field(default_factory=list, description="why the shipment is held, if it is")
 
 
 class WorkOrderResult(BaseModel):
@@ -135,6 +147,10 @@ class WorkOrderWorkflow:
         self.deviations: list[str] = []
         self.equipment: dict[str, str] = {}
         self.process_scrapped = False
+        # inspection triggers (work orders started since PATCH_TRIGGERS)
+        self.triggers: InspectionTriggers | None = None
+        self.progress: dict[int, int] = {}
+        self.gate: list[str] = []
 
     # --- entry --------------------------------------------------------------------------------------
 
@@ -142,6 +158,11 @@ class WorkOrderWorkflow:
     async def run(self, order: WorkOrderInput) -> WorkOrderResult:
         self.order = order
         await self._db("start_work_order", StartWorkOrderInput(order=order, workflow_id=workflow.info().workflow_id))
+        if workflow.patched(PATCH_TRIGGERS):
+            triggers = await self._db("inspection_triggers", InspectionTriggersInput(
+                work_order=order.number, item=order.item, routing=order.routing), result_type=InspectionTriggers)
+            assert isinstance(triggers, InspectionTriggers)
+            self.triggers = triggers
         for r in order.receipts:
             self.receive_material(r)
         intake = asyncio.create_task(self._intake_loop())
@@ -189,6 +210,24 @@ class WorkOrderWorkflow:
 
         # 4. tell the ERP what was made and consumed
         await self._stage("erp_completion")
+        # what the operations consumed (the released lots, as the MES reported them) goes to the ERP as its
+        # "Material Consumption for Manufacture" entry, before the Manufacture entry of the finished lot.
+        # Its own document, so an ERP that refuses it (a batch it does not know) leaves a visible error here
+        # and the completion still goes through. Taken only by work orders run since the patch.
+        if workflow.patched("erp-consumption-v1"):
+            consumed = await self._db("work_order_consumption", order.number, result_type=list[dict])
+            assert isinstance(consumed, list)
+            if consumed:
+                try:
+                    await self._erp(ErpNotice(
+                        doctype="Stock Entry", name=f"{order.number}-CONS",
+                        doc={"stock_entry_type": "Material Consumption for Manufacture", "work_order": order.number,
+                             "items": [{"item_code": c["item"], "batch_no": c["lot"], "qty": c["quantity"],
+                                        "uom": c["uom"], "s_warehouse": "Stores", "is_finished_item": 0}
+                                       for c in consumed]}),
+                        "ERP: material consumption of the work order")
+                except ActivityError as err:
+                    self.last_error = f"ERP refused the material consumption {order.number}-CONS: {_message(err)}"
         await self._erp(ErpNotice(
             doctype="Stock Entry", name=f"{order.number}-MFG",
             doc={"stock_entry_type": "Manufacture", "work_order": order.number,
@@ -213,26 +252,10 @@ class WorkOrderWorkflow:
                                                    quantity=self.good),
                     start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=IssueCodesResult,
                 )
-            # 6. shipment against the sales order, or when the ERP asks for it
-            await self._stage("shipment")
-            if order.shipment and not self.ship_request:
-                self.ship_request = order.shipment
-            await workflow.wait_condition(lambda: self.ship_request is not None)
-            req = self.ship_request
-            assert req is not None
-            self.activity_wait = "database: recording the shipment"
-            shipped_qty = await workflow.execute_activity(
-                "ship", ShipInput(work_order=order.number, lot=order.lot_number, request=req),
-                start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=float,
-            )
-            self.shipment = req.shipment
-            await self._erp(ErpNotice(
-                doctype="Delivery Note", name=req.shipment,
-                doc={"customer": req.customer, "against_sales_order": req.sales_order, "work_order": order.number,
-                     "carrier": req.carrier, "tracking_number": req.tracking_number,
-                     "items": [{"item_code": order.item, "batch_no": order.lot_number, "qty": shipped_qty}]}),
-                "ERP: delivery note for the shipment")
-            await self._db("confirm_shipment", req.shipment)
+            # the outgoing inspection the item's plan requires (work orders started since PATCH_TRIGGERS)
+            shippable = await self._outgoing() if self.triggers is not None and self.triggers.outgoing else True
+            if shippable:
+                await self._ship()  # 6. shipment against the sales order, or when the ERP asks for it
 
         status = "completed" if self.good >= order.quantity else "completed_short"
         await self._db("complete_work_order", CompleteWorkOrderInput(
@@ -244,6 +267,160 @@ class WorkOrderWorkflow:
         return WorkOrderResult(number=order.number, status=status, output_lot=order.lot_number,
                                good_quantity=self.good, scrap_quantity=self.scrap, shipment=self.shipment,
                                ncrs=self.ncrs)
+
+    # --- shipment ---------------------------------------------------------------------------------
+
+    async def _ship(self) -> None:
+        """Ship the lot against the sales order, or when the ERP asks for it, and tell the ERP."""
+        order = self.order
+        assert order is not None
+        await self._stage("shipment")
+        if order.shipment and not self.ship_request:
+            self.ship_request = order.shipment
+        await workflow.wait_condition(lambda: self.ship_request is not None)
+        req = self.ship_request
+        assert req is not None
+        if self.triggers is not None:
+            await self._shipment_gate(req)
+        self.activity_wait = "database: recording the shipment"
+        shipped_qty = await workflow.execute_activity(
+            "ship", ShipInput(work_order=order.number, lot=order.lot_number, request=req),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=float,
+        )
+        self.shipment = req.shipment
+        await self._erp(ErpNotice(
+            doctype="Delivery Note", name=req.shipment,
+            doc={"customer": req.customer, "against_sales_order": req.sales_order, "work_order": order.number,
+                 "carrier": req.carrier, "tracking_number": req.tracking_number,
+                 "items": [{"item_code": order.item, "batch_no": order.lot_number, "qty": shipped_qty}]}),
+            "ERP: delivery note for the shipment")
+        await self._db("confirm_shipment", req.shipment)
+
+    async def _shipment_gate(self, req: ShipmentRequest) -> None:
+        """Hold the shipment while the lot lacks a passed outgoing inspection its plan requires or an NCR is
+        open on it or on a lot consumed into it; the status names which. NCRs of consumed lots are decided in
+        other workflows, so the gate is checked again every `timing.shipment_gate_recheck`."""
+        assert self.order is not None
+        key = "shipment-gate"
+        while True:
+            problems = await self._db("shipment_gate", ShipmentGateInput(
+                work_order=self.order.number, lot=self.order.lot_number), result_type=list[str])
+            assert isinstance(problems, list)
+            self.gate = list(problems)
+            if not problems:
+                self.waits.pop(key, None)
+                return
+            self.waits[key] = f"shipment {req.shipment} held: " + "; ".join(problems)
+            open_now = len(self.open_ncrs)
+            try:
+                await workflow.wait_condition(lambda n=open_now: len(self.open_ncrs) != n,
+                                              timeout=self.order.timing.shipment_gate_recheck)
+            except TimeoutError:
+                pass
+
+    # --- inspections the item's plans trigger (PATCH_TRIGGERS) ---------------------------------------------
+
+    async def _open_planned(self, number: str, trigger: str, operation: str, lot_size: int) -> bool:
+        assert self.order is not None
+        opened = await self._db("open_planned_inspection", OpenPlannedInspectionInput(
+            number=number, trigger=trigger, work_order=self.order.number, lot=self.order.lot_number,
+            item=self.order.item, operation=operation, lot_size=max(1, lot_size)), result_type=bool)
+        if not opened:
+            self.last_error = f"{trigger} inspection {number}: item {self.order.item} has no plan at {operation!r}"
+        return bool(opened)
+
+    async def _outgoing(self) -> bool:
+        """The outgoing inspection before shipment, with NCR review and rework; False when the lot is scrapped."""
+        order = self.order
+        assert order is not None
+        attempt = 0
+        while True:
+            attempt += 1
+            number = f"OUT-{order.number}-{attempt}"
+            await self._stage("outgoing_inspection")
+            if not await self._open_planned(number, "outgoing", "outgoing", self.good):
+                return True  # no plan after all: the shipment gate says what is missing
+            outcome = await self._inspect(number, "outgoing", order.lot_number, opened=True)
+            if outcome.verdict == Verdict.passed:
+                return True
+            await self._stage("nonconformance_review")
+            ncr = await self._ncr(outcome, "outgoing")
+            if ncr.outcome in (NcrAction.dismiss, NcrAction.use_as_is):
+                return True
+            if ncr.outcome == NcrAction.rework:
+                op = next((o for o in order.routing if o.seq == ncr.rework_operation), order.routing[-1])
+                await self._stage("production")
+                await self._operation(op, rework=True)
+                continue
+            self.scrap += self.good
+            self.good = 0
+            return False
+
+    async def _first_article(self, op: RoutingOperation, t: OperationTriggers) -> bool:
+        """The first unit of the operation's first run is inspected; the run continues (its report is recorded)
+        once it passes. A failed first article opens an NCR: dismiss or use as is continues the run, rework means
+        the set-up is corrected and a new first article inspected; scrap ends production (False)."""
+        assert self.order is not None
+        key = f"first-article:{op.seq}"
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                number = f"FA-{self.order.number}-{op.seq}-{attempt}"
+                self.waits[key] = (f"first-article: operation {op.seq} ({op.name}) continues, and its report is "
+                                   f"recorded, once first-article inspection {number} passes")
+                if not await self._open_planned(number, "first_article", t.operation, 1):
+                    return True
+                outcome = await self._inspect(number, "first_article", self.order.lot_number, opened=True)
+                if outcome.verdict == Verdict.passed:
+                    return True
+                ncr = await self._ncr(outcome, "first_article")
+                if ncr.outcome in (NcrAction.dismiss, NcrAction.use_as_is):
+                    return True
+                if ncr.outcome != NcrAction.rework:
+                    return False
+        finally:
+            self.waits.pop(key, None)
+
+    async def _patrol(self, op: RoutingOperation, run: int, t: OperationTriggers) -> NcrAction | None:
+        """Patrol inspections while the operation runs: every N units of the MES's progress reports and/or every
+        N minutes, one at a time, until the operation's report arrives. A failed one opens an NCR; rework or
+        scrap ends the patrol and is returned (applied when the operation's report is recorded)."""
+        assert self.order is not None
+        every_u, every_m = t.patrol_every_units, t.patrol_every_minutes
+        next_units = every_u
+        key = f"patrol:{op.seq}"
+        k = 0
+        try:
+            while True:
+                when = ([f"at {next_units} units"] if next_units else []) + \
+                       ([f"every {every_m:g} min"] if every_m else [])
+                self.waits[key] = (f"patrol: next inspection of operation {op.seq} ({op.name}) "
+                                   f"{' or '.join(when)}, until its report")
+                try:
+                    await workflow.wait_condition(
+                        lambda nu=next_units: op.seq in self.reports
+                        or (nu is not None and self.progress.get(op.seq, 0) >= nu),
+                        timeout=timedelta(minutes=every_m) if every_m else None)
+                except TimeoutError:
+                    pass
+                if op.seq in self.reports:
+                    return None
+                self.waits.pop(key, None)
+                k += 1
+                if every_u:
+                    next_units = (self.progress.get(op.seq, 0) // every_u + 1) * every_u
+                number = f"PAT-{self.order.number}-{op.seq}-{run}-{k}"
+                if not await self._open_planned(number, "patrol", t.operation, every_u or self.order.quantity):
+                    return None
+                outcome = await self._inspect(number, "patrol", self.order.lot_number, opened=True)
+                if outcome.verdict == Verdict.passed:
+                    continue
+                ncr = await self._ncr(outcome, "patrol")
+                if ncr.outcome not in (NcrAction.dismiss, NcrAction.use_as_is):
+                    return ncr.outcome
+        finally:
+            self.waits.pop(key, None)
 
     # --- signals and queries ------------------------------------------------------------------------
 
@@ -268,6 +445,12 @@ class WorkOrderWorkflow:
             self.reports[report.seq] = report
 
     @workflow.signal
+    def report_progress(self, progress: OperationProgress) -> None:
+        """Units made so far in a running operation, from the MES (validated by the API): patrol triggers."""
+        if progress.units > self.progress.get(progress.seq, 0):
+            self.progress[progress.seq] = progress.units
+
+    @workflow.signal
     def equipment_state(self, report: EquipmentStateReport) -> None:
         """An equipment state from the MES (shown in the status)."""
         self.equipment[report.equipment] = report.state
@@ -289,6 +472,7 @@ class WorkOrderWorkflow:
             codes=self.codes, shipment=self.shipment, last_error=self.last_error, result=self.result,
             certificates=dict(self.certificates), process_values=dict(self.process_values),
             deviations=list(self.deviations), equipment_states=dict(self.equipment),
+            inspection_triggers=self.triggers, shipment_gate=list(self.gate),
         )
 
     def _waiting_for(self) -> list[str]:
@@ -448,17 +632,33 @@ class WorkOrderWorkflow:
         number = f"NCR-{self.order.number}-{len(self.ncrs) + 1}"
         self.ncrs.append(number)
         self.open_ncrs[number] = outcome.lot
+        ncr_input = NonconformanceInput(
+            ncr=number, work_order=self.order.number, lot=outcome.lot, inspection=outcome.inspection,
+            stage=stage, timing=self.order.timing,
+            description=description or f"{stage} inspection {outcome.inspection} failed: "
+                        + ", ".join(outcome.failed_characteristics) + " out of specification",
+        )
         try:
-            return await workflow.execute_child_workflow(
-                NonconformanceWorkflow.run,
-                NonconformanceInput(
-                    ncr=number, work_order=self.order.number, lot=outcome.lot, inspection=outcome.inspection,
-                    stage=stage, timing=self.order.timing,
-                    description=description or f"{stage} inspection {outcome.inspection} failed: "
-                                + ", ".join(outcome.failed_characteristics) + " out of specification",
-                ),
-                id=f"ncr-{number}",
-            )
+            if workflow.patched("ncr-review-states-v1"):
+                # The NCR signals once its disposition is carried out, and this work order goes on; the NCR
+                # itself stays open for the verification (scrap destroyed, return shipped, re-inspection) and
+                # outlives this work order if need be (ABANDON). Severity starts at major; the QA supervisor
+                # reclassifies it (PATCH /api/ncrs/{n}) and the NCR re-times its reminder and escalation.
+                disposed: list[NonconformanceResult] = []
+                signal = f"ncr-disposed-{number}"
+
+                def on_disposed(result: dict) -> None:
+                    disposed.append(NonconformanceResult.model_validate(result))
+
+                workflow.set_signal_handler(signal, on_disposed)
+                child = await workflow.start_child_workflow(
+                    NonconformanceWorkflow.run, ncr_input.model_copy(update={"notify_parent": signal}),
+                    id=f"ncr-{number}", parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                )
+                await workflow.wait_condition(lambda: bool(disposed) or child.done())
+                workflow.set_signal_handler(signal, None)
+                return disposed[0] if disposed else await child
+            return await workflow.execute_child_workflow(NonconformanceWorkflow.run, ncr_input, id=f"ncr-{number}")
         except ChildWorkflowError as err:
             raise ApplicationError(f"{number} failed: {_message(err)}") from err
         finally:
@@ -470,6 +670,16 @@ class WorkOrderWorkflow:
         while True:  # once, or again when a process deviation's NCR decides rework
             run = self.op_runs[op.seq] = self.op_runs.get(op.seq, 0) + 1
             self.expected_op = op
+            trig = self.triggers.for_op(op.seq) if self.triggers is not None else None
+            self.progress.pop(op.seq, None)
+            if trig is not None and trig.first_article and run == 1 and not rework \
+                    and not await self._first_article(op, trig):
+                self.expected_op = None
+                self.process_scrapped = True
+                return
+            patrol = asyncio.create_task(self._patrol(op, run, trig)) \
+                if trig is not None and (trig.patrol_every_units or trig.patrol_every_minutes) else None
+            patrol_outcome: NcrAction | None = None
             deviations: list[str] = []
             samplers: list[asyncio.Task[SampleProcessResult | None]] = []
             if proc:
@@ -477,6 +687,9 @@ class WorkOrderWorkflow:
                 samplers = [asyncio.create_task(self._sample(op, run, p)) for p in proc if p.when == "during"]
             while True:
                 await workflow.wait_condition(lambda: op.seq in self.reports)
+                if patrol is not None:  # a patrol inspection under way is finished (and decided) first
+                    patrol_outcome = await patrol
+                    patrol = None
                 report = self.reports[op.seq]
                 if proc:
                     report, more = await self._finish_process(op, run, report, samplers)
@@ -498,6 +711,12 @@ class WorkOrderWorkflow:
             self.last_error = None
             self.scrap += report.scrap_quantity
             self.good = report.good_quantity
+            if patrol_outcome is not None and patrol_outcome != NcrAction.rework:
+                self.process_scrapped = True  # a patrol's NCR decided scrap
+                return
+            if patrol_outcome == NcrAction.rework and not deviations:
+                rework = True
+                continue
             if not deviations:
                 return
             # a process value outside its window: the lot goes on hold with an NCR, reviewers decide

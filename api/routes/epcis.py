@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, ParamSpec
 from urllib.parse import quote, urlencode
 
@@ -17,11 +18,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
-from api.deps import SessionDep
+from activities.epcis_models import DeliverSubscriptionInput
+from api.deps import SessionDep, SettingsDep, TemporalDep, get_temporal
 from core.errors import Conflict, HubError, InvalidInput, NotFound
-from domain import epcis_capture, epcis_query
+from domain import epcis_capture, epcis_query, epcis_subscriptions
 from domain.epcis_hash import context_prefixes, event_hash
 from domain.models_trace import EpcisCaptureJob
+from workflows.epcis_subscription import delete_subscription_schedule, start_subscription_schedule
 
 router = APIRouter(prefix="/epcis", tags=["epcis"])
 P = ParamSpec("P")
@@ -31,7 +34,7 @@ _STATUS = {
     "ValidationException": 400, "QueryParameterException": 400, "QueryValidationException": 400,
     "CaptureLimitExceededException": 413, "QueryTooLargeException": 413, "NoSuchNameException": 404,
     "NoSuchResourceException": 404, "ResourceAlreadyExistsException": 409, "UnsupportedMediaTypeException": 415,
-    "NotAcceptableException": 406,
+    "NotAcceptableException": 406, "SubscriptionControlsException": 400,
 }
 
 
@@ -246,10 +249,58 @@ async def get_query(name: str, session: SessionDep) -> Response:
     return JSONResponse({"name": row.name, "query": row.query})
 
 
-@router.delete("/queries/{name}", status_code=204, summary="Delete a named query")
+@router.delete("/queries/{name}", status_code=204, summary="Delete a named query and unsubscribe its subscribers")
 @epcis_errors
-async def delete_query(name: str, session: SessionDep) -> Response:
+async def delete_query(name: str, request: Request, session: SessionDep) -> Response:
+    for sub in await epcis_subscriptions.list_active(session, name):  # Temporal only when there are subscribers
+        await delete_subscription_schedule(await get_temporal(request), sub.id)
+        await epcis_subscriptions.delete(session, sub)
     await epcis_query.delete_named(session, name)
+    return Response(status_code=204)
+
+
+# --- subscriptions (webhooks) -----------------------------------------------------------------------------
+
+@router.post("/queries/{name}/subscriptions", status_code=201,
+             summary="Subscribe a webhook to a named query: {dest, signatureToken?, stream: true | schedule}")
+@epcis_errors
+async def subscribe(name: str, request: Request, session: SessionDep, client: TemporalDep,
+                    settings: SettingsDep) -> Response:
+    try:
+        body = await _body(request)
+    except _Refused as r:
+        return problem(r.name, r.detail)
+    row = await epcis_subscriptions.create(session, name, body, epc_format=_epc_format(request))
+    ranges = epcis_subscriptions.parse_schedule(row.schedule) if row.schedule is not None else None
+    inp = DeliverSubscriptionInput(subscription_id=row.id, lag_seconds=settings.epcis.record_lag_seconds,
+                                   batch=settings.epcis.callback_batch)
+    await session.commit()  # the schedule's first run must find the subscription
+    await start_subscription_schedule(client, inp=inp, task_queue=settings.temporal.task_queue, ranges=ranges,
+                                      stream_every=timedelta(seconds=settings.epcis.stream_every_seconds))
+    return JSONResponse(epcis_subscriptions.view(row), status_code=201, headers={
+        "Location": f"/epcis/queries/{quote(name)}/subscriptions/{row.id}", **_limits()})
+
+
+@router.get("/queries/{name}/subscriptions", summary="The active subscriptions of a named query")
+@epcis_errors
+async def list_subscriptions(name: str, session: SessionDep) -> Response:
+    return JSONResponse([epcis_subscriptions.view(r) for r in await epcis_subscriptions.list_active(session, name)],
+                        headers=_limits())
+
+
+@router.get("/queries/{name}/subscriptions/{subscription_id}", summary="One subscription (never its token)")
+@epcis_errors
+async def get_subscription(name: str, subscription_id: str, session: SessionDep) -> Response:
+    row = await epcis_subscriptions.get(session, name, subscription_id)
+    return JSONResponse(epcis_subscriptions.view(row), headers=_limits())
+
+
+@router.delete("/queries/{name}/subscriptions/{subscription_id}", status_code=204, summary="Unsubscribe")
+@epcis_errors
+async def unsubscribe(name: str, subscription_id: str, session: SessionDep, client: TemporalDep) -> Response:
+    row = await epcis_subscriptions.get(session, name, subscription_id)
+    await delete_subscription_schedule(client, row.id)
+    await epcis_subscriptions.delete(session, row)
     return Response(status_code=204)
 
 

@@ -149,6 +149,8 @@ async def post_erp_event(
 ) -> JSONResponse:
     if isinstance(event, WorkOrderReleased):
         number = event.work_order.number
+        # NCR durations per severity from the settings, unless the event chose its own (kept in the input)
+        event.work_order.timing = event.work_order.timing.with_defaults(settings.ncr.table())
         await _remember(request, event, event.event_type, number)
         wf_id = workflow_id(number)
         try:

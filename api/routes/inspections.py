@@ -1,26 +1,29 @@
-"""Inspections: inspectors and gauges post measurements; the hub judges them."""
+"""Inspections: inspectors and gauges post measurements; the hub judges them. Photos of visual characteristics
+are uploaded to the inspection (PNG or JPEG, checked by their bytes) before its results."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
 from activities.models import InspectionResultInput, InspectionResults
 from api.deps import ReadSessionDep, TemporalDep
-from core.errors import Conflict
-from domain import quality
+from api.security import PrincipalDep
+from core.errors import Conflict, InvalidInput
+from domain import attachments, inspection_triggers, quality
 from domain.models import Inspection, WorkOrder
+from domain.models_inspection import InspectionSampling
 from workflows.work_order import WorkOrderWorkflow
 
 router = APIRouter(prefix="/api/inspections", tags=["inspections"])
 
 
-def _read(ins: Inspection) -> dict[str, Any]:
+def _read(ins: Inspection, sampling: InspectionSampling | None = None) -> dict[str, Any]:
     return {
         "number": ins.number, "kind": ins.kind, "lot": ins.lot.number, "status": ins.status,
         "inspector": ins.inspector, "opened_at": ins.opened_at.isoformat(),
@@ -30,7 +33,17 @@ def _read(ins: Inspection) -> dict[str, Any]:
              "sample_size": c.sample_size, "values": c.values, "verdict": c.verdict} for c in ins.characteristics
         ],
         "results_url": f"/api/inspections/{ins.number}/results",
+        # opened from an item's plan: its version, trigger and ISO 2859-1 sample of each characteristic
+        "sampling": inspection_triggers.sampling_view(sampling),
     }
+
+
+async def _samplings(session: AsyncSession, rows: list[Inspection]) -> dict[int, InspectionSampling]:
+    if not rows:
+        return {}
+    found = (await session.execute(select(InspectionSampling).where(
+        InspectionSampling.inspection_id.in_([i.id for i in rows])))).scalars()
+    return {s.inspection_id: s for s in found}
 
 
 @router.get("", summary="List inspections (pending ones are what inspectors work from)")
@@ -41,12 +54,17 @@ async def list_inspections(session: ReadSessionDep, status: str | None = None, w
         q = q.where(Inspection.status == status)
     if work_order:
         q = q.join(WorkOrder, WorkOrder.id == Inspection.work_order_id).where(WorkOrder.number == work_order)
-    return [_read(i) for i in (await session.execute(q)).scalars().all()]
+    rows = list((await session.execute(q)).scalars().all())
+    kept = await _samplings(session, rows)
+    return [_read(i, kept.get(i.id)) for i in rows]
 
 
 @router.get("/{number}", summary="One inspection with its plan and results")
 async def get_inspection(number: str, session: ReadSessionDep) -> dict[str, Any]:
-    return _read(await quality.get_inspection(session, number))
+    ins = await quality.get_inspection(session, number)
+    out = _read(ins, await inspection_triggers.sampling_of(session, ins))
+    out["photos"] = [attachments.photo_view(a, number) for a in await attachments.list_photos(session, number)]
+    return out
 
 
 @router.post("/{number}/results", status_code=202, summary="Post measurements; the hub computes the verdict")
@@ -61,6 +79,8 @@ async def submit_results(number: str, results: InspectionResults, session: Async
     """Judge results and hand them to the work order: the one path of JSON and CSV uploads (api/routes/quality.py)."""
     ins = await quality.get_inspection(session, number)
     values = quality.check_results(ins, results.measurements)  # 422 naming each problem
+    if ins.status == "pending":  # a plan's counts within the sample, photos of visual characteristics
+        await inspection_triggers.check_planned_results(session, ins, results.measurements)
     verdict, failed = quality.verdict_of(ins, values)
     body = {"inspection": number, "lot": ins.lot.number, "verdict": verdict, "failed_characteristics": failed}
     if ins.status != "pending":
@@ -77,3 +97,104 @@ async def submit_results(number: str, results: InspectionResults, session: Async
     )
     return JSONResponse({**body, "message": "results accepted; the work order records them",
                          "status_url": f"/api/work-orders/{wo.number}"}, status_code=202)
+
+
+# --- photos of visual characteristics ---------------------------------------------------------------------
+
+MULTIPART_OVERHEAD = 16 * 1024  # boundaries and part headers around the photo in a multipart upload
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(
+        {"error": "PayloadTooLarge", "limit": limit,
+         "detail": f"the photo is larger than {limit} bytes: send a smaller or more compressed PNG or JPEG"},
+        status_code=413, headers={"connection": "close"})  # the unread rest cannot be skipped
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to exceed `limit`: never more than `limit` bytes held."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            return None
+    return bytes(buf)
+
+
+def _param(header: str, name: str) -> str | None:
+    for piece in header.split(";")[1:]:
+        key, _, value = piece.strip().partition("=")
+        if key.strip().lower() == name:
+            return value.strip().strip('"')
+    return None
+
+
+def parse_multipart(raw: bytes, content_type: str) -> tuple[bytes, str | None, str | None]:
+    """The first file part of a multipart/form-data body: (bytes, its content type, its file name)."""
+    boundary = _param(content_type, "boundary")
+    if not boundary:
+        raise InvalidInput("photo: multipart/form-data without a boundary; send the form as a browser does, or "
+                           "the photo itself with Content-Type image/png or image/jpeg", field="photo")
+    delimiter = b"--" + boundary.encode("latin-1")
+    for part in raw.split(delimiter)[1:]:
+        if part.startswith(b"--"):
+            break
+        head, sep, body = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        disposition = headers.get("content-disposition", "")
+        filename = _param(disposition, "filename")
+        if filename is None and _param(disposition, "name") not in ("photo", "file"):
+            continue
+        return body.removesuffix(b"\r\n"), headers.get("content-type"), filename
+    raise InvalidInput("photo: the form has no file part; send the photo in a field named 'photo' (or 'file')",
+                       field="photo")
+
+
+@router.post("/{number}/characteristics/{characteristic}/photos", status_code=201,
+             summary="Attach a photo (PNG or JPEG; the raw image or multipart/form-data) to a visual characteristic")
+async def upload_photo(number: str, characteristic: Annotated[str, Path(min_length=1, max_length=80)],
+                       request: Request, principal: PrincipalDep,
+                       filename: Annotated[str | None, Query(max_length=200)] = None) -> JSONResponse:
+    limit = request.app.state.settings.api.max_photo_bytes
+    ctype = request.headers.get("content-type", "")
+    multipart = ctype.split(";")[0].strip().lower() == "multipart/form-data"
+    raw = await _read_bounded(request, limit + (MULTIPART_OVERHEAD if multipart else 0))
+    if raw is None:
+        return _too_large(limit)
+    declared: str | None = ctype or None
+    if multipart:
+        raw, declared, form_name = parse_multipart(raw, ctype)
+        filename = filename or form_name
+        if len(raw) > limit:
+            return _too_large(limit)
+    # the session is opened after the upload is read: a slow client holds no transaction (nor SQLite's lock)
+    async with request.app.state.sessionmaker() as session, session.begin():
+        att, new = await attachments.add_photo(session, inspection=number, characteristic=characteristic,
+                                               data=raw, content_type=declared, filename=filename,
+                                               actor=principal.subject)
+        body = attachments.photo_view(att, number)
+    return JSONResponse({**body, "duplicate": not new}, status_code=201 if new else 200)
+
+
+@router.get("/{number}/photos", summary="The photos attached to an inspection")
+async def list_photos(number: str, session: ReadSessionDep) -> list[dict[str, Any]]:
+    return [attachments.photo_view(a, number) for a in await attachments.list_photos(session, number)]
+
+
+@router.get("/{number}/photos/{attachment_id}", summary="Download a photo as it was uploaded",
+            response_class=Response)
+async def download_photo(number: str, attachment_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+                         session: ReadSessionDep) -> Response:
+    att = await attachments.get_photo(session, number, attachment_id)
+    ext = "png" if att.content_type == "image/png" else "jpg"
+    return Response(att.data, media_type=att.content_type, headers={
+        "etag": f'"{att.sha256}"', "x-content-sha256": att.sha256, "x-content-type-options": "nosniff",
+        "content-disposition": f'inline; filename="{number}-{attachment_id}.{ext}"'})

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.models import OperationReport
+from activities.models import OperationProgress, OperationReport, ShipmentRequest
 from api.deps import ReadSessionDep, TemporalDep
 from api.routes.erp import workflow_id
 from core.errors import Conflict, InvalidInput
-from domain import production
+from domain import inspection_triggers, production
 from domain.models import WorkOrder
 from workflows.work_order import WorkOrderStatus, WorkOrderWorkflow
 
@@ -111,6 +112,65 @@ async def post_operation(number: str, report: OperationReport, session: ReadSess
     await production.check_consumable(session, [(c.lot, c.quantity) for c in report.consumed])
     await handle.signal(WorkOrderWorkflow.report_operation, report)
     return {"accepted": True, "work_order": number, "report_id": report.report_id,
+            "status_url": f"/api/work-orders/{number}"}
+
+
+class ProgressIn(BaseModel):
+    units: int = Field(ge=0, le=10_000_000, description="units made so far in this run of the operation")
+
+
+async def _status(client: Client, wf_id: str, number: str, what: str) -> WorkOrderStatus:
+    try:
+        return await client.get_workflow_handle(wf_id).query(WorkOrderWorkflow.status)
+    except RPCError:
+        raise
+    except Exception as exc:
+        raise Conflict(f"work order {number} cannot take {what} now ({exc}); send it again shortly") from exc
+
+
+@router.post("/{number}/operations/{seq}/progress", status_code=202,
+             summary="Units made so far in the running operation (MES): patrol inspections every N units")
+async def post_progress(number: str, seq: Annotated[int, Path(ge=1, le=9999)], body: ProgressIn,
+                        session: ReadSessionDep, client: TemporalDep) -> dict[str, Any]:
+    wo = await production.get_work_order(session, number)
+    st = await _status(client, wo.workflow_id, number, "progress reports")
+    if st.expected_operation != seq:
+        now = (f"operation {st.expected_operation} is running" if st.expected_operation
+               else f"it is in stage {st.stage} and no operation is running")
+        raise Conflict(f"work order {number} is not running operation {seq}: {now}", field="seq")
+    await client.get_workflow_handle(wo.workflow_id).signal(
+        WorkOrderWorkflow.report_progress, OperationProgress(seq=seq, units=body.units))
+    return {"accepted": True, "work_order": number, "seq": seq, "units": body.units,
+            "status_url": f"/api/work-orders/{number}"}
+
+
+@router.post("/{number}/shipment", status_code=202,
+             summary="Request the shipment of the work order's lot; refused (409) when the lot is finished and "
+                     "an outgoing inspection or an open NCR holds it")
+async def request_shipment(number: str, req: ShipmentRequest, session: ReadSessionDep,
+                           client: TemporalDep) -> dict[str, Any]:
+    wo = await production.get_work_order(session, number)
+    st = await _status(client, wo.workflow_id, number, "a shipment request")
+    if st.shipment or st.result:
+        raise Conflict(f"work order {number} is {st.result or 'shipped'}"
+                       + (f" (shipment {st.shipment})" if st.shipment else "") + ": nothing more to ship",
+                       field="shipment")
+    ready = st.stage == "shipment"
+    if ready and st.shipment_gate:
+        raise Conflict(f"work order {number} already has a shipment request, held: " + "; ".join(st.shipment_gate),
+                       field="shipment")
+    if ready and not any(w.startswith("ERP: shipment request") for w in st.waiting_for):
+        raise Conflict(f"work order {number} already has a shipment request and is shipping it", field="shipment")
+    if ready:  # the lot is finished: what would hold the shipment can be checked now
+        problems = await inspection_triggers.shipment_problems(session, work_order=number, lot=st.output_lot)
+        if problems:
+            raise Conflict(f"shipment {req.shipment} of lot {st.output_lot} refused: " + "; ".join(problems),
+                           field="shipment")
+    await client.get_workflow_handle(wo.workflow_id).signal(WorkOrderWorkflow.request_shipment, req)
+    return {"accepted": True, "work_order": number, "shipment": req.shipment, "lot": st.output_lot,
+            "message": "the lot ships now" if ready else
+            f"the work order is in stage {st.stage}: the lot ships when it is finished, after its outgoing "
+            "inspection (if its plan requires one) and with no NCR open on it",
             "status_url": f"/api/work-orders/{number}"}
 
 

@@ -3,6 +3,11 @@
 `read(topic)` waits for the next message on a configured topic; `write(topic, payload)` publishes;
 `messages()` iterates over every configured topic (what the MES bridge uses). With a fixed client id,
 `clean_session false` and QoS 1, the broker keeps messages for the hub while it is away.
+
+With `manual_ack=True` a QoS 1 message is acknowledged (PUBACK) only when the caller calls `ack(message)`,
+after it has taken the message over: a message not acknowledged when the connection ends is delivered
+again by the broker (to the same client id, with a persistent session). aiomqtt has no public switch for
+this yet (empicano/aiomqtt#345), so the paho client underneath is asked directly (paho-mqtt >= 2.0).
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ class Message(BaseModel):
     topic: str
     name: str | None = Field(description="the configured topic it arrived on")
     payload: Any
+    raw: str | None = Field(default=None, description="the body as text, when it was not JSON")
+    mid: int = Field(default=0, description="the MQTT packet id (what `ack` acknowledges)")
+    qos: int = Field(default=0, description="the QoS it was delivered with")
 
 
 class MqttConnector(Connector):
@@ -63,8 +71,9 @@ class MqttConnector(Connector):
     Config = MqttConfig
     config: MqttConfig
 
-    def __init__(self, config: MqttConfig | dict[str, Any]) -> None:
+    def __init__(self, config: MqttConfig | dict[str, Any], *, manual_ack: bool = False) -> None:
         super().__init__(config)
+        self.manual_ack = manual_ack
         self._client: aiomqtt.Client | None = None
         self._subscribed: set[str] = set()
 
@@ -78,6 +87,8 @@ class MqttConnector(Connector):
             c.host, c.port, username=c.username, password=c.password.get_secret_value() if c.password else None,
             identifier=c.client_id, clean_session=c.clean_session if c.client_id else True, timeout=c.timeout_s,
         )
+        if self.manual_ack:
+            client._client.manual_ack_set(True)  # private: see the module docstring
         await client.__aenter__()
         self._client = client
 
@@ -131,11 +142,23 @@ class MqttConnector(Connector):
     def _decode(self, msg: aiomqtt.Message) -> Message:
         name = next((t.name for t in self.config.topics if msg.topic.matches(t.filter)), None)
         raw = msg.payload
+        text = None
         try:
             payload = json.loads(raw) if isinstance(raw, bytes | bytearray | str) else raw
         except ValueError:
             payload = raw.decode(errors="replace") if isinstance(raw, bytes | bytearray) else raw
-        return Message(topic=msg.topic.value, name=name, payload=payload)
+            text = payload if isinstance(payload, str) else None
+        return Message(topic=msg.topic.value, name=name, payload=payload, raw=text, mid=msg.mid, qos=msg.qos)
+
+    async def ack(self, message: Message) -> None:
+        """Acknowledge a message taken over (only with `manual_ack`; QoS 0 needs none). Raises
+        ConnectorUnavailable when the connection is gone: the broker will deliver the message again."""
+        if not self.manual_ack or message.qos == 0:
+            return
+        rc = self.client._client.ack(message.mid, message.qos)  # private: see the module docstring
+        if rc != 0:
+            raise ConnectorUnavailable(f"{self.where}: acknowledging message {message.mid} on {message.topic} "
+                                       f"failed (rc {rc}); the broker will deliver it again")
 
     async def read(self, resource: str, **params: Any) -> Message | None:
         """The next message on topic `resource` (a retained one first); None when none arrives within

@@ -1,5 +1,12 @@
 """Machines over OPC UA (asyncua): nodes by NodeId or browse path, read, write and data-change
-subscriptions; security mode None, or Basic256Sha256 (Sign / SignAndEncrypt) with certificates."""
+subscriptions; security mode None, or Basic256Sha256 (Sign / SignAndEncrypt) with certificates.
+
+With Sign or SignAndEncrypt the hub talks only to a server whose certificate it trusts: the certificate
+is the one in `trusted_server_certificates` (files or directories of PEM/DER certificates), or was issued
+by a CA there, is within its validity and not revoked by a CRL in `server_certificate_crls`. asyncua checks
+it with its CertificateValidator and TrustStore when the session is created, before the hub signs in or
+sends anything but its own certificate. An untrusted server is a configuration error (not retried): the
+message names the certificate (subject and SHA-256 fingerprint) and the field to add it to."""
 
 from __future__ import annotations
 
@@ -11,8 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from asyncua import Client, Node, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.uacrypto import load_certificate
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.base import Connector, ConnectorConfig, Point, Reading
@@ -70,7 +83,17 @@ class OpcuaConfig(ConnectorConfig):
                                           description="path to the client's private key (PEM), for Sign modes")
     server_certificate: str | None = Field(
         default=None, title="Server certificate",
-        description="path to the server's certificate; when unset, the one the server presents is used")
+        description="path to the server's certificate, pinned: the server must present exactly this one (it "
+                    "counts as trusted); when unset, the one the server presents is used if it is trusted")
+    trusted_server_certificates: list[str] = Field(
+        default_factory=list, title="Trusted server certificates",
+        description="for Sign and SignAndEncrypt: paths of certificates (PEM or DER) or of directories holding "
+                    "them; a server is trusted when its certificate, or the CA that issued it, is among them. "
+                    "Required with security unless server_certificate pins the server's")
+    server_certificate_crls: list[str] = Field(
+        default_factory=list, title="Certificate revocation lists",
+        description="paths of CRLs (PEM or DER) or of directories holding them: a server certificate they "
+                    "revoke is not trusted")
     application_uri: str = Field(default="urn:tracehub:client", title="Application URI",
                                  description="must match the URI in the client certificate")
     username: str | None = Field(default=None, title="User name", description="for user/password sign-in")
@@ -91,6 +114,10 @@ class OpcuaConfig(ConnectorConfig):
     def _security(self) -> OpcuaConfig:
         if self.security_mode != "None" and not (self.certificate and self.private_key):
             raise ValueError(f"security mode {self.security_mode}: give certificate and private_key")
+        if self.security_mode != "None" and not (self.trusted_server_certificates or self.server_certificate):
+            raise ValueError(f"trusted_server_certificates: security mode {self.security_mode} talks only to a "
+                             "trusted server: give the server's certificate (or its CA's), or pin it with "
+                             "server_certificate")
         names = [n.name for n in self.nodes]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -112,6 +139,7 @@ class OpcuaConnector(Connector):
         self._client: Client | None = None
         self._nodes: dict[str, Node] = {}
         self._specs = {n.name: (i, n) for i, n in enumerate(self.config.nodes)}
+        self._untrusted: str | None = None  # why the server's certificate was not trusted, when it was not
 
     async def open(self) -> None:
         c = self.config
@@ -127,12 +155,68 @@ class OpcuaConnector(Connector):
                               ("server_certificate", c.server_certificate)):
                 if path is not None and not Path(path).is_file():
                     raise ConnectorConfigError(f"{fld}: no file at {path!r}", field=fld)
+            client.certificate_validator = await self._validator()
             await client.set_security(
                 security_policies.SecurityPolicyBasic256Sha256, c.certificate, c.private_key.get_secret_value(),
                 server_certificate=c.server_certificate, mode=getattr(ua.MessageSecurityMode, c.security_mode),
             )
         self._client = client
-        await client.connect()
+        self._untrusted = None
+        try:
+            await client.connect()
+        except Exception as exc:
+            if self._untrusted is not None:
+                raise ConnectorConfigError(self._untrusted, field="trusted_server_certificates") from exc
+            if isinstance(exc, UaError) and "certificate mismatch" in str(exc).lower():
+                raise ConnectorConfigError(
+                    f"OPC UA server {c.url} presented another certificate than the pinned server_certificate "
+                    f"{c.server_certificate!r}: check which server answers, or update the pinned file",
+                    field="server_certificate") from exc
+            raise
+
+    async def _validator(self) -> Any:
+        """asyncua's CertificateValidator over a TrustStore of the configured certificates (and the pinned
+        one), wrapped so an untrusted server is told apart from a server refusing the hub's certificate."""
+        c = self.config
+        locations = [Path(p) for p in c.trusted_server_certificates]
+        if c.server_certificate:
+            locations.append(Path(c.server_certificate))
+        for fld, paths in (("trusted_server_certificates", c.trusted_server_certificates),
+                           ("server_certificate_crls", c.server_certificate_crls)):
+            for i, p in enumerate(paths):
+                if not Path(p).exists():
+                    raise ConnectorConfigError(f"{fld}.{i}: no file or directory at {p!r}", field=f"{fld}.{i}")
+        store = _TrustStore(locations, [Path(p) for p in c.server_certificate_crls])
+        try:
+            await store.load()
+        except (ValueError, OSError) as exc:
+            if not store.count:  # x509 refuses an empty store
+                raise ConnectorConfigError("trusted_server_certificates: no certificate (*.der, *.pem) found in "
+                                           f"{c.trusted_server_certificates}",
+                                           field="trusted_server_certificates") from exc
+            raise ConnectorConfigError(f"trusted_server_certificates: a file there is not a certificate or CRL "
+                                       f"(PEM or DER): {exc}", field="trusted_server_certificates") from exc
+        if not store.count:
+            raise ConnectorConfigError("trusted_server_certificates: no certificate (*.der, *.pem) found in "
+                                       f"{c.trusted_server_certificates}", field="trusted_server_certificates")
+        options = (CertificateValidatorOptions.TIME_RANGE | CertificateValidatorOptions.TRUSTED
+                   | CertificateValidatorOptions.REVOKED | CertificateValidatorOptions.PEER_SERVER)
+        validator = CertificateValidator(options, store)
+
+        async def validate(cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
+            try:
+                await validator.validate(cert, app)
+            except ServiceError as exc:
+                status = ua.StatusCode(exc.code).name
+                fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+                self._untrusted = (
+                    f"OPC UA server {c.url} presented a certificate the hub does not trust ({status}): subject "
+                    f"{cert.subject.rfc4514_string()}, SHA-256 {fingerprint}, valid until "
+                    f"{cert.not_valid_after_utc:%Y-%m-%d}. If it is the machine's, add the certificate (or its "
+                    "CA's) to trusted_server_certificates")
+                raise
+
+        return validate
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -292,6 +376,28 @@ class OpcuaConnector(Connector):
         if isinstance(exc, (ValueError, FileNotFoundError)):
             return ConnectorConfigError(f"{where}: {exc}", field="certificate")
         return ProtocolError(f"{where}: unexpected {type(exc).__name__}: {exc}")
+
+
+class _TrustStore(TrustStore):
+    """asyncua's TrustStore, taking single certificate files as well as directories."""
+
+    count = 0
+
+    async def _load_trust_location(self, location: Path) -> list[x509.Certificate]:
+        if location.is_file():
+            certs = [await load_certificate(location)]
+        else:  # a PKI directory may hold the private keys beside the certificates: those are not trust
+            certs = []
+            for f in sorted(location.iterdir()):
+                if f.suffix.lower() in (".der", ".pem", ".crt", ".cer") and b"PRIVATE KEY" not in f.read_bytes():
+                    certs.append(await load_certificate(f))
+        self.count += len(certs)
+        return certs
+
+    async def _load_crl_location(self, location: Path) -> list[x509.RevokedCertificate]:
+        if location.is_file():
+            return list(await self._load_crl(location))
+        return await super()._load_crl_location(location)
 
 
 def _scalar(v: Any) -> Any:

@@ -4,13 +4,15 @@ Basic256Sha256."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connectors.errors import ConnectorConfigError, DeviceRejected
 from connectors.opcua import OpcuaConnector
-from erp_sim.plant import OvenSim
+from erp_sim.plant import OvenSim, make_certificate
 from tests.connectors.contract import ConnectorContract
 from tests.connectors.peers import free_port
 
@@ -111,9 +113,11 @@ async def test_data_change_subscription_delivers_new_values(oven: OvenSim):
 
 
 @pytest.mark.parametrize("mode", ["Sign", "SignAndEncrypt"])
-async def test_basic256sha256_with_certificates(oven: OvenSim, opcua_client_cert: tuple[str, str], mode: str):
+async def test_basic256sha256_with_certificates(oven: OvenSim, opcua_client_cert: tuple[str, str], mode: str,
+                                                opcua_certs: Path):
     cert, key = opcua_client_cert
-    cfg = oven.endpoint_config(security_mode=mode, certificate=cert, private_key=key)
+    cfg = oven.endpoint_config(security_mode=mode, certificate=cert, private_key=key,
+                               trusted_server_certificates=[str(opcua_certs / "server-cert.der")])
     result = await OpcuaConnector(cfg).check()
     assert result.ok, result.message
     assert f"security {mode}" in result.message
@@ -124,7 +128,7 @@ async def test_basic256sha256_with_certificates(oven: OvenSim, opcua_client_cert
 
 async def test_missing_certificate_file_names_the_field(oven: OvenSim, tmp_path):
     cfg = oven.endpoint_config(security_mode="SignAndEncrypt", certificate=str(tmp_path / "nope.der"),
-                               private_key=str(tmp_path / "nope.pem"))
+                               private_key=str(tmp_path / "nope.pem"), trusted_server_certificates=[str(tmp_path)])
     result = await OpcuaConnector(cfg).check()
     assert not result.ok and result.field == "certificate"
 
@@ -138,3 +142,58 @@ async def test_rejected_write_keeps_the_value(oven: OvenSim):
             await conn.write("oven_temp", 20.0)
     assert "BadUserAccessDenied" in info.value.message
     assert await oven.get("Temperature") == 500.0
+
+
+# --- the server's certificate must be trusted ---------------------------------------------------------------
+
+async def test_an_untrusted_server_certificate_is_refused_with_a_clear_message(
+        oven: OvenSim, opcua_client_cert: tuple[str, str], tmp_path: Path):
+    cert, key = opcua_client_cert
+    stranger, _ = await make_certificate(tmp_path / "other", "other-server", "urn:somewhere:else")
+    cfg = oven.endpoint_config(security_mode="SignAndEncrypt", certificate=cert, private_key=key,
+                               trusted_server_certificates=[str(stranger)])
+    result = await OpcuaConnector(cfg).check()
+    assert not result.ok and result.error == "ConnectorConfigError"
+    assert result.field == "trusted_server_certificates"
+    assert "does not trust" in result.message and "BadCertificateUntrusted" in result.message
+    assert "SHA-256" in result.message and "urn:tracehub:demo:oven-server" in result.message
+    with pytest.raises(ConnectorConfigError) as info:  # not ConnectorUnavailable: never retried
+        async with OpcuaConnector(cfg) as conn:
+            await conn.read("oven_temp")
+    assert not info.value.retryable and info.value.field == "trusted_server_certificates"
+
+
+async def test_a_directory_of_trusted_certificates(oven: OvenSim, opcua_client_cert: tuple[str, str],
+                                                   opcua_certs: Path, tmp_path: Path):
+    cert, key = opcua_client_cert
+    trust = tmp_path / "trusted"
+    await make_certificate(trust, "another-machine", "urn:another")
+    shutil.copy(opcua_certs / "server-cert.der", trust / "oven.der")
+    cfg = oven.endpoint_config(security_mode="Sign", certificate=cert, private_key=key,
+                               trusted_server_certificates=[str(trust)])
+    async with OpcuaConnector(cfg) as conn:
+        assert (await conn.read("door_closed")).value in (True, False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = await OpcuaConnector({**cfg, "trusted_server_certificates": [str(empty)]}).check()
+    assert not result.ok and result.field == "trusted_server_certificates" and "no certificate" in result.message
+    result = await OpcuaConnector({**cfg, "trusted_server_certificates": [str(tmp_path / "nope")]}).check()
+    assert not result.ok and result.field == "trusted_server_certificates.0"
+
+
+def test_security_without_a_trusted_server_is_a_config_error(opcua_client_cert: tuple[str, str]):
+    cert, key = opcua_client_cert
+    with pytest.raises(ConnectorConfigError) as info:
+        OpcuaConnector({"url": "opc.tcp://h:4840", "security_mode": "Sign", "certificate": cert, "private_key": key})
+    assert "trusted_server_certificates" in info.value.message
+    schema = OpcuaConnector.config_schema()["properties"]["trusted_server_certificates"]
+    assert schema["title"] and schema["description"]
+
+
+async def test_a_pinned_server_certificate_counts_as_trusted(oven: OvenSim, opcua_client_cert: tuple[str, str],
+                                                            opcua_certs: Path):
+    cert, key = opcua_client_cert
+    cfg = oven.endpoint_config(security_mode="SignAndEncrypt", certificate=cert, private_key=key,
+                               server_certificate=str(opcua_certs / "server-cert.der"))
+    result = await OpcuaConnector(cfg).check()
+    assert result.ok, result.message
