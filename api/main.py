@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -34,6 +36,8 @@ from core.db import FastReader, engine_of, make_engine, make_read_sessionmaker, 
 from core.settings import Settings
 from domain.code_scans import ScanRecorder
 
+log = logging.getLogger(__name__)
+
 
 def create_app(
     settings: Settings | None = None,
@@ -53,6 +57,14 @@ def create_app(
             app.state.scan_recorder.sessionmaker = app.state.sessionmaker
             if settings.api.resolver_fast_path:
                 app.state.fast_reader = FastReader(engine.url)
+                try:
+                    await app.state.fast_reader.open()
+                except Exception:  # the database may still be starting: the reader connects when first used
+                    log.warning("resolver fast path: could not connect yet", exc_info=True)
+        # everything loaded so far (modules, the app, the metadata) lives as long as the process: keep it out of
+        # the collector's full passes, which otherwise stall every request for tens of milliseconds now and then
+        gc.collect()
+        gc.freeze()
         yield
         await app.state.scan_recorder.close()  # the scans not written yet
         if app.state.fast_reader is not None:

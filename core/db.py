@@ -318,6 +318,16 @@ class FastReader:
         finally:
             await self._checkin(conn, ok)
 
+    async def open(self) -> None:
+        """Connect the whole pool now (at start-up), so the first burst of reads does not wait for connections."""
+        if self.backend == "sqlite" or not self.available:
+            return
+        conns = await asyncio.gather(*(self._checkout() for _ in range(self.size - self._open)),
+                                     return_exceptions=True)
+        for c in conns:
+            if not isinstance(c, BaseException):
+                await self._checkin(c, True)
+
     async def _checkout(self) -> Any:
         import psycopg
         async with self._free:
