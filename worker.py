@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 from activities.codes import CodeActivities
 from activities.connectors import build_connector_activities
 from activities.epcis import EpcisActivities
+from activities.epcis_capture import EpcisCaptureActivities
 from activities.hub import build_activities
 from activities.mes import MesActivities, MesBridge
 from connectors.errors import ConnectorLoadError
@@ -19,6 +20,7 @@ from connectors.registry import load_connectors
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings
 from core.temporal import connect
+from workflows.epcis_capture import CaptureEpcisDocumentWorkflow
 from workflows.epcis_subscription import EpcisDeliveryWorkflow
 from workflows.erp_poll import ErpPollWorkflow
 from workflows.issue_codes import IssueCodesWorkflow
@@ -28,6 +30,7 @@ from workflows.work_order import WorkOrderWorkflow
 
 WORKFLOWS = [WorkOrderWorkflow, NonconformanceWorkflow, RecallWorkflow, IssueCodesWorkflow, ErpPollWorkflow,
              EpcisDeliveryWorkflow]
+WORKFLOWS.append(CaptureEpcisDocumentWorkflow)
 
 
 def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue: str | None = None) -> Worker:
@@ -39,7 +42,8 @@ def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue
         + CodeActivities(sessionmaker, resolver=settings.resolver_base_url).all()
         + build_connector_activities(sessionmaker)
         + MesActivities(sessionmaker).all()
-        + EpcisActivities(sessionmaker).all(),
+        + EpcisActivities(sessionmaker).all()
+        + EpcisCaptureActivities(sessionmaker).all(),
         max_concurrent_activities=settings.worker.max_concurrent_activities,
         max_cached_workflows=settings.worker.max_cached_workflows,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 from sqlalchemy import select
@@ -30,6 +32,7 @@ from activities.models import (
     RecordReceiptInput,
     ReinspectionInput,
     ReinspectionResult,
+    Severity,
     ShipInput,
     ShipmentGateInput,
     StageInput,
@@ -37,10 +40,10 @@ from activities.models import (
     Verdict,
 )
 from activities.recall import RecallActivities
-from connectors.errors import ConnectorConfigError
+from connectors.errors import ConnectorConfigError, ConnectorError
 from connectors.registry import connector_class
 from core.errors import NotFound
-from domain import codes, inspection_triggers, production, quality, shipping
+from domain import codes, inspection_triggers, production, quality, quality_plans, shipping
 from domain.models import Endpoint
 
 
@@ -51,6 +54,10 @@ class HubActivities(TransactionalActivities):
         super().__init__(sessionmaker)
         self.resolver = resolver
         self.erp_endpoint = erp_endpoint
+        # the ERP connector, open, while its endpoint's kind and config stay the same: building one costs an HTTP
+        # client (tens of ms of CPU), and a work order sends several documents
+        self._erp: tuple[str, Any] | None = None
+        self._erp_lock = asyncio.Lock()
 
     @activity.defn
     @translated
@@ -118,9 +125,11 @@ class HubActivities(TransactionalActivities):
                 inspected_at=r.inspected_at, result_id=r.result_id, resolver=self.resolver,
             )
             await inspection_triggers.after_verdict(s, ins, actor=r.inspector)  # IQC: the switching state
+            severity = await quality_plans.failed_severity(s, ins, failed)
             return InspectionOutcome(inspection=ins.number, lot=ins.lot.number,
                                      verdict=Verdict.failed if failed else Verdict.passed,
-                                     failed_characteristics=failed)
+                                     failed_characteristics=failed,
+                                     severity=Severity(severity) if severity else None)
 
     @activity.defn
     @translated
@@ -255,13 +264,37 @@ class HubActivities(TransactionalActivities):
         if ep is None:
             raise NotFound(f"no endpoint named {self.erp_endpoint!r}: create it (POST /api/endpoints) "
                            "or run `tracehub migrate` to seed the default")
+        doc: dict[str, Any] = {"name": notice.name, **notice.doc}
+        conn = await self._erp_connector(ep.kind, ep.config)
         try:
-            cls = connector_class(ep.kind)
+            await conn.write(notice.doctype, doc)
+        except ConnectorError:
+            await self._drop_erp(conn)  # the next attempt connects afresh
+            raise
+
+    async def _erp_connector(self, kind: str, config: dict[str, Any]) -> Any:
+        key = kind + json.dumps(config, sort_keys=True, default=str)
+        async with self._erp_lock:
+            return await self._erp_connector_locked(key, kind, config)
+
+    async def _erp_connector_locked(self, key: str, kind: str, config: dict[str, Any]) -> Any:
+        if self._erp is not None and self._erp[0] == key:
+            return self._erp[1]
+        try:
+            cls = connector_class(kind)
         except KeyError as exc:
             raise ConnectorConfigError(str(exc)) from exc
-        doc: dict[str, Any] = {"name": notice.name, **notice.doc}
-        async with cls(ep.config) as conn:
-            await conn.write(notice.doctype, doc)
+        conn = cls(config)
+        await conn.__aenter__()
+        old, self._erp = self._erp, (key, conn)
+        if old is not None:
+            await old[1].__aexit__(None, None, None)
+        return conn
+
+    async def _drop_erp(self, conn: Any) -> None:
+        if self._erp is not None and self._erp[1] is conn:
+            self._erp = None
+            await conn.__aexit__(None, None, None)
 
     def all(self) -> list[Any]:
         return [

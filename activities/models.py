@@ -51,9 +51,21 @@ DEFAULT_FINAL_PLAN = [
 ]
 
 
+class MeasurementSource(Model):
+    """Where a measured value came from: a gauge read through a connector endpoint."""
+
+    endpoint: str
+    point: str
+    at: datetime = Field(description="when the gauge was read")
+    unit: str | None = None
+    index: int = Field(default=0, ge=0, description="the position of the read value in `values`")
+
+
 class Measurement(Model):
     characteristic: str = Field(min_length=1, max_length=80)
     values: list[float] = Field(min_length=1, max_length=10000)
+    source: MeasurementSource | None = Field(
+        default=None, description="set by the hub when it read the value from a gauge (read-gauges)")
 
 
 class InspectionResults(Model):
@@ -345,6 +357,9 @@ class InspectionOutcome(Model):
     lot: str
     verdict: Verdict
     failed_characteristics: list[str] = Field(default_factory=list)
+    severity: Severity | None = Field(
+        default=None, description="of a failed inspection: its most severe failed characteristic in the plan "
+                                  "version it was taken under; None without a plan (the NCR opens as major)")
 
 
 class RecordOperationInput(Model):

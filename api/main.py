@@ -61,6 +61,7 @@ def create_app(
                     await app.state.fast_reader.open()
                 except Exception:  # the database may still be starting: the reader connects when first used
                     log.warning("resolver fast path: could not connect yet", exc_info=True)
+            app.state.trace_reader = FastReader(engine.url) if engine.url.get_backend_name() == "postgresql" else None
         # everything loaded so far (modules, the app, the metadata) lives as long as the process: keep it out of
         # the collector's full passes, which otherwise stall every request for tens of milliseconds now and then
         gc.collect()
@@ -69,6 +70,8 @@ def create_app(
         await app.state.scan_recorder.close()  # the scans not written yet
         if app.state.fast_reader is not None:
             await app.state.fast_reader.close()
+        if app.state.trace_reader is not None:
+            await app.state.trace_reader.close()
         if engine is not None:
             await engine.dispose()
 
@@ -88,6 +91,9 @@ def create_app(
     app.state.scan_recorder = ScanRecorder(sessionmaker)
     app.state.fast_reader = FastReader(engine_of(sessionmaker).url) if sessionmaker and \
         settings.api.resolver_fast_path else None
+    # traces (domain.trace) run their one statement on autocommit connections of their own (PostgreSQL)
+    app.state.trace_reader = FastReader(engine_of(sessionmaker).url) if sessionmaker and \
+        engine_of(sessionmaker).url.get_backend_name() == "postgresql" else None
     app.state.temporal = temporal
     errors.install(app)
     app.add_middleware(BodySizeLimit, default=settings.api.max_body_bytes,

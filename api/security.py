@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from core.errors import Forbidden, Unauthorized
+from domain.audit import acting_as
 from domain.identity import Principal, principal_for
 
 PEOPLE = frozenset({"operator", "inspector", "qa_supervisor", "mrb_production", "mrb_engineering",
@@ -58,6 +59,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/inspections/{number}"): READERS | {"gauge"},
     ("POST", "/api/inspections/{number}/results"): frozenset({"inspector", "gauge"}),
     ("POST", "/api/inspections/{number}/results/csv"): frozenset({"inspector", "gauge"}),
+    ("POST", "/api/inspections/{number}/read-gauges"): frozenset({"inspector", "gauge"}),
     # photos of visual characteristics (an inspector's camera, or a vision system as a gauge)
     ("POST", "/api/inspections/{number}/characteristics/{characteristic}/photos"): frozenset({"inspector", "gauge"}),
     ("GET", "/api/inspections/{number}/photos"): READERS | {"gauge"},
@@ -188,6 +190,7 @@ async def authenticate(request: Request) -> Principal | None:
         raise Forbidden(f"{request.method} {path} needs one of the roles {sorted(roles)}; "
                         f"{principal.subject} has {sorted(principal.roles)}")
     request.state.principal = principal
+    acting_as(principal.subject)  # audit entries of this request name who did it
     return principal
 
 

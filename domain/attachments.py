@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.models import Inspection
 from domain.models_inspection import InspectionAttachment, InspectionSampling
 
@@ -85,7 +85,9 @@ async def add_photo(session: AsyncSession, *, inspection: str, characteristic: s
     await session.flush()
     await audit(session, actor=actor, action="inspection.photo_attached", entity="inspection", key=inspection,
                 changes={"characteristic": characteristic, "attachment": att.id, "sha256": digest,
-                         "size": len(data), "content_type": ctype, "filename": att.filename})
+                         "size": len(data), "content_type": ctype, "filename": att.filename,
+                         **diff(None, {"characteristic": characteristic, "attachment": att.id, "sha256": digest,
+                                       "size": len(data), "content_type": ctype, "filename": att.filename})})
     return att, True
 
 

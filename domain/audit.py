@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,10 +40,59 @@ def entry_hash(prev_hash: str, seq: int, at: datetime, actor: str, action: str, 
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+# The shape of `changes` (the convention of every entry that changes a record): {"before": {...} | None,
+# "after": {...} | None, **context}. `before` is None when the record was created, `after` None when it
+# was deleted; for an update both name only the fields that changed. Context keys (the inspection of a
+# verdict, the reason of a decision) sit beside them.
+MASK = "**********"
+_SECRET_WORDS = ("password", "secret", "token", "private", "credential", "api_key", "apikey")
+
+
+def _is_secret(key: str) -> bool:
+    k = key.lower()
+    return any(w in k for w in _SECRET_WORDS)
+
+
+def masked(value: Any) -> Any:
+    """`value` with every secret-looking field (password, token, secret, private key ...) shown as MASK."""
+    if isinstance(value, dict):
+        return {k: (MASK if _is_secret(str(k)) and v not in (None, "") else masked(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [masked(v) for v in value]
+    return value
+
+
+def diff(before: dict[str, Any] | None, after: dict[str, Any] | None, **context: Any) -> dict[str, Any]:
+    """`changes` for one entry: the fields that differ, before and after (all of them on create/delete)."""
+    if before is not None and after is not None:
+        keys = [k for k in dict.fromkeys([*before, *after]) if before.get(k) != after.get(k)]
+        before, after = {k: before.get(k) for k in keys}, {k: after.get(k) for k in keys}
+    return {**context, "before": before, "after": after}
+
+
+# who is acting in this API request: the API's authentication sets it, and an entry written with the placeholder
+# actor "api" (a domain function called from a route that does not pass the principal) records them instead
+_acting: ContextVar[str | None] = ContextVar("tracehub_audit_acting", default=None)
+PLACEHOLDER_ACTOR = "api"
+
+
+def acting_as(subject: str | None) -> None:
+    """Name the principal of the current request (None outside one)."""
+    _acting.set(subject)
+
+
+def actor_of(actor: str | None) -> str:
+    """The actor an entry records: the request's principal in place of the placeholder."""
+    if actor in (None, PLACEHOLDER_ACTOR):
+        return _acting.get() or PLACEHOLDER_ACTOR
+    return actor
+
+
 async def audit(
     session: AsyncSession, *, actor: str, action: str, entity: str, key: str, changes: dict[str, Any]
 ) -> AuditLog:
     """Append one entry to the chain, in the caller's transaction."""
+    actor = actor_of(actor)
     if session.bind.dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
     last = (await session.execute(

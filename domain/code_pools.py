@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.codes import current_rule, get_item, issue_block, lookup
 from domain.events import record_event
 from domain.models import Lot, WorkOrder, utcnow
@@ -38,12 +38,14 @@ async def allocate_pool(session: AsyncSession, *, number: str, item: str, level:
     it = await get_item(session, item)
     rule = await current_rule(session, it, level)
     block = await issue_block(session, rule=rule, count=count, key=f"pool:{number}", purpose="pool", line=None,
-                              gtin=it.gtin)
+                              gtin=it.gtin, actor=None)
     pool = CodePool(number=number, line=line, printer=printer, block_id=block.id, state="allocated")
     session.add(pool)
     await session.flush()
     await audit(session, actor=actor, action="code_pool.allocated", entity="code_pool", key=number,
-                changes={"line": line, "printer": printer, "block": block.id, "count": count})
+                changes=diff(None, {"state": "allocated", "line": line, "printer": printer, "block": block.id,
+                                    "item": it.code, "level": level, "count": count},
+                             line=line, printer=printer, block=block.id, count=count))
     return pool
 
 
@@ -53,7 +55,9 @@ async def revoke_pool(session: AsyncSession, *, number: str, actor: str, at: dat
         pool.state = "revoked"
         pool.revoked_at = at or utcnow()
         await session.flush()
-        await audit(session, actor=actor, action="code_pool.revoked", entity="code_pool", key=number, changes={})
+        await audit(session, actor=actor, action="code_pool.revoked", entity="code_pool", key=number,
+                    changes=diff({"state": "allocated", "revoked_at": None},
+                                 {"state": "revoked", "revoked_at": pool.revoked_at.isoformat()}))
     return pool
 
 
@@ -133,7 +137,8 @@ async def upload(session: AsyncSession, *, number: str, upload_id: str, used: li
             epc_list=[epc(v, resolver) for v in accepted[:1000]],
             extensions={"codePool": number, "line": pool.line, "count": len(accepted)})
     await audit(session, actor=f"line:{pool.line}", action="code_pool.uploaded", entity="code_pool", key=number,
-                changes={"upload_id": upload_id, "accepted": len(accepted), "alerts": len(alerts)})
+                changes=diff(None, {"state": "commissioned", "codes": accepted[:1000], "count": len(accepted)},
+                             upload_id=upload_id, accepted=len(accepted), alerts=len(alerts)))
     return {"pool": number, "upload_id": upload_id, "duplicate_upload": False, "accepted": len(accepted),
             "alerts": [_alert_view(a) for a in alerts]}
 
@@ -168,6 +173,7 @@ async def reconcile(session: AsyncSession, *, number: str, action: str, actor: s
     pool = await get_pool(session, number)
     block = await session.get(SerialBlock, pool.block_id)
     assert block is not None
+    state_before = pool.state
     if pool.state == "reconciled":
         ranges = (await session.execute(select(CodeRange).where(CodeRange.block_id == block.id))).scalars().all()
         return {"pool": number, "state": pool.state, "used": None,
@@ -188,7 +194,10 @@ async def reconcile(session: AsyncSession, *, number: str, action: str, actor: s
     await session.flush()
     unused = sum(r.count for r in ranges)
     await audit(session, actor=actor, action="code_pool.reconciled", entity="code_pool", key=number,
-                changes={"action": action, "used": len(used_seqs), "unused": unused})
+                changes=diff({"state": state_before, "unused_codes": "unassigned"},
+                             {"state": pool.state, "unused_codes": state},
+                             action=action, used=len(used_seqs), unused=unused,
+                             ranges=[[r.first_seq, r.count] for r in ranges[:1000]]))
     return {"pool": number, "state": pool.state, "used": len(used_seqs), "unused": unused, "ranges": len(ranges)}
 
 

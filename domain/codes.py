@@ -23,7 +23,7 @@ from sqlalchemy.orm import make_transient_to_detached
 
 from core.errors import Conflict, InvalidInput, NotFound
 from domain import gs1
-from domain.audit import audit
+from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.code_rules import (
     LEVELS,
     BoundRule,
@@ -192,15 +192,17 @@ async def save_rule(session: AsyncSession, *, item: str, level: str, spec: dict[
             f"version {p.version} ({p.level}) of this code space has a {pwidth or 'variable'}-character serial "
             f"with another structure, so a new code could repeat an issued one: keep the structure of the "
             f"sequence part or change its total length", field="spec")
-    last = (await session.execute(select(CodeRule.version).where(CodeRule.item_id == it.id, CodeRule.level == level)
-                                  .order_by(CodeRule.version.desc()).limit(1))).scalar()
+    prior = (await session.execute(select(CodeRule).where(CodeRule.item_id == it.id, CodeRule.level == level)
+                                   .order_by(CodeRule.version.desc()).limit(1))).scalar()
+    last = prior.version if prior is not None else None
     rule = CodeRule(item_id=it.id, level=level, version=(last or 0) + 1, spec=parsed.model_dump(exclude_none=True),
                     namespace=ns, secret=secret, created_by=actor)
     session.add(rule)
     await session.flush()
     _rules_of.clear()  # lookups in this process see the new version at once (others find it on a miss)
     await audit(session, actor=actor, action="code_rule.saved", entity="code_rule", key=f"{it.code}:{level}",
-                changes={"version": rule.version, "spec": rule.spec})
+                changes=diff(None if prior is None else {"version": prior.version, "spec": prior.spec},
+                             {"version": rule.version, "spec": rule.spec}, version=rule.version, spec=rule.spec))
     return rule
 
 
@@ -275,9 +277,11 @@ async def allocate(session: AsyncSession, *, namespace: str, count: int, capacit
 async def issue_block(
     session: AsyncSession, *, rule: CodeRule, count: int, key: str, purpose: str, lot: Lot | None = None,
     work_order: str | None = None, line: str | None = None, production_date: date | None = None,
-    expiry_date: date | None = None, gtin: str | None = None,
+    expiry_date: date | None = None, gtin: str | None = None, actor: str | None = PLACEHOLDER_ACTOR,
 ) -> SerialBlock:
-    """A block of `count` codes of this rule version. Idempotent on `key`: a retry gets the same block."""
+    """A block of `count` codes of this rule version. Idempotent on `key`: a retry gets the same block.
+
+    Audited as `code_block.issued` unless `actor` is None (the caller audits the block in its own entry)."""
     existing = (await session.execute(select(SerialBlock).where(SerialBlock.key == key))).scalar()
     if existing is not None:
         if existing.count != count or existing.namespace != rule.namespace:
@@ -302,6 +306,11 @@ async def issue_block(
                         expiry_date=expiry_date.isoformat() if expiry_date else None)
     session.add(block)
     await session.flush()
+    if actor is not None:
+        await audit(session, actor=actor, action="code_block.issued", entity="code_block", key=key,
+                    changes=diff(None, {"block": block.id, "namespace": block.namespace, "rule_version": rule.version,
+                                        "first_seq": first, "count": count, "purpose": purpose,
+                                        "lot": lot.number if lot else None, "work_order": work_order, "line": line}))
     return block
 
 
@@ -398,7 +407,7 @@ async def issue_for_lot(
         rule = await current_rule(session, lot.item, "unit")
         block = await issue_block(session, rule=rule, count=quantity, key=key, purpose="order", lot=lot,
                                   work_order=work_order, line=None, production_date=date.today(),
-                                  gtin=lot.item.gtin)
+                                  gtin=lot.item.gtin, actor=None)
     view = await block_view(session, block)
     first, last = view.render(0, 1, resolver)[0], view.render(block.count - 1, 1, resolver)[0]
     if existing is None:
@@ -413,8 +422,11 @@ async def issue_for_lot(
             lot=lot, work_order_id=lot.work_order_id,
         )
         await audit(session, actor="system", action="codes.issued", entity="lot", key=lot.number,
-                    changes={"batch_code": batch_value, "block": block.id, "rule_version": view.rule.version,
-                             "first": first.value, "last": last.value, "count": quantity})
+                    changes=diff(None, {"batch_code": batch_value, "block": block.id,
+                                        "rule_version": view.rule.version, "first": first.value,
+                                        "last": last.value, "count": quantity},
+                                 batch_code=batch_value, block=block.id, rule_version=view.rule.version,
+                                 first=first.value, last=last.value, count=quantity))
     return IssuedCodes(batch_code=batch_value, block=block, first_serial=_serial_of(first),
                        last_serial=_serial_of(last))
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, NotFound
-from domain.audit import audit
+from domain.audit import audit, diff, masked
 from domain.models import Endpoint
 
 
@@ -19,6 +19,7 @@ async def ensure_endpoint(session: AsyncSession, *, name: str, kind: str, config
                           replace: bool = False) -> Endpoint:
     """Create the endpoint if it is missing (set-up seeds the default ERP this way)."""
     ep = (await session.execute(select(Endpoint).where(Endpoint.name == name))).scalar()
+    before = None if ep is None else {"kind": ep.kind, "config": dict(ep.config)}
     if ep is None:
         ep = Endpoint(name=name, kind=kind, config=config)
         session.add(ep)
@@ -26,6 +27,10 @@ async def ensure_endpoint(session: AsyncSession, *, name: str, kind: str, config
         ep.kind = kind
         ep.config = config
     await session.flush()
+    after = {"kind": ep.kind, "config": dict(ep.config)}
+    if before != after:
+        await audit(session, actor="setup", action="endpoint.created" if before is None else "endpoint.updated",
+                    entity="endpoint", key=name, changes=masked(diff(before, after, kind=kind)))
     return ep
 
 
@@ -57,7 +62,7 @@ async def create_endpoint(session: AsyncSession, *, name: str, kind: str, config
     session.add(ep)
     await session.flush()
     await audit(session, actor=actor, action="endpoint.created", entity="endpoint", key=name,
-                changes={"kind": kind})
+                changes=masked(diff(None, {"kind": kind, "config": config}, kind=kind)))
     return ep
 
 
@@ -65,17 +70,19 @@ async def update_endpoint(session: AsyncSession, *, name: str, config: dict[str,
                           actor: str = "api") -> Endpoint:
     ep = await get_endpoint(session, name)
     changed = sorted(k for k in set(ep.config) | set(config) if ep.config.get(k) != config.get(k))
+    before = dict(ep.config)
     ep.config = config
     await session.flush()
-    # the audit names the fields that changed, never their values (secrets live in there)
+    # before and after of the fields that changed, secrets masked (a changed secret shows as changed, no value)
     await audit(session, actor=actor, action="endpoint.updated", entity="endpoint", key=name,
-                changes={"fields": changed})
+                changes=masked(diff(before, dict(config), fields=changed)))
     return ep
 
 
 async def delete_endpoint(session: AsyncSession, *, name: str, actor: str = "api") -> None:
     ep = await get_endpoint(session, name)
+    before = {"kind": ep.kind, "config": dict(ep.config)}
     await session.delete(ep)
     await session.flush()
     await audit(session, actor=actor, action="endpoint.deleted", entity="endpoint", key=name,
-                changes={"kind": ep.kind})
+                changes=masked(diff(before, None, kind=before["kind"])))

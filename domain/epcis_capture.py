@@ -4,6 +4,13 @@ The capture server assigns recordTime itself (an incoming one is ignored) and gi
 eventID its CBV 2.0 hash. Capturing the same event twice stores it once. An error declaration repeats
 the eventID of the event it retracts, so it is kept in its own table keyed on (eventID, declarationTime),
 where it cannot collide with the original or drop a later correction.
+
+Asynchronous capture: a document of more than INLINE_MAX_EVENTS events is kept durably with its job
+(`enqueue`) and processed by a capture workflow's activity (`run_job`), which validates and stores it in ONE
+transaction together with the job's outcome: an attempt killed half-way leaves nothing, the retry does all
+of it, and a retry after a finished attempt finds the job finished and stores nothing again. Smaller documents
+are processed in the request (`capture`), with the same semantics. Location master data in the header
+(`epcisHeader.epcisMasterData.vocabularyList`) is stored with the events, all or nothing alike.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Any
 
 import orjson
 from psycopg.errors import UniqueViolation
-from sqlalchemy import ARRAY, String, any_, bindparam, insert, select, text
+from sqlalchemy import ARRAY, String, any_, bindparam, delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,10 +31,22 @@ from domain.epcis_ids import canonical, gcp_of_urn, vocab_term
 from domain.epcis_index import IndexRows, bulk_insert, index_rows, write_index
 from domain.epcis_validate import Violation, events_of, validate, validate_single_event
 from domain.models import EpcisEvent, utcnow
+from domain.models_epcis_master import (
+    EpcisCaptureDocument,
+    EpcisVocabularyAttribute,
+    EpcisVocabularyChild,
+    EpcisVocabularyElement,
+)
 from domain.models_trace import EpcisCaptureJob, EpcisErrorDeclaration, EpcisNamespace, Gs1CompanyPrefix
 
 CAPTURE_LIMIT = 10_000  # events per document (GS1-EPCIS-Capture-Limit)
 CAPTURE_FILE_SIZE_LIMIT = 16 * 1024 * 1024  # bytes (GS1-EPCIS-Capture-File-Size-Limit)
+# documents with more events than this are captured by a workflow, not in the request (the 202 says running):
+# 1,000 events are validated and stored in about 0.2 s, a reasonable time to hold a request; beyond that (up to
+# the 10,000-event limit, a few seconds) the client gets its job at once and polls it
+INLINE_MAX_EVENTS = 1000
+READ_POINT = "urn:epcglobal:epcis:vtype:ReadPoint"
+BUSINESS_LOCATION = "urn:epcglobal:epcis:vtype:BusinessLocation"
 _ID_FIELDS = ("epcList", "childEPCs", "inputEPCList", "outputEPCList")
 _NOT_STORED = ("recordTime", "@context")  # the server's recordTime is its own; prefixes are kept apart
 _Q_FIELDS = ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList")
@@ -207,21 +226,91 @@ async def _identity_violations(session: AsyncSession, events: list[Any],
     return out
 
 
-async def capture(session: AsyncSession, doc: Any, *, behaviour: str = "rollback",
-                  single_event: bool = False) -> EpcisCaptureJob:
-    """Validate and store a document (or one event); the capture job says what happened."""
-    events = [doc] if single_event else (events_of(doc) if isinstance(doc, dict) else [])
+def _check_limit(events: list[Any]) -> None:
     if len(events) > CAPTURE_LIMIT:
         raise CaptureLimitExceeded(f"the document has {len(events)} events; the capture limit is {CAPTURE_LIMIT}: "
                                    "split it into smaller documents", field="epcisBody.eventList")
+
+
+async def capture(session: AsyncSession, doc: Any, *, behaviour: str = "rollback",
+                  single_event: bool = False) -> EpcisCaptureJob:
+    """Validate and store a document (or one event) now; the capture job says what happened."""
+    events = [doc] if single_event else (events_of(doc) if isinstance(doc, dict) else [])
+    _check_limit(events)
     job = EpcisCaptureJob(id=str(uuid.uuid4()), running=True, error_behaviour=behaviour, event_count=len(events))
     session.add(job)
+    await _process(session, job, doc, events, single_event=single_event)
+    return job
+
+
+def event_count(doc: Any) -> int:
+    return len(events_of(doc)) if isinstance(doc, dict) else 0
+
+
+async def enqueue(session: AsyncSession, doc: Any, body: bytes, *, behaviour: str = "rollback",
+                  content_type: str | None = None) -> EpcisCaptureJob:
+    """A running job with its document kept durably, for a capture workflow to process (`run_job`)."""
+    events = events_of(doc) if isinstance(doc, dict) else []
+    _check_limit(events)
+    job = EpcisCaptureJob(id=str(uuid.uuid4()), running=True, error_behaviour=behaviour, event_count=len(events),
+                          errors=[], stored_count=0)
+    session.add(job)
+    await session.flush()
+    session.add(EpcisCaptureDocument(job_id=job.id, body=body, content_type=content_type))
+    await session.flush()
+    return job
+
+
+async def _locked_job(session: AsyncSession, job_id: str) -> EpcisCaptureJob:
+    # the row lock makes a second attempt (a zombie's retry) wait for the first and then find the job finished
+    q = select(EpcisCaptureJob).where(EpcisCaptureJob.id == job_id).with_for_update()
+    job = (await session.execute(q)).scalar()
+    if job is None:
+        raise NotFound(f"capture job {job_id!r} does not exist", field="captureID")
+    return job
+
+
+async def run_job(session: AsyncSession, job_id: str) -> EpcisCaptureJob:
+    """Validate and store a queued document, in the caller's transaction with the job's outcome; a job that has
+    finished already is returned as it is (a retried attempt stores nothing twice)."""
+    job = await _locked_job(session, job_id)
+    if not job.running:
+        return job
+    row = await session.get(EpcisCaptureDocument, job_id)
+    if row is None:  # cannot happen while the job runs (both go in one transaction); say so if it does
+        return await fail_job(session, job_id, "the captured document is missing: capture it again")
+    try:
+        doc = orjson.loads(row.body)
+    except orjson.JSONDecodeError as exc:
+        return await fail_job(session, job_id, f"the body is not JSON ({exc}): send an EPCIS document")
+    await _process(session, job, doc, events_of(doc) if isinstance(doc, dict) else [], single_event=False)
+    await session.execute(delete(EpcisCaptureDocument).where(EpcisCaptureDocument.job_id == job_id))
+    return job
+
+
+async def fail_job(session: AsyncSession, job_id: str, message: str) -> EpcisCaptureJob:
+    """End a job that could not be processed (nothing of it is stored): the reason is its one error."""
+    job = await _locked_job(session, job_id)
+    if not job.running:
+        return job
+    job.running, job.success, job.finished_at = False, False, utcnow()
+    job.errors = [{"type": "epcisException:ImplementationException", "title": "ImplementationException",
+                   "status": 500, "detail": message[:2000]}]
+    await session.execute(delete(EpcisCaptureDocument).where(EpcisCaptureDocument.job_id == job_id))
+    await session.flush()
+    return job
+
+
+async def _process(session: AsyncSession, job: EpcisCaptureJob, doc: Any, events: list[Any], *,
+                   single_event: bool) -> None:
+    behaviour = job.error_behaviour
     violations = validate_single_event(doc) if single_event else validate(doc)
     prefixes = context_prefixes(doc.get("@context")) if isinstance(doc, dict) else {}
     if not violations:
         violations = await _identity_violations(session, events, prefixes)
     if violations and behaviour == "rollback":
         job.success = False
+        job.stored_count = 0
         job.errors = [v.as_problem() for v in violations]
     else:
         bad = {v.event for v in violations}
@@ -229,6 +318,8 @@ async def capture(session: AsyncSession, doc: Any, *, behaviour: str = "rollback
             good = []
         else:
             good = [ev for i, ev in enumerate(events) if i not in bad]
+            if not single_event:
+                await store_master_data(session, doc, prefixes)
         stored, _ = await store_events(session, good, prefixes)
         job.stored_count = stored
         job.success = not violations
@@ -236,7 +327,84 @@ async def capture(session: AsyncSession, doc: Any, *, behaviour: str = "rollback
     job.running = False
     job.finished_at = utcnow()
     await session.flush()
-    return job
+
+
+# --- master data -------------------------------------------------------------------------------------------
+
+def _attr_iri(attr: str, prefixes: dict[str, str]) -> str:
+    """An attribute id in full: `cbvmda:sst` -> `urn:epcglobal:cbv:mda:sst` (and the document's own prefixes)."""
+    if attr.startswith(("http://", "https://", "urn:")) or ":" not in attr:
+        return attr
+    prefix, local = attr.split(":", 1)
+    ns = {"cbvmda": "urn:epcglobal:cbv:mda:", **prefixes}
+    return ns[prefix] + local if prefix in ns else attr
+
+
+attr_iri = _attr_iri  # for the query's HASATTR_ / EQ_ATTR_ parameters
+
+
+def _attr_value(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v[:500]
+    if isinstance(v, bool | int | float):
+        return str(v)
+    return orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()[:500]
+
+
+async def store_master_data(session: AsyncSession, doc: Any, prefixes: dict[str, str]) -> int:
+    """Keep the vocabulary elements of the document's header (the latest capture of an element wins: its
+    attributes, and its children when it names them); returns how many elements were written."""
+    header = doc.get("epcisHeader") if isinstance(doc, dict) else None
+    vocabularies = ((header or {}).get("epcisMasterData") or {}).get("vocabularyList") or []
+    n = 0
+    now = utcnow()
+    for voc in vocabularies:
+        if not isinstance(voc, dict) or not isinstance(voc.get("type"), str):
+            continue
+        vtype = voc["type"][:120]
+        for el in voc.get("vocabularyElementList") or []:
+            if not isinstance(el, dict) or not isinstance(el.get("id"), str):
+                continue
+            eid = canonical(el["id"])[:300]
+            row = await session.get(EpcisVocabularyElement, (vtype, eid))
+            if row is None:
+                session.add(EpcisVocabularyElement(vtype=vtype, element_id=eid, updated_at=now))
+            else:
+                row.updated_at = now
+            if "attributes" in el:
+                await session.execute(delete(EpcisVocabularyAttribute).where(
+                    EpcisVocabularyAttribute.vtype == vtype, EpcisVocabularyAttribute.element_id == eid))
+                attrs = {_attr_iri(a["id"], prefixes)[:300]: _attr_value(a.get("attribute"))
+                         for a in el.get("attributes") or [] if isinstance(a, dict) and isinstance(a.get("id"), str)}
+                if attrs:
+                    await session.execute(insert(EpcisVocabularyAttribute), [
+                        {"vtype": vtype, "element_id": eid, "attr": k, "value": v} for k, v in attrs.items()])
+            if "children" in el:
+                await session.execute(delete(EpcisVocabularyChild).where(
+                    EpcisVocabularyChild.vtype == vtype, EpcisVocabularyChild.parent == eid))
+                kids = {canonical(c)[:300] for c in el.get("children") or [] if isinstance(c, str)}
+                if kids:
+                    await session.execute(insert(EpcisVocabularyChild), [
+                        {"vtype": vtype, "parent": eid, "child": c} for c in sorted(kids)])
+            n += 1
+    if n:
+        await session.flush()
+    return n
+
+
+async def descendants(session: AsyncSession, vtype: str, roots: list[str]) -> set[str]:
+    """The roots and every element below them in the vocabulary's hierarchy (one query per level; a cycle
+    in the captured `children` ends the walk, it does not loop)."""
+    seen = {canonical(r) for r in roots}
+    frontier = set(seen)
+    while frontier:
+        kids = set((await session.execute(select(EpcisVocabularyChild.child).where(
+            EpcisVocabularyChild.vtype == vtype, EpcisVocabularyChild.parent.in_(frontier)))).scalars())
+        frontier = kids - seen
+        seen |= frontier
+    return seen
 
 
 async def get_job(session: AsyncSession, job_id: str) -> EpcisCaptureJob:

@@ -19,9 +19,11 @@ from sqlalchemy import Float, Select, String, and_, case, cast, func, or_, selec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, HubError, InvalidInput, NotFound
+from domain.epcis_capture import BUSINESS_LOCATION, READ_POINT, attr_iri, descendants
 from domain.epcis_ids import canonical, dl_canonical, dl_to_urn, is_class_pattern, urn_to_dl, vocab_term
 from domain.events import EPCIS_CONTEXT, HUB_NS
 from domain.models import EpcisEvent, utcnow
+from domain.models_epcis_master import EpcisVocabularyAttribute
 from domain.models_trace import (
     EpcisErrorDeclaration,
     EpcisEventEpc,
@@ -45,6 +47,8 @@ _MATCH_ROLES = {
     "MATCH_outputEPCClass": ("output_quantity",),
     "MATCH_anyEPCClass": ("quantity", "child_quantity", "input_quantity", "output_quantity"),
 }
+_LOCATION = {"readPoint": (EpcisEvent.read_point, READ_POINT),
+             "bizLocation": (EpcisEvent.biz_location, BUSINESS_LOCATION)}
 _CONTROL = {"orderBy", "orderDirection", "eventCountLimit", "maxEventCount", "perPage", "nextPageToken"}
 
 
@@ -174,6 +178,25 @@ async def build(session: AsyncSession, params: dict[str, Any], *,
         elif name in ("EQ_readPoint", "EQ_bizLocation"):
             col = EpcisEvent.read_point if name == "EQ_readPoint" else EpcisEvent.biz_location
             q = q.where(col.in_([canonical(v) for v in vals]))
+        elif name in ("WD_readPoint", "WD_bizLocation"):
+            # with descendants: the location and everything below it in the captured master data
+            col, vtype = _LOCATION[name[3:]]
+            q = q.where(col.in_(sorted(await descendants(session, vtype, vals))))
+        elif m := re.fullmatch(r"HASATTR_(readPoint|bizLocation)", name):
+            col, vtype = _LOCATION[m.group(1)]
+            q = q.where(col.in_(select(EpcisVocabularyAttribute.element_id).where(
+                EpcisVocabularyAttribute.vtype == vtype, EpcisVocabularyAttribute.attr.in_(
+                    [attr_iri(v, await _namespaces(session, declared_ns or {})) for v in vals]))))
+        elif m := re.fullmatch(r"EQ_ATTR_(readPoint|bizLocation)_(.+)", name):
+            col, vtype = _LOCATION[m.group(1)]
+            attr = attr_iri(m.group(2), await _namespaces(session, declared_ns or {}))
+            q = q.where(col.in_(select(EpcisVocabularyAttribute.element_id).where(
+                EpcisVocabularyAttribute.vtype == vtype, EpcisVocabularyAttribute.attr == attr,
+                EpcisVocabularyAttribute.value.in_(vals))))
+        elif re.fullmatch(r"(HASATTR|EQ_ATTR)_.*", name):
+            raise QueryParameterException(f"{name}: master-data parameters are HASATTR_readPoint, HASATTR_bizLocation, "
+                                          "EQ_ATTR_readPoint_{attribute} and EQ_ATTR_bizLocation_{attribute}",
+                                          field=name)
         elif name in _MATCH_ROLES:
             q = q.where(_epc_filter(name, _MATCH_ROLES[name], vals))
         elif name == "EQ_eventID":

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound, Unauthorized
-from domain.audit import audit
+from domain.audit import MASK, audit, diff
 from domain.models import utcnow
 from domain.models_identity import ApiToken, User
 
@@ -71,7 +71,8 @@ async def create_user(session: AsyncSession, *, username: str, password: str, ro
     session.add(user)
     await session.flush()
     await audit(session, actor=actor, action="user.created", entity="user", key=username,
-                changes={"roles": roles, "full_name": full_name})
+                changes=diff(None, {"roles": roles, "full_name": full_name, "active": True, "password": MASK},
+                             roles=roles, full_name=full_name))
     return user
 
 
@@ -86,9 +87,19 @@ async def set_password(session: AsyncSession, username: str, password: str, *, a
     if len(password) < MIN_PASSWORD:
         raise InvalidInput(f"password: use at least {MIN_PASSWORD} characters", field="password")
     user = await get_user(session, username)
+    before = _fingerprint(user.password_hash)
     user.password_hash = _hasher.hash(password)
     await session.flush()
-    await audit(session, actor=actor, action="user.password_set", entity="user", key=username, changes={})
+    # neither password nor hash goes in the audit: a fingerprint of each salted hash shows that it changed
+    await audit(session, actor=actor, action="user.password_set", entity="user", key=username,
+                changes={"before": {"password": before}, "after": {"password": _fingerprint(user.password_hash)},
+                         "fields": ["password"]})
+
+
+def _fingerprint(password_hash: str | None) -> str:
+    if not password_hash:
+        return MASK
+    return f"{MASK} (hash sha256:{hashlib.sha256(password_hash.encode()).hexdigest()[:12]})"
 
 
 async def check_password(session: AsyncSession, username: str, password: str) -> User:
@@ -115,7 +126,9 @@ async def issue_token(session: AsyncSession, *, kind: str, name: str, roles: lis
     await session.flush()
     if kind == "api":
         await audit(session, actor=created_by, action="token.created", entity="token", key=name,
-                    changes={"roles": roles, "expires_at": row.expires_at.isoformat()})
+                    changes=diff(None, {"kind": kind, "roles": roles, "expires_at": row.expires_at.isoformat(),
+                                        "token_id": row.id},
+                                 roles=roles, expires_at=row.expires_at.isoformat()))
     return token, row
 
 
@@ -143,8 +156,12 @@ async def principal_for(session: AsyncSession, token: str, *, now: datetime | No
                      full_name=full_name)
 
 
-async def revoke(session: AsyncSession, token: str) -> None:
+async def revoke(session: AsyncSession, token: str, *, actor: str | None = None) -> None:
+    """Revoke a token; `actor` defaults to the token's own subject (a log-out)."""
     row = (await session.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))).scalar()
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()
         await session.flush()
+        await audit(session, actor=actor or row.name, action="token.revoked", entity="token", key=row.name,
+                    changes=diff({"revoked_at": None}, {"revoked_at": row.revoked_at.isoformat()},
+                                 kind=row.kind, token_id=row.id))

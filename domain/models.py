@@ -345,10 +345,12 @@ class Endpoint(Base):
 from domain import (
     models_codes,  # noqa: F401
     models_connectors,  # noqa: F401
+    models_epcis_master,  # noqa: F401
     models_identity,  # noqa: F401
     models_inspection,  # noqa: F401
     models_mes,  # noqa: F401
     models_ncr,  # noqa: F401
     models_quality,  # noqa: F401
     models_trace,  # noqa: F401
+    models_trace_doc,  # noqa: F401
 )

@@ -11,7 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.codes import CodeInfo, lookup
 from domain.events import hub_uri, record_event
 from domain.models import EpcisEvent, Lot, LotStatus, Shipment, utcnow
@@ -144,6 +144,8 @@ async def pack(session: AsyncSession, *, parent: str, children: list[str], actor
     ev = await _aggregation_event(session, key=key, action="ADD", parent=epc(p.value, resolver),
                                   children=[epc(c.value, resolver) for c in new], at=at, resolver=resolver,
                                   read_point=read_point)
+    # the used-code state of each child (and the parent) before: the audit entry carries before and after
+    states_before = {c.value: (c.used.state if c.used is not None else "issued") for c in [*new, p]}
     for c in new:
         session.add(Containment(parent=p.value, child=c.value, child_level=c.view.rule.level,  # type: ignore
                                 packed_at=at, pack_event=ev.event_id, actor=actor))
@@ -151,7 +153,10 @@ async def pack(session: AsyncSession, *, parent: str, children: list[str], actor
     await mark_used(session, p, "packed" if p.used is None else p.used.state, at=at)
     await session.flush()
     await audit(session, actor=actor, action="codes.packed", entity="container", key=p.value,
-                changes={"children": [c.value for c in new], "event": ev.event_id})
+                changes=diff({"contains": [], "states": states_before},
+                             {"contains": [c.value for c in new],
+                              "states": {c.value: c.used.state for c in [*new, p] if c.used is not None}},
+                             children=[c.value for c in new], event=ev.event_id))
     return {"parent": p.value, "packed": [c.value for c in new], "event_id": ev.event_id}
 
 
@@ -186,7 +191,8 @@ async def unpack(session: AsyncSession, *, parent: str, children: list[str] | No
         r.unpack_event = ev.event_id
     await session.flush()
     await audit(session, actor=actor, action="codes.unpacked", entity="container", key=p.value,
-                changes={"children": [r.child for r in rows], "event": ev.event_id})
+                changes=diff({"contains": [r.child for r in rows]}, {"contains": []},
+                             children=[r.child for r in rows], event=ev.event_id))
     return {"parent": p.value, "unpacked": [r.child for r in rows], "event_id": ev.event_id}
 
 
@@ -269,6 +275,8 @@ async def ship_container(session: AsyncSession, *, code: str, shipment: str, act
                        f"({', '.join(numbers) or 'no lot'}; e.g. {stray[0]}): unpack them or ship their lot first",
                        field="code")
     cases = []
+    before = {"status": c.status, "shipment": c.shipment,
+              "code_state": info.used.state if info.used is not None else "issued"}
     nested = [n for n in _walk(inside["tree"]) if n["level"] != "unit" and n["code"] != c.code]
     for node in [{"code": c.code}, *nested]:
         box = c if node["code"] == c.code else await _container(session, await _issued(session, node["code"],
@@ -285,8 +293,8 @@ async def ship_container(session: AsyncSession, *, code: str, shipment: str, act
                        biz_transactions=[("desadv", hub_uri("shipment", shipment))],
                        destination_list=[{"type": "owning_party", "destination": hub_uri("customer", sh.customer)}])
     await audit(session, actor=actor, action="container.shipped", entity="container", key=c.code,
-                changes={"shipment": shipment, "customer": sh.customer, "units": inside["unit_count"],
-                         "cases": cases})
+                changes=diff(before, {"status": c.status, "shipment": shipment, "code_state": "shipped"},
+                             shipment=shipment, customer=sh.customer, units=inside["unit_count"], cases=cases))
     return {"code": c.code, "shipment": shipment, "shipped_at": at.isoformat(), "cases": cases}
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import Item, Lot, LotEdge, LotStatus, OperationRecord, Supplier, WorkOrder, utcnow
 from domain.models_codes import CodeRule
@@ -109,7 +109,8 @@ async def create_work_order(
     await session.flush()
     await audit(
         session, actor="erp", action="work_order.released", entity="work_order", key=number,
-        changes={"item": item, "quantity": quantity, "routing": routing},
+        changes={"item": item, "quantity": quantity, "routing": routing,
+                 **diff(None, {"item": item, "quantity": quantity, "routing": routing})},
     )
     return wo
 
@@ -175,8 +176,11 @@ async def receive_lot(
     )
     await audit(
         session, actor="erp", action="lot.received", entity="lot", key=lot,
-        changes={"status": LotStatus.quarantine, "supplier": supplier, "supplier_lot": supplier_lot,
-                 "heat_number": heat_number, "quantity": quantity, "receipt": receipt},
+        changes=diff(None, {"status": LotStatus.quarantine, "item": item, "supplier": supplier,
+                            "supplier_lot": supplier_lot, "heat_number": heat_number, "quantity": quantity,
+                            "uom": uom, "receipt": receipt, "location": location},
+                     status=LotStatus.quarantine, supplier=supplier, supplier_lot=supplier_lot,
+                     heat_number=heat_number, quantity=quantity, receipt=receipt),
     )
     return row
 
@@ -187,13 +191,17 @@ async def set_lot_status(
     if lot.status == status and (concession is None or lot.concession == concession):
         return
     before = lot.status
+    before_concession = lot.concession
     lot.status = status
     if concession is not None:
         lot.concession = concession
     await session.flush()
+    # "status": [before, after] is the older shape that readers of this entry still use
     await audit(
         session, actor=actor, action="lot.status", entity="lot", key=lot.number,
-        changes={"status": [before, status], "why": why, **({"concession": concession} if concession else {})},
+        changes={"status": [before, status], "why": why, **({"concession": concession} if concession else {}),
+                 **diff({"status": before, "concession": before_concession},
+                        {"status": status, "concession": lot.concession})},
     )
 
 
@@ -207,6 +215,9 @@ async def ensure_output_lot(session: AsyncSession, wo: WorkOrder, lot_number: st
         session.add(lot)
         await session.flush()
         await session.refresh(lot, ["item", "supplier"])
+        await audit(session, actor="workflow", action="lot.created", entity="lot", key=lot_number,
+                    changes=diff(None, {"kind": "output", "item": lot.item.code, "status": lot.status,
+                                        "quantity": 0, "work_order": wo.number, "location": wo.line}))
     elif lot.work_order_id != wo.id:
         raise Conflict(f"output lot {lot_number!r} belongs to another work order: choose another lot number")
     return lot
@@ -263,6 +274,8 @@ async def record_operation(
     session.add(op)
     await session.flush()
     in_q = []
+    lots_before = {lot.number: {"quantity_remaining": lot.quantity_remaining} for lot in inputs}
+    lots_before[out.number] = {"quantity": out.quantity, "quantity_remaining": out.quantity_remaining}
     for lot, (_, qty) in zip(inputs, consumed, strict=True):
         lot.quantity_remaining = max(0.0, lot.quantity_remaining - qty)
         if lot.quantity_remaining <= 1e-9:
@@ -296,7 +309,12 @@ async def record_operation(
     await audit(
         session, actor=report.operator, action="operation.recorded", entity="work_order", key=work_order,
         changes={"report_id": report.report_id, "seq": report.seq, "equipment": report.equipment,
-                 "consumed": op.consumed, "good": report.good_quantity, "scrap": report.scrap_quantity},
+                 "consumed": op.consumed, "good": report.good_quantity, "scrap": report.scrap_quantity,
+                 # the lots' quantities this operation changed
+                 **diff({"lots": lots_before},
+                        {"lots": {**{lot.number: {"quantity_remaining": lot.quantity_remaining} for lot in inputs},
+                                  out.number: {"quantity": out.quantity,
+                                               "quantity_remaining": out.quantity_remaining}}})},
     )
     return op
 
@@ -306,6 +324,7 @@ async def complete_work_order(
 ) -> WorkOrder:
     wo = await get_work_order(session, number)
     if wo.completed_at is None:
+        before = {"status": wo.status, "stage": wo.stage, "good": wo.good_quantity, "scrap": wo.scrap_quantity}
         wo.status = status
         wo.stage = "done"
         wo.good_quantity = good_quantity
@@ -313,5 +332,7 @@ async def complete_work_order(
         wo.completed_at = utcnow()
         await session.flush()
         await audit(session, actor="workflow", action="work_order.completed", entity="work_order", key=number,
-                    changes={"status": status, "good": good_quantity, "scrap": scrap_quantity})
+                    changes={"status": status, "good": good_quantity, "scrap": scrap_quantity,
+                             **diff(before, {"status": status, "stage": "done", "good": good_quantity,
+                                             "scrap": scrap_quantity})})
     return wo

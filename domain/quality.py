@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
 from domain import ncr_review
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import (
     CharacteristicResult,
@@ -52,6 +52,9 @@ async def open_inspection(
         ))
     await session.flush()
     await session.refresh(ins, ["characteristics"])
+    await audit(session, actor="workflow", action="inspection.created", entity="inspection", key=number,
+                changes=diff(None, {"kind": kind, "lot": lot, "work_order": work_order, "status": "pending",
+                                    "characteristics": [c.name for c in ins.characteristics]}))
     return ins
 
 
@@ -98,6 +101,12 @@ def verdict_of(ins: Inspection, values: dict[str, list[float]]) -> tuple[str, li
     return ("failed" if failed else "passed"), failed
 
 
+def _source(m: Any) -> dict[str, Any]:
+    src = m.source
+    d = src.model_dump(mode="json") if hasattr(src, "model_dump") else dict(src)
+    return {k: d.get(k) for k in ("endpoint", "point", "at", "unit", "index")}
+
+
 async def record_results(
     session: AsyncSession,
     *,
@@ -120,6 +129,10 @@ async def record_results(
             "results are not changed after the fact; open a new inspection instead"
         )
     verdict, failed = verdict_of(ins, values)
+    # values read from a gauge through a connector carry their source (endpoint, point, time)
+    sources = {m.characteristic: _source(m) for m in measurements if getattr(m, "source", None) is not None}
+    before = {"status": ins.status, "inspector": ins.inspector,
+              "results": {c.name: {"values": c.values, "verdict": c.verdict} for c in ins.characteristics}}
     for c in ins.characteristics:
         c.values = values[c.name]
         c.verdict = "passed" if c.name not in failed else "failed"
@@ -140,12 +153,17 @@ async def record_results(
             "number": number, "kind": ins.kind, "inspector": inspector, "verdict": verdict,
             "characteristics": [
                 {"name": c.name, "nominal": c.nominal, "lower": c.lower, "upper": c.upper, "unit": c.unit,
-                 "values": c.values, "verdict": c.verdict} for c in ins.characteristics],
+                 "values": c.values, "verdict": c.verdict,
+                 **({"source": sources[c.name]} if c.name in sources else {})} for c in ins.characteristics],
         }},
         lot=lot, work_order_id=ins.work_order_id,
     )
     await audit(session, actor=inspector, action="inspection.recorded", entity="inspection", key=number,
-                changes={"verdict": verdict, "failed": failed, "values": values})
+                changes={"verdict": verdict, "failed": failed, "values": values,
+                         **({"sources": sources} if sources else {}),
+                         **diff(before, {"status": verdict, "inspector": inspector,
+                                         "results": {c.name: {"values": c.values, "verdict": c.verdict}
+                                                     for c in ins.characteristics}})})
     # a first-article or patrol inspection passes a lot still in production: it is released by final inspection
     if verdict == "passed" and lot.status == LotStatus.quarantine and ins.kind not in ("first_article", "patrol"):
         await set_lot_status(session, lot, LotStatus.released, actor="system",
@@ -198,7 +216,9 @@ async def open_ncr(
         await ncr_review.start_review(session, ncr, severity=severity, timing=timing or {})
     await audit(session, actor="system", action="ncr.opened", entity="ncr", key=number,
                 changes={"lot": lot, "inspection": inspection, "description": description,
-                         **({"severity": severity} if severity is not None else {})})
+                         **({"severity": severity} if severity is not None else {}),
+                         **diff(None, {"state": "open", "lot": lot, "inspection": inspection,
+                                       "work_order": work_order, "description": description, "severity": severity})})
     await session.refresh(ncr, ["lot", "decisions"])
     return ncr
 
@@ -227,6 +247,8 @@ async def record_decision(
                             reason=reason, rework_operation=rework_operation)
     session.add(rec)
     before = row.state
+    before_fields = {"state": row.state, "disposition": row.disposition,
+                     "closed_at": row.closed_at.isoformat() if row.closed_at else None}
     row.state = new_state
     if action in DISPOSITION_ACTIONS and new_state in ("closed", "dismissed", "disposition"):
         row.disposition = action
@@ -239,7 +261,9 @@ async def record_decision(
     await session.flush()
     await audit(session, actor=reviewer, action=f"ncr.{action}", entity="ncr", key=ncr,
                 changes={"state": [before, new_state], "role": role, "reason": reason,
-                         "rework_operation": rework_operation})
+                         "rework_operation": rework_operation, "decision_id": decision_id,
+                         **diff(before_fields, {"state": row.state, "disposition": row.disposition,
+                                                "closed_at": row.closed_at.isoformat() if row.closed_at else None})})
     if signature is not None:
         await record_signature(session, signer=signature.signer, signer_name=signature.signer_name, role=role,
                                meaning=signature.meaning, entity="ncr_decision", key=decision_id,
@@ -261,6 +285,7 @@ async def decision_signatures(session: AsyncSession, ncr: Ncr) -> dict[str, dict
 
 async def record_notice(session: AsyncSession, *, ncr: str, notice: str, to_role: str | None = None) -> None:
     row = await get_ncr(session, ncr)
+    field = {"reminder": "reminded_at", "escalation": "escalated_at"}.get(notice)
     if notice == "reminder" and row.reminded_at is None:
         row.reminded_at = utcnow()
     elif notice == "escalation" and row.escalated_at is None:
@@ -274,6 +299,8 @@ async def record_notice(session: AsyncSession, *, ncr: str, notice: str, to_role
         rev.escalated_to, rev.escalated_users = to_role, users
         changes.update({"to_role": to_role, "to_users": users})
     await session.flush()
+    assert field is not None
+    changes.update(diff({field: None}, {field: getattr(row, field).isoformat()}))
     await audit(session, actor="system", action=f"ncr.{notice}", entity="ncr", key=ncr, changes=changes)
 
 
@@ -303,7 +330,8 @@ async def set_ncr_state(session: AsyncSession, *, ncr: str, state: str, note: st
         row.closed_at = utcnow()
     await session.flush()
     await audit(session, actor="system", action="ncr.state", entity="ncr", key=ncr,
-                changes={"state": [before, state], "note": note, "verification": verification})
+                changes={"state": [before, state], "note": note, "verification": verification,
+                         **diff({"state": before}, {"state": state})})
 
 
 async def check_reinspection(session: AsyncSession, *, ncr: str, lot: str) -> dict[str, Any]:
@@ -336,6 +364,10 @@ async def apply_disposition(
         disp = "conformant"
     elif outcome in ("scrap", "return_to_supplier"):
         await set_lot_status(session, lot_row, LotStatus.rejected, actor="system", why=f"NCR {ncr}: {outcome}")
+        if lot_row.quantity_remaining:
+            await audit(session, actor="system", action="lot.quantity", entity="lot", key=lot_row.number,
+                        changes=diff({"quantity_remaining": lot_row.quantity_remaining}, {"quantity_remaining": 0.0},
+                                     why=f"NCR {ncr}: {outcome}"))
         lot_row.quantity_remaining = 0.0
         disp = "destroyed" if outcome == "scrap" else "returned"
     elif outcome == "rework":

@@ -3,6 +3,7 @@ supplier and item, and SPC over recorded measurements. Plain async functions; th
 
 from __future__ import annotations
 
+import re
 from math import isfinite
 from typing import Any, Literal
 
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
 from domain import sampling, spc
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.models import CharacteristicResult, Inspection, Item, Lot, utcnow
 from domain.models_inspection import PlanTrigger
 from domain.models_quality import InspectionPlan, PlanCharacteristic, PlanSampling, SamplingLot, SamplingState
@@ -32,7 +33,10 @@ class PlanCharacteristicIn(BaseModel):
     lower: float | None = Field(default=None, allow_inf_nan=False, description="lower spec limit (inclusive)")
     upper: float | None = Field(default=None, allow_inf_nan=False, description="upper spec limit (inclusive)")
     unit: str = Field(default="", max_length=20)
-    gauge: str | None = Field(default=None, max_length=80, description="the gauge that measures it (variable)")
+    gauge: str | None = Field(
+        default=None, max_length=80,
+        description="the gauge that measures it (variable): a label, or `<endpoint>:<point>` to read it through "
+                    "a connector endpoint (POST /api/inspections/{number}/read-gauges)")
     defect_codes: list[str] = Field(default_factory=list, description="attribute: the defects it is judged on")
     photo_required: bool | None = Field(default=None, description="visual: a photo is attached (always)")
 
@@ -76,6 +80,20 @@ class PlanIn(BaseModel):
     triggers: TriggersIn = Field(default_factory=TriggersIn)
 
 
+_ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as api/routes/endpoints.py accepts it
+
+
+def gauge_source(gauge: str | None) -> tuple[str, str] | None:
+    """(endpoint, point) of a gauge written `<endpoint>:<point>`; None for a plain label."""
+    if not gauge or ":" not in gauge:
+        return None
+    endpoint, _, point = gauge.partition(":")
+    endpoint, point = endpoint.strip(), point.strip()
+    if not _ENDPOINT_NAME.match(endpoint) or not point:
+        return None
+    return endpoint, point
+
+
 def plan_problems(p: PlanIn) -> list[tuple[str, str]]:
     """Every problem of a plan as (field, what to do); empty for a good plan."""
     out: list[tuple[str, str]] = []
@@ -91,6 +109,9 @@ def plan_problems(p: PlanIn) -> list[tuple[str, str]]:
                              "within a plan")
         seen.setdefault(c.name, i)
         if c.kind == "variable":
+            if c.gauge and ":" in c.gauge and gauge_source(c.gauge) is None:
+                bad(f"{f}.gauge", f"{c.name!r}: gauge {c.gauge!r} names a connector as `<endpoint>:<point>`; "
+                                  "give an endpoint name (letters, digits, . _ -) and a point after the colon")
             if c.lower is None and c.upper is None:
                 bad(f"{f}.lower", f"variable characteristic {c.name!r} needs a lower or an upper spec "
                                   "limit (or both)")
@@ -157,6 +178,8 @@ async def save_plan(session: AsyncSession, p: PlanIn, *, actor: str) -> Inspecti
     if problems:
         raise InvalidInput("; ".join(f"{f}: {what}" for f, what in problems), field=problems[0][0])
     item = await upsert_item(session, p.item)  # plans are written before the first work order brings the item
+    prior = await latest_plan(session, p.item, p.operation)
+    before = plan_view(prior) if prior is not None else None
     last = (await session.execute(select(func.max(InspectionPlan.version)).where(
         InspectionPlan.item_id == item.id, InspectionPlan.operation == p.operation))).scalar()
     plan = InspectionPlan(item_id=item.id, operation=p.operation, version=(last or 0) + 1, note=p.note,
@@ -177,7 +200,8 @@ async def save_plan(session: AsyncSession, p: PlanIn, *, actor: str) -> Inspecti
     await session.flush()
     await session.refresh(plan, ["characteristics", "sampling", "trigger"])
     await audit(session, actor=actor, action="inspection_plan.saved", entity="inspection_plan",
-                key=f"{p.item}:{p.operation}", changes={"version": plan.version, "plan": plan_view(plan)})
+                key=f"{p.item}:{p.operation}", changes={"version": plan.version, "plan": plan_view(plan),
+                                                        **diff(before, plan_view(plan))})
     return plan
 
 
@@ -309,6 +333,7 @@ async def record_lot(session: AsyncSession, *, supplier: str, item: str, lot: st
                            "after the fact", field="lot")
         return {**_lot_view(existing), "state": state_view(_state_of(st)), "duplicate": True}
     state = _state_of(row)
+    state_before = state_view(state)
     p = _plan_for(state, supplier, item, lot_size, level, aql)
     if nonconforming > p.units_to_inspect:
         raise InvalidInput(f"nonconforming: {nonconforming} nonconforming items in a sample of "
@@ -327,7 +352,8 @@ async def record_lot(session: AsyncSession, *, supplier: str, item: str, lot: st
     await audit(session, actor=actor, action="sampling.lot_judged", entity="sampling_state",
                 key=f"{supplier}:{item}", changes={
                     "lot": lot, "plan": sampling_plan_view(p), "nonconforming": nonconforming,
-                    "accepted": t.accepted, "switched_to": t.switched_to, "reason": t.reason})
+                    "accepted": t.accepted, "switched_to": t.switched_to, "reason": t.reason,
+                    **diff(state_before, state_view(t.state))})
     return {**_lot_view(rec), "switch_reason": t.reason, "state": state_view(t.state), "duplicate": False}
 
 
@@ -344,11 +370,13 @@ async def resume_sampling(session: AsyncSession, *, supplier: str, item: str, re
         SamplingState.supplier == supplier, SamplingState.item == item))).scalar()
     if row is None:
         raise NotFound(f"no lots of {item!r} from {supplier!r} were judged yet: nothing to resume")
+    state_before = state_view(_state_of(row))
     state = _state_of(row).resume()
     _store(row, state)
     await session.flush()
     await audit(session, actor=actor, action="sampling.resumed", entity="sampling_state",
-                key=f"{supplier}:{item}", changes={"severity": state.severity, "reason": reason})
+                key=f"{supplier}:{item}", changes={"severity": state.severity, "reason": reason,
+                                                   **diff(state_before, state_view(state))})
     return {"supplier": supplier, "item": item, "state": state_view(state)}
 
 
@@ -452,6 +480,7 @@ async def record_verdict(session: AsyncSession, *, supplier: str, item: str, lot
         assert st is not None
         return {**_lot_view(existing), "state": state_view(_state_of(st)), "duplicate": True}
     state = _state_of(row)
+    state_before = state_view(state)
     p = sampling.plan(max(lot_size, 2), level, aql, severity if severity in sampling.TABLES else "normal")
     # the state machine counts acceptance by Ac; the inspection's verdict is what decided the lot
     judged = min(nonconforming, p.ac) if accepted else max(nonconforming, p.re)
@@ -467,5 +496,67 @@ async def record_verdict(session: AsyncSession, *, supplier: str, item: str, lot
                 key=f"{supplier}:{item}", changes={
                     "lot": lot, "inspection": inspection, "plan": sampling_plan_view(p),
                     "nonconforming": nonconforming, "accepted": accepted, "switched_to": t.switched_to,
-                    "reason": t.reason})
+                    "reason": t.reason, **diff(state_before, state_view(t.state))})
     return {**_lot_view(rec), "switch_reason": t.reason, "state": state_view(t.state), "duplicate": False}
+
+
+# --- the severity of a failed inspection ---------------------------------------------------------------------
+
+SEVERITY_ORDER = {"minor": 0, "major": 1, "critical": 2}
+
+
+async def failed_severity(session: AsyncSession, ins: Inspection, failed: list[str]) -> str | None:
+    """The severity of the most severe failed characteristic (critical > major > minor), from the plan version
+    the inspection was taken under; None when no plan names them (the NCR then opens as major).
+
+    IQC, first-article, patrol and outgoing inspections record their plan version when they open
+    (inspection_sampling); a final inspection opened from the work order's own list is judged by the item's
+    newest plan at `final` (the version in force when it is judged) when that plan has the characteristics."""
+    from domain.models_inspection import InspectionSampling
+
+    if not failed:
+        return None
+    row = (await session.execute(select(InspectionSampling).where(
+        InspectionSampling.inspection_id == ins.id))).scalar()
+    severities: list[str] = []
+    if row is not None:
+        chars = row.characteristics or {}
+        severities = [chars[n]["severity"] for n in failed if n in chars and chars[n].get("severity")]
+        if not severities:
+            plan = await session.get(InspectionPlan, row.plan_id)
+            if plan is not None:
+                severities = [c.severity for c in plan.characteristics if c.name in failed]
+    else:
+        lot = await session.get(Lot, ins.lot_id)
+        item = await session.get(Item, lot.item_id) if lot is not None else None
+        plan = await latest_plan(session, item.code, ins.kind) if item is not None else None
+        if plan is not None:
+            severities = [c.severity for c in plan.characteristics if c.name in failed]
+    known = [s for s in severities if s in SEVERITY_ORDER]
+    return max(known, key=SEVERITY_ORDER.__getitem__) if known else None
+
+
+async def gauge_points(session: AsyncSession, ins: Inspection) -> dict[str, tuple[str, str]]:
+    """characteristic -> (endpoint, point) of the characteristics of a pending inspection whose gauge is a
+    connector point (`<endpoint>:<point>`), from the plan version the inspection was taken under (a final
+    inspection without one: the item's newest plan at `final`); only characteristics the inspection has."""
+    from domain.models_inspection import InspectionSampling
+
+    row = (await session.execute(select(InspectionSampling).where(
+        InspectionSampling.inspection_id == ins.id))).scalar()
+    plan: InspectionPlan | None
+    if row is not None:
+        plan = await session.get(InspectionPlan, row.plan_id)
+    else:
+        lot = await session.get(Lot, ins.lot_id)
+        item = await session.get(Item, lot.item_id) if lot is not None else None
+        plan = await latest_plan(session, item.code, ins.kind) if item is not None else None
+    if plan is None:
+        return {}
+    names = {c.name for c in ins.characteristics}
+    out = {}
+    for c in plan.characteristics:
+        src = gauge_source(c.gauge) if c.kind == "variable" else None
+        if src is not None and c.name in names:
+            out[c.name] = src
+    return out

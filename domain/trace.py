@@ -3,10 +3,13 @@
 A hub lot's lineage node id is its lot id (models_trace.TraceNode), so a walk is one recursive query over
 the edge index that yields lot ids directly, one index probe per edge, and the lots and their details are
 read by primary key or lot id after the walk, with no mapping in between. On PostgreSQL the start (a unit
-serial, a lot number, a heat, ...), the walk and every kind of detail come back in one statement (the start's
-query feeding the PL/pgSQL function trace_genealogy(), whose plans stay cached on the connection), each kind
-as arrays of columns in one JSON text parsed with orjson: no ORM objects on the way. On SQLite the same walk
-runs with one query per kind of detail (correct, not tuned). Both paths feed one assembler.
+serial, a lot number, a heat, ...), the walk and the lots' details come back in one statement (the start's
+query feeding the PL/pgSQL function trace_lots(), whose plans stay cached on the connection), which reads one
+trace row per lot (trace_lot_doc, kept current by triggers: migrations/versions/0014_trace_doc.py) and
+answers one JSON text parsed with orjson: no ORM objects on the way. Given a `reader` (the API's
+core.db.FastReader), that statement runs on an autocommit connection of its own, with no transaction around
+it. On SQLite the same walk runs with one query per kind of detail over the facts' own tables (correct, not
+tuned), shaped as the trace rows are. Both paths feed one assembler.
 
 - backward(code): from a unit serial (Digital Link), a batch code, or a lot number, down to every consumed
   lot, supplier, supplier lot, heat and certificate, and past the receiving dock into a supplier's own lots
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from collections import defaultdict, deque
 from datetime import datetime
@@ -50,6 +54,8 @@ from domain.models import (
     UTCDateTime,
 )
 from domain.models_trace import EpcisEventEpc, TraceNode
+
+log = logging.getLogger(__name__)
 
 SERIAL_WIDTH = 12
 _DL_SERIAL = re.compile(r"/01/(\d{14})/21/([^/?#]+)")
@@ -168,22 +174,19 @@ async def forward_starts(session: AsyncSession, *, kind: str, value: str, since:
 
 # --- the walk ----------------------------------------------------------------------------------------
 #
-# Both paths produce the same raw rows (tuples, in the column orders below), and one assembler turns them
-# into the answer.
+# Both paths produce the same raw answer, and one assembler turns it into the trace:
 #
 # starts: node ids
-# edges: walk rows (node reached, node it was reached from, via): a parent backward, a child forward
-# lots:  (lot id, number, lot kind, status, quantity, remaining, uom, supplier lot, heat, certificate, receipt,
-#         location, concession, item, gtin, supplier)
-# ext:   (node id, uri, node kind): identifiers known from captured events only
-# ships: (lot id, quantity, shipment, sales order, customer, carrier, tracking, shipped at)
-# units: (lot id, first seq, count)
-# ops:   (lot id, seq, name, rework, equipment, operator, shift, started, ended, parameters, consumed, good, scrap)
-# ins:   (inspection id, lot id, number, kind, status, inspector, inspected at, characteristic, nominal, lower,
-#         upper, unit, values, verdict)
-# ncrs:  (ncr id, lot id, number, state, disposition, description, opened, closed, action, reviewer, role,
-#         reason, decided at)
-# events:(uri, role, event id, event type, biz step, event time, document)
+# edges:  walk rows (node reached, node it was reached from, via): a parent backward, a child forward
+# lots:   one row per lot (the trace row of migrations/versions/0014_trace_doc.py): [lot id, number, lot kind,
+#         status, quantity, remaining, uom, supplier lot, heat, certificate, receipt, location, concession,
+#         item id, supplier id, shipments (dicts as the answer shows them, by shipped_at) or None, serial blocks
+#         ([first seq, count], by first seq) or None]
+# hists:  (full traces) {lot id: [operations, inspections, NCRs] as the answer shows them}, for the lots that
+#         have any
+# items:  {item id: (code, gtin)}; suppliers: {supplier id: code}
+# ext:    (node id, uri, node kind): identifiers known from captured events only
+# events: (uri, role, event id, event type, biz step, event time, document)
 
 # one walk row per visited edge: (node reached, node it was reached from, via); a start has no "from"
 _WALK = """WITH RECURSIVE walk(id, c, via) AS (
@@ -195,14 +198,12 @@ _UP = "SELECT e.parent_id, e.child_id, e.via FROM trace_edge e JOIN walk w ON e.
 _DOWN = "SELECT e.child_id, e.parent_id, e.via FROM trace_edge e JOIN walk w ON e.parent_id = w.id"
 
 
-# PostgreSQL: the start's query feeds trace_genealogy() (migrations/versions/0003_trace.py), which walks and
-# reads every kind of detail for the visited lots by lot id, after the walk, and answers one JSON text: the
-# starts, the walk rows as three arrays, then each kind of detail above as an array of its columns (array_agg
-# per column is several times cheaper to build than an array per row, and orjson reads it at once). Being a
-# PL/pgSQL function, its plans stay cached on the connection across requests (a prepared statement does not
-# survive the rollback that ends every session), so a trace is not planned again each time.
-_PG_CALL = "SELECT trace_genealogy(ARRAY({anchor})::bigint[], {up}, {full})"
-_KINDS = ("starts", "edges", "lots", "ext", "ships", "units", "ops", "ins", "ncrs", "events")
+# PostgreSQL: the start's query feeds trace_lots() (migrations/versions/0014_trace_doc.py), which walks, then
+# reads one trace row per visited lot (kept current by triggers where the facts are written) and answers one
+# JSON text that orjson reads at once: the starts, the walk rows as three arrays, the lot rows as stored, the
+# items and suppliers they name, and any captured identifiers with their events. Being a PL/pgSQL function, its
+# plans stay cached on the connection across requests, so a trace is not planned again each time.
+_PG_CALL = "SELECT trace_lots(ARRAY({anchor})::bigint[], {up}, {full})"
 
 
 # PostgreSQL plans `item_id IN (...) ... ORDER BY first_seq DESC LIMIT 1` as a scan of all the item's blocks
@@ -257,57 +258,67 @@ class _Columns:
         return self.cols is not None
 
 
-async def _fetch_pg(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool,
-                    full: bool) -> dict[str, Any]:
-    doc = orjson.loads((await session.execute(_sql(anchor, up=up, pg=True, full=full), params)).scalar_one())
-    out: dict[str, Any] = {"starts": doc[0] or []}
-    for k, cols in zip(_KINDS[1:], doc[1:], strict=True):
-        out[k] = _Columns(cols)
-    return out
+# anchors whose parameters go to the database as they are (the time windows need UTCDateTime's binding)
+_READER_ANCHORS = frozenset(("unit", "number", "lot", "f_lot", "f_heat", "f_supplier_lot"))
+
+
+async def _fetch_pg(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool, full: bool,
+                    reader: Any = None) -> dict[str, Any]:
+    stmt = _sql(anchor, up=up, pg=True, full=full)
+    text_doc = None
+    if reader is not None and anchor in _READER_ANCHORS:
+        # one statement on an autocommit connection of its own: no session, BEGIN or ROLLBACK around it
+        try:
+            text_doc = (await reader.fetchone(stmt, params))[0]  # type: ignore[index]
+        except Exception:  # the session below answers, and reports a real fault
+            log.debug("trace reader fell back to the session", exc_info=True)
+    if text_doc is None:
+        text_doc = (await session.execute(stmt, params)).scalar_one()
+    doc = orjson.loads(text_doc)
+    starts, edges, lots, hists, items, suppliers, ext, events = doc
+    return {"starts": starts or [], "edges": _Columns(edges), "lots": lots,
+            "hists": dict(zip(hists[::2], hists[1::2], strict=True)) if hists is not None else None,
+            "items": {i: (code, gtin) for i, code, gtin in items}, "suppliers": dict(suppliers),
+            "ext": _Columns(ext), "events": _Columns(events)}
 
 
 async def _fetch_portable(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool,
                           full: bool) -> dict[str, Any]:
     walk = (await session.execute(_sql(anchor, up=up, pg=False, full=full), params)).all()
-    out: dict[str, Any] = {k: [] for k in _KINDS}
-    out["starts"] = list(dict.fromkeys(r[0] for r in walk if r[1] is None))
-    out["edges"] = [tuple(r) for r in walk if r[1] is not None]
+    out: dict[str, Any] = {"starts": list(dict.fromkeys(r[0] for r in walk if r[1] is None)),
+                           "edges": [tuple(r) for r in walk if r[1] is not None], "lots": [],
+                           "hists": {} if full else None, "items": {}, "suppliers": {}, "ext": [], "events": []}
     node_ids = list({r[0] for r in walk})
     lot_ids = [n for n in node_ids if n > 0]
     ext_ids = [n for n in node_ids if n < 0]
     if lot_ids:
-        out["lots"] = [tuple(r) for r in (await session.execute(
+        lots = (await session.execute(
             select(Lot.id, Lot.number, Lot.kind, Lot.status, Lot.quantity, Lot.quantity_remaining, Lot.uom,
                    Lot.supplier_lot, Lot.heat_number, Lot.certificate_ref, Lot.receipt, Lot.location, Lot.concession,
-                   Item.code, Item.gtin, Supplier.code)
-            .join(Item, Item.id == Lot.item_id).outerjoin(Supplier, Supplier.id == Lot.supplier_id)
-            .where(Lot.id.in_(lot_ids)))).all()]
-        out["ships"] = [tuple(r) for r in (await session.execute(
-            select(ShipmentLine.lot_id, ShipmentLine.quantity, Shipment.number, Shipment.sales_order,
-                   Shipment.customer, Shipment.carrier, Shipment.tracking_number, Shipment.shipped_at)
-            .join(Shipment, Shipment.id == ShipmentLine.shipment_id).where(ShipmentLine.lot_id.in_(lot_ids))
-            .order_by(Shipment.shipped_at, ShipmentLine.id))).all()]
-        out["units"] = [tuple(r) for r in (await session.execute(
-            select(CodeBlock.lot_id, CodeBlock.first_seq, CodeBlock.count).where(CodeBlock.lot_id.in_(lot_ids))
-            .order_by(CodeBlock.lot_id, CodeBlock.first_seq))).all()]
-    if lot_ids and full:
-        o = OperationRecord
-        out["ops"] = [tuple(r) for r in (await session.execute(
-            select(o.output_lot_id, o.seq, o.name, o.rework, o.equipment, o.operator, o.shift, o.started_at,
-                   o.ended_at, o.parameters, o.consumed, o.good_quantity, o.scrap_quantity)
-            .where(o.output_lot_id.in_(lot_ids)).order_by(o.id))).all()]
-        c = CharacteristicResult
-        out["ins"] = [tuple(r) for r in (await session.execute(
-            select(Inspection.id, Inspection.lot_id, Inspection.number, Inspection.kind, Inspection.status,
-                   Inspection.inspector, Inspection.inspected_at, c.name, c.nominal, c.lower, c.upper, c.unit,
-                   c.values, c.verdict)
-            .outerjoin(c, c.inspection_id == Inspection.id).where(Inspection.lot_id.in_(lot_ids))
-            .order_by(Inspection.id, c.id))).all()]
-        d = NcrDecisionRecord
-        out["ncrs"] = [tuple(r) for r in (await session.execute(
-            select(Ncr.id, Ncr.lot_id, Ncr.number, Ncr.state, Ncr.disposition, Ncr.description, Ncr.opened_at,
-                   Ncr.closed_at, d.action, d.reviewer, d.role, d.reason, d.decided_at)
-            .outerjoin(d, d.ncr_id == Ncr.id).where(Ncr.lot_id.in_(lot_ids)).order_by(Ncr.id, d.id))).all()]
+                   Lot.item_id, Lot.supplier_id).where(Lot.id.in_(lot_ids)))).all()
+        item_ids = {r[13] for r in lots}
+        supplier_ids = {r[14] for r in lots if r[14] is not None}
+        out["items"] = {r[0]: (r[1], r[2]) for r in (await session.execute(
+            select(Item.id, Item.code, Item.gtin).where(Item.id.in_(item_ids)))).all()}
+        if supplier_ids:
+            out["suppliers"] = {r[0]: r[1] for r in (await session.execute(
+                select(Supplier.id, Supplier.code).where(Supplier.id.in_(supplier_ids)))).all()}
+        ships: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for lot_id, qty, number, so, customer, carrier, tracking, at in (await session.execute(
+                select(ShipmentLine.lot_id, ShipmentLine.quantity, Shipment.number, Shipment.sales_order,
+                       Shipment.customer, Shipment.carrier, Shipment.tracking_number, Shipment.shipped_at)
+                .join(Shipment, Shipment.id == ShipmentLine.shipment_id).where(ShipmentLine.lot_id.in_(lot_ids))
+                .order_by(Shipment.shipped_at, ShipmentLine.id))).all():
+            ships[lot_id].append({"shipment": number, "sales_order": so, "customer": customer, "carrier": carrier,
+                                  "tracking_number": tracking, "quantity": qty, "shipped_at": _iso(at)})
+        blocks: dict[int, list[list[int]]] = defaultdict(list)
+        for lot_id, first_seq, count in (await session.execute(
+                select(CodeBlock.lot_id, CodeBlock.first_seq, CodeBlock.count).where(CodeBlock.lot_id.in_(lot_ids))
+                .order_by(CodeBlock.lot_id, CodeBlock.first_seq))).all():
+            blocks[lot_id].append([first_seq, count])
+        out["lots"] = [[*r, ships.get(r[0]), blocks.get(r[0])] for r in lots]
+        if full:
+            out["hists"] = await _history_portable(session, lot_ids)
     if ext_ids:
         out["ext"] = [tuple(r) for r in (await session.execute(
             select(TraceNode.id, TraceNode.uri, TraceNode.kind).where(TraceNode.id.in_(ext_ids)))).all()]
@@ -320,20 +331,69 @@ async def _fetch_portable(session: AsyncSession, anchor: str, params: dict[str, 
     return out
 
 
+async def _history_portable(session: AsyncSession, lot_ids: list[int]) -> dict[int, list[list[Any]]]:
+    """Per lot: [operations, inspections, NCRs] as the answer shows them (what trace_lot_doc.hist holds)."""
+    hist: dict[int, list[list[Any]]] = defaultdict(lambda: [[], [], []])
+    o = OperationRecord
+    for lot_id, seq, name, rework, eq, operator, shift, started, ended, params, consumed, good, scrap in (
+            await session.execute(
+                select(o.output_lot_id, o.seq, o.name, o.rework, o.equipment, o.operator, o.shift, o.started_at,
+                       o.ended_at, o.parameters, o.consumed, o.good_quantity, o.scrap_quantity)
+                .where(o.output_lot_id.in_(lot_ids)).order_by(o.id))).all():
+        hist[lot_id][0].append({
+            "seq": seq, "name": name, "rework": rework, "equipment": eq, "operator": operator, "shift": shift,
+            "started_at": _iso(started), "ended_at": _iso(ended), "parameters": params, "consumed": consumed,
+            "good_quantity": good, "scrap_quantity": scrap})
+    c = CharacteristicResult
+    by_ins: dict[int, dict[str, Any]] = {}
+    for iid, lot_id, number, kind, status, inspector, at, cname, nominal, lower, upper, unit, values, verdict in (
+            await session.execute(
+                select(Inspection.id, Inspection.lot_id, Inspection.number, Inspection.kind, Inspection.status,
+                       Inspection.inspector, Inspection.inspected_at, c.name, c.nominal, c.lower, c.upper, c.unit,
+                       c.values, c.verdict)
+                .outerjoin(c, c.inspection_id == Inspection.id).where(Inspection.lot_id.in_(lot_ids))
+                .order_by(Inspection.id, c.id))).all():
+        ins = by_ins.get(iid)
+        if ins is None:
+            ins = by_ins[iid] = {"number": number, "kind": kind, "status": status, "inspector": inspector,
+                                 "inspected_at": _iso(at), "characteristics": []}
+            hist[lot_id][1].append(ins)
+        if cname is not None:
+            ins["characteristics"].append({"name": cname, "nominal": nominal, "lower": lower, "upper": upper,
+                                           "unit": unit, "values": values, "verdict": verdict})
+    d = NcrDecisionRecord
+    by_ncr: dict[int, dict[str, Any]] = {}
+    for nid, lot_id, number, state, disp, desc, opened, closed, action, reviewer, role, reason, decided in (
+            await session.execute(
+                select(Ncr.id, Ncr.lot_id, Ncr.number, Ncr.state, Ncr.disposition, Ncr.description, Ncr.opened_at,
+                       Ncr.closed_at, d.action, d.reviewer, d.role, d.reason, d.decided_at)
+                .outerjoin(d, d.ncr_id == Ncr.id).where(Ncr.lot_id.in_(lot_ids)).order_by(Ncr.id, d.id))).all():
+        n = by_ncr.get(nid)
+        if n is None:
+            n = by_ncr[nid] = {"number": number, "state": state, "disposition": disp, "description": desc,
+                               "opened_at": _iso(opened), "closed_at": _iso(closed), "decisions": []}
+            hist[lot_id][2].append(n)
+        if action is not None:
+            n["decisions"].append({"action": action, "reviewer": reviewer, "role": role, "reason": reason,
+                                   "decided_at": _iso(decided)})
+    return hist
+
+
 def _pg(session: AsyncSession) -> bool:
     return session.bind.dialect.name == "postgresql"
 
 
-async def _fetch(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool,
-                 full: bool) -> dict[str, Any]:
-    fetch = _fetch_pg if _pg(session) else _fetch_portable
-    return await fetch(session, anchor, params, up=up, full=full)
+async def _fetch(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool, full: bool,
+                 reader: Any = None) -> dict[str, Any]:
+    if _pg(session):
+        return await _fetch_pg(session, anchor, params, up=up, full=full, reader=reader)
+    return await _fetch_portable(session, anchor, params, up=up, full=full)
 
 
 # --- the answer ----------------------------------------------------------------------------------------
 
 
-def _depths(starts: list[int], edges: list[tuple[Any, ...]]) -> dict[int, int]:
+def _depths(starts: list[int], edges: Any) -> dict[int, int]:
     # edges as walked: (node reached, node it was reached from, via)
     nxt: dict[int, list[int]] = defaultdict(list)
     for reached, frm, _ in edges:
@@ -380,68 +440,10 @@ _EXT_WHERE = "outside the plant (captured EPCIS events)"
 _BY_LEVEL = itemgetter(0, 1)  # nodes by (level, label)
 
 
-def _history(raw: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    hist: dict[int, dict[str, Any]] = defaultdict(lambda: {"operations": [], "inspections": [], "ncrs": []})
-    for lot_id, seq, name, rework, eq, operator, shift, started, ended, params, consumed, good, scrap in raw["ops"]:
-        hist[lot_id]["operations"].append({
-            "seq": seq, "name": name, "rework": rework, "equipment": eq, "operator": operator, "shift": shift,
-            "started_at": _iso(started), "ended_at": _iso(ended), "parameters": params, "consumed": consumed,
-            "good_quantity": good, "scrap_quantity": scrap})
-    by_ins: dict[int, dict[str, Any]] = {}
-    for iid, lot_id, number, kind, status, inspector, at, cname, nominal, lower, upper, unit, values, verdict \
-            in raw["ins"]:
-        ins = by_ins.get(iid)
-        if ins is None:
-            ins = by_ins[iid] = {"number": number, "kind": kind, "status": status, "inspector": inspector,
-                                 "inspected_at": _iso(at), "characteristics": []}
-            hist[lot_id]["inspections"].append(ins)
-        if cname is not None:
-            ins["characteristics"].append({"name": cname, "nominal": nominal, "lower": lower, "upper": upper,
-                                           "unit": unit, "values": values, "verdict": verdict})
-    by_ncr: dict[int, dict[str, Any]] = {}
-    for nid, lot_id, number, state, disp, desc, opened, closed, action, reviewer, role, reason, decided \
-            in raw["ncrs"]:
-        n = by_ncr.get(nid)
-        if n is None:
-            n = by_ncr[nid] = {"number": number, "state": state, "disposition": disp, "description": desc,
-                               "opened_at": _iso(opened), "closed_at": _iso(closed), "decisions": []}
-            hist[lot_id]["ncrs"].append(n)
-        if action is not None:
-            n["decisions"].append({"action": action, "reviewer": reviewer, "role": role, "reason": reason,
-                                   "decided_at": _iso(decided)})
-    return hist
-
-
 def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool) -> dict[str, Any]:
     """nodes (one per lot or captured identifier, by level), edges, and the flat list (one row per node)."""
     depth = _depths(raw["starts"], raw["edges"])
-    ships: dict[int, list[dict[str, Any]]] = {}
-    for lot_id, qty, number, so, customer, carrier, tracking, at in raw["ships"]:
-        s = {"shipment": number, "sales_order": so, "customer": customer, "carrier": carrier,
-             "tracking_number": tracking, "quantity": qty, "shipped_at": _iso(at)}
-        if lot_id in ships:
-            ships[lot_id].append(s)
-        else:
-            ships[lot_id] = [s]
-    # units: counted per lot, one entry per serial block (never one per unit)
-    units: dict[int, dict[str, Any]] = {}
-    if raw["units"]:
-        gtins = {r[0]: r[14] for r in raw["lots"]}
-        for lot_id, first_seq, count in raw["units"]:
-            first, last = f"{first_seq:0{SERIAL_WIDTH}d}", f"{first_seq + count - 1:0{SERIAL_WIDTH}d}"
-            g = gtins.get(lot_id)
-            if g:
-                block = {"first": first, "last": last, "count": count, "first_uri": f"{resolver}/01/{g}/21/{first}",
-                         "last_uri": f"{resolver}/01/{g}/21/{last}"}
-            else:
-                block = {"first": first, "last": last, "count": count}
-            u = units.get(lot_id)
-            if u is None:
-                units[lot_id] = {"count": count, "blocks": [block]}
-            else:
-                u["count"] += count
-                u["blocks"].append(block)
-    hist = _history(raw) if full else {}
+    items, suppliers = raw["items"], raw["suppliers"]
     ext_events: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for uri, role, event_id, etype, step, at, d in raw["events"]:
         ext_events[uri].append({
@@ -454,11 +456,13 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool) -> di
     keyed: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []
     uri_of_gtin: dict[str | None, str | None] = {}  # the Digital Link prefix of a GTIN, None: canonical() needed
     consumed, shipped = LotStatus.consumed, LotStatus.shipped
-    for (lot_id, number, kind, status, qty, remaining, uom, slot, heat, cert, receipt, loc, concession, item,
-         gtin, supplier) in raw["lots"]:
+    hists = raw["hists"] if full else None
+    for (lot_id, number, kind, status, qty, remaining, uom, slot, heat, cert, receipt, loc, concession, item_id,
+            supplier_id, shipments, blocks) in raw["lots"]:
         label[lot_id] = number
         level = depth.get(lot_id, 0)
-        shipments = ships.get(lot_id)
+        item, gtin = items[item_id]
+        supplier = suppliers.get(supplier_id) if supplier_id is not None else None
         if shipments is None:
             shipments = []
             customers = names = ""
@@ -472,9 +476,20 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool) -> di
             customers = ", ".join(sorted({s["customer"] for s in shipments}))
             names = ", ".join([s["shipment"] for s in shipments])
             where = _where(status, remaining, loc, shipments)
-        u = units.get(lot_id)
-        if u is None:
-            u = {"count": 0, "blocks": []}
+        # units: counted per lot, one entry per serial block (never one per unit)
+        if blocks is None:
+            u: dict[str, Any] = {"count": 0, "blocks": []}
+        else:
+            n_units = 0
+            ublocks = []
+            for first_seq, count in blocks:
+                first, last = f"{first_seq:0{SERIAL_WIDTH}d}", f"{first_seq + count - 1:0{SERIAL_WIDTH}d}"
+                n_units += count
+                ublocks.append({"first": first, "last": last, "count": count,
+                                "first_uri": f"{resolver}/01/{gtin}/21/{first}",
+                                "last_uri": f"{resolver}/01/{gtin}/21/{last}"} if gtin else
+                               {"first": first, "last": last, "count": count})
+            u = {"count": n_units, "blocks": ublocks}
         # the lot's lineage identifier (epcis_index.lot_node_uri) without a lookup for the usual lot numbers
         if gtin is None:
             uri = f"urn:tracehub:lot:{number}"
@@ -489,14 +504,9 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool) -> di
                 "status": status, "quantity": qty, "quantity_remaining": remaining, "uom": uom, "supplier": supplier,
                 "supplier_lot": slot, "heat_number": heat, "certificate_ref": cert, "receipt": receipt,
                 "location": loc, "concession": concession, "shipments": shipments, "units": u, "where": where}
-        if full:
-            h = hist.get(lot_id)
-            if h is None:
-                ops: list[Any] = []
-                ins: list[Any] = []
-                ncrs: list[Any] = []
-            else:
-                ops, ins, ncrs = h["operations"], h["inspections"], h["ncrs"]
+        if hists is not None:
+            h = hists.get(lot_id)
+            ops, ins, ncrs = h if h is not None else ([], [], [])
             node["operations"] = ops
             node["inspections"] = ins
             node["ncrs"] = ncrs
@@ -530,8 +540,8 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool) -> di
     return {"nodes": [k[2] for k in keyed], "edges": edges, "flat": [k[3] for k in keyed]}
 
 
-async def _backward_graph(session: AsyncSession, code: str, *,
-                          resolver: str) -> tuple[dict[str, Any], str | None]:
+async def _backward_graph(session: AsyncSession, code: str, *, resolver: str,
+                          reader: Any = None) -> tuple[dict[str, Any], str | None]:
     # the common starts resolve inside the walk's statement: a hub unit serial, or a lot number
     c = code.strip()
     c = canonical(c) if c.startswith("urn:epc:") else c
@@ -539,20 +549,25 @@ async def _backward_graph(session: AsyncSession, code: str, *,
     raw: dict[str, Any] | None = None
     unit: str | None = None
     if m and unquote(m.group(2)).isdigit():
-        raw = await _fetch(session, "unit", {"gtin": m.group(1), "seq": int(unquote(m.group(2)))}, up=True, full=True)
+        raw = await _fetch(session, "unit", {"gtin": m.group(1), "seq": int(unquote(m.group(2)))}, up=True, full=True,
+                           reader=reader)
         unit = c
     elif not m:
         lm = _DL_LOT.search(c)
-        raw = await _fetch(session, "number", {"number": unquote(lm.group(2)) if lm else c}, up=True, full=True)
+        raw = await _fetch(session, "number", {"number": unquote(lm.group(2)) if lm else c}, up=True, full=True,
+                           reader=reader)
     if raw is None or not raw["lots"]:
         lot_id, unit = await resolve(session, code)
-        raw = await _fetch(session, "lot", {"lot": lot_id}, up=True, full=True)
+        raw = await _fetch(session, "lot", {"lot": lot_id}, up=True, full=True, reader=reader)
     return _assemble(raw, up=True, resolver=resolver, full=True), unit
 
 
-async def backward(session: AsyncSession, code: str, *, resolver: str) -> dict[str, Any]:
-    """Where did it come from: the whole history of a unit, batch code or lot."""
-    g, unit = await _backward_graph(session, code, resolver=resolver)
+async def backward(session: AsyncSession, code: str, *, resolver: str, reader: Any = None) -> dict[str, Any]:
+    """Where did it come from: the whole history of a unit, batch code or lot.
+
+    `reader` (a core.db.FastReader, PostgreSQL): the trace's one statement runs on one of its autocommit
+    connections instead of the session's transaction (the API routes pass the app's `trace_reader`)."""
+    g, unit = await _backward_graph(session, code, resolver=resolver, reader=reader)
     materials = [n for n in g["nodes"] if n.get("kind") == "material"]
     external = [n for n in g["nodes"] if n["node"] == "external"]
     return {
@@ -565,13 +580,15 @@ async def backward(session: AsyncSession, code: str, *, resolver: str) -> dict[s
 
 async def forward(session: AsyncSession, lot_number: str | None = None, *, resolver: str, kind: str = "lot",
                   value: str | None = None, since: datetime | None = None,
-                  until: datetime | None = None) -> dict[str, Any]:
-    """Where did it go: every lot made from the start, its units, and where each is now."""
+                  until: datetime | None = None, reader: Any = None) -> dict[str, Any]:
+    """Where did it go: every lot made from the start, its units, and where each is now (`reader`: as for
+    backward)."""
     value = value if value is not None else lot_number
     if not value:
         raise InvalidInput("give what to trace forward from", field="value")
     _check_forward(kind, since, until)
-    raw = await _fetch(session, f"f_{kind}", _forward_params(kind, value, since, until), up=False, full=False)
+    raw = await _fetch(session, f"f_{kind}", _forward_params(kind, value, since, until), up=False, full=False,
+                       reader=reader)
     if not raw["starts"]:
         raise _no_start(kind, value, since)
     g = _assemble(raw, up=False, resolver=resolver, full=False)

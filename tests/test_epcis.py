@@ -3,6 +3,8 @@ captured supplier events joining the genealogy. Runs on the suite's database wit
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from api.main import create_app
-from core.settings import DatabaseSettings, Settings
+from core.settings import Settings
 from domain import epcis_capture, production
 from domain.epcis_hash import event_hash
 from domain.epcis_validate import validate
@@ -26,9 +28,10 @@ ACME = {"acme": "https://ns.acme.example/epcis/"}
 
 
 @pytest_asyncio.fixture(scope="session")
-async def hub(db_url: str, sessionmaker) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(database=DatabaseSettings(url=db_url), resolver_base_url=RESOLVER),
-                     sessionmaker=sessionmaker)
+async def hub(settings: Settings, sessionmaker, client, worker) -> AsyncIterator[httpx.AsyncClient]:
+    # the suite's Temporal and worker: documents of more than INLINE_MAX_EVENTS events are captured by a workflow
+    app = create_app(settings.model_copy(update={"resolver_base_url": RESOLVER}), sessionmaker=sessionmaker,
+                     temporal=client)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub", headers=SUPER_HEADERS) as c:
         yield c
 
@@ -47,12 +50,24 @@ def shipping(serial: str, *, minute: int = 0, po: str = "PO-1", **extra: Any) ->
             "recordTime": "2000-01-01T00:00:00Z", **extra}
 
 
+async def finished(hub: httpx.AsyncClient, location: str, timeout: float = 30.0) -> dict[str, Any]:
+    """Poll a capture job until it is no longer running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = (await hub.get(location)).json()
+        if not job["running"]:
+            return job
+        assert time.monotonic() < deadline, f"capture job still running: {job}"
+        await asyncio.sleep(0.05)
+
+
 async def capture(hub: httpx.AsyncClient, doc: dict[str, Any], **headers: str) -> dict[str, Any]:
     r = await hub.post("/epcis/capture", json=doc, headers=headers)
     assert r.status_code == 202, r.text
     assert r.headers["Location"] == f"/epcis/capture/{r.json()['captureID']}"
-    job = (await hub.get(r.headers["Location"])).json()
-    assert job == r.json()
+    job = await finished(hub, r.headers["Location"])
+    if not r.json()["running"]:  # done in the request: the job says the same later
+        assert job == r.json()
     return job
 
 
@@ -287,3 +302,96 @@ async def test_a_supplier_document_extends_the_genealogy_past_our_dock(hub: http
                                      resolver=RESOLVER)
     back = (await hub.get(f"/api/trace/backward/LATE-{tag}")).json()
     assert "https://id.gs1.org/01/04012345123463/10/S-LATE-" + tag in {n["id"] for n in back["nodes"]}
+
+
+# --- asynchronous capture jobs -------------------------------------------------------------------------------
+
+async def _count(sessionmaker, model: Any, *conds: Any) -> int:
+    from sqlalchemy import func, select
+
+    async with sessionmaker() as s:
+        return (await s.execute(select(func.count()).select_from(model).where(*conds))).scalar_one()
+
+
+async def test_a_large_document_is_captured_by_a_workflow_with_every_violation(hub: httpx.AsyncClient, sessionmaker,
+                                                                                monkeypatch):
+    from domain.models_epcis_master import EpcisCaptureDocument
+
+    tag = uuid.uuid4().hex[:8]
+    # the default: a document above INLINE_MAX_EVENTS does not hold the request, the 202 says running
+    big = [shipping(f"{tag}N{i}", minute=i % 60) for i in range(epcis_capture.INLINE_MAX_EVENTS + 1)]
+    r = await hub.post("/epcis/capture", json=document(*big))
+    assert r.status_code == 202 and r.json()["running"] is True and r.json()["success"] is None, r.text
+    job = await finished(hub, r.headers["Location"])
+    assert job["success"] is True and job["storedCount"] == len(big) and "finishedAt" in job
+    assert await _count(sessionmaker, EpcisCaptureDocument, EpcisCaptureDocument.job_id == job["captureID"]) == 0
+    assert len(await events(hub, MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}N7")) == 1
+    # rollback: one bad event, nothing stored, every violation in the job
+    monkeypatch.setattr(epcis_capture, "INLINE_MAX_EVENTS", 1)
+    bad1 = {**shipping(f"{tag}B"), "action": "MOVE"}
+    bad2 = {**shipping(f"{tag}C"), "eventTime": "2026-01-05T08:00:00"}
+    r = await hub.post("/epcis/capture", json=document(shipping(f"{tag}A"), bad1, bad2))
+    assert r.status_code == 202 and r.json()["running"] is True
+    job = await finished(hub, r.headers["Location"])
+    assert job["success"] is False and job["storedCount"] == 0
+    assert {(1, "action"), (2, "eventTime")} <= {(e["event"], e["field"]) for e in job["errors"]}
+    assert await events(hub, MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}A") == []
+    # proceed: the valid event is kept, the job still fails with the others' violations
+    job = await capture(hub, document(shipping(f"{tag}A"), bad1), **{"GS1-Capture-Error-Behaviour": "proceed"})
+    assert job["success"] is False and job["storedCount"] == 1 and job["captureErrorBehaviour"] == "proceed"
+    assert len(await events(hub, MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}A")) == 1
+    listed = (await hub.get("/epcis/capture")).json()
+    assert job["captureID"] in {j["captureID"] for j in listed}
+
+
+async def test_a_capture_killed_half_way_is_retried_and_stores_each_event_once(hub: httpx.AsyncClient, sessionmaker,
+                                                                               client, monkeypatch):
+    from domain.models import EpcisEvent
+    from workflows.epcis_capture import CaptureEpcisDocumentWorkflow, capture_workflow_id
+
+    tag = uuid.uuid4().hex[:8]
+    monkeypatch.setattr(epcis_capture, "INLINE_MAX_EVENTS", 1)
+    real, attempts = epcis_capture.store_events, []
+
+    async def dies_after_storing(session, evs, prefixes):
+        out = await real(session, evs, prefixes)
+        attempts.append(out)
+        if len(attempts) == 1:  # the worker dies after writing the events, before the commit
+            raise RuntimeError("worker killed")
+        return out
+
+    monkeypatch.setattr(epcis_capture, "store_events", dies_after_storing)
+    r = await hub.post("/epcis/capture", json=document(*[shipping(f"{tag}K{i}", minute=i) for i in range(3)]))
+    assert r.status_code == 202 and r.json()["running"] is True
+    job = await finished(hub, r.headers["Location"])
+    assert job["success"] is True and job["storedCount"] == 3 and len(attempts) == 2
+    for i in range(3):
+        assert len(await events(hub, MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}K{i}")) == 1
+    result = await client.get_workflow_handle_for(CaptureEpcisDocumentWorkflow.run,
+                                                  capture_workflow_id(job["captureID"])).result()
+    assert result.success is True and result.stored_count == 3
+    from tests.test_lifecycle import record_history
+    await record_history(client, capture_workflow_id(job["captureID"]), "epcis_capture_retried")
+    # a late duplicate attempt (a zombie worker) finds the job finished and stores nothing again
+    async with sessionmaker() as s, s.begin():
+        again = await epcis_capture.run_job(s, job["captureID"])
+    assert again.stored_count == 3 and len(attempts) == 2
+    pks = [e["eventID"] for i in range(3)
+           for e in await events(hub, MATCH_epc=f"urn:epc:id:sgtin:4012345.011111.{tag}K{i}")]
+    assert await _count(sessionmaker, EpcisEvent, EpcisEvent.event_id.in_(pks)) == 3
+
+
+async def test_a_capture_that_cannot_start_ends_failed_not_running(settings: Settings, sessionmaker, monkeypatch):
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(epcis_capture, "INLINE_MAX_EVENTS", 0)
+    down = settings.model_copy(update={"temporal": settings.temporal.model_copy(
+        update={"address": f"127.0.0.1:{free_port()}"})})
+    app = create_app(down, sessionmaker=sessionmaker)  # no Temporal client, and none reachable
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub",
+                                 headers=SUPER_HEADERS) as c:
+        r = await c.post("/epcis/capture", json=document(shipping(uuid.uuid4().hex[:8])))
+        assert r.status_code == 503 and r.json()["type"] == "epcisException:ImplementationException", r.text
+        job = (await c.get(f"/epcis/capture/{r.json()['captureID']}")).json()
+    assert job["running"] is False and job["success"] is False and job["storedCount"] == 0
+    assert "could not be started" in job["errors"][0]["detail"]

@@ -635,6 +635,9 @@ class WorkOrderWorkflow:
         ncr_input = NonconformanceInput(
             ncr=number, work_order=self.order.number, lot=outcome.lot, inspection=outcome.inspection,
             stage=stage, timing=self.order.timing,
+            # the most severe failed characteristic of the plan version the inspection was taken under (the
+            # record_inspection activity knows it); major without a plan. Input contents are replay-safe.
+            **({"severity": outcome.severity} if outcome.severity is not None else {}),
             description=description or f"{stage} inspection {outcome.inspection} failed: "
                         + ", ".join(outcome.failed_characteristics) + " out of specification",
         )
@@ -642,7 +645,7 @@ class WorkOrderWorkflow:
             if workflow.patched("ncr-review-states-v1"):
                 # The NCR signals once its disposition is carried out, and this work order goes on; the NCR
                 # itself stays open for the verification (scrap destroyed, return shipped, re-inspection) and
-                # outlives this work order if need be (ABANDON). Severity starts at major; the QA supervisor
+                # outlives this work order if need be (ABANDON). Severity starts at the plan's; the QA supervisor
                 # reclassifies it (PATCH /api/ncrs/{n}) and the NCR re-times its reminder and escalation.
                 disposed: list[NonconformanceResult] = []
                 signal = f"ncr-disposed-{number}"

@@ -17,13 +17,15 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from activities.epcis_models import DeliverSubscriptionInput
 from api.deps import SessionDep, SettingsDep, TemporalDep, get_temporal
 from core.errors import Conflict, HubError, InvalidInput, NotFound
-from domain import epcis_capture, epcis_query, epcis_subscriptions
+from domain import epcis_capture, epcis_query, epcis_subscriptions, epcis_xml
 from domain.epcis_hash import context_prefixes, event_hash
 from domain.models_trace import EpcisCaptureJob
+from workflows.epcis_capture import start_capture
 from workflows.epcis_subscription import delete_subscription_schedule, start_subscription_schedule
 
 router = APIRouter(prefix="/epcis", tags=["epcis"])
@@ -95,11 +97,14 @@ def _declared_ns(request: Request) -> dict[str, str]:
     return out
 
 
-async def _body(request: Request) -> Any:
+async def _body(request: Request, xml: Callable[[bytes], Any] | None = None) -> Any:
+    """The JSON body; with `xml` (a parser of epcis_xml), an application/xml or text/xml body is read with it."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if ctype not in ("application/json", "application/ld+json"):
+    as_xml = xml is not None and epcis_xml.is_xml(ctype)
+    if ctype not in ("application/json", "application/ld+json") and not as_xml:
         raise _Refused("UnsupportedMediaTypeException",
-                       f"content type {ctype!r} is not accepted: send application/json or application/ld+json")
+                       f"content type {ctype!r} is not accepted: send application/json or application/ld+json"
+                       + (", or application/xml" if xml is not None else ""))
     size = int(request.headers.get("content-length") or 0)
     if size > epcis_capture.CAPTURE_FILE_SIZE_LIMIT:
         raise _Refused("CaptureLimitExceededException", f"the document has {size} bytes; the limit is "
@@ -108,6 +113,8 @@ async def _body(request: Request) -> Any:
     if len(raw) > epcis_capture.CAPTURE_FILE_SIZE_LIMIT:
         raise _Refused("CaptureLimitExceededException", f"the document has {len(raw)} bytes; the limit is "
                        f"{epcis_capture.CAPTURE_FILE_SIZE_LIMIT}: split it into smaller documents")
+    if as_xml and xml is not None:  # a large document takes a while to convert: off the event loop
+        return await run_in_threadpool(xml, raw)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -136,7 +143,7 @@ async def capture_options() -> Response:
 @epcis_errors
 async def capture_document(request: Request, session: SessionDep) -> Response:
     try:
-        doc = await _body(request)
+        doc = await _body(request, epcis_xml.parse_document)
     except _Refused as r:
         return problem(r.name, r.detail)
     behaviour = request.headers.get("GS1-Capture-Error-Behaviour", "rollback").lower()
@@ -145,9 +152,32 @@ async def capture_document(request: Request, session: SessionDep) -> Response:
     if not isinstance(doc, dict) or doc.get("type") not in ("EPCISDocument", "EPCISQueryDocument"):
         return problem("ValidationException", "capture takes an EPCISDocument or an EPCISQueryDocument "
                        "(JSON-LD with type EPCISDocument)")
-    job = await epcis_capture.capture(session, doc, behaviour=behaviour)
-    return JSONResponse(epcis_capture.job_view(job), status_code=202,
-                        headers={"Location": f"/epcis/capture/{job.id}", **_limits()})
+    if epcis_capture.event_count(doc) <= epcis_capture.INLINE_MAX_EVENTS:  # small: done in the request
+        job = await epcis_capture.capture(session, doc, behaviour=behaviour)
+        return JSONResponse(epcis_capture.job_view(job), status_code=202,
+                            headers={"Location": f"/epcis/capture/{job.id}", **_limits()})
+    return await _capture_later(request, session, doc, behaviour)
+
+
+async def _capture_later(request: Request, session: SessionDep, doc: Any, behaviour: str) -> Response:
+    """Keep the document with a running job (committed), then let a workflow validate and store it."""
+    # the document as JSON, the body itself when it is JSON (an XML body was converted already): the workflow
+    # reads it back from the database
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    body = await request.body() if ctype in ("application/json", "application/ld+json") else orjson.dumps(doc)
+    job = await epcis_capture.enqueue(session, doc, body, behaviour=behaviour, content_type="application/ld+json")
+    view = epcis_capture.job_view(job)
+    await session.commit()
+    try:
+        await start_capture(await get_temporal(request), job_id=job.id,
+                            task_queue=request.app.state.settings.temporal.task_queue)
+    except Exception as exc:  # noqa: BLE001 - whatever kept the workflow from starting, the job must not hang
+        async with request.app.state.sessionmaker() as s, s.begin():
+            await epcis_capture.fail_job(s, job.id, f"the capture could not be started ({exc}): nothing was "
+                                                    "stored; send the document again shortly")
+        return problem("ImplementationException", f"the capture could not be started ({exc}): nothing was stored; "
+                       "send the document again shortly", status=503, captureID=job.id)
+    return JSONResponse(view, status_code=202, headers={"Location": f"/epcis/capture/{job.id}", **_limits()})
 
 
 @router.get("/capture", summary="Capture jobs, newest first")
@@ -167,7 +197,7 @@ async def get_capture_job(capture_id: str, session: SessionDep) -> Response:
 @epcis_errors
 async def capture_event(request: Request, session: SessionDep) -> Response:
     try:
-        ev = await _body(request)
+        ev = await _body(request, epcis_xml.parse_event)
     except _Refused as r:
         return problem(r.name, r.detail)
     job = await epcis_capture.capture(session, ev, single_event=True)
@@ -198,6 +228,13 @@ async def _answer(session: SessionDep, request: Request, params: dict[str, Any],
         nxt["nextPageToken"] = token
         headers["Link"] = f'<{request.url.path}?{urlencode(nxt)}>; rel="next"'
         headers["GS1-Next-Page-Token"] = token
+    return _negotiated(request, doc, headers)
+
+
+def _negotiated(request: Request, doc: dict[str, Any], headers: dict[str, str]) -> Response:
+    """The EPCISQueryDocument as XML when `Accept` prefers application/xml or text/xml, else as JSON-LD."""
+    if epcis_xml.wants_xml(request.headers.get("accept")):
+        return Response(epcis_xml.query_document_xml(doc), media_type="application/xml", headers=headers)
     return JSONResponse(doc, media_type="application/ld+json", headers=headers)
 
 
@@ -213,8 +250,7 @@ async def get_event(event_id: str, request: Request, session: SessionDep) -> Res
     if request.url.query and "?" not in event_id:
         event_id = f"{event_id}?{request.url.query}"  # an unencoded hash ID: ni:///sha-256;...?ver=CBV2.0
     doc = await epcis_query.get_event(session, event_id, epc_format=_epc_format(request))
-    return JSONResponse(doc, media_type="application/ld+json",
-                        headers={**_limits(), "GS1-EPC-Format": _epc_format(request)})
+    return _negotiated(request, doc, {**_limits(), "GS1-EPC-Format": _epc_format(request)})
 
 
 @router.get("/eventTypes", summary="The event types")

@@ -3,19 +3,24 @@ are uploaded to the inspection (PNG or JPEG, checked by their bytes) before its 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
-from activities.models import InspectionResultInput, InspectionResults
+from activities.models import InspectionResultInput, InspectionResults, Measurement, MeasurementSource
 from api.deps import ReadSessionDep, TemporalDep
 from api.security import PrincipalDep
+from connectors.errors import ConnectorConfigError
+from connectors.registry import connector_class
 from core.errors import Conflict, InvalidInput
-from domain import attachments, inspection_triggers, quality
+from domain import attachments, inspection_triggers, quality, quality_plans
+from domain.endpoints import find_endpoint
 from domain.models import Inspection, WorkOrder
 from domain.models_inspection import InspectionSampling
 from workflows.work_order import WorkOrderWorkflow
@@ -71,7 +76,92 @@ async def get_inspection(number: str, session: ReadSessionDep) -> dict[str, Any]
 async def post_results(number: str, results: InspectionResults, session: ReadSessionDep,
                        client: TemporalDep) -> JSONResponse:
     # only reads here (the workflow records the results): no write lock held across the Temporal round trip
+    for i, m in enumerate(results.measurements):
+        if m.source is not None:
+            raise InvalidInput(f"measurements[{i}].source: the hub sets the source when it reads a gauge "
+                               f"(POST /api/inspections/{number}/read-gauges); leave it out", field="measurements")
     return await submit_results(number, results, session, client)
+
+
+# --- measurements from gauges through connectors ----------------------------------------------------------
+
+
+class ReadGaugesIn(BaseModel):
+    inspector: str = Field(min_length=1, max_length=80, description="who triggers the read (person or gauge id)")
+    measurements: list[Measurement] = Field(
+        default_factory=list, max_length=1000,
+        description="values measured otherwise: characteristics without a gauge, or the other units of a "
+                    "gauge characteristic's sample (the read value is added after them)")
+    result_id: str | None = Field(default=None, max_length=80, description="caller's id for this submission")
+
+
+@router.post("/{number}/read-gauges", status_code=202,
+             summary="Read the inspection's gauge characteristics through their connector endpoints; the hub "
+                     "computes the verdict")
+async def read_gauges(number: str, body: ReadGaugesIn, session: ReadSessionDep,
+                      client: TemporalDep) -> JSONResponse:
+    """Each variable characteristic whose plan gauge is `<endpoint>:<point>` is read once, now, through the
+    endpoint's connector, and recorded with its source (endpoint, point, time); then the results take the path
+    of posted ones. The connector is used here, not through an activity: the inspector stands at the gauge and
+    waits for the value and the verdict, a read changes nothing on the device (a failed one is simply triggered
+    again, its 503 or 422 naming the cause), and the values reach the work order by the same durable signal as
+    typed-in results, so nothing is recorded twice."""
+    ins = await quality.get_inspection(session, number)
+    if ins.status != "pending":
+        raise Conflict(f"inspection {number} already has its verdict ({ins.status}): gauges are read for a "
+                       "pending inspection", field="number")
+    for i, m in enumerate(body.measurements):
+        if m.source is not None:
+            raise InvalidInput(f"measurements[{i}].source: the hub sets the source of gauge reads; leave it out",
+                               field="measurements")
+    points = await quality_plans.gauge_points(session, ins)
+    if not points:
+        raise InvalidInput(f"inspection {number}: no characteristic of its plan names a gauge as "
+                           "`<endpoint>:<point>`; post the measurements at "
+                           f"/api/inspections/{number}/results, or set the gauge in a new plan version",
+                           field="number")
+    units = {c.name: c.unit for c in ins.characteristics}
+    by_endpoint: dict[str, list[tuple[str, str]]] = {}
+    for name, (endpoint, point) in points.items():
+        by_endpoint.setdefault(endpoint, []).append((name, point))
+    manual = {m.characteristic: m for m in body.measurements}
+    read: list[Measurement] = []
+    for endpoint, chars in sorted(by_endpoint.items()):
+        ep = await find_endpoint(session, endpoint)
+        if ep is None:
+            raise InvalidInput(f"gauge endpoint {endpoint!r} (of {', '.join(n for n, _ in chars)}) does not "
+                               "exist: create it (POST /api/endpoints) or correct the plan's gauge",
+                               field="gauge")
+        try:
+            conn = connector_class(ep.kind)(ep.config)
+        except (KeyError, ConnectorConfigError) as exc:
+            raise InvalidInput(f"gauge endpoint {endpoint!r} cannot be used: {exc}; fix it at "
+                               f"PUT /api/endpoints/{endpoint}", field="gauge") from None
+        async with conn:
+            readings = await conn.read_many([p for _, p in chars])
+        for (name, point), r in zip(chars, readings, strict=True):
+            if isinstance(r.value, bool) or not isinstance(r.value, int | float):
+                raise InvalidInput(f"{name}: gauge {endpoint}:{point} read {r.value!r}, not a number; a variable "
+                                   "characteristic needs a numeric point", field="gauge")
+            if r.unit and units.get(name) and r.unit != units[name]:
+                raise InvalidInput(f"{name}: gauge {endpoint}:{point} reads in {r.unit!r}, the plan measures in "
+                                   f"{units[name]!r}; configure the point's unit and scale to match",
+                                   field="gauge")
+            earlier = list(manual.pop(name).values) if name in manual else []
+            read.append(Measurement(characteristic=name, values=[*earlier, float(r.value)],
+                                    source=MeasurementSource(endpoint=endpoint, point=point, at=r.at, unit=r.unit,
+                                                             index=len(earlier))))
+    results = InspectionResults(inspector=body.inspector, measurements=[*read, *manual.values()],
+                                result_id=body.result_id)
+    response = await submit_results(number, results, session, client)
+    return _with_sources(response, read)
+
+
+def _with_sources(response: JSONResponse, read: list[Measurement]) -> JSONResponse:
+    body = json.loads(bytes(response.body))
+    body["read"] = [{"characteristic": m.characteristic, "value": m.values[-1],
+                     **m.source.model_dump(mode="json")} for m in read if m.source is not None]
+    return JSONResponse(body, status_code=response.status_code)
 
 
 async def submit_results(number: str, results: InspectionResults, session: AsyncSession,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from api.deps import ReadSessionDep, SettingsDep
-from domain import trace
+from domain import trace, trace_containers
 
 router = APIRouter(prefix="/api/trace", tags=["trace"])
 
@@ -26,20 +26,39 @@ def _render(result: dict[str, Any], fmt: Format, name: str) -> Response:
     return JSONResponse(result)
 
 
+def _reader(request: Request) -> Any:
+    # the app's autocommit connections for traces (PostgreSQL; None elsewhere: the session reads)
+    return getattr(request.app.state, "trace_reader", None)
+
+
 def _safe(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[-80:]
 
 
+async def _with_containers(session: ReadSessionDep, result: dict[str, Any]) -> None:
+    """Add the cases and pallets holding units of the traced lots, and where each is now."""
+    boxes = await trace_containers.containers_of_lots(
+        session, [n["id"] for n in result["nodes"] if n["node"] == "lot"])
+    result["containers"] = boxes
+    result["summary"]["containers"] = len(boxes)
+    result["summary"]["containers_shipped"] = sum(1 for b in boxes if b["status"] == "shipped")
+
+
 @router.get("/backward/{code:path}", summary="Where did it come from: from a unit, case, batch code or lot")
-async def trace_backward(code: str, session: ReadSessionDep, settings: SettingsDep,
+async def trace_backward(code: str, request: Request, session: ReadSessionDep, settings: SettingsDep,
                          format: Format = "json") -> Response:
-    result = await trace.backward(session, code, resolver=settings.resolver_base_url)
+    box = await trace_containers.find_container(session, code)  # a case or pallet: everything inside it
+    if box is not None:
+        result = await trace_containers.backward_container(session, box, query=code,
+                                                           resolver=settings.resolver_base_url)
+        return _render(result, format, f"trace-backward-{_safe(box.code)}")
+    result = await trace.backward(session, code, resolver=settings.resolver_base_url, reader=_reader(request))
     return _render(result, format, f"trace-backward-{_safe(result['lot'])}")
 
 
 @router.get("/forward", summary="Where did it go: from a lot, supplier lot, heat, or equipment/operator in a window")
 async def trace_forward_from(
-    session: ReadSessionDep, settings: SettingsDep,
+    request: Request, session: ReadSessionDep, settings: SettingsDep,
     kind: Annotated[Literal["lot", "supplier_lot", "heat", "equipment", "operator"],
                     Query(description="what `value` is")],
     value: Annotated[str, Query(min_length=1, max_length=120)],
@@ -48,12 +67,15 @@ async def trace_forward_from(
     format: Format = "json",
 ) -> Response:
     result = await trace.forward(session, resolver=settings.resolver_base_url, kind=kind, value=value,
-                                 since=since, until=until)
+                                 since=since, until=until, reader=_reader(request))
+    await _with_containers(session, result)
     return _render(result, format, f"trace-forward-{kind}-{_safe(value)}")
 
 
 @router.get("/forward/{lot}", summary="Where did it go: every lot made from a lot and where each is now")
-async def trace_forward(lot: str, session: ReadSessionDep, settings: SettingsDep,
+async def trace_forward(lot: str, request: Request, session: ReadSessionDep, settings: SettingsDep,
                         format: Format = "json") -> Response:
-    result = await trace.forward(session, resolver=settings.resolver_base_url, kind="lot", value=lot)
+    result = await trace.forward(session, resolver=settings.resolver_base_url, kind="lot", value=lot,
+                                 reader=_reader(request))
+    await _with_containers(session, result)
     return _render(result, format, f"trace-forward-{_safe(lot)}")
