@@ -164,3 +164,17 @@ async def refuse_nul_in_body(request: Request) -> None:
                 return  # not JSON: the route says so in its own words
             if (found := _nul_at(doc, "")) is not None:
                 raise _refuse_nul(found or "body")
+
+
+async def read_bounded(request: Request, limit: int) -> bytes | None:
+    """A handler's own bounded read (an upload with its own limit): the body, or None as soon as it is known to
+    exceed `limit`. Never more than `limit` bytes are held."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            return None
+    return bytes(buf)

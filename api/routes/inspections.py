@@ -15,6 +15,7 @@ from temporalio.client import Client
 
 from activities.models import InspectionResultInput, InspectionResults, Measurement, MeasurementSource
 from api.deps import ReadSessionDep, TemporalDep
+from api.limits import read_bounded
 from api.security import PrincipalDep
 from connectors.errors import ConnectorConfigError
 from connectors.registry import connector_class
@@ -201,19 +202,6 @@ def _too_large(limit: int) -> JSONResponse:
         status_code=413, headers={"connection": "close"})  # the unread rest cannot be skipped
 
 
-async def _read_bounded(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to exceed `limit`: never more than `limit` bytes held."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            return None
-    return bytes(buf)
-
-
 def _param(header: str, name: str) -> str | None:
     for piece in header.split(";")[1:]:
         key, _, value = piece.strip().partition("=")
@@ -256,7 +244,7 @@ async def upload_photo(number: str, characteristic: Annotated[str, Path(min_leng
     limit = request.app.state.settings.api.max_photo_bytes
     ctype = request.headers.get("content-type", "")
     multipart = ctype.split(";")[0].strip().lower() == "multipart/form-data"
-    raw = await _read_bounded(request, limit + (MULTIPART_OVERHEAD if multipart else 0))
+    raw = await read_bounded(request, limit + (MULTIPART_OVERHEAD if multipart else 0))
     if raw is None:
         return _too_large(limit)
     declared: str | None = ctype or None

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from activities.models import InspectionResults
 from api.deps import ReadSessionDep, SessionDep, TemporalDep
+from api.limits import read_bounded
 from api.routes.inspections import submit_results
 from api.security import PrincipalDep, current_principal
 from core.errors import InvalidInput
@@ -94,7 +95,7 @@ async def get_spc(session: ReadSessionDep, item: Annotated[str, Query(min_length
 async def post_results_csv(number: str, request: Request, client: TemporalDep,
                            inspector: Annotated[str | None, Query(max_length=80)] = None,
                            result_id: Annotated[str | None, Query(max_length=80)] = None) -> JSONResponse:
-    raw = await _read_bounded(request, CSV_LIMIT_BYTES)
+    raw = await read_bounded(request, CSV_LIMIT_BYTES)
     if raw is None:
         return JSONResponse(
             {"error": "PayloadTooLarge", "limit": CSV_LIMIT_BYTES,
@@ -111,19 +112,6 @@ async def post_results_csv(number: str, request: Request, client: TemporalDep,
     # the session is opened after the upload is read: a slow client holds no transaction (nor SQLite's lock)
     async with request.app.state.sessionmaker() as session, session.begin():
         return await submit_results(number, results, session, client)
-
-
-async def _read_bounded(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to exceed `limit`: never more than `limit` bytes held."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            return None
-    return bytes(buf)
 
 
 def parse_results_csv(raw: bytes) -> list[dict[str, Any]]:
