@@ -479,10 +479,10 @@ users_app = typer.Typer(help="People and system tokens.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 
 
-def _with_session(fn):  # noqa: ANN001, ANN202
+def _with_session(fn):
     from core.db import make_engine, make_sessionmaker
 
-    async def run():  # noqa: ANN202
+    async def run():
         engine = make_engine(_settings().database.url)
         try:
             async with make_sessionmaker(engine)() as session, session.begin():
@@ -496,7 +496,7 @@ def _with_session(fn):  # noqa: ANN001, ANN202
 @users_app.command("create")
 def users_create(
     username: str = typer.Argument(..., help="login name"),
-    role: list[str] = typer.Option(..., "--role", "-r", help="a role; repeat for several (e.g. -r admin)"),
+    role: list[str] = typer.Option(..., "--role", "-r", help="a role; repeat for several (e.g. -r admin)"),  # noqa: B008 - typer declares options as defaults
     full_name: str = typer.Option(None, help="the person's name, shown on signatures"),
     password: str = typer.Option(None, help="default: asked for (not echoed)"),
 ) -> None:
@@ -507,7 +507,7 @@ def users_create(
     if password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
 
-    async def create(session):  # noqa: ANN001, ANN202
+    async def create(session):
         return await identity.create_user(session, username=username, password=password, roles=role,
                                           full_name=full_name, actor="tracehub-cli")
 
@@ -522,7 +522,7 @@ def users_create(
 @users_app.command("token")
 def users_token(
     name: str = typer.Argument(..., help="the system that uses it, e.g. erp-prod"),
-    role: list[str] = typer.Option(..., "--role", "-r", help="erp, mes, gauge, printer or a person's role"),
+    role: list[str] = typer.Option(..., "--role", "-r", help="erp, mes, gauge, printer or a person's role"),  # noqa: B008
     days: int = typer.Option(365, min=1, max=3650, help="days until it expires"),
 ) -> None:
     """Create an API token for a system; it is printed once, only its hash is stored."""
@@ -531,7 +531,7 @@ def users_token(
     from core.errors import HubError
     from domain import identity
 
-    async def issue(session):  # noqa: ANN001, ANN202
+    async def issue(session):
         return await identity.issue_token(session, kind="api", name=name, roles=role, ttl=timedelta(days=days),
                                           created_by="tracehub-cli")
 
@@ -551,7 +551,7 @@ def users_list() -> None:
 
     from domain.models_identity import User
 
-    async def rows(session):  # noqa: ANN001, ANN202
+    async def rows(session):
         return (await session.execute(select(User).order_by(User.username))).scalars().all()
 
     for u in _with_session(rows):
@@ -724,7 +724,7 @@ app.add_typer(codes_app, name="codes")
 @codes_app.command("export")
 def codes_export(
     block: int = typer.Argument(..., help="block id (GET /api/codes/blocks/{id})"),
-    out: Path = typer.Option(..., "--out", "-o", help="file to write"),
+    out: Path = typer.Option(..., "--out", "-o", help="file to write"),  # noqa: B008
     fmt: str = typer.Option("csv", "--format", "-f", help="csv | ndjson | uri (one Digital Link URI per line)"),
     first: int = typer.Option(0, help="index of the first code in the block"),
     count: int = typer.Option(None, help="how many codes (default: to the end of the block)"),

@@ -19,7 +19,7 @@ depends_on = None
 GENESIS = "0" * 64
 
 
-def _hash(prev: str, seq: int, at, actor, action, entity, key, changes) -> str:  # noqa: ANN001
+def _hash(prev: str, seq: int, at, actor, action, entity, key, changes) -> str:
     from datetime import UTC
 
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
