@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -20,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from core import secrets
 
 
 def utcnow() -> datetime:
@@ -44,6 +47,24 @@ class UTCDateTime(TypeDecorator):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class SealedJSON(TypeDecorator):
+    """A JSON document encrypted at rest with the installation's key (core/secrets.py): stored as one JSON string
+    `enc:v1:<token>`; a document stored before encryption (a JSON object) still reads."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        return secrets.box().seal(json.dumps(value, sort_keys=True, default=str))
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if secrets.sealed(value):
+            return json.loads(secrets.box().open(value))
+        return value
 
 
 class Base(DeclarativeBase):
@@ -335,7 +356,7 @@ class Endpoint(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     kind: Mapped[str] = mapped_column(String(32))
-    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    config: Mapped[dict[str, Any]] = mapped_column(SealedJSON, default=dict)  # holds passwords and API keys
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import jsonschema
 import pytest_asyncio
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from api.main import create_app
 from core.settings import DatabaseSettings, Settings
@@ -63,6 +63,10 @@ async def test_endpoint_crud_with_secrets_never_returned(hub: httpx.AsyncClient,
         row = (await s.execute(select(Endpoint).where(Endpoint.name == ep))).scalar_one()
         assert row.config["api_secret"] == "simulator-secret" and row.config["webhook_secret"] == "hook-secret"
         audit = (await s.execute(select(AuditLog).where(AuditLog.entity_key == ep))).scalars().all()
+        # at rest the whole config is sealed with the installation's key (core/secrets.py)
+        raw = (await s.execute(text("SELECT config FROM endpoint WHERE name = :n"), {"n": ep})).scalar_one()
+    stored = raw if isinstance(raw, str) else json.dumps(raw)
+    assert "enc:v1:" in stored and "simulator-secret" not in stored and "hook-secret" not in stored
     assert [a.action for a in audit] == ["endpoint.created", "endpoint.updated"]
     assert "simulator-secret" not in json.dumps([a.changes for a in audit])
     assert (await hub.post(f"/api/endpoints/{ep}/check")).json()["ok"] is True
