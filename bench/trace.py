@@ -17,11 +17,13 @@ the per-lot trace rows (trace_lot_doc) are then built in one pass by trace_lot_d
 0014_trace_doc does for existing data. With --keep the migrations are brought up to date on the kept plant.
 
 Figures (warm-up runs excluded), one JSON line each on stdout: {"metric", "value", "unit", ...}:
-- backward_trace_p50_ms / _p99_ms: hub backward trace (domain.trace.backward, the code behind
-  GET /api/trace/backward) from a random unit serial to raw materials, suppliers, heats and certificates,
-  with every operation, inspection, NCR and shipment on the way.
-- forward_trace_heat_p50_ms: hub forward trace from a heat number (lots, units, where each is now,
-  customers); the line says how many units the heats reached.
+- backward_trace_p50_ms / _p99_ms: the hub's trace, that is the JSON GET /api/trace/backward serves
+  (domain.trace.backward_json: the answer assembled and serialised to the bytes the route sends as they are)
+  from a random unit serial to raw materials, suppliers, heats and certificates, with every operation,
+  inspection, NCR and shipment on the way.
+- forward_trace_heat_p50_ms: the hub's trace from a heat number, the JSON GET /api/trace/forward serves
+  (domain.trace.forward_json: lots, units, where each is now, customers; the route adds the cases and pallets
+  holding the units, not timed here, as before); the line says how many units the heats reached.
 - backward_vs_bare_cte_ratio / forward_vs_bare_cte_ratio: hub time / a bare recursive SQL query (node ids
   only) over the same lineage from the same start, run on a raw psycopg connection in the same run.
 - forward_vs_per_node_walk_ratio: hub forward time / a walk of the same graph with one query per node.
@@ -36,7 +38,7 @@ Figures (warm-up runs excluded), one JSON line each on stdout: {"metric", "value
   second through POST /epcis/capture (the FastAPI app in-process, documents of `--capture-batch` events,
   1,000 by default: captured in the request), and epcis_capture_async_events_per_s the same for documents of
   `--capture-big-batch` events (10,000: captured by the capture workflow, the clock stops when their jobs end).
-The hub's traces are timed as the API runs them: domain.trace.backward/forward with a read-only session
+The hub's traces are timed as the API serves them: domain.trace.backward_json/forward_json with a read-only session
 (ReadSessionDep) and the app's trace reader (core.db.FastReader, autocommit connections: the trace's one
 statement needs no transaction around it), after gc.collect() and gc.freeze() as the API does at start-up.
 Both apply to the hub's side only, as they apply to the API; the baselines run as before on their own raw
@@ -264,6 +266,8 @@ BARE_DOWN = """WITH RECURSIVE down(id) AS (SELECT n.id FROM trace_node n JOIN lo
 async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) -> None:
     import gc
 
+    import orjson
+
     from core.db import FastReader, make_engine, make_read_sessionmaker
     from domain import trace
 
@@ -291,7 +295,7 @@ async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) 
         unit = f"{RESOLVER}/01/{g}/21/{first + rng.randrange(count):012d}"
         t = time.perf_counter()
         async with sm() as s:
-            res = await trace.backward(s, unit, resolver=RESOLVER, reader=reader)
+            body = await trace.backward_json(s, unit, resolver=RESOLVER, reader=reader)
         dt = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         cur = await raw.execute(BARE_UP, (node,))
@@ -300,11 +304,12 @@ async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) 
         # the same two again, each now on pages it has read itself (the `_warm` figures)
         t = time.perf_counter()
         async with sm() as s:
-            await trace.backward(s, unit, resolver=RESOLVER, reader=reader)
+            await trace.backward_json(s, unit, resolver=RESOLVER, reader=reader)
         dtw = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         await (await raw.execute(BARE_UP, (node,))).fetchall()
         dbw = (time.perf_counter() - t) * 1000
+        res = orjson.loads(body)  # checks only, not timed: the API sends the bytes as they are
         if k >= 20:
             hub_ms.append(dt)
             bare_ms.append(db)
@@ -327,8 +332,9 @@ async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) 
     for k, heat in enumerate(heats[:a.forward_samples + 3]):
         t = time.perf_counter()
         async with sm() as s:
-            res = await trace.forward(s, resolver=RESOLVER, kind="heat", value=heat, reader=reader)
+            body = await trace.forward_json(s, resolver=RESOLVER, kind="heat", value=heat, reader=reader)
         dt = (time.perf_counter() - t) * 1000
+        res = orjson.loads(body)  # checks only, not timed
         t = time.perf_counter()
         cur = await raw.execute(BARE_DOWN, (heat,))
         ids = await cur.fetchall()
@@ -352,7 +358,7 @@ async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) 
         assert len(ids) == len(seen) == len(res["nodes"]), (len(ids), len(seen), len(res["nodes"]))
         t = time.perf_counter()
         async with sm() as s:
-            await trace.forward(s, resolver=RESOLVER, kind="heat", value=heat, reader=reader)
+            await trace.forward_json(s, resolver=RESOLVER, kind="heat", value=heat, reader=reader)
         dtw = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         await (await raw.execute(BARE_DOWN, (heat,))).fetchall()

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from api.deps import ReadSessionDep, SettingsDep
 from domain import trace, trace_containers
@@ -23,7 +23,7 @@ def _render(result: dict[str, Any], fmt: Format, name: str) -> Response:
     if fmt == "pdf":
         return Response(trace.to_pdf(result), media_type="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="{name}.pdf"'})
-    return JSONResponse(result)
+    return Response(trace.to_json(result), media_type="application/json")  # orjson, sent as it is
 
 
 def _reader(request: Request) -> Any:
@@ -52,6 +52,9 @@ async def trace_backward(code: str, request: Request, session: ReadSessionDep, s
         result = await trace_containers.backward_container(session, box, query=code,
                                                            resolver=settings.resolver_base_url)
         return _render(result, format, f"trace-backward-{_safe(box.code)}")
+    if format == "json":  # the answer as JSON bytes, sent as they are
+        return Response(await trace.backward_json(session, code, resolver=settings.resolver_base_url,
+                                                  reader=_reader(request)), media_type="application/json")
     result = await trace.backward(session, code, resolver=settings.resolver_base_url, reader=_reader(request))
     return _render(result, format, f"trace-backward-{_safe(result['lot'])}")
 
