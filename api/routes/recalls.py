@@ -76,11 +76,16 @@ async def list_recalls(session: SessionDep, limit: int = Query(100, ge=1, le=100
 
 
 @router.get("/{number}", summary="A recall: scope (held lots, shipped quantities by customer), live status")
-async def get_recall(number: str, session: SessionDep, client: TemporalDep) -> dict[str, Any]:
+async def get_recall(number: str, request: Request, session: SessionDep, client: TemporalDep) -> dict[str, Any]:
     row = await recall.get_recall(session, number)
-    scope = await recall.scope(session, number)
     await session.commit()  # do not hold a transaction across the Temporal query
-    return {"record": scope, "status": await _status(client, row), "report": row.report}
+    # the live status first, then the record (a transaction begun after it): what the status says is done is
+    # then in the record too
+    status = await _status(client, row)
+    state = request.app.state
+    async with (state.read_sessionmaker or state.sessionmaker)() as s:
+        row = await recall.get_recall(s, number)
+        return {"record": await recall.scope(s, number), "status": status, "report": row.report}
 
 
 async def _update(session: SessionDep, client: TemporalDep, number: str, update: Any, arg: Any) -> JSONResponse:
