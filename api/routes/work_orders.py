@@ -82,8 +82,10 @@ async def list_work_orders(
 
 @router.get("/{number}", summary="A work order: its record plus the live workflow status")
 async def get_work_order(number: str, session: ReadSessionDep, client: TemporalDep) -> dict[str, Any]:
-    wo = await production.find_work_order(session, number)
+    # the live status first, then the record: what the status says is done is then in the record too (and no
+    # transaction is open during the Temporal query)
     live = await live_status(client, workflow_id(number))
+    wo = await production.find_work_order(session, number)
     if wo is None and live.get("workflow") == "not found":
         await production.get_work_order(session, number)  # raises NotFound with the message
     return {"record": _record(wo) if wo else None, **live}
