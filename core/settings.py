@@ -31,7 +31,7 @@ MiB = 1024 * 1024
 class WorkerSettings(BaseModel):
     # Workflows kept in memory between tasks. An evicted workflow is replayed from its history when it
     # next has work (a few ms); a smaller cache trades that for memory with thousands of open work orders.
-    max_cached_workflows: int = 250
+    max_cached_workflows: int = 200
     max_concurrent_activities: int = 50
     # the MES-over-MQTT bridge (activities/mes.py) subscribes under a fixed client id: with several worker
     # processes, run it in one of them (HUB_WORKER__MES_BRIDGE=false in the others)
