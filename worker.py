@@ -15,6 +15,8 @@ from activities.epcis import EpcisActivities
 from activities.epcis_capture import EpcisCaptureActivities
 from activities.hub import build_activities
 from activities.mes import MesActivities, MesBridge
+from activities.ncr_signals import NcrSignalActivities
+from activities.ncr_sweeper import NcrSweeper
 from connectors.errors import ConnectorLoadError
 from connectors.registry import load_connectors
 from core.db import make_engine, make_sessionmaker
@@ -43,7 +45,8 @@ def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue
         + build_connector_activities(sessionmaker)
         + MesActivities(sessionmaker).all()
         + EpcisActivities(sessionmaker).all()
-        + EpcisCaptureActivities(sessionmaker).all(),
+        + EpcisCaptureActivities(sessionmaker).all()
+        + NcrSignalActivities(sessionmaker).all(),
         max_concurrent_activities=settings.worker.max_concurrent_activities,
         max_cached_workflows=settings.worker.max_cached_workflows,
     )
@@ -81,6 +84,10 @@ async def main(settings: Settings | None = None) -> None:
     async with worker, contextlib.AsyncExitStack() as extra:
         if settings.worker.mes_bridge:
             await extra.enter_async_context(MesBridge(sessionmaker, client))
+        # duplicate-code NCRs whose upload committed but whose workflow did not start (the API died between):
+        # idempotent, so it runs in every worker process
+        await extra.enter_async_context(NcrSweeper(sessionmaker, client, task_queue=settings.temporal.task_queue,
+                                                   ncr_table=settings.ncr.table()))
         await stop.wait()
     await engine.dispose()
     await asyncio.sleep(0.2)  # let the SDK finish its shutdown before the interpreter exits

@@ -39,6 +39,7 @@ from activities.models import (
     StartWorkOrderInput,
     Verdict,
 )
+from activities.ncr_signals import signal_reinspected
 from activities.recall import RecallActivities
 from connectors.errors import ConnectorConfigError, ConnectorError
 from connectors.registry import connector_class
@@ -126,10 +127,14 @@ class HubActivities(TransactionalActivities):
             )
             await inspection_triggers.after_verdict(s, ins, actor=r.inspector)  # IQC: the switching state
             severity = await quality_plans.failed_severity(s, ins, failed)
-            return InspectionOutcome(inspection=ins.number, lot=ins.lot.number,
-                                     verdict=Verdict.failed if failed else Verdict.passed,
-                                     failed_characteristics=failed,
-                                     severity=Severity(severity) if severity else None)
+            outcome = InspectionOutcome(inspection=ins.number, lot=ins.lot.number,
+                                        verdict=Verdict.failed if failed else Verdict.passed,
+                                        failed_characteristics=failed,
+                                        severity=Severity(severity) if severity else None)
+            lot_id = ins.lot_id
+        # committed: an NCR reworked on this lot and waiting for its re-inspection looks now, not at its next poll
+        await signal_reinspected(self.sm, lot_id=lot_id, inspection=outcome.inspection)
+        return outcome
 
     @activity.defn
     @translated

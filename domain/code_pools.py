@@ -17,7 +17,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 from domain.audit import audit, diff
 from domain.codes import current_rule, get_item, issue_block, lookup
 from domain.events import record_event
-from domain.models import Lot, WorkOrder, utcnow
+from domain.models import Lot, Ncr, WorkOrder, utcnow
 from domain.models_codes import CodeAlert, CodePool, CodeRange, PoolUpload, SerialBlock, UsedCode
 from domain.packing import epc
 
@@ -146,6 +146,8 @@ async def upload(session: AsyncSession, *, number: str, upload_id: str, used: li
 async def duplicate_ncrs(session: AsyncSession, alert_ids: list[int]) -> list[dict[str, Any]]:
     """What the NCR of each duplicate alert is about: its number, lot, work order and description."""
     out = []
+    if not alert_ids:
+        return out
     for a in (await session.execute(select(CodeAlert).where(CodeAlert.id.in_(alert_ids), CodeAlert.ncr.is_not(None))
                                     .order_by(CodeAlert.id))).scalars():
         d = a.details
@@ -153,16 +155,52 @@ async def duplicate_ncrs(session: AsyncSession, alert_ids: list[int]) -> list[di
         lot = (await session.execute(select(Lot).where(Lot.number == lot_no))).scalar_one()
         wo = (await session.execute(select(WorkOrder.number).where(WorkOrder.id == lot.work_order_id))).scalar() \
             if lot.work_order_id else None
-        out.append({"ncr": a.ncr, "lot": lot_no, "work_order": wo or "", "description": (
+        out.append({"alert": a.id, "ncr": a.ncr, "lot": lot_no, "work_order": wo or "", "description": (
             f"code {a.code} was used twice: first {d.get('first_used_at')} on line {d.get('first_line') or '?'}"
             f" (lot {d.get('first_lot') or '?'}), again {d.get('used_at')} on line {d.get('line') or '?'}"
             f" (lot {d.get('lot') or '?'}): one code on two items; relabel, or scrap the copies")})
     return out
 
 
+async def unstarted_ncrs(session: AsyncSession, *, older_than: datetime, limit: int = 100) -> list[dict[str, Any]]:
+    """Duplicate alerts whose NCR workflow is not marked started and that were recorded before `older_than`
+    (younger ones are their upload route's to start), as duplicate_ncrs describes them, each with its alert id
+    and whether the NCR is recorded already (its workflow's first activity writes the row)."""
+    ids = list((await session.execute(
+        select(CodeAlert.id).where(CodeAlert.kind == "duplicate", CodeAlert.ncr.is_not(None),
+                                   CodeAlert.ncr_started_at.is_(None), CodeAlert.created_at < older_than)
+        .order_by(CodeAlert.id).limit(limit))).scalars())
+    if not ids:
+        return []
+    out = await duplicate_ncrs(session, ids)
+    recorded = set((await session.execute(select(Ncr.number).where(Ncr.number.in_([d["ncr"] for d in out]))))
+                   .scalars())
+    return [{**d, "recorded": d["ncr"] in recorded} for d in out]
+
+
+async def mark_ncr_started(session: AsyncSession, alert_ids: list[int], *, actor: str) -> list[str]:
+    """Record that the NCR workflows of these alerts were started (or found started); returns the NCR numbers
+    newly marked (an alert marked before is left as it is)."""
+    if not alert_ids:
+        return []
+    now = utcnow()
+    marked = []
+    for a in (await session.execute(select(CodeAlert).where(
+            CodeAlert.id.in_(alert_ids), CodeAlert.ncr.is_not(None), CodeAlert.ncr_started_at.is_(None))
+            .order_by(CodeAlert.id))).scalars():
+        a.ncr_started_at = now
+        await session.flush()
+        await audit(session, actor=actor, action="code_alert.ncr_started", entity="code_alert", key=str(a.id),
+                    changes=diff({"ncr_started_at": None}, {"ncr_started_at": now.isoformat()}, ncr=a.ncr,
+                                 code=a.code))
+        marked.append(a.ncr or "")
+    return marked
+
+
 def _alert_view(a: CodeAlert) -> dict[str, Any]:
     return {"id": a.id, "kind": a.kind, "code": a.code, "details": a.details, "ncr": a.ncr,
-            "created_at": a.created_at.isoformat()}
+            "created_at": a.created_at.isoformat(),
+            "ncr_started_at": a.ncr_started_at.isoformat() if a.ncr_started_at else None}
 
 
 async def reconcile(session: AsyncSession, *, number: str, action: str, actor: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Collection
 from typing import Any
 
 from lxml import etree
@@ -281,20 +282,44 @@ def _extensions_into(obj: dict[str, Any], el: Any, px: _Prefixes) -> None:
     _put(obj, _ext_key(el, px), _ext_value(el, px))
 
 
-def _location(el: Any, px: _Prefixes) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _fields(el: Any, into: dict[str, Any], px: _Prefixes, names: Collection[str], read: Callable[[str, Any], None],
+            *, refuse: str | Callable[[Any], str] | None, extensions: bool = True,
+            field_wrappers: Collection[str] = (), foreign: Callable[[Any], None] | None = None) -> None:
+    """The one dispatch of the children of an EPCIS structure (event, location, sensor element...):
+    - an EPCIS (unqualified) element named in `names`: `read(name, element)`;
+    - with `extensions`: the children of an <extension> wrapper, and every element in another namespace (read by
+      `foreign` when given), are extension fields of `into`; the children of a `field_wrappers` element (EPCIS 1.x
+      wrappers) are dispatched as fields of the structure itself;
+    - any other element: refused with the message `refuse` (a function of the element for one that names it), or
+      an extension field too when `refuse` is None. Without `extensions`, everything not named is refused."""
     for c in _children(el):
         name = _local(c)
-        if name == "id":
-            out["id"] = _text(c)
-        elif name == "extension":
+        if name is not None and name in names:
+            read(name, c)
+        elif extensions and name is not None and name in field_wrappers:
+            _fields(c, into, px, names, read, refuse=refuse, field_wrappers=field_wrappers, foreign=foreign)
+        elif extensions and name == "extension":
             for cc in _children(c):
-                _extensions_into(out, cc, px)
-        elif name is None:
-            _extensions_into(out, c, px)
+                _extensions_into(into, cc, px)
+        elif extensions and name is None:
+            if foreign is not None:
+                foreign(c)
+            else:
+                _extensions_into(into, c, px)
+        elif extensions and refuse is None:
+            _extensions_into(into, c, px)
         else:
-            raise _bad(c, "is not a field of readPoint/bizLocation: expected id or extension elements in their "
-                       "own namespace")
+            assert refuse is not None
+            raise _bad(c, refuse if isinstance(refuse, str) else refuse(c))
+
+
+def _location(el: Any, px: _Prefixes) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def read(name: str, c: Any) -> None:
+        out["id"] = _text(c)
+    _fields(el, out, px, ("id",), read, refuse="is not a field of readPoint/bizLocation: expected id or extension "
+                                               "elements in their own namespace")
     if "id" not in out:
         raise _bad(el, "has no <id>")
     return out
@@ -315,16 +340,11 @@ def _quantities(el: Any) -> list[dict[str, Any]]:
         if _local(q) != "quantityElement":
             raise _bad(q, "expected <quantityElement> elements")
         item: dict[str, Any] = {}
-        for c in _children(q):
-            name = _local(c)
-            if name == "epcClass":
-                item["epcClass"] = _text(c)
-            elif name == "quantity":
-                item["quantity"] = _number(c, _text(c))
-            elif name == "uom":
-                item["uom"] = _text(c)
-            else:
-                raise _bad(c, "is not a field of quantityElement: expected epcClass, quantity, uom")
+
+        def read(name: str, c: Any, item: dict[str, Any] = item) -> None:
+            item[name] = _number(c, _text(c)) if name == "quantity" else _text(c)
+        _fields(q, item, _Prefixes(), ("epcClass", "quantity", "uom"), read, extensions=False,
+                refuse="is not a field of quantityElement: expected epcClass, quantity, uom")
         if "epcClass" not in item:
             raise _bad(q, "has no <epcClass>")
         out.append(item)
@@ -370,20 +390,15 @@ def _sensor_elements(el: Any, px: _Prefixes) -> list[dict[str, Any]]:
         if name != "sensorElement":
             raise _bad(se, "expected <sensorElement> elements")
         item: dict[str, Any] = {}
-        for c in _children(se):
-            cname = _local(c)
-            if cname == "sensorMetadata":
+
+        def read(name: str, c: Any, item: dict[str, Any] = item) -> None:
+            if name == "sensorMetadata":
                 item["sensorMetadata"] = _sensor_attrs(c, px)
-            elif cname == "sensorReport":
-                item.setdefault("sensorReport", []).append(_sensor_attrs(c, px))
-            elif cname == "extension":
-                for cc in _children(c):
-                    _extensions_into(item, cc, px)
-            elif cname is None:
-                _extensions_into(item, c, px)
             else:
-                raise _bad(c, "is not a field of sensorElement: expected sensorMetadata, sensorReport or "
-                           "extension elements in their own namespace")
+                item.setdefault("sensorReport", []).append(_sensor_attrs(c, px))
+        _fields(se, item, px, ("sensorMetadata", "sensorReport"), read,
+                refuse="is not a field of sensorElement: expected sensorMetadata, sensorReport or extension "
+                       "elements in their own namespace")
         if not item.get("sensorReport"):
             raise _bad(se, "has no <sensorReport>")
         out.append(item)
@@ -392,27 +407,21 @@ def _sensor_elements(el: Any, px: _Prefixes) -> list[dict[str, Any]]:
 
 def _error_declaration(el: Any, px: _Prefixes) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for c in _children(el):
-        name = _local(c)
+
+    def read(name: str, c: Any) -> None:
         if name == "declarationTime":
             out["declarationTime"] = _text(c)
         elif name == "reason":
             out["reason"] = _cbv("errorReason", _text(c))
-        elif name == "correctiveEventIDs":
+        else:
             ids = []
             for cc in _children(c):
                 if _local(cc) != "correctiveEventID":
                     raise _bad(cc, "expected <correctiveEventID> elements")
                 ids.append(_text(cc))
             out["correctiveEventIDs"] = ids
-        elif name == "extension":
-            for cc in _children(c):
-                _extensions_into(out, cc, px)
-        elif name is None:
-            _extensions_into(out, c, px)
-        else:
-            raise _bad(c, "is not a field of errorDeclaration: expected declarationTime, reason, "
-                       "correctiveEventIDs")
+    _fields(el, out, px, ("declarationTime", "reason", "correctiveEventIDs"), read,
+            refuse="is not a field of errorDeclaration: expected declarationTime, reason, correctiveEventIDs")
     return out
 
 
@@ -426,18 +435,19 @@ def _persistent(el: Any) -> dict[str, list[str]]:
     return out
 
 
-def _event_field(ev: dict[str, Any], c: Any, px: _Prefixes) -> None:
-    name = _local(c)
-    if name is None:
-        q = etree.QName(c)
-        if q.namespace == GS1_VOC and q.localname == "certificationInfo":
-            _put(ev, "certificationInfo", _text(c))
-        else:
-            _extensions_into(ev, c, px)
-    elif name in ("extension", "baseExtension"):  # EPCIS 1.x wrappers: their content is the event's
-        for cc in _children(c):
-            _event_field(ev, cc, px)
-    elif name in _TEXT:
+_EVENT_FIELDS = {*_TEXT, "bizStep", "disposition", *_EPC_LISTS, *_Q_LISTS, "readPoint", "bizLocation",
+                 "bizTransactionList", "sourceList", "destinationList", "sensorElementList", "persistentDisposition",
+                 "errorDeclaration", "certificationInfo", "ilmd"}
+
+
+def _not_an_event_field(c: Any) -> str:
+    return (f"is not an EPCIS 2.0 field of {etree.QName(c.getparent()).localname}: put extension fields in their "
+            "own namespace (e.g. <acme:field xmlns:acme=\"https://ns.acme.example/\">)")
+
+
+def _event_field(ev: dict[str, Any], name: str, c: Any, px: _Prefixes) -> None:
+    """One EPCIS field of an event (a name of _EVENT_FIELDS)."""
+    if name in _TEXT:
         ev[name] = _text(c)
     elif name in ("bizStep", "disposition"):
         ev[name] = _cbv(name, _text(c))
@@ -461,25 +471,25 @@ def _event_field(ev: dict[str, Any], c: Any, px: _Prefixes) -> None:
         ev[name] = _error_declaration(c, px)
     elif name == "certificationInfo":
         _put(ev, "certificationInfo", _text(c))
-    elif name == "ilmd":
+    else:  # ilmd: every child is an extension field (in an <extension> wrapper or not)
         ilmd: dict[str, Any] = {}
-        for cc in _children(c):
-            if _local(cc) == "extension":
-                for ccc in _children(cc):
-                    _extensions_into(ilmd, ccc, px)
-            else:
-                _extensions_into(ilmd, cc, px)
+        _fields(c, ilmd, px, (), lambda _n, _c: None, refuse=None)
         ev[name] = ilmd
-    else:
-        raise _bad(c, f"is not an EPCIS 2.0 field of {etree.QName(c.getparent()).localname}: put extension "
-                   "fields in their own namespace (e.g. <acme:field xmlns:acme=\"https://ns.acme.example/\">)")
 
 
 def _event(el: Any, px: _Prefixes) -> dict[str, Any]:
     etype = etree.QName(el).localname
     ev: dict[str, Any] = {"type": etype}
-    for c in _children(el):
-        _event_field(ev, c, px)
+
+    def foreign(c: Any) -> None:
+        q = etree.QName(c)
+        if q.namespace == GS1_VOC and q.localname == "certificationInfo":
+            _put(ev, "certificationInfo", _text(c))
+        else:
+            _extensions_into(ev, c, px)
+    # EPCIS 1.x `extension` / `baseExtension` wrappers: their content is the event's
+    _fields(el, ev, px, _EVENT_FIELDS, lambda name, c: _event_field(ev, name, c, px), refuse=_not_an_event_field,
+            field_wrappers=("extension", "baseExtension"), foreign=foreign)
     for key, value in _attrs(el, px).items():  # anyAttribute on the event: an extension field
         _put(ev, key, value)
     return ev

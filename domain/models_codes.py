@@ -187,3 +187,6 @@ class CodeAlert(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     ncr: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # when the NCR's review workflow was started (or found started); NULL with `ncr` set: the NCR sweeper
+    # (activities/ncr_sweeper.py) starts it, so an API that dies after the upload's commit loses no NCR
+    ncr_started_at: Mapped[datetime | None] = mapped_column()

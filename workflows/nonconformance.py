@@ -43,10 +43,16 @@ with workflow.unsafe.imports_passed_through():
         ReviewerRole,
         Severity,
     )
+    from activities.ncr_signals_models import ReleaseShipmentGatesInput
     from workflows.policies import DB_RETRY, DB_TIMEOUT, ERP_RETRY, ERP_TIMEOUT
 
 # the review states, disposition and verification (see the module docstring)
 PATCH_REVIEW = "ncr-review-states-v1"
+# a reworked NCR is signalled when its lot's re-inspection is recorded (activities/ncr_signals.py), and checks at
+# once; the poll every timing.ncr_reinspection_poll stays as the fallback
+PATCH_VERIFY_SIGNAL = "ncr-verify-signal-v1"
+# once the NCR no longer holds its lot, the work orders whose shipment it may hold are told to check their gate
+PATCH_GATE_SIGNAL = "gate-signal-v1"
 ESCALATE_TO = "quality_manager"
 
 SUPERVISORS = {ReviewerRole.qa_supervisor, ReviewerRole.quality_manager}
@@ -100,6 +106,7 @@ class NonconformanceWorkflow:
         self.verified_by: str | None = None
         self.verification: str | None = None
         self.activity_wait: str | None = None
+        self.reinspections = 0  # re-inspection signals received (PATCH_VERIFY_SIGNAL)
 
     @workflow.run
     async def run(self, inp: NonconformanceInput) -> NonconformanceResult:
@@ -177,6 +184,10 @@ class NonconformanceWorkflow:
                 ncr=inp.ncr, state=self.state,
                 note="use as is: released under concession" if outcome == NcrAction.use_as_is
                 else f"{outcome.value} carried out"))
+        if workflow.patched(PATCH_GATE_SIGNAL):
+            # dismissed, closed, or carried out and waiting only for its verification: no longer holding the lot
+            await self._db("release_shipment_gates", ReleaseShipmentGatesInput(ncr=inp.ncr, lot=inp.lot),
+                           result_type=list[str])
         result = NonconformanceResult(ncr=inp.ncr, lot=inp.lot, outcome=outcome,
                                       rework_operation=self.rework_operation)
         parent = workflow.info().parent
@@ -220,11 +231,14 @@ class NonconformanceWorkflow:
 
     async def _verify(self, inp: NonconformanceInput) -> None:
         """Scrap and returns wait for a QA supervisor's signed verification; a rework for the lot's next
-        inspection (looked up every `ncr_reinspection_poll`), or a supervisor's verification."""
+        inspection (looked up when its verdict is signalled, and every `ncr_reinspection_poll`), or a
+        supervisor's verification."""
         if self.outcome != NcrAction.rework:
             await workflow.wait_condition(lambda: self.verified_by is not None)
             return
+        signalled = workflow.patched(PATCH_VERIFY_SIGNAL)
         while self.verified_by is None:
+            seen = self.reinspections  # before the look-up: a signal during it makes the wait below return at once
             res = await self._db("check_reinspection", ReinspectionInput(ncr=inp.ncr, lot=inp.lot),
                                  result_type=ReinspectionResult)
             assert isinstance(res, ReinspectionResult)
@@ -238,8 +252,9 @@ class NonconformanceWorkflow:
                         else f"a later NCR {res.later_ncr} on the lot") + ": the rework did not remove the defect"
             else:
                 try:
-                    await workflow.wait_condition(lambda: self.verified_by is not None,
-                                                  timeout=inp.timing.ncr_reinspection_poll)
+                    await workflow.wait_condition(
+                        lambda n=seen: self.verified_by is not None or (signalled and self.reinspections != n),
+                        timeout=inp.timing.ncr_reinspection_poll)
                 except TimeoutError:
                     pass
                 continue
@@ -276,6 +291,12 @@ class NonconformanceWorkflow:
             return True
         except TimeoutError:
             return False
+
+    @workflow.signal
+    def reinspected(self, inspection: str) -> None:
+        """An inspection of the NCR's lot got its verdict (sent by the activity that records it): a rework waiting
+        for its re-inspection looks now. Ignored by NCRs in verification since before PATCH_VERIFY_SIGNAL."""
+        self.reinspections += 1
 
     @workflow.signal
     def reclassify(self, severity: Severity) -> None:

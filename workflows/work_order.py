@@ -72,6 +72,9 @@ PATCH_DEVICE_DATA = "device-data-v1"
 # inspection triggers from the item's plans (first-article, patrol, outgoing) and the shipment gate: every work
 # order started since asks for its triggers once; one whose item has no such plan then runs as before
 PATCH_TRIGGERS = "inspection-triggers-v1"
+# a held shipment checks its gate as soon as an NCR that may hold it stops holding (the NCR's workflow signals,
+# activities/ncr_signals.py); the timer every timing.shipment_gate_recheck stays as the fallback
+PATCH_GATE_SIGNAL = "gate-signal-v1"
 
 
 class PendingInspection(BaseModel):
@@ -151,6 +154,7 @@ class WorkOrderWorkflow:
         self.triggers: InspectionTriggers | None = None
         self.progress: dict[int, int] = {}
         self.gate: list[str] = []
+        self.gate_signals = 0  # recheck_shipment_gate signals received (PATCH_GATE_SIGNAL)
 
     # --- entry --------------------------------------------------------------------------------------
 
@@ -299,10 +303,13 @@ class WorkOrderWorkflow:
     async def _shipment_gate(self, req: ShipmentRequest) -> None:
         """Hold the shipment while the lot lacks a passed outgoing inspection its plan requires or an NCR is
         open on it or on a lot consumed into it; the status names which. NCRs of consumed lots are decided in
-        other workflows, so the gate is checked again every `timing.shipment_gate_recheck`."""
+        other workflows: the gate is checked again when one of them signals that it stops holding, and every
+        `timing.shipment_gate_recheck` (the fallback, and NCRs closed otherwise)."""
         assert self.order is not None
         key = "shipment-gate"
+        signalled = workflow.patched(PATCH_GATE_SIGNAL)
         while True:
+            seen = self.gate_signals  # before the check: a signal during it makes the wait below return at once
             problems = await self._db("shipment_gate", ShipmentGateInput(
                 work_order=self.order.number, lot=self.order.lot_number), result_type=list[str])
             assert isinstance(problems, list)
@@ -313,8 +320,9 @@ class WorkOrderWorkflow:
             self.waits[key] = f"shipment {req.shipment} held: " + "; ".join(problems)
             open_now = len(self.open_ncrs)
             try:
-                await workflow.wait_condition(lambda n=open_now: len(self.open_ncrs) != n,
-                                              timeout=self.order.timing.shipment_gate_recheck)
+                await workflow.wait_condition(
+                    lambda n=open_now, g=seen: len(self.open_ncrs) != n or (signalled and self.gate_signals != g),
+                    timeout=self.order.timing.shipment_gate_recheck)
             except TimeoutError:
                 pass
 
@@ -454,6 +462,12 @@ class WorkOrderWorkflow:
     def equipment_state(self, report: EquipmentStateReport) -> None:
         """An equipment state from the MES (shown in the status)."""
         self.equipment[report.equipment] = report.state
+
+    @workflow.signal
+    def recheck_shipment_gate(self, ncr: str) -> None:
+        """An NCR on the lot or on a lot consumed into it stopped holding: a held shipment checks its gate now.
+        Ignored by shipments held since before PATCH_GATE_SIGNAL."""
+        self.gate_signals += 1
 
     @workflow.signal
     def request_shipment(self, req: ShipmentRequest) -> None:

@@ -9,12 +9,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.models import NonconformanceInput, Timing
+from activities.models import Timing
+from activities.ncr_sweeper import start_duplicate_ncrs
 from api.deps import SessionDep, SettingsDep, get_temporal
 from domain import code_pools, codes, labels, packing, qr
-from workflows.nonconformance import NonconformanceWorkflow
+from domain.audit import PLACEHOLDER_ACTOR
 
 router = APIRouter(prefix="/api/codes", tags=["codes"])
 
@@ -245,24 +245,20 @@ async def revoke_pool(number: str, session: SessionDep, actor: str = "api") -> d
 async def upload_pool(number: str, body: PoolUploadIn, request: Request, session: SessionDep,
                       settings: SettingsDep) -> dict[str, Any]:
     """A duplicate (one code used twice) holds the lot of the second use under an NCR, reviewed like any other.
-    The NCR numbers are stored with the upload; their workflows start once it is committed. Sending the same
-    upload again (same upload_id) starts any that did not start."""
+    The NCR numbers are stored with the upload; their workflows start once it is committed, and each alert is
+    marked started. Should this process die in between, the worker's NCR sweeper starts them
+    (activities/ncr_sweeper.py); sending the same upload again (same upload_id) starts them at once."""
     out = await code_pools.upload(session, number=number, upload_id=body.upload_id,
                                   used=[u.model_dump() for u in body.used], resolver=settings.resolver_base_url)
     dups = await code_pools.duplicate_ncrs(session, [a["id"] for a in out["alerts"] if a["kind"] == "duplicate"])
     await session.commit()
-    timing = Timing().with_defaults(settings.ncr.table())
-    client = await get_temporal(request) if dups else None  # Temporal only when there is an NCR to start
-    for d in dups:
-        assert client is not None
-        try:
-            await client.start_workflow(
-                NonconformanceWorkflow.run,
-                NonconformanceInput(ncr=d["ncr"], work_order=d["work_order"], lot=d["lot"], inspection="",
-                                    stage="codes", description=d["description"], timing=timing),
-                id=f"ncr-{d['ncr']}", task_queue=settings.temporal.task_queue)
-        except WorkflowAlreadyStartedError:
-            pass
+    if dups:  # Temporal only when there is an NCR to start
+        started = await start_duplicate_ncrs(
+            await get_temporal(request), dups, timing=Timing().with_defaults(settings.ncr.table()),
+            task_queue=settings.temporal.task_queue)
+        # the request's transaction is committed and closed: the marks take their own
+        async with request.app.state.sessionmaker() as marks, marks.begin():
+            await code_pools.mark_ncr_started(marks, started, actor=PLACEHOLDER_ACTOR)  # the request's principal
     return out
 
 
