@@ -558,6 +558,99 @@ def users_list() -> None:
         console.print(f"{u.username:24} {', '.join(u.roles):40} {'active' if u.active else 'inactive'}")
 
 
+def _users_run(fn) -> Any:
+    """Run `fn(session)` in one transaction; a refusal (HubError) is printed and exits 1."""
+    from core.errors import HubError
+
+    try:
+        return _with_session(fn)
+    except HubError as exc:
+        console.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from exc
+
+
+def _set_user(username: str, **fields: Any) -> None:
+    from domain import identity
+
+    async def update(session):
+        return await identity.update_user(session, username, actor="tracehub-cli", **fields)
+
+    u, ended = _users_run(update)
+    state = "active" if u.active else "inactive"
+    console.print(f"user {u.username}: roles {', '.join(u.roles)}, {state}"
+                  + (f"; {ended} session(s) ended" if ended else ""))
+
+
+@users_app.command("set-roles")
+def users_set_roles(
+    username: str = typer.Argument(..., help="login name"),
+    role: list[str] = typer.Option(..., "--role", "-r", help="the new roles (they replace the old); repeat for several"),  # noqa: B008
+) -> None:
+    """Replace a user's roles; their sessions end, so the old roles stop working at once."""
+    _set_user(username, roles=role)
+
+
+@users_app.command("deactivate")
+def users_deactivate(username: str = typer.Argument(..., help="login name")) -> None:
+    """Deactivate a user: they cannot log in and their sessions end at once."""
+    _set_user(username, active=False)
+
+
+@users_app.command("activate")
+def users_activate(username: str = typer.Argument(..., help="login name")) -> None:
+    """Let a deactivated user log in again."""
+    _set_user(username, active=True)
+
+
+@users_app.command("passwd")
+def users_passwd(
+    username: str = typer.Argument(..., help="login name"),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="read the password from standard input"),
+) -> None:
+    """Set a user's password (asked for, not echoed); their sessions end."""
+    from domain import identity
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+
+    async def set_password(session):
+        return await identity.set_password(session, username, password, actor="tracehub-cli")
+
+    ended = _users_run(set_password)
+    console.print(f"password of {username} set" + (f"; {ended} session(s) ended" if ended else ""))
+
+
+@users_app.command("tokens")
+def users_tokens() -> None:
+    """List system API tokens (id, name, roles, who created them, expiry, revocation); never the tokens."""
+    from domain import identity
+    from domain.models import utcnow
+
+    async def rows(session):
+        return await identity.list_api_tokens(session)
+
+    now = utcnow()
+    for t in _users_run(rows):
+        state = (f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else
+                 "expired" if t.expires_at <= now else f"expires {t.expires_at:%Y-%m-%d}")
+        console.print(f"{t.id:>6} {t.name:24} {', '.join(t.roles):24} by {t.created_by or '-':16} {state}",
+                      highlight=False)
+
+
+@users_app.command("revoke-token")
+def users_revoke_token(token_id: int = typer.Argument(..., help="the id `tracehub users tokens` shows")) -> None:
+    """Revoke a system API token: it stops working at once."""
+    from domain import identity
+
+    async def revoke(session):
+        return await identity.revoke_api_token(session, token_id, actor="tracehub-cli")
+
+    row = _users_run(revoke)
+    console.print(f"token {token_id} ({row.name}) revoked")
+
+
 async def _ensure_first_admin(s: Settings) -> str | None:
     """On first start, create user `admin` with a random password kept in var/admin-password (owner-only)."""
     import secrets

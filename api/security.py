@@ -45,6 +45,12 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/users"): ADMIN | {"auditor"},
     ("POST", "/api/users"): ADMIN,
     ("POST", "/api/tokens"): ADMIN,
+    # user administration: a role change or deactivation ends the user's sessions (domain/identity.py)
+    ("PATCH", "/api/users/{username}"): ADMIN,
+    ("POST", "/api/users/{username}/password"): ADMIN,
+    ("POST", "/api/auth/password"): PEOPLE,  # one's own password; system tokens have none (the route refuses)
+    ("GET", "/api/tokens"): ADMIN | {"auditor"},
+    ("DELETE", "/api/tokens/{token_id}"): ADMIN,
     # ERP
     ("POST", "/api/erp/events"): frozenset({"erp", "admin"}),  # or a valid webhook signature
     ("GET", "/api/erp/events"): ENGINEERING | {"auditor"},

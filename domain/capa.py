@@ -14,7 +14,7 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.models import Ncr, utcnow
 from domain.models_ncr import Capa, CapaAction, NcrReview
 from domain.ncr_review import ROOT_CAUSE_CATEGORIES, review_of
@@ -89,9 +89,10 @@ async def create_capa(session: AsyncSession, *, actor: str, title: str, problem:
     await session.flush()
     await session.refresh(capa, ["actions"])
     await audit(session, actor=actor, action="capa.created", entity="capa", key=capa.number,
-                changes={"before": None, "after": {"title": title, "problem": problem, "ncrs": [r.number for r in rows],
-                                                   "root_cause_category": root_cause_category,
-                                                   "actions": [_action(a) for a in capa.actions]}})
+                changes=diff(None, {"title": title, "problem": problem, "ncrs": [r.number for r in rows],
+                                    "state": capa.state, "root_cause_category": root_cause_category,
+                                    "root_cause": root_cause, "effectiveness_criteria": effectiveness_criteria,
+                                    "actions": [_action(a) for a in capa.actions]}))
     return capa
 
 
@@ -108,7 +109,7 @@ async def _advance(session: AsyncSession, capa: Capa, actor: str) -> None:
     new = _next_state(capa)
     if new != capa.state:
         await audit(session, actor=actor, action="capa.state", entity="capa", key=capa.number,
-                    changes={"before": {"state": capa.state}, "after": {"state": new}})
+                    changes=diff({"state": capa.state}, {"state": new}))
         capa.state = new
         await session.flush()
 
@@ -158,8 +159,7 @@ async def update_action(session: AsyncSession, number: str, seq: int, *, actor: 
     await session.flush()
     after = _action(a)
     await audit(session, actor=actor, action="capa.action_updated", entity="capa", key=number,
-                changes={"seq": seq, "before": {k: v for k, v in before.items() if after[k] != v},
-                         "after": {k: v for k, v in after.items() if before[k] != v}})
+                changes=diff(before, after, seq=seq))
     await _advance(session, capa, actor)
     return after
 
@@ -182,7 +182,8 @@ async def close_capa(session: AsyncSession, number: str, *, actor: str, actor_na
         why = f"actions {pending} are not done" if pending else "it has no actions"
         raise Conflict(f"CAPA {number} is {capa.state}: {why}; the effectiveness check comes when every "
                        "action is done or cancelled")
-    before = {"state": capa.state, "effective": capa.effective}
+    before = {"state": capa.state, "effective": capa.effective, "result": capa.effectiveness_result,
+              "checked_by": capa.checked_by, "checked_at": _iso(capa.checked_at), "closed_at": _iso(capa.closed_at)}
     capa.effective, capa.effectiveness_result = effective, result
     capa.checked_by, capa.checked_at = actor, utcnow()
     if effective:
@@ -190,9 +191,10 @@ async def close_capa(session: AsyncSession, number: str, *, actor: str, actor_na
     else:
         capa.state = "in_progress"
     await session.flush()
+    after = {"state": capa.state, "effective": effective, "result": result, "checked_by": capa.checked_by,
+             "checked_at": _iso(capa.checked_at), "closed_at": _iso(capa.closed_at)}
     await audit(session, actor=actor, action="capa.closed" if effective else "capa.not_effective", entity="capa",
-                key=number, changes={"before": before, "after": {"state": capa.state, "effective": effective,
-                                                                 "result": result}})
+                key=number, changes=diff(before, after))
     await record_signature(session, signer=actor, signer_name=actor_name, role=role,
                            meaning="approved" if effective else "rejected", entity="capa", key=number,
                            content=close_content(capa))

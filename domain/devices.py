@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.models import ErpEvent, Inspection, utcnow
 from domain.models_connectors import (
     CertificateCheck,
@@ -46,12 +46,14 @@ async def record_certificate_check(session: AsyncSession, *, lot: str, certifica
     row = CertificateCheck(lot_id=lot_row.id, certificate_id=certificate.id if certificate else None,
                            verdict=verdict, failures=failures)
     session.add(row)
+    before = {"certificate_check": None, "certificate_ref": lot_row.certificate_ref}
     if certificate is not None and not lot_row.certificate_ref:
         lot_row.certificate_ref = certificate.certificate_no
     await session.flush()
+    after = {"certificate_check": verdict, "certificate_ref": lot_row.certificate_ref}
     await audit(session, actor="system", action=f"certificate.{verdict}", entity="lot", key=lot,
-                changes={"certificate": certificate.certificate_no if certificate else None,
-                         "heat_number": certificate.heat_number if certificate else None, "failures": failures})
+                changes=diff(before, after, certificate=certificate.certificate_no if certificate else None,
+                             heat_number=certificate.heat_number if certificate else None, failures=failures))
     return row
 
 
@@ -95,7 +97,7 @@ async def skip_inspection(session: AsyncSession, *, number: str, reason: str) ->
     ins.status = "skipped"
     await session.flush()
     await audit(session, actor="system", action="inspection.skipped", entity="inspection", key=number,
-                changes={"reason": reason})
+                changes=diff({"status": "pending"}, {"status": ins.status}, reason=reason))
 
 
 async def poll_watermark(session: AsyncSession, endpoint: str, doctype: str) -> str:

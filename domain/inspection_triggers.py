@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
 from domain import production, quality_plans, sampling
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.models import Inspection, Lot, LotEdge, Ncr
 from domain.models_inspection import InspectionAttachment, InspectionSampling, WorkOrderInspection
 from domain.models_quality import InspectionPlan
@@ -78,8 +78,9 @@ async def work_order_triggers(session: AsyncSession, *, work_order: str, item: s
                                     outgoing_plan_version=triggers["outgoing_plan_version"], triggers=triggers))
     await session.flush()
     if operations or outgoing:
+        # the triggers' own keys stay beside before/after: readers of this entry use them
         await audit(session, actor="system", action="work_order.inspection_triggers", entity="work_order",
-                    key=work_order, changes=triggers)
+                    key=work_order, changes=diff(None, {"inspection_triggers": triggers}, **triggers))
     return triggers
 
 
@@ -141,10 +142,10 @@ async def open_planned_inspection(session: AsyncSession, *, number: str, trigger
                                    trigger=trigger, item=item, supplier=supplier, lot_size=lot_size,
                                    severity=severity, characteristics=chars, switching_recorded=False))
     await session.flush()
+    opened = {"trigger": trigger, "lot": lot, "item": item, "operation": operation, "plan_version": plan.version,
+              "severity": severity, "lot_size": lot_size, "sample": {n: s["n"] for n, s in chars.items()}}
     await audit(session, actor=actor, action="inspection.opened", entity="inspection", key=number,
-                changes={"trigger": trigger, "lot": lot, "item": item, "operation": operation,
-                         "plan_version": plan.version, "severity": severity, "lot_size": lot_size,
-                         "sample": {n: s["n"] for n, s in chars.items()}})
+                changes=diff(None, {"status": ins.status, "work_order": work_order, **opened}, **opened))
     return ins
 
 

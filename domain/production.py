@@ -115,15 +115,19 @@ async def create_work_order(
     return wo
 
 
-async def set_stage(session: AsyncSession, number: str, stage: str, *, status: str | None = None) -> None:
+async def set_stage(session: AsyncSession, number: str, stage: str, *, status: str | None = None,
+                    actor: str = "workflow") -> None:
     wo = await get_work_order(session, number)
     if wo.stage != stage or (status and wo.status != status):
+        before = {"stage": wo.stage, "status": wo.status}
         wo.stage = stage
         if status:
             wo.status = status
         elif wo.status == "released":
             wo.status = "in_progress"
         await session.flush()
+        await audit(session, actor=actor, action="work_order.stage", entity="work_order", key=number,
+                    changes=diff(before, {"stage": wo.stage, "status": wo.status}))
 
 
 async def receive_lot(

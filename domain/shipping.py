@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.inspection_triggers import check_shipment
 from domain.models import Ncr, Shipment, ShipmentLine, utcnow
@@ -39,6 +39,7 @@ async def ship_lot(
     await session.flush()
     session.add(ShipmentLine(shipment_id=row.id, lot_id=lot_row.id, quantity=lot_row.quantity_remaining))
     qty = lot_row.quantity_remaining
+    before = {"lot_status": lot_row.status, "lot_quantity_remaining": qty, "shipped_at": None}
     lot_row.quantity_remaining = 0.0
     await set_lot_status(session, lot_row, "shipped", actor="system", why=f"shipment {shipment}")
     await record_event(
@@ -50,7 +51,9 @@ async def ship_lot(
         lot=lot_row, work_order_id=wo.id,
     )
     await audit(session, actor="system", action="shipment.shipped", entity="shipment", key=shipment,
-                changes={"lot": lot, "quantity": qty, "customer": customer, "sales_order": sales_order})
+                changes=diff(before, {"lot_status": lot_row.status, "lot_quantity_remaining": lot_row.quantity_remaining,
+                                      "shipped_at": row.shipped_at.isoformat()},
+                             lot=lot, quantity=qty, customer=customer, sales_order=sales_order))
     await session.refresh(row, ["lines"])
     return row
 

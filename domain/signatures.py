@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import InvalidInput
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.models_identity import Signature
 
 MEANINGS = ("reviewed", "approved", "rejected", "released", "verified")  # verified: an NCR's follow-up
@@ -30,8 +30,12 @@ async def record_signature(session: AsyncSession, *, signer: str, signer_name: s
                     entity_key=key, content=content, content_hash=content_hash(content), comment=comment)
     session.add(sig)
     await session.flush()
+    # a signature is created, never changed: before None, after the signature as stored
     await audit(session, actor=signer, action="signature.signed", entity=entity, key=key,
-                changes={"meaning": meaning, "role": role, "content_hash": sig.content_hash})
+                changes=diff(None, {"signature_id": sig.id, "signer": signer, "signer_name": signer_name,
+                                    "role": role, "meaning": meaning, "content_hash": sig.content_hash,
+                                    "signed_at": sig.signed_at.isoformat(), "comment": comment},
+                             meaning=meaning, role=role, content_hash=sig.content_hash))
     return sig
 
 

@@ -86,7 +86,7 @@ async def test_codes_users_tokens_and_endpoints_are_audited_with_before_and_afte
     assert r.status_code == 201, r.text
     ch = await audited(sessionmaker, "user", user, "user.created", actor=SUITE, created=True)
     assert ch["after"]["roles"] == ["operator"] and ch["after"]["password"] == MASK
-    async with sessionmaker() as s, s.begin():  # no API changes a password yet: the CLI's path
+    async with sessionmaker() as s, s.begin():  # the domain path the CLI and POST /api/users/{u}/password share
         await identity.set_password(s, user, PASSWORD + "!", actor="tracehub-cli")
     ch = await audited(sessionmaker, "user", user, "user.password_set", actor="tracehub-cli")
     assert PASSWORD not in json.dumps(ch)
@@ -327,6 +327,18 @@ async def test_order_changes_are_audited_and_a_critical_failure_opens_a_critical
     done = await wait_done(api, wo_number)
     assert done["status"]["result"] == "completed"
     await client.get_workflow_handle(f"ncr-{ncr}").result()
+    # the inspection opened from the plan, the decisions' signatures, the stages and the shipment
+    ch = await audited(sessionmaker, "inspection", iqc, "inspection.opened", created=True)
+    assert ch["trigger"] == "iqc" and ch["after"]["status"] == "pending" and ch["after"]["lot"] == m_lot
+    rework = next(d for d in (await api.get(f"/api/ncrs/{ncr}")).json()["decisions"] if d["action"] == "rework")
+    ch = await audited(sessionmaker, "ncr_decision", rework["decision_id"], "signature.signed",
+                       actor="t-mrb_production", created=True)
+    assert ch["after"]["signer"] == "t-mrb_production" and ch["after"]["content_hash"] == ch["content_hash"]
+    ch = await audited(sessionmaker, "work_order", wo_number, "work_order.stage", actor="workflow")
+    assert set(ch["before"]) == set(ch["after"]) and set(ch["after"]) <= {"stage", "status"}
+    ch = await audited(sessionmaker, "shipment", f"DN-{wo_number}", "shipment.shipped", actor="system")
+    assert ch["lot"] == out_lot and ch["before"]["lot_status"] == "released" and ch["after"]["lot_status"] == "shipped"
+    assert ch["before"]["lot_quantity_remaining"] == ch["quantity"] > 0 and ch["after"]["lot_quantity_remaining"] == 0
     await chain_ok(sessionmaker)
     await record_history(client, f"work-order-{wo_number}", "work_order_critical_ncr_rework_review_states")
     await record_history(client, f"ncr-{ncr}", "nonconformance_critical_rework_reinspected")
