@@ -274,10 +274,19 @@ async def _fetch_pg(session: AsyncSession, anchor: str, params: dict[str, Any], 
             log.debug("trace reader fell back to the session", exc_info=True)
     if text_doc is None:
         text_doc = (await session.execute(stmt, params)).scalar_one()
-    doc = orjson.loads(text_doc)
-    starts, edges, lots, hists, items, suppliers, ext, events = doc
-    return {"starts": starts or [], "edges": _Columns(edges), "lots": lots,
-            "hists": dict(zip(hists[::2], hists[1::2], strict=True)) if hists is not None else None,
+    # the JSON text, then (full) GS and the lots' histories, kept as parts (migrations 0018_trace_hist_parts):
+    # records "lot id US ops count US inspections count US NCR numbers (JSON) US ops US inspections US NCRs"
+    # separated by RS. The three JSON texts stay text here: _assemble parses them, or the JSON route sends them
+    # as they are.
+    json_text, _, blob = text_doc.partition("\x1d")
+    starts, edges, lots, _, items, suppliers, ext, events = orjson.loads(json_text)
+    hists: dict[int, tuple[Any, ...]] | None = None
+    if full:
+        hists = {}
+        for rec in blob.split("\x1e") if blob else ():
+            lot_id, n_ops, n_ins, names, ops, ins, ncrs = rec.split("\x1f")
+            hists[int(lot_id)] = (int(n_ops), int(n_ins), orjson.loads(names), ops, ins, ncrs)
+    return {"starts": starts or [], "edges": _Columns(edges), "lots": lots, "hists": hists,
             "items": {i: (code, gtin) for i, code, gtin in items}, "suppliers": dict(suppliers),
             "ext": _Columns(ext), "events": _Columns(events)}
 
@@ -440,23 +449,61 @@ _EXT_WHERE = "outside the plant (captured EPCIS events)"
 _BY_LEVEL = itemgetter(0, 1)  # nodes by (level, label)
 
 
-def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool) -> dict[str, Any]:
-    """nodes (one per lot or captured identifier, by level), edges, and the flat list (one row per node)."""
-    depth = _depths(raw["starts"], raw["edges"])
-    items, suppliers = raw["items"], raw["suppliers"]
-    ext_events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def _ext_events(raw: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The captured events of each identifier known from captured events only, as its node shows them."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for uri, role, event_id, etype, step, at, d in raw["events"]:
-        ext_events[uri].append({
+        out[uri].append({
             "event_id": event_id, "type": etype, "biz_step": step, "role": role, "event_time": _iso(at),
             "source": d.get("sourceList"), "destination": d.get("destinationList"),
             "biz_transactions": d.get("bizTransactionList"), "ilmd": d.get("ilmd"),
             "certification": d.get("certificationInfo"),
             "extensions": {k: v for k, v in d.items() if ":" in k and not k.startswith("@")}})
+    return out
+
+
+def _ext_rows(uri: str, kind: str, level: int, events: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The node and flat row of an identifier known from captured events only."""
+    return {
+        "node": "external", "id": uri, "uri": uri, "kind": kind, "lot": lot_of(uri), "status": None,
+        "events": events, "where": _EXT_WHERE, "level": level}, {
+        "level": level, "node": "external", "id": uri, "kind": kind, "item": None, "status": None,
+        "where": _EXT_WHERE, "quantity": None, "uom": None, "units": 0, "supplier": None, "supplier_lot": None,
+        "heat_number": None, "certificate_ref": None, "customers": "", "shipments": "", "operations": 0,
+        "inspections": 0, "ncrs": ""}
+
+
+def _lot_uris() -> Any:
+    """uri(number, gtin): a lot's lineage identifier (epcis_index.lot_node_uri), each GTIN's Digital Link prefix
+    worked out once per trace."""
+    uri_of_gtin: dict[str | None, str | None] = {}  # the Digital Link prefix of a GTIN, None: canonical() needed
+
+    def uri(number: str, gtin: str | None) -> str:
+        if gtin is None:
+            return f"urn:tracehub:lot:{number}"
+        prefix = uri_of_gtin.get(gtin, "")
+        if prefix == "":
+            prefix = uri_of_gtin[gtin] = f"{GS1_DL}/01/{gtin.zfill(14)}/10/" \
+                if gtin.isdigit() and len(gtin) in (8, 12, 13, 14) else None
+        return prefix + number if prefix is not None and _DL_SAFE.fullmatch(number) else _lot_uri(number, gtin)
+    return uri
+
+
+def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool, as_sent: bool = False) -> dict[str, Any]:
+    """nodes (one per lot or captured identifier, by level), edges, and the flat list (one row per node).
+
+    A lot's operations, inspections and NCRs come as lists (the portable path) or as the JSON texts its trace
+    row keeps (PostgreSQL): those are parsed, or with `as_sent` (the JSON route, which serialises the answer at
+    once) wrapped as orjson fragments that go into the answer's bytes as they are."""
+    depth = _depths(raw["starts"], raw["edges"])
+    items, suppliers = raw["items"], raw["suppliers"]
+    ext_events = _ext_events(raw)
     label: dict[int, str] = {}
     keyed: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []
-    uri_of_gtin: dict[str | None, str | None] = {}  # the Digital Link prefix of a GTIN, None: canonical() needed
+    lot_uri = _lot_uris()
     consumed, shipped = LotStatus.consumed, LotStatus.shipped
     hists = raw["hists"] if full else None
+    fragment, loads = orjson.Fragment, orjson.loads
     for (lot_id, number, kind, status, qty, remaining, uom, slot, heat, cert, receipt, loc, concession, item_id,
             supplier_id, shipments, blocks) in raw["lots"]:
         label[lot_id] = number
@@ -490,28 +537,30 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool) -> di
                                 "last_uri": f"{resolver}/01/{gtin}/21/{last}"} if gtin else
                                {"first": first, "last": last, "count": count})
             u = {"count": n_units, "blocks": ublocks}
-        # the lot's lineage identifier (epcis_index.lot_node_uri) without a lookup for the usual lot numbers
-        if gtin is None:
-            uri = f"urn:tracehub:lot:{number}"
-        else:
-            prefix = uri_of_gtin.get(gtin, "")
-            if prefix == "":
-                prefix = uri_of_gtin[gtin] = f"{GS1_DL}/01/{gtin.zfill(14)}/10/" \
-                    if gtin.isdigit() and len(gtin) in (8, 12, 13, 14) else None
-            uri = prefix + number if prefix is not None and _DL_SAFE.fullmatch(number) \
-                else _lot_uri(number, gtin)
-        node = {"node": "lot", "id": number, "uri": uri, "kind": kind, "item": item, "gtin": gtin,
+        node = {"node": "lot", "id": number, "uri": lot_uri(number, gtin), "kind": kind, "item": item, "gtin": gtin,
                 "status": status, "quantity": qty, "quantity_remaining": remaining, "uom": uom, "supplier": supplier,
                 "supplier_lot": slot, "heat_number": heat, "certificate_ref": cert, "receipt": receipt,
                 "location": loc, "concession": concession, "shipments": shipments, "units": u, "where": where}
         if hists is not None:
             h = hists.get(lot_id)
-            ops, ins, ncrs = h if h is not None else ([], [], [])
-            node["operations"] = ops
-            node["inspections"] = ins
-            node["ncrs"] = ncrs
-            n_ops, n_ins = len(ops), len(ins)
-            ncr_names = ", ".join([x["number"] for x in ncrs]) if ncrs else ""
+            if h is None:
+                node["operations"], node["inspections"], node["ncrs"] = [], [], []
+                n_ops = n_ins = 0
+                ncr_names = ""
+            elif len(h) == 6:  # the trace row's parts: counts, NCR numbers, three JSON texts
+                n_ops, n_ins, ncr_names, ops, ins, ncrs = h
+                if as_sent:
+                    node["operations"], node["inspections"], node["ncrs"] = fragment(ops), fragment(ins), \
+                        fragment(ncrs)
+                else:
+                    node["operations"], node["inspections"], node["ncrs"] = loads(ops), loads(ins), loads(ncrs)
+            else:
+                ops, ins, ncrs = h
+                node["operations"] = ops
+                node["inspections"] = ins
+                node["ncrs"] = ncrs
+                n_ops, n_ins = len(ops), len(ins)
+                ncr_names = ", ".join([x["number"] for x in ncrs]) if ncrs else ""
         else:
             n_ops = n_ins = 0
             ncr_names = ""
@@ -524,13 +573,7 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool) -> di
     for nid, uri, kind in raw["ext"]:
         label[nid] = uri
         level = depth.get(nid, 0)
-        keyed.append((level, uri, {
-            "node": "external", "id": uri, "uri": uri, "kind": kind, "lot": lot_of(uri), "status": None,
-            "events": ext_events.get(uri, []), "where": _EXT_WHERE, "level": level}, {
-            "level": level, "node": "external", "id": uri, "kind": kind, "item": None, "status": None,
-            "where": _EXT_WHERE, "quantity": None, "uom": None, "units": 0, "supplier": None, "supplier_lot": None,
-            "heat_number": None, "certificate_ref": None, "customers": "", "shipments": "", "operations": 0,
-            "inspections": 0, "ncrs": ""}))
+        keyed.append((level, uri, *_ext_rows(uri, kind, level, ext_events.get(uri, []))))
     keyed.sort(key=_BY_LEVEL)
     # walk rows are (reached, from): backward reaches parents, forward children
     if up:
@@ -540,8 +583,8 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool) -> di
     return {"nodes": [k[2] for k in keyed], "edges": edges, "flat": [k[3] for k in keyed]}
 
 
-async def _backward_graph(session: AsyncSession, code: str, *, resolver: str,
-                          reader: Any = None) -> tuple[dict[str, Any], str | None]:
+async def _backward_graph(session: AsyncSession, code: str, *, resolver: str, reader: Any = None,
+                          as_sent: bool = False) -> tuple[dict[str, Any], str | None]:
     # the common starts resolve inside the walk's statement: a hub unit serial, or a lot number
     c = code.strip()
     c = canonical(c) if c.startswith("urn:epc:") else c
@@ -559,15 +602,18 @@ async def _backward_graph(session: AsyncSession, code: str, *, resolver: str,
     if raw is None or not raw["lots"]:
         lot_id, unit = await resolve(session, code)
         raw = await _fetch(session, "lot", {"lot": lot_id}, up=True, full=True, reader=reader)
-    return _assemble(raw, up=True, resolver=resolver, full=True), unit
+    return _assemble(raw, up=True, resolver=resolver, full=True, as_sent=as_sent), unit
 
 
-async def backward(session: AsyncSession, code: str, *, resolver: str, reader: Any = None) -> dict[str, Any]:
+async def backward(session: AsyncSession, code: str, *, resolver: str, reader: Any = None,
+                   as_sent: bool = False) -> dict[str, Any]:
     """Where did it come from: the whole history of a unit, batch code or lot.
 
     `reader` (a core.db.FastReader, PostgreSQL): the trace's one statement runs on one of its autocommit
-    connections instead of the session's transaction (the API routes pass the app's `trace_reader`)."""
-    g, unit = await _backward_graph(session, code, resolver=resolver, reader=reader)
+    connections instead of the session's transaction (the API routes pass the app's `trace_reader`).
+    `as_sent`: each lot's operations, inspections and NCRs may be orjson fragments, for an answer serialised
+    with orjson at once (backward_json); otherwise lists."""
+    g, unit = await _backward_graph(session, code, resolver=resolver, reader=reader, as_sent=as_sent)
     materials = [n for n in g["nodes"] if n.get("kind") == "material"]
     external = [n for n in g["nodes"] if n["node"] == "external"]
     return {
@@ -592,20 +638,29 @@ async def forward(session: AsyncSession, lot_number: str | None = None, *, resol
     if not raw["starts"]:
         raise _no_start(kind, value, since)
     g = _assemble(raw, up=False, resolver=resolver, full=False)
-    lots = [n for n in g["nodes"] if n["node"] == "lot"]
+    return _forward_answer(kind, value, since, until, g, (
+        (n["id"], n["item"], n["uom"], n["status"], n["quantity_remaining"], n["units"]["count"], n["shipments"])
+        for n in g["nodes"] if n["node"] == "lot"))
+
+
+def _forward_answer(kind: str, value: str, since: datetime | None, until: datetime | None, g: dict[str, Any],
+                    lots: Any) -> dict[str, Any]:
+    """The forward answer around its graph `g`: customers, shipments by customer and the summary, from the lots
+    in the nodes' order as (number, item, uom, status, remaining, units, shipments)."""
     customers: dict[str, dict[str, Any]] = {}
-    units = 0
+    n_lots = units = 0
     in_stock, on_hold, shipped = [], [], []
-    for n in lots:
-        units += n["units"]["count"]
-        if n["status"] in (LotStatus.released, LotStatus.quarantine) and n["quantity_remaining"] > 1e-9:
-            in_stock.append(n["id"])
-        elif n["status"] == LotStatus.on_hold:
-            on_hold.append(n["id"])
-        if not n["shipments"]:
+    for number, item, uom, status, remaining, n_units, shipments in lots:
+        n_lots += 1
+        units += n_units
+        if status in (LotStatus.released, LotStatus.quarantine) and remaining > 1e-9:
+            in_stock.append(number)
+        elif status == LotStatus.on_hold:
+            on_hold.append(number)
+        if not shipments:
             continue
-        shipped.append(n["id"])
-        for s in n["shipments"]:
+        shipped.append(number)
+        for s in shipments:
             c = customers.get(s["customer"])
             if c is None:
                 c = customers[s["customer"]] = {"customer": s["customer"], "quantity": 0.0, "shipments": {}}
@@ -614,8 +669,8 @@ async def forward(session: AsyncSession, lot_number: str | None = None, *, resol
             if sh is None:
                 sh = c["shipments"][s["shipment"]] = {"shipment": s["shipment"], "sales_order": s["sales_order"],
                                                       "shipped_at": s["shipped_at"], "lots": []}
-            sh["lots"].append({"lot": n["id"], "item": n["item"], "quantity": s["quantity"], "uom": n["uom"]})
-    summary = {"lots": len(lots), "units": units, "in_stock": in_stock, "on_hold": on_hold, "shipped": shipped}
+            sh["lots"].append({"lot": number, "item": item, "quantity": s["quantity"], "uom": uom})
+    summary = {"lots": n_lots, "units": units, "in_stock": in_stock, "on_hold": on_hold, "shipped": shipped}
     return {
         "direction": "forward", "query": {"kind": kind, "value": value, "since": _iso(since), "until": _iso(until)},
         "lot": value if kind == "lot" else None, **g,
@@ -641,7 +696,7 @@ def to_json(result: dict[str, Any]) -> bytes:
 
 async def backward_json(session: AsyncSession, code: str, *, resolver: str, reader: Any = None) -> bytes:
     """backward()'s answer as JSON: what GET /api/trace/backward sends."""
-    return to_json(await backward(session, code, resolver=resolver, reader=reader))
+    return to_json(await backward(session, code, resolver=resolver, reader=reader, as_sent=True))
 
 
 async def forward_json(session: AsyncSession, *, resolver: str, kind: str = "lot", value: str | None = None,

@@ -39,12 +39,13 @@ async def _stale_rows(sessionmaker) -> list[Any]:
     """Lots whose stored trace row differs from one computed now from the facts (or is missing, or left over)."""
     from importlib import import_module
 
-    select_all = import_module("migrations.versions.0014_trace_doc").DOC_SELECT.format(where="true")
+    select_all = import_module("migrations.versions.0018_trace_hist_parts").DOC_SELECT.format(where="true")
     async with sessionmaker() as s:
-        return (await s.execute(text(f"""
+        conn = await s.connection()
+        return [r[0] for r in (await conn.exec_driver_sql(f"""
             SELECT coalesce(f.id, d.lot_id) FROM ({select_all}) f FULL JOIN trace_lot_doc d ON d.lot_id = f.id
             WHERE f.id IS NULL OR d.lot_id IS NULL OR (f.item_id, f.supplier_id, f.doc, f.hist)
-                  IS DISTINCT FROM (d.item_id, d.supplier_id, d.doc, d.hist)"""))).scalars().all()
+                  IS DISTINCT FROM (d.item_id, d.supplier_id, d.doc, d.hist)""")).all()]
 
 
 async def test_trace_rows_follow_every_fact_and_answer_as_the_tables_do(sessionmaker):
@@ -105,9 +106,12 @@ async def test_rebuild_gives_the_rows_the_triggers_keep(sessionmaker):
     _pg_only(sessionmaker)
     await build_plant(sessionmaker)
     async with sessionmaker() as s:
-        before = dict((await s.execute(text("SELECT lot_id, doc || coalesce(hist, '') FROM trace_lot_doc"))).all())
+        before = dict((await s.execute(text(
+            "SELECT lot_id, concat(doc, hist) FROM trace_lot_doc"))).all())
     async with sessionmaker() as s, s.begin():
         n = (await s.execute(text("SELECT trace_lot_doc_rebuild()"))).scalar_one()
     async with sessionmaker() as s:
-        after = dict((await s.execute(text("SELECT lot_id, doc || coalesce(hist, '') FROM trace_lot_doc"))).all())
+        after = dict((await s.execute(text(
+            "SELECT lot_id, concat(doc, hist) FROM trace_lot_doc"))).all())
     assert n == len(after) and after == before
+
