@@ -220,6 +220,24 @@ class RecallNotice(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
 
+class RecallContainer(Base):
+    """A case or pallet holding units of a recall's lots: held where it is (in stock), or shipped, and when its
+    hold ended (every recalled lot inside it released by a reviewer)."""
+
+    __tablename__ = "recall_container"
+    __table_args__ = (UniqueConstraint("recall_id", "code"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recall_id: Mapped[int] = mapped_column(ForeignKey("recall.id"), index=True)
+    code: Mapped[str] = mapped_column(String(200))
+    level: Mapped[str] = mapped_column(String(8))  # case | pallet
+    action: Mapped[str] = mapped_column(String(16))  # held | shipped
+    status_before: Mapped[str] = mapped_column(String(16))
+    lots: Mapped[list[Any]] = mapped_column(default=list)  # the recall's lots with units inside
+    units: Mapped[int] = mapped_column(Integer, default=0)
+    held_at: Mapped[datetime | None] = mapped_column()
+    released_at: Mapped[datetime | None] = mapped_column()
+
+
 # query indexes on the event log itself (the table is defined in domain/models.py)
 Index("ix_epcis_event_record_time", EpcisEvent.record_time)
 Index("ix_epcis_event_type_time", EpcisEvent.event_type, EpcisEvent.event_time)

@@ -13,14 +13,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain.audit import audit
+from domain.audit import audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import Lot, LotStatus, utcnow
-from domain.models_trace import Recall, RecallLot, RecallNotice
+from domain.models_codes import Container
+from domain.models_trace import Recall, RecallContainer, RecallLot, RecallNotice
+from domain.packing import epc
 from domain.production import set_lot_status
 from domain.trace import forward
+from domain.trace_containers import containers_of_lots
 
 IN_STOCK = (LotStatus.released, LotStatus.quarantine, LotStatus.on_hold)
+CONTAINER_ON_HOLD = "on_hold"  # container.status while a recall holds it (packing and shipping refuse it)
 
 
 async def get_recall(session: AsyncSession, number: str) -> Recall:
@@ -54,10 +58,17 @@ async def open_recall(
         for c in result["by_customer"]:
             session.add(RecallNotice(recall_id=row.id, customer=c["customer"], quantity=c["quantity"],
                                      shipments=c["shipments"]))
+        # the cases and pallets holding units of those lots: held where they are, or listed as shipped
+        boxes = await containers_of_lots(session, list(lots))
+        for b in boxes:
+            session.add(RecallContainer(recall_id=row.id, code=b["code"], level=b["level"],
+                                        action="shipped" if b["status"] == "shipped" else "held",
+                                        status_before=b["status"], lots=b["lots"], units=b["units"]))
         await session.flush()
         await audit(session, actor=requested_by, action="recall.opened", entity="recall", key=number,
                     changes={"suspect": f"{suspect_kind}:{suspect}", "reason": reason,
-                             "lots": len(lots), "customers": result["customers"]})
+                             "lots": len(lots), "customers": result["customers"],
+                             "containers": [b["code"] for b in boxes]})
     return await scope(session, number)
 
 
@@ -68,6 +79,10 @@ async def scope(session: AsyncSession, number: str) -> dict[str, Any]:
         .order_by(Lot.number))).all()
     notices = (await session.execute(select(RecallNotice).where(RecallNotice.recall_id == row.id)
                                      .order_by(RecallNotice.customer))).scalars().all()
+    boxes = (await session.execute(
+        select(RecallContainer, Container.status).outerjoin(Container, Container.code == RecallContainer.code)
+        .where(RecallContainer.recall_id == row.id).order_by(RecallContainer.level.desc(), RecallContainer.code)
+    )).all()
     return {
         "number": row.number, "status": row.status, "suspect_kind": row.suspect_kind, "suspect": row.suspect,
         "reason": row.reason,
@@ -78,6 +93,12 @@ async def scope(session: AsyncSession, number: str) -> dict[str, Any]:
         "customers": [{"customer": n.customer, "quantity": n.quantity, "shipments": n.shipments,
                        "acknowledged_at": n.acknowledged_at.isoformat() if n.acknowledged_at else None,
                        "acknowledged_by": n.acknowledged_by, "note": n.note} for n in notices],
+        # pallets first, then cases
+        "containers": [{"code": rc.code, "level": rc.level, "action": rc.action, "status_before": rc.status_before,
+                        "status": status, "lots": rc.lots, "units": rc.units,
+                        "held_at": rc.held_at.isoformat() if rc.held_at else None,
+                        "released_at": rc.released_at.isoformat() if rc.released_at else None}
+                       for rc, status in boxes],
     }
 
 
@@ -103,8 +124,56 @@ async def hold_lots(session: AsyncSession, *, number: str, resolver: str) -> lis
             )
             rl.held_at = utcnow()
         out.append({"lot": lot.number, "item": lot.item.code, "quantity": rl.quantity, "uom": lot.uom})
+    await _hold_containers(session, row, resolver)
     await session.flush()
     return out
+
+
+async def _hold_containers(session: AsyncSession, row: Recall, resolver: str) -> None:
+    """Put the scope's cases and pallets still in stock on hold, each with an EPCIS holding event."""
+    pairs = (await session.execute(
+        select(RecallContainer, Container).join(Container, Container.code == RecallContainer.code)
+        .where(RecallContainer.recall_id == row.id, RecallContainer.action == "held",
+               RecallContainer.held_at.is_(None)))).all()
+    for rc, box in pairs:
+        if box.status == "shipped":  # shipped between the scope and the hold: listed as shipped instead
+            rc.action = "shipped"
+            continue
+        before = box.status
+        box.status = CONTAINER_ON_HOLD
+        rc.held_at = utcnow()
+        await record_event(
+            session, key=f"recall-hold:{row.number}:{rc.code}", event_type="ObjectEvent", biz_step="holding",
+            disposition="recalled", epc_list=[epc(rc.code, resolver)],
+            biz_transactions=[("testres", hub_uri("recall", row.number))],
+            extensions={"recall": {"number": row.number, "reason": row.reason, "lots": rc.lots}})
+        await audit(session, actor=row.requested_by, action="container.held", entity="container", key=rc.code,
+                    changes=diff({"status": before}, {"status": box.status}, recall=row.number, lots=rc.lots))
+
+
+async def _release_containers(session: AsyncSession, row: Recall, resolver: str, reviewer: str) -> None:
+    """A held case or pallet goes back to what it was once every recalled lot inside it is released."""
+    decisions = dict((await session.execute(
+        select(Lot.number, RecallLot.decision).join(Lot, Lot.id == RecallLot.lot_id)
+        .where(RecallLot.recall_id == row.id))).all())
+    pairs = (await session.execute(
+        select(RecallContainer, Container).join(Container, Container.code == RecallContainer.code)
+        .where(RecallContainer.recall_id == row.id, RecallContainer.held_at.is_not(None),
+               RecallContainer.released_at.is_(None)))).all()
+    for rc, box in pairs:
+        if not all(decisions.get(lot) == "release" for lot in rc.lots):
+            continue
+        rc.released_at = utcnow()
+        if box.status == CONTAINER_ON_HOLD:
+            box.status = rc.status_before
+        await record_event(
+            session, key=f"recall-release:{row.number}:{rc.code}", event_type="ObjectEvent",
+            biz_step="inspecting", disposition="available", epc_list=[epc(rc.code, resolver)],
+            biz_transactions=[("testres", hub_uri("recall", row.number))],
+            extensions={"recallDecision": {"number": row.number, "decision": "release", "reviewer": reviewer,
+                                           "lots": rc.lots}})
+        await audit(session, actor=reviewer, action="container.released", entity="container", key=rc.code,
+                    changes=diff({"status": CONTAINER_ON_HOLD}, {"status": box.status}, recall=row.number))
 
 
 async def mark_erp_blocked(session: AsyncSession, *, number: str, lot: str) -> None:
@@ -166,6 +235,8 @@ async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: 
                                        "reason": reason}},
         lot=lot_row, work_order_id=lot_row.work_order_id,
     )
+    if decision == "release":
+        await _release_containers(session, row, resolver, reviewer)
     await session.flush()
 
 
@@ -176,6 +247,7 @@ async def close(session: AsyncSession, *, number: str) -> dict[str, Any]:
         report = await scope(session, number)
         report["closed_at"] = utcnow().isoformat()
         report["held"] = [x["lot"] for x in report["lots"] if x["action"] == "held"]
+        report["held_containers"] = [x["code"] for x in report["containers"] if x["action"] == "held"]
         report["shipped_quantity"] = sum(c["quantity"] for c in report["customers"])
         row.report = report
         row.status = "closed"

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from domain.models_trace import RecallLot, RecallNotice
 from tests.helpers import PASSWORD, role_headers
+from tests.test_trace_containers import urn_of_sscc
 from tests.test_trace_plant import build_plant, lot_status
 
 pytestmark = pytest.mark.asyncio
@@ -114,3 +115,72 @@ async def test_recall_payloads_are_checked_before_temporal(api: httpx.AsyncClien
                                              "reason": "x", "requested_by": "qm"})
     assert r.status_code == 422 and "since and until" in r.json()["detail"]
     assert (await api.get("/api/recalls/RC-NONE-1")).status_code == 404
+
+
+async def test_recall_holds_the_cases_and_pallets_in_stock_until_their_lots_are_released(
+        api: httpx.AsyncClient, sessionmaker):
+    """Issue 5: the recall holds every affected lot *and case* still in stock: the cases and pallets holding units
+    of the scope's lots are recorded with the recall, put on hold with an EPCIS holding event (disposition
+    recalled), and go back to what they were once a reviewer has released every recalled lot inside them."""
+    import uuid
+
+    from domain import gs1
+    from domain.models_codes import Container
+    from tests.test_codes import sscc_rule
+
+    plant = await build_plant(sessionmaker, ship=False)
+    tag, lots = plant.tag, plant.lots
+    item = f"ASSY-{tag}"
+    for level, ext in (("case", "5"), ("pallet", "6")):
+        r = await api.post("/api/codes/rules", json={"item": item, "level": level, "spec": sscc_rule("4012345", ext)})
+        assert r.status_code == 201, r.text
+
+    async def codes(level: str, count: int, lot: str | None = None) -> list[str]:
+        body = {"key": f"{item}-{level}-{uuid.uuid4().hex[:4]}", "item": item, "count": count,
+                **({"level": level} if level != "unit" else {}), **({"lot": lot} if lot else {})}
+        b = await api.post("/api/codes/blocks", json=body)
+        assert b.status_code in (200, 201), b.text
+        return [(await api.get(f"/api/codes/blocks/{b.json()['id']}/codes/{i}")).json()["digital_link"]
+                for i in range(count)]
+
+    units, (case,), (pallet,) = await codes("unit", 2, lots["B1"]), await codes("case", 1), await codes("pallet", 1)
+    for parent, children in ((case, units), (pallet, [case])):
+        r = await api.post("/api/codes/pack", json={"parent": parent, "children": children, "actor": "packer"})
+        assert r.status_code == 200, r.text
+    path = {c: f"/00/{gs1.parse_digital_link(c)['00']}" for c in (case, pallet)}
+
+    async def box_status(code: str) -> str:
+        async with sessionmaker() as s:
+            return (await s.execute(select(Container.status).where(Container.code == path[code]))).scalar_one()
+
+    number = f"RC-BOX-{tag}"
+    r = await api.post("/api/recalls", json={"number": number, "suspect_kind": "heat", "suspect": plant.heats["M1"],
+                                             "reason": "cracks in heat", "requested_by": "qm-1"})
+    assert r.status_code == 202, r.text
+    rec = await wait_recall(api, number, lambda x: bool(x["record"]["containers"])
+                            and all(c["held_at"] for c in x["record"]["containers"]), "container holds")
+    boxes = {c["code"]: c for c in rec["record"]["containers"]}
+    assert set(boxes) == {path[case], path[pallet]}
+    for code in (case, pallet):
+        b = boxes[path[code]]
+        assert (b["action"], b["status_before"], b["status"], b["lots"], b["units"]) == \
+            ("held", "open", "on_hold", [lots["B1"]], 2)
+        assert await box_status(code) == "on_hold"
+    # each hold is an EPCIS event on the SSCC, disposition recalled
+    r = await api.get("/epcis/events", params={"EQ_disposition": "recalled", "MATCH_epc": urn_of_sscc(pallet)})
+    assert len(r.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 1
+
+    qm = role_headers("quality_manager")
+    held = [x["lot"] for x in rec["record"]["lots"] if x["action"] == "held"]
+    assert lots["B1"] in held and lots["A1"] in held
+    # releasing another lot leaves the boxes held; releasing the lot inside them releases them
+    r = await api.post(f"/api/recalls/{number}/decisions", headers=qm, json={
+        "lot": lots["A1"], "decision": "release", "reason": "re-tested", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    assert await box_status(case) == "on_hold"
+    r = await api.post(f"/api/recalls/{number}/decisions", headers=qm, json={
+        "lot": lots["B1"], "decision": "release", "reason": "re-tested", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    assert await box_status(case) == "open" and await box_status(pallet) == "open"
+    rec = (await api.get(f"/api/recalls/{number}")).json()
+    assert all(c["released_at"] and c["status"] == "open" for c in rec["record"]["containers"])
