@@ -64,6 +64,12 @@ class NoSuchNameException(NotFound):
     kind = "NoSuchNameException"
 
 
+class NotAcceptableException(HubError):
+    """The answer cannot be given in the form the client asked for (REST binding: 406)."""
+
+    kind = "NotAcceptableException"
+
+
 class ResourceAlreadyExistsException(Conflict):
     kind = "ResourceAlreadyExistsException"
 
@@ -363,12 +369,26 @@ async def _formatter(session: AsyncSession, epc_format: str) -> Any:
         gcps = list((await session.execute(select(Gs1CompanyPrefix.prefix))).scalars())
 
         def to_urn(x: Any) -> Any:
-            if not isinstance(x, str) or dl_canonical(x) is None:
+            if not isinstance(x, str):
                 return x
-            digits = dl_canonical(x).split("/")[4]  # type: ignore[union-attr]
-            key = digits[1:] if dl_canonical(x).split("/")[3] in ("01", "00") else digits  # type: ignore[union-attr]
+            canon = dl_canonical(x)
+            if canon is None:
+                return x  # an EPC URN already, or not a GS1 identifier at all (a hub URN): nothing to translate
+            digits = canon.split("/")[4]
+            key = digits[1:] if canon.split("/")[3] in ("01", "00") else digits
             best = max((g for g in gcps if key.startswith(g)), key=len, default=None)
-            return (dl_to_urn(x, len(best)) or x) if best else x
+            urn = dl_to_urn(x, len(best)) if best else None
+            if urn is None:
+                # "Always_EPC_URN: URIs are returned as URN" (REST binding, GS1-EPC-Format); the binding's
+                # answer to a response that cannot be given as requested is 406, not a silent mix of forms
+                raise NotAcceptableException(
+                    f"GS1-EPC-Format Always_EPC_URN: {x} cannot be written as an EPC URN "
+                    + ("because its GS1 company prefix is not known to the hub (its length is needed): capture "
+                       "an event naming it as an EPC URN to teach it" if best is None else
+                       "because the EPC URN schemes have no form for it")
+                    + ", or ask for Always_GS1_Digital_Link, No_Preference or Never_Translates",
+                    field="GS1-EPC-Format")
+            return urn
 
         return lambda ev: _map_ids(ev, to_urn)
     return lambda ev: _map_ids(ev, lambda x: (urn_to_dl(x) or x) if isinstance(x, str) else x)

@@ -77,14 +77,8 @@ async def _aggregation_event(session: AsyncSession, *, key: str, action: str, pa
         session, key=key, event_type="AggregationEvent", action=action,
         biz_step="packing" if action == "ADD" else "unpacking",
         disposition="in_progress" if action == "ADD" else None, event_time=at,
-        read_point=read_point, extensions=None)
-    # record_event has no AggregationEvent fields (yet): add parentID and childEPCs to its document
-    if "parentID" not in row.document:
-        doc = dict(row.document)
-        doc["parentID"] = parent
-        doc["childEPCs"] = children
-        row.document = doc
-        await session.flush()
+        read_point=read_point, parent_id=parent, child_epcs=children, extensions=None)
+    # parentID and childEPCs are part of the event: its hash id and its query and lineage indexes include them
     return row
 
 

@@ -146,8 +146,10 @@ async def receive_lot(
     certificate_ref: str | None,
     location: str | None,
     resolver: str,
+    purchase_order: str | None = None,
 ) -> Lot:
-    """Record a received lot in quarantine. Idempotent on the lot number; a clash is refused."""
+    """Record a received lot in quarantine. Idempotent on the lot number; a clash is refused.
+    `purchase_order`: our purchase order the receipt line delivers, when the ERP names it."""
     existing = (await session.execute(select(Lot).where(Lot.number == lot))).scalar()
     if existing is not None:
         if existing.receipt != receipt:
@@ -172,6 +174,7 @@ async def receive_lot(
         disposition="in_progress", event_time=received_at,
         quantity_list=[{"epcClass": lot_class_uri(row, resolver), "quantity": quantity}],
         biz_transactions=[("recadv", hub_uri("receipt", receipt))]
+        + ([("po", hub_uri("purchaseorder", purchase_order))] if purchase_order else [])
         + ([("prodorder", hub_uri("workorder", work_order.number))] if work_order else []),
         source_list=[{"type": "owning_party", "source": hub_uri("supplier", supplier)}],
         biz_location=hub_uri("location", location) if location else None,

@@ -46,7 +46,9 @@ async def ship_lot(
         session, key=f"ship:{shipment}:{lot}", event_type="ObjectEvent", biz_step="shipping",
         disposition="in_transit",
         quantity_list=[{"epcClass": lot_class_uri(lot_row, resolver), "quantity": qty}],
-        biz_transactions=[("po", hub_uri("salesorder", sales_order)), ("desadv", hub_uri("shipment", shipment))],
+        # po: the customer's purchase order (our sales order); prodorder: the work order that made the lot
+        biz_transactions=[("po", hub_uri("salesorder", sales_order)), ("desadv", hub_uri("shipment", shipment)),
+                          ("prodorder", hub_uri("workorder", wo.number))],
         destination_list=[{"type": "owning_party", "destination": hub_uri("customer", customer)}],
         lot=lot_row, work_order_id=wo.id,
     )

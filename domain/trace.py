@@ -25,7 +25,7 @@ import io
 import logging
 import re
 from collections import defaultdict, deque
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 from urllib.parse import unquote
@@ -53,7 +53,9 @@ from domain.models import (
     Supplier,
     UTCDateTime,
 )
+from domain.models_identity import Signature
 from domain.models_trace import EpcisEventEpc, TraceNode
+from domain.signatures import is_valid
 
 log = logging.getLogger(__name__)
 
@@ -550,8 +552,9 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool, as_se
             elif len(h) == 6:  # the trace row's parts: counts, NCR numbers, three JSON texts
                 n_ops, n_ins, ncr_names, ops, ins, ncrs = h
                 if as_sent:
+                    # a lot's NCRs, when it has any, are read: _sign_decisions adds their decisions' signatures
                     node["operations"], node["inspections"], node["ncrs"] = fragment(ops), fragment(ins), \
-                        fragment(ncrs)
+                        loads(ncrs) if ncr_names else fragment(ncrs)
                 else:
                     node["operations"], node["inspections"], node["ncrs"] = loads(ops), loads(ins), loads(ncrs)
             else:
@@ -602,7 +605,54 @@ async def _backward_graph(session: AsyncSession, code: str, *, resolver: str, re
     if raw is None or not raw["lots"]:
         lot_id, unit = await resolve(session, code)
         raw = await _fetch(session, "lot", {"lot": lot_id}, up=True, full=True, reader=reader)
-    return _assemble(raw, up=True, resolver=resolver, full=True, as_sent=as_sent), unit
+    g = _assemble(raw, up=True, resolver=resolver, full=True, as_sent=as_sent)
+    await _sign_decisions(session, g["nodes"])
+    return g, unit
+
+
+async def _sign_decisions(session: AsyncSession, nodes: list[dict[str, Any]]) -> None:
+    """Each NCR decision in the answer with its electronic signatures: signer, role, meaning, signed_at, and
+    `valid`, worked out now as GET /api/ncrs/{n} does (domain.signatures.is_valid over the decision as it is
+    stored now), so a record changed after signing shows its signature invalid. One query for every decision of
+    the NCRs in the answer; the trace rows keep no signatures (a signature's validity is about the record now)."""
+    ncrs = [x for n in nodes if n["node"] == "lot" and isinstance(n.get("ncrs"), list) for x in n["ncrs"]]
+    if not ncrs:
+        return
+    from domain.quality import decision_content  # domain.quality imports much of the domain: only when needed
+
+    d, s = NcrDecisionRecord, Signature
+    rows = (await session.execute(
+        select(Ncr.number.label("ncr"), d.decision_id, d.action, d.reviewer, d.role, d.reason, d.rework_operation,
+               d.decided_at, s.id.label("sig_id"), s.signer, s.signer_name, s.role.label("sig_role"), s.meaning,
+               s.signed_at, s.content_hash, s.content)
+        .join(d, d.ncr_id == Ncr.id)
+        .outerjoin(s, (s.entity == "ncr_decision") & (s.entity_key == d.decision_id))
+        .where(Ncr.number.in_({x["number"] for x in ncrs})).order_by(Ncr.id, d.id, s.id))).all()
+    # per NCR, its decisions in the order the trace lists them (by id), each with its signatures
+    recorded: dict[str, dict[str, tuple[datetime, list[dict[str, Any]]]]] = defaultdict(dict)
+    for r in rows:
+        dec = recorded[r.ncr].get(r.decision_id)
+        if dec is None:
+            dec = recorded[r.ncr][r.decision_id] = (r.decided_at, [])
+        if r.sig_id is not None:
+            dec[1].append({"signer": r.signer, "signer_name": r.signer_name, "role": r.sig_role,
+                           "meaning": r.meaning, "signed_at": _iso(r.signed_at),
+                           "valid": is_valid(r, decision_content(r.ncr, r))})
+    for x in ncrs:
+        decisions, known = x["decisions"], list(recorded.get(x["number"], {}).values())
+        if len(known) != len(decisions):
+            # the trace row and the decisions were read at different moments: match them by decision time
+            at = {_utc(t): sigs for t, sigs in known}
+            for dec in decisions:
+                dec["signatures"] = at.get(_utc(dec["decided_at"]), [])
+            continue
+        for dec, (_, sigs) in zip(decisions, known, strict=True):
+            dec["signatures"] = sigs
+
+
+def _utc(t: Any) -> datetime | None:
+    t = datetime.fromisoformat(t) if isinstance(t, str) else t
+    return None if t is None else t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 async def backward(session: AsyncSession, code: str, *, resolver: str, reader: Any = None,
@@ -732,6 +782,11 @@ def _pdf_text(s: Any) -> str:
     return str("" if s is None else s).encode("latin-1", "replace").decode("latin-1")
 
 
+def _pdf_signature(sig: dict[str, Any]) -> str:
+    state = "valid" if sig["valid"] else "INVALID: the record changed after it was signed"
+    return f" [signed {sig['meaning']} by {sig['signer']} at {sig['signed_at']}, {state}]"
+
+
 def to_pdf(result: dict[str, Any], *, title: str | None = None, compress: bool = True) -> bytes:
     """A trace report a quality engineer can send: summary, genealogy table, and per-lot history."""
     from fpdf import FPDF
@@ -809,6 +864,7 @@ def to_pdf(result: dict[str, Any], *, title: str | None = None, compress: bool =
                                                f"{ins['inspector']}: {chars}"), new_x="LMARGIN", new_y="NEXT")
             for ncr in n["ncrs"]:
                 decs = "; ".join(f"{d['action']} by {d['reviewer']} ({d['role']}): {d['reason']}"
+                                 + "".join(_pdf_signature(sig) for sig in d.get("signatures") or ())
                                  for d in ncr["decisions"])
                 pdf.multi_cell(0, 4, _pdf_text(f"{ncr['number']} {ncr['state']}: {ncr['description']}. {decs}"),
                                new_x="LMARGIN", new_y="NEXT")

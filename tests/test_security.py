@@ -124,7 +124,16 @@ async def test_decisions_are_signed_and_a_changed_record_shows_its_signature_inv
     # a role claimed in the body is not a thing: the login's role decides
     r = await api.post(f"/api/ncrs/{ncr}/decisions", headers=role_headers("inspector"),
                        json={"action": "confirm", "reason": "x", "password": PASSWORD, "role": "qa_supervisor"})
-    assert r.status_code in (403, 422)
+    # refused for the roles of the login (inspector), not for the body's shape: the claim was ignored
+    assert r.status_code == 403, r.text
+    assert r.json()["detail"].startswith("confirm needs one of the roles ") \
+        and r.json()["detail"].endswith("t-inspector has ['inspector']"), r.text
+    # the one role field there is, acting_role, only chooses among the login's own roles
+    r = await api.post(f"/api/ncrs/{ncr}/decisions", headers=role_headers("inspector"),
+                       json={"action": "confirm", "reason": "x", "password": PASSWORD, "acting_role": "qa_supervisor"})
+    assert r.status_code == 403 and r.json()["detail"] == "acting_role: you do not have the role qa_supervisor", r.text
+    n = (await api.get(f"/api/ncrs/{ncr}")).json()
+    assert n["state"] == "open" and n["decisions"] == [], n
     r = await api.post(f"/api/ncrs/{ncr}/decisions", headers=role_headers("qa_supervisor"),
                        json={"action": "confirm", "reason": "x", "password": "not my password"})
     assert r.status_code == 401
