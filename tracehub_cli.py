@@ -35,8 +35,30 @@ def migrate() -> None:
 
     s = _settings()
     upgrade(s.database.url)
+    if s.database.app_role:
+        _grant_app_role(s.database.url, s.database.app_role)
     asyncio.run(_seed(s))
     console.print(f"database ready: {s.database.url.split('@')[-1]}")
+
+
+def _grant_app_role(url: str, role: str) -> None:
+    """The application role's privileges (migrations/app_role.py), again after every upgrade: idempotent, and a
+    role named after migration 0019 ran gets them too. PostgreSQL only."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from core.db import sync_url
+    from migrations.app_role import grant_app_role
+
+    if make_url(url).get_backend_name() != "postgresql":
+        return
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            grant_app_role(conn, role)
+    finally:
+        engine.dispose()
+    console.print(f"role {role}: may read and write the hub's tables, and only read and append to audit_log")
 
 
 async def _seed(s: Settings) -> None:
@@ -651,7 +673,7 @@ def users_revoke_token(token_id: int = typer.Argument(..., help="the id `tracehu
     console.print(f"token {token_id} ({row.name}) revoked")
 
 
-async def _ensure_first_admin(s: Settings) -> str | None:
+async def _ensure_first_admin(s: Settings, password_file: Path = Path("var/admin-password")) -> str | None:
     """On first start, create user `admin` with a random password kept in var/admin-password (owner-only)."""
     import secrets
 
@@ -666,28 +688,79 @@ async def _ensure_first_admin(s: Settings) -> str | None:
             password = secrets.token_urlsafe(12)
             await identity.create_user(session, username="admin", password=password, roles=["admin"],
                                        full_name="Administrator", actor="tracehub-up")
+            # written before the commit: if the file cannot be written, no admin exists whose password is lost
+            _write_owner_only(password_file, password + "\n")
     finally:
         await engine.dispose()
-    f = Path("var/admin-password")
-    f.write_text(password + "\n")
-    f.chmod(0o600)
     return password
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    """Write a secret to a file that is never readable by others: created with mode 0600 (write, then chmod,
+    would leave it world-readable for a moment), and a file already there is narrowed before it is written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 
+def _expected_head(value: str | None) -> tuple[int, str] | None:
+    import re
+
+    if value is None:
+        return None
+    seq, _, hash_ = value.strip().partition(":")
+    if not seq.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", hash_):
+        raise typer.BadParameter(f"{value!r} is not SEQ:HASH: give the line `tracehub audit head` printed, "
+                                 "e.g. 1234:3f5a... (64 hex digits)", param_hint="--expect")
+    return int(seq), hash_
+
+
+@audit_app.command("head")
+def audit_head() -> None:
+    """Print SEQ:HASH of the newest audit entry. Keep it where the database's users cannot write (a ticket, a
+    signed mail, another system): `tracehub audit verify --expect SEQ:HASH` then finds entries removed from the
+    end of the chain, which the chain alone cannot show."""
+    from core.db import make_engine, make_sessionmaker
+    from domain.audit import chain_head
+
+    async def run() -> tuple[int, str]:
+        engine = make_engine(_settings().database.url)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                return await chain_head(session)
+        finally:
+            await engine.dispose()
+
+    seq, hash_ = asyncio.run(run())
+    typer.echo(f"{seq}:{hash_}")
+
+
 @audit_app.command("verify")
-def audit_verify() -> None:
+def audit_verify(
+    expect: str = typer.Option(None, "--expect", metavar="SEQ:HASH",
+                               help="a head printed earlier by `tracehub audit head`: fail if that entry is gone "
+                                    "or differs (entries removed from the end of the chain)"),
+) -> None:
     """Walk the audit hash chain and name any entry altered, removed or inserted."""
     from core.db import make_engine, make_sessionmaker
-    from domain.audit import verify_chain
+    from domain.audit import check_head, verify_chain
+
+    head = _expected_head(expect)
 
     async def run() -> None:
         engine = make_engine(_settings().database.url)
         async with make_sessionmaker(engine)() as session:
             report = await verify_chain(session)
+            if head is not None:
+                report.problems.extend(await check_head(session, *head))
         await engine.dispose()
         for p in report.problems:
             console.print(f"[red]{p}[/]")

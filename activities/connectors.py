@@ -362,7 +362,8 @@ def receipt_from_erpnext(doc: dict[str, Any]) -> dict[str, Any]:
     return {"receipt": doc["name"], "lots": [
         {"lot": it["batch_no"], "supplier": doc["supplier"], "item": it["item_code"],
          "supplier_lot": it.get("custom_supplier_lot") or it["batch_no"], "heat_number": it.get("custom_heat_number"),
-         "quantity": it["qty"], "uom": it.get("stock_uom") or "EA", "certificate_ref": it.get("custom_certificate_ref")}
+         "quantity": it["qty"], "uom": it.get("stock_uom") or "EA", "certificate_ref": it.get("custom_certificate_ref"),
+         "purchase_order": it.get("purchase_order")}
         for it in doc.get("items") or []]}
 
 

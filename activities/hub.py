@@ -44,7 +44,7 @@ from activities.recall import RecallActivities
 from connectors.errors import ConnectorConfigError, ConnectorError
 from connectors.registry import connector_class
 from core.errors import NotFound
-from domain import codes, inspection_triggers, production, quality, quality_plans, shipping
+from domain import codes, inspection_triggers, production, quality, quality_plans, shipping, spc_warnings
 from domain.models import Endpoint
 
 
@@ -93,6 +93,7 @@ class HubActivities(TransactionalActivities):
                     supplier=line.supplier, item=line.item, supplier_lot=line.supplier_lot,
                     heat_number=line.heat_number, quantity=line.quantity, uom=line.uom,
                     certificate_ref=line.certificate_ref, location=line.location, resolver=self.resolver,
+                    purchase_order=line.purchase_order,
                 )
                 number = f"IQC-{line.lot}"
                 # the material item's plan at `iqc` (sample sizes by ISO 2859-1 under the supplier's switching
@@ -126,6 +127,7 @@ class HubActivities(TransactionalActivities):
                 inspected_at=r.inspected_at, result_id=r.result_id, resolver=self.resolver,
             )
             await inspection_triggers.after_verdict(s, ins, actor=r.inspector)  # IQC: the switching state
+            await spc_warnings.check_inspection(s, ins)  # SPC rule violations: a warning, not an NCR
             severity = await quality_plans.failed_severity(s, ins, failed)
             outcome = InspectionOutcome(inspection=ins.number, lot=ins.lot.number,
                                         verdict=Verdict.failed if failed else Verdict.passed,

@@ -97,6 +97,8 @@ class ReceivedLot(Model):
     uom: str = Field(default="EA", max_length=10)
     certificate_ref: str | None = Field(default=None, max_length=200)
     location: str | None = Field(default=None, max_length=80)
+    purchase_order: str | None = Field(default=None, max_length=80,
+                                       description="our purchase order this line delivers, when the ERP names it")
 
 
 class PurchaseReceipt(Model):
@@ -490,7 +492,7 @@ class InspectionTriggersInput(Model):
 
 class OpenPlannedInspectionInput(Model):
     number: str
-    trigger: str  # first_article | patrol | outgoing
+    trigger: str  # first_article | patrol | final | outgoing
     work_order: str
     lot: str
     item: str

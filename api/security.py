@@ -81,6 +81,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     # the responsible authority accepts the supplier's corrective action (ISO 2859-1 9.4)
     ("POST", "/api/quality/sampling/resume"): frozenset({"quality_manager"}),
     ("GET", "/api/quality/spc"): READERS,
+    # SPC warnings go to the quality engineer (no role of that name: the QA supervisor and the quality manager)
+    ("GET", "/api/quality/warnings"): frozenset({"qa_supervisor", "quality_manager", "auditor"}),
+    ("POST", "/api/quality/warnings/{warning_id}/acknowledge"): frozenset({"qa_supervisor", "quality_manager"}),
     ("GET", "/api/ncrs"): READERS,
     ("GET", "/api/ncrs/{number}"): READERS,
     ("POST", "/api/ncrs/{number}/decisions"): REVIEWERS,

@@ -17,6 +17,11 @@ class DatabaseSettings(BaseModel):
         description="SQLAlchemy async URL: sqlite+aiosqlite:///file or postgresql+psycopg://user:pw@host/db",
     )
     echo: bool = False
+    app_role: str | None = Field(
+        default=None,
+        description="PostgreSQL: the login role the API and the worker connect as (HUB_DATABASE__APP_ROLE). "
+                    "Migrations run as the database's owner role and grant this role the rows of every table "
+                    "but only SELECT and INSERT on audit_log (migrations/app_role.py); None: no grants")
 
 
 class TemporalSettings(BaseModel):

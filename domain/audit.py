@@ -142,6 +142,35 @@ async def verify_chain(session: AsyncSession, *, batch: int = 5000, max_problems
         after = rows[-1][0]
 
 
+async def chain_head(session: AsyncSession) -> tuple[int, str]:
+    """(seq, hash) of the newest entry; (0, GENESIS) while the trail is empty. Kept somewhere the database's
+    users cannot write (`tracehub audit head`), it lets verify find entries removed from the end of the chain,
+    which the chain itself cannot show."""
+    last = (await session.execute(
+        select(AuditLog.seq, AuditLog.hash).order_by(AuditLog.seq.desc()).limit(1))).first()
+    return (int(last[0]), last[1]) if last else (0, GENESIS)
+
+
+async def check_head(session: AsyncSession, seq: int, hash_: str) -> list[str]:
+    """What is wrong, if anything, with the entry once kept as the head (chain_head): gone with the entries
+    after the current end of the chain, or no longer the same entry."""
+    if seq == 0 and hash_ == GENESIS:
+        return []
+    row = (await session.execute(select(AuditLog.hash).where(AuditLog.seq == seq))).first()
+    if row is not None and row[0] == hash_:
+        return []
+    newest, _ = await chain_head(session)
+    kept = f"{seq}:{hash_}"
+    if row is None and newest < seq:
+        missing = f"entry {seq}" if newest + 1 == seq else f"entries {newest + 1}-{seq}"
+        return [(f"{missing} removed from the end of the chain: it ends at entry {newest}, but entry {seq} "
+                f"was kept as its head ({kept})")]
+    if row is None:
+        return [f"entry {seq}, kept as the head ({kept}), was removed"]
+    return [(f"entry {seq} is not the entry kept as the head ({kept}): its hash is now {row[0]}, so the chain "
+            f"was rewritten up to entry {seq} (entries removed and written again)")]
+
+
 class _Walk:
     """The chain so far: checks the next rows against it (plain loop over tuples: this is the hot path)."""
 

@@ -285,7 +285,7 @@ def rule_violations(events: list[Any], prefixes: set[str]) -> list[Violation]:
         ilmd = ev.get("ilmd")
         if isinstance(ilmd, dict):
             for key in ilmd:
-                if key in EPCIS_TERMS or not _declared(key, known):
+                if key in EPCIS_TERMS or _epcis_term(key) or not _declared(key, known):
                     bad(f"ilmd.{key}", "ILMD keys must be namespaced master-data attributes (e.g. "
                                        "cbvmda:lotNumber) with a declared prefix, not EPCIS terms or bare names")
         for j, el in enumerate(ev.get("sensorElementList") or []):
@@ -307,6 +307,72 @@ def rule_violations(events: list[Any], prefixes: set[str]) -> list[Violation]:
                     "reason did_not_occur takes no correctiveEventIDs: use incorrect_data to point at corrections")
             if not eid:
                 bad("eventID", "an error declaration must repeat the eventID of the event it retracts")
+    out += _sampling_violations(events)
+    return out
+
+
+# the EPCIS and CBV vocabularies' own namespaces (not CBV master data, cbvmda): their terms are no ILMD keys
+_EPCIS_NAMESPACES = ("https://ref.gs1.org/epcis/", "https://ref.gs1.org/cbv/", "https://ns.gs1.org/cbv/",
+                     "urn:epcglobal:epcis:")
+_INSTANCE_LISTS = ("epcList", "childEPCs", "inputEPCList", "outputEPCList")
+
+
+def _epcis_term(key: str) -> bool:
+    if key.startswith(_EPCIS_NAMESPACES) or (key.startswith("urn:epcglobal:cbv:")
+                                              and not key.startswith("urn:epcglobal:cbv:mda:")):
+        return True
+    return ":" in key and key.split(":", 1)[0] in ("epcis", "cbv")
+
+
+def _instances(ev: dict[str, Any], *, parent: bool = True) -> set[str]:
+    """The serialised instances an event names (in any role, the parent too unless `parent` is False),
+    canonical: classes (quantity lists) excluded."""
+    from domain.epcis_ids import canonical
+
+    out = {canonical(x) for k in _INSTANCE_LISTS for x in (ev.get(k) or []) if isinstance(x, str)}
+    if parent and isinstance(ev.get("parentID"), str):
+        out.add(canonical(ev["parentID"]))
+    return out
+
+
+def _sampling_violations(events: list[Any]) -> list[Violation]:
+    """CBV 2.0 `sampling` (EPCIS_NOTES §2, §3): a sampled serialised instance's next event SHALL end its life.
+
+    Checked within the document: for each serialised instance named by a `sampling` event that does not itself
+    end it (action DELETE), the next event naming it (by eventTime, then document order) must have action
+    DELETE. A sampled instance with no later event in the document is fine: its end may come later. Events
+    stored before are not consulted (the check sees one document)."""
+    from domain.epcis_ids import vocab_term
+
+    timed: list[tuple[datetime, int, dict[str, Any]]] = []
+    for i, ev in enumerate(events):
+        # an error declaration restates an event, it is not a new one
+        if isinstance(ev, dict) and isinstance(ev.get("eventTime"), str) and is_date_time(ev["eventTime"]) \
+                and not ev.get("errorDeclaration"):
+            t = datetime.fromisoformat(ev["eventTime"].replace("z", "Z"))
+            if t.tzinfo is not None:
+                timed.append((t, i, ev))
+    timed.sort(key=lambda x: (x[0], x[1]))
+    out: list[Violation] = []
+    for k, (_, i, ev) in enumerate(timed):
+        if not isinstance(ev.get("bizStep"), str) or vocab_term("bizStep", ev["bizStep"]) != "sampling" \
+                or ev.get("action") == "DELETE":
+            continue
+        waiting = _instances(ev, parent=False)  # the samples, not the container they were taken from
+        for _, j, nxt in timed[k + 1:]:
+            if not waiting:
+                break
+            hit = sorted(waiting & _instances(nxt))
+            if not hit:
+                continue
+            waiting -= set(hit)
+            if nxt.get("action") != "DELETE":
+                what = f"{nxt.get('type')} with action {nxt.get('action')}" if nxt.get("action") \
+                    else f"{nxt.get('type')} (no action)"
+                out.append(Violation(
+                    j, "action", f"{', '.join(hit)} was sampled (bizStep sampling, event {i}), so its next event must "
+                                 f"end its life (action DELETE, e.g. bizStep destroying); this event is a {what}",
+                    nxt.get("eventID") if isinstance(nxt.get("eventID"), str) else None))
     return out
 
 

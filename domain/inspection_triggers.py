@@ -6,7 +6,13 @@ what a verdict feeds back (the ISO 2859-1 switching state), and the shipment gat
 - first-article: a routing operation's plan with `triggers.first_article`; the first unit of the operation's
   first run, one of each characteristic, must pass before the operation's report is recorded.
 - patrol: every N units (the MES's progress reports) or every N minutes while the operation runs.
+- final: the item's plan at operation `final`, when it has one (work orders started since "final-plan-v1"); the
+  work order's own final_plan otherwise.
 - outgoing: the item's plan at operation `outgoing`; required before the lot ships.
+
+Every inspection opened from a plan keeps the plan version (`inspection_sampling`): its limits and sample sizes
+are copied when it opens, and the severity of a failure is read from that version, so a version saved later
+changes nothing of it.
 
 Attribute and visual characteristics are judged by ISO 2859-1 on counts: the inspector reports how many of the n
 sampled units were nonconforming and the lot passes with at most Ac of them (the result row's limits are 0 and
@@ -30,7 +36,7 @@ from domain.models_inspection import InspectionAttachment, InspectionSampling, W
 from domain.models_quality import InspectionPlan
 
 SEVERITY_ORDER = ("critical", "major", "minor")
-TRIGGERS = ("iqc", "first_article", "patrol", "outgoing")
+TRIGGERS = ("iqc", "first_article", "patrol", "final", "outgoing")
 # NCR outcomes after which a lot may still ship (a concession is recorded on the lot)
 SHIPPABLE_OUTCOMES = ("dismiss", "use_as_is")
 

@@ -104,3 +104,26 @@ class SamplingLot(Base):
     switched_to: Mapped[str | None] = mapped_column(String(16))
     recorded_by: Mapped[str] = mapped_column(String(80))
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SpcWarning(Base):
+    """A Western Electric rule violation on the X-bar chart of a variable characteristic of an item, found when
+    an inspection's measurements were recorded (domain/spc_warnings.py). A warning to the quality engineer, not
+    an NCR: it holds no lot. Acknowledged once, by a quality role; never deleted."""
+
+    __tablename__ = "spc_warning"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id"), index=True)
+    characteristic: Mapped[str] = mapped_column(String(80))
+    rule: Mapped[int] = mapped_column(Integer)  # 1..4, domain/spc.py RULES
+    side: Mapped[str] = mapped_column(String(8))  # above | below the centre line
+    # the subgroups that make up the pattern, oldest first: mean, range, and the measured values in them
+    subgroups: Mapped[list[Any]] = mapped_column(default=list)
+    chart: Mapped[dict[str, Any]] = mapped_column(default=dict)  # centre, limits, sigma of the chart it broke
+    inspection_id: Mapped[int] = mapped_column(ForeignKey("inspection.id"), index=True)  # whose results completed it
+    # the violation itself (item, characteristic, rule, side, the values of its completing subgroup): raised once
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    raised_at: Mapped[datetime] = mapped_column(default=utcnow)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(80))
+    acknowledged_at: Mapped[datetime | None] = mapped_column()
+    acknowledge_note: Mapped[str | None] = mapped_column(String(400))

@@ -66,6 +66,23 @@ async def _container(session: AsyncSession, info: CodeInfo) -> Container:
     return c
 
 
+ON_HOLD = "on_hold"  # container.status while a recall holds it (domain/recall.py)
+
+
+async def _refuse_held(session: AsyncSession, box: Container, what: str, field: str) -> None:
+    """A case or pallet a recall holds may not be packed onto, packed, or shipped: the refusal names the recall."""
+    if box.status != ON_HOLD:
+        return
+    from domain.models_trace import Recall, RecallContainer  # the recall's tables (no import cycle at load)
+
+    recall = (await session.execute(
+        select(Recall.number).join(RecallContainer, RecallContainer.recall_id == Recall.id)
+        .where(RecallContainer.code == box.code, RecallContainer.held_at.is_not(None),
+               RecallContainer.released_at.is_(None)).order_by(Recall.id.desc()))).scalars().first()
+    raise Conflict(f"{box.level} {box.code} is on hold by recall {recall or '(unknown)'}: it may not be {what} "
+                   "until a reviewer has released the recalled lots inside it", field=field)
+
+
 def _event_key(action: str, parent: str, children: list[str], at: datetime) -> str:
     h = hashlib.sha256("\n".join(sorted(children)).encode()).hexdigest()[:24]
     return f"{action}:{parent}:{h}:{at.isoformat()}"
@@ -98,6 +115,7 @@ async def pack(session: AsyncSession, *, parent: str, children: list[str], actor
     if container.status == "shipped":
         raise Conflict(f"{p.view.rule.level} {p.value} was shipped ({container.shipment}) on "
                        f"{container.shipped_at:%Y-%m-%d}: nothing more may be packed onto it", field="parent")
+    await _refuse_held(session, container, "packed onto", "parent")
     # a parent that is itself packed in a shipped container is shipped too
     new: list[CodeInfo] = []
     seen: set[str] = set()
@@ -124,6 +142,7 @@ async def pack(session: AsyncSession, *, parent: str, children: list[str], actor
             if child_container.status == "shipped":
                 raise Conflict(f"{c.view.rule.level} {c.value} has shipped: it cannot be packed again",
                                field="children")
+            await _refuse_held(session, child_container, "packed", "children")
         open_row = (await session.execute(select(Containment).where(
             Containment.child == c.value, Containment.unpacked_at.is_(None)))).scalar()
         if open_row is not None:
@@ -253,6 +272,7 @@ async def ship_container(session: AsyncSession, *, code: str, shipment: str, act
                            f"{shipment}", field="code")
         return {"code": c.code, "shipment": c.shipment, "shipped_at": c.shipped_at.isoformat(),  # type: ignore
                 "cases": []}
+    await _refuse_held(session, c, "shipped", "code")
     sh = (await session.execute(select(Shipment).where(Shipment.number == shipment))).scalar()
     if sh is None:
         raise NotFound(f"shipment {shipment!r} is not known: ship the lot first (the work order's shipment), then "
@@ -277,6 +297,7 @@ async def ship_container(session: AsyncSession, *, code: str, shipment: str, act
                                                                                        "container"))
         if box.status == "shipped":
             continue
+        await _refuse_held(session, box, "shipped", "code")
         box.status, box.shipment, box.shipped_at = "shipped", shipment, at
         if box is not c:
             cases.append(box.code)

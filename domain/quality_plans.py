@@ -233,6 +233,19 @@ async def latest_plan(session: AsyncSession, item: str, operation: str) -> Inspe
         .order_by(InspectionPlan.version.desc()).limit(1))).scalar()
 
 
+async def plan_in_force(session: AsyncSession, ins: Inspection) -> InspectionPlan | None:
+    """The plan version in force when an inspection not opened from a plan was opened (an inspection opened from
+    the work order's own list before its item had a plan at that operation has none): the newest version saved
+    before it opened, never one saved afterwards."""
+    lot = await session.get(Lot, ins.lot_id)
+    if lot is None:
+        return None
+    return (await session.execute(
+        select(InspectionPlan).where(InspectionPlan.item_id == lot.item_id, InspectionPlan.operation == ins.kind,
+                                     InspectionPlan.created_at <= ins.opened_at)
+        .order_by(InspectionPlan.version.desc()).limit(1))).scalar()
+
+
 def plan_view(plan: InspectionPlan) -> dict[str, Any]:
     def char(c: PlanCharacteristic) -> dict[str, Any]:
         base: dict[str, Any] = {"name": c.name, "kind": c.kind, "severity": c.severity}
@@ -509,9 +522,9 @@ async def failed_severity(session: AsyncSession, ins: Inspection, failed: list[s
     """The severity of the most severe failed characteristic (critical > major > minor), from the plan version
     the inspection was taken under; None when no plan names them (the NCR then opens as major).
 
-    IQC, first-article, patrol and outgoing inspections record their plan version when they open
-    (inspection_sampling); a final inspection opened from the work order's own list is judged by the item's
-    newest plan at `final` (the version in force when it is judged) when that plan has the characteristics."""
+    Inspections opened from a plan (IQC, first-article, patrol, final, outgoing) record their plan version when
+    they open (inspection_sampling); one opened from the work order's own list takes the severities of the plan
+    version in force when it opened, if that version has the characteristics; a version saved later never."""
     from domain.models_inspection import InspectionSampling
 
     if not failed:
@@ -527,9 +540,7 @@ async def failed_severity(session: AsyncSession, ins: Inspection, failed: list[s
             if plan is not None:
                 severities = [c.severity for c in plan.characteristics if c.name in failed]
     else:
-        lot = await session.get(Lot, ins.lot_id)
-        item = await session.get(Item, lot.item_id) if lot is not None else None
-        plan = await latest_plan(session, item.code, ins.kind) if item is not None else None
+        plan = await plan_in_force(session, ins)
         if plan is not None:
             severities = [c.severity for c in plan.characteristics if c.name in failed]
     known = [s for s in severities if s in SEVERITY_ORDER]
@@ -538,8 +549,8 @@ async def failed_severity(session: AsyncSession, ins: Inspection, failed: list[s
 
 async def gauge_points(session: AsyncSession, ins: Inspection) -> dict[str, tuple[str, str]]:
     """characteristic -> (endpoint, point) of the characteristics of a pending inspection whose gauge is a
-    connector point (`<endpoint>:<point>`), from the plan version the inspection was taken under (a final
-    inspection without one: the item's newest plan at `final`); only characteristics the inspection has."""
+    connector point (`<endpoint>:<point>`), from the plan version the inspection was taken under (one opened from
+    the work order's own list: the version in force when it opened); only characteristics the inspection has."""
     from domain.models_inspection import InspectionSampling
 
     row = (await session.execute(select(InspectionSampling).where(
@@ -548,9 +559,7 @@ async def gauge_points(session: AsyncSession, ins: Inspection) -> dict[str, tupl
     if row is not None:
         plan = await session.get(InspectionPlan, row.plan_id)
     else:
-        lot = await session.get(Lot, ins.lot_id)
-        item = await session.get(Item, lot.item_id) if lot is not None else None
-        plan = await latest_plan(session, item.code, ins.kind) if item is not None else None
+        plan = await plan_in_force(session, ins)
     if plan is None:
         return {}
     names = {c.name for c in ins.characteristics}

@@ -16,13 +16,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from domain import identity
+from domain import identity, sampling
 from domain.audit import MASK, verify_chain
 from domain.models import AuditLog, Lot, Shipment, ShipmentLine
 from tests.helpers import (
     IN_SPEC_FINAL,
     IN_SPEC_IQC,
-    OUT_SPEC_FINAL,
     PASSWORD,
     decide,
     fast_release,
@@ -274,7 +273,10 @@ async def test_order_changes_are_audited_and_a_critical_failure_opens_a_critical
     ch = await audited(sessionmaker, "work_order", wo_number, "operation.recorded", actor="op-7",
                        where=lambda c: bool(c.get("consumed")))
     assert ch["before"]["lots"][m_lot]["quantity_remaining"] > ch["after"]["lots"][m_lot]["quantity_remaining"]
-    fin = await post_results(api, wo_number, "final", OUT_SPEC_FINAL)
+    # the final inspection is opened from the item's plan at `final`: its limits, its ISO 2859-1 sample (lot of 20)
+    n_fin = sampling.plan(20, "II", "0.65").units_to_inspect
+    fin = await post_results(api, wo_number, "final",
+                             [{"characteristic": "outer diameter", "values": [25.0] * (n_fin - 1) + [25.2]}])
     assert fin["verdict"] == "failed"
     ncr = await wait_ncr(api, wo_number)
     n_ = (await api.get(f"/api/ncrs/{ncr}")).json()
@@ -320,7 +322,8 @@ async def test_order_changes_are_audited_and_a_critical_failure_opens_a_critical
 
     # the rework, the re-inspection that verifies it, and the order completes
     await report_operation(api, wo_number, 10, [], report_id=f"{wo_number}-rework1", good=20)
-    assert (await post_results(api, wo_number, "final", IN_SPEC_FINAL))["verdict"] == "passed"
+    assert (await post_results(api, wo_number, "final", [{"characteristic": "outer diameter",
+                                                           "values": [25.0] * n_fin}]))["verdict"] == "passed"
     await wait_ncr_where(api, ncr, lambda n: n["state"] == "closed", "closing by the re-inspection")
     ch = await audited(sessionmaker, "ncr", ncr, "ncr.state", actor="system")
     assert ch["after"] == {"state": "closed"}

@@ -330,10 +330,29 @@ def test_hub_environment(services: dict) -> None:
 
 
 def test_hub_services_share_one_environment(services: dict) -> None:
+    # all but the database login: hub-migrate connects as the owner, hub-api and hub-worker as the app role
     envs = {name: _env(name, _service(services, name)) for name in HUB_SERVICES}
-    first = envs[HUB_MIGRATE]
+    first = {k: v for k, v in envs[HUB_MIGRATE].items() if k != "HUB_DATABASE__URL"}
     for name, env in envs.items():
+        env = {k: v for k, v in env.items() if k != "HUB_DATABASE__URL"}
         assert env == first, f"{name} environment differs from {HUB_MIGRATE}: {env} != {first}"
+
+
+def test_api_and_worker_connect_as_the_app_role_and_migrations_as_the_owner(services: dict) -> None:
+    """The audit trail's guard (a trigger) can be switched off by the table's owner: the processes that serve
+    requests log in as a separate role, which the migrations grant only SELECT and INSERT on audit_log."""
+    urls = {name: urlsplit(_env(name, _service(services, name))["HUB_DATABASE__URL"]) for name in HUB_SERVICES}
+    owner = urls[HUB_MIGRATE].username
+    app_role = _env(HUB_MIGRATE, services[HUB_MIGRATE]).get("HUB_DATABASE__APP_ROLE")
+    assert app_role, f"{HUB_MIGRATE}: HUB_DATABASE__APP_ROLE must name the role the migrations grant"
+    assert app_role != owner, f"HUB_DATABASE__APP_ROLE is {owner!r}, the owner role: name a separate login role"
+    for name in (HUB_API, HUB_WORKER):
+        url = urls[name]
+        assert url.username == app_role, (
+            f"{name}: connects as {url.username!r}; it must connect as the app role {app_role!r}, not the owner"
+        )
+        assert (url.hostname, url.port, url.path) == (urls[HUB_MIGRATE].hostname, urls[HUB_MIGRATE].port,
+                                                      urls[HUB_MIGRATE].path), f"{name}: another database"
 
 
 def test_hub_services_build_from_repo_dockerfile(services: dict) -> None:
@@ -432,16 +451,27 @@ def test_init_sql_is_mounted_and_creates_hub_database(services: dict) -> None:
     files = _init_sql_files(services)
     assert files, f"{POSTGRES}: no init SQL mounted into /docker-entrypoint-initdb.d"
     sql = "\n".join(f.read_text(encoding="utf-8") for f in files)
-    env = _env(HUB_API, _service(services, HUB_API))
-    url = urlsplit(env["HUB_DATABASE__URL"])
-    user, password, db = url.username, url.password, url.path.lstrip("/")
-    assert re.search(rf"CREATE\s+(ROLE|USER)\s+\"?{re.escape(user)}\"?\b", sql, re.IGNORECASE), (
-        f"init SQL does not create the role {user!r} used by HUB_DATABASE__URL"
-    )
-    assert password and f"'{password}'" in sql, "init SQL does not set the password used by HUB_DATABASE__URL"
+    code = "\n".join(line.split("--")[0] for line in sql.splitlines())  # the statements, not the comments
+    # the owner (migrations) and the app role (API, worker) both log in with what their URLs say
+    for name in (HUB_MIGRATE, HUB_API):
+        url = urlsplit(_env(name, _service(services, name))["HUB_DATABASE__URL"])
+        user, password = url.username, url.password
+        create = re.search(rf"CREATE\s+(ROLE|USER)\s+\"?{re.escape(user)}\"?\s([^;]*);", code, re.IGNORECASE)
+        assert create, f"init SQL does not create the role {user!r} used by {name}'s HUB_DATABASE__URL"
+        assert "LOGIN" in create.group(2).upper() or create.group(1).upper() == "USER", f"{user!r} cannot log in"
+        assert password and f"'{password}'" in create.group(2), (
+            f"init SQL does not set the password used by {name}'s HUB_DATABASE__URL"
+        )
+        assert not re.search(r"(?<!NO)SUPERUSER", create.group(2), re.IGNORECASE), f"{user!r} is a superuser"
+    owner = urlsplit(_env(HUB_MIGRATE, services[HUB_MIGRATE])["HUB_DATABASE__URL"])
+    user, db = owner.username, owner.path.lstrip("/")
     create_db = rf"CREATE\s+DATABASE\s+\"?{re.escape(db)}\"?\s+(WITH\s+)?OWNER\s*=?\s*\"?{re.escape(user)}\b"
-    assert re.search(create_db, sql, re.IGNORECASE), (
-        f"init SQL does not create database {db!r} owned by {user!r}"
+    assert re.search(create_db, code, re.IGNORECASE), (
+        f"init SQL does not create database {db!r} owned by {user!r}, the role {HUB_MIGRATE} connects as"
+    )
+    app = urlsplit(_env(HUB_API, services[HUB_API])["HUB_DATABASE__URL"]).username
+    assert not re.search(rf"GRANT\s+\"?{re.escape(user)}\"?\s+TO\s+\"?{re.escape(app)}\b", code, re.IGNORECASE), (
+        f"init SQL makes {app!r} a member of the owner role {user!r}: it could then disable the audit trigger"
     )
 
 

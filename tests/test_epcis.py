@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from api.main import create_app
 from core.settings import Settings
-from domain import epcis_capture, production
+from domain import epcis_capture, gs1, production
 from domain.epcis_hash import event_hash
 from domain.epcis_validate import validate
 from tests.helpers import SUPER_HEADERS
@@ -181,6 +181,114 @@ async def test_query_parameters(hub: httpx.AsyncClient):
     assert r.status_code == 400 and r.json()["type"] == "epcisException:QueryParameterException"
     r = await hub.get("/epcis/events", params={"GE_eventTime": "yesterday"})
     assert r.status_code == 400 and "GE_eventTime" in r.json()["detail"]
+
+
+async def test_query_parameters_each_filter_keeps_one_event_and_drops_another(hub: httpx.AsyncClient):
+    """Each case: within one tagged batch, one event that matches and one that does not (a filter that were
+    ignored would return both)."""
+    tag = uuid.uuid4().hex[:8]
+    po = f"urn:epcglobal:cbv:bt:4012345000054:F{tag}"
+    bt = [{"type": "po", "bizTransaction": po}]
+    sgtin = "urn:epc:id:sgtin:4012345.011111."
+    base = {"eventTime": "2026-01-05T09:00:00Z", "eventTimeZoneOffset": "+00:00", "bizTransactionList": bt}
+    add = {**base, "type": "ObjectEvent", "action": "ADD", "bizStep": "commissioning", "epcList": [f"{sgtin}{tag}1"],
+           "readPoint": {"id": "urn:epc:id:sgln:4012345.00005.1"}, "acme:shift": "A"}
+    observe = {**base, "type": "ObjectEvent", "action": "OBSERVE", "bizStep": "inspecting",
+               "epcList": [f"{sgtin}{tag}2"], "readPoint": {"id": "urn:epc:id:sgln:4012345.00005.2"}}
+    pack1 = {**base, "type": "AggregationEvent", "action": "ADD", "bizStep": "packing",
+             "parentID": f"urn:epc:id:sscc:4012345.1{int(tag, 16) % 10**8:08d}1",
+             "childEPCs": [f"{sgtin}{tag}1"]}
+    pack2 = {**pack1, "parentID": pack1["parentID"][:-1] + "2", "childEPCs": [f"{sgtin}{tag}2"]}
+    make1 = {**base, "type": "TransformationEvent", "bizStep": "commissioning",
+             "inputEPCList": [f"{sgtin}{tag}1"], "outputEPCList": [f"{sgtin}{tag}3"]}
+    make2 = {**make1, "inputEPCList": [f"{sgtin}{tag}2"], "outputEPCList": [f"{sgtin}{tag}4"]}
+    job = await capture(hub, document(add, observe, pack1, pack2, make1, make2))
+    assert job["success"], job["errors"]
+
+    async def one(**params: str) -> dict[str, Any]:
+        got = await events(hub, EQ_bizTransaction_po=po, **params)
+        assert len(got) == 1, (params, got)
+        return got[0]
+
+    assert len(await events(hub, EQ_bizTransaction_po=po)) == 6
+    # EQ_action: of the ObjectEvents, only the ADD (and the Aggregation ADDs, which have an action too)
+    assert (await one(EQ_action="OBSERVE"))["bizStep"] == "inspecting"
+    assert {e["type"] for e in await events(hub, EQ_bizTransaction_po=po, EQ_action="ADD")} \
+        == {"ObjectEvent", "AggregationEvent"}
+    assert (await one(EQ_action="ADD", eventType="ObjectEvent"))["bizStep"] == "commissioning"
+    # EQ_readPoint, in either identifier form
+    assert (await one(EQ_readPoint="urn:epc:id:sgln:4012345.00005.2"))["bizStep"] == "inspecting"
+    assert (await one(EQ_readPoint="https://id.gs1.org/414/4012345000054/254/1"))["bizStep"] == "commissioning"
+    # MATCH_parentID, MATCH_inputEPC, MATCH_outputEPC: each only in its own role
+    assert (await one(MATCH_parentID=pack2["parentID"]))["childEPCs"] == \
+        [f"https://id.gs1.org/01/04012345111118/21/{tag}2"]
+    assert (await one(MATCH_inputEPC=f"{sgtin}{tag}1"))["type"] == "TransformationEvent"
+    assert (await one(MATCH_inputEPC=f"{sgtin}{tag}2"))["outputEPCList"] == \
+        [f"https://id.gs1.org/01/04012345111118/21/{tag}4"]
+    assert (await one(MATCH_outputEPC=f"{sgtin}{tag}3"))["inputEPCList"] == \
+        [f"https://id.gs1.org/01/04012345111118/21/{tag}1"]
+    assert await events(hub, EQ_bizTransaction_po=po, MATCH_outputEPC=f"{sgtin}{tag}1") == []  # an input only
+    assert await events(hub, EQ_bizTransaction_po=po, MATCH_parentID=f"{sgtin}{tag}1") == []  # a child only
+    # EXISTS_ on an extension field that one event has
+    assert (await one(**{"EXISTS_acme:shift": ""}))["acme:shift"] == "A"
+    # GE_recordTime / LT_recordTime: a second batch recorded later
+    first_recorded = max(e["recordTime"] for e in await events(hub, EQ_bizTransaction_po=po))
+    await asyncio.sleep(0.05)
+    late = {**observe, "epcList": [f"{sgtin}{tag}5"], "bizStep": "shipping"}
+    assert (await capture(hub, document(late)))["success"]
+    got = await events(hub, EQ_bizTransaction_po=po)
+    assert len(got) == 7
+    boundary = min(e["recordTime"] for e in got if e["bizStep"] == "shipping")
+    assert boundary > first_recorded
+    assert (await one(GE_recordTime=boundary))["bizStep"] == "shipping"
+    before = await events(hub, EQ_bizTransaction_po=po, LT_recordTime=boundary)
+    assert len(before) == 6 and "shipping" not in {e["bizStep"] for e in before}
+
+
+async def test_gs1_epc_format_no_preference_never_translates_and_a_urn_that_cannot_be_given(hub: httpx.AsyncClient):
+    tag = uuid.uuid4().hex[:8]
+    urn = f"urn:epc:id:sgtin:4012345.011111.{tag}U"  # its company prefix (4012345) becomes known on capture
+    brand_dl = f"https://brand.example/01/04012345111118/21/{tag}D"
+    # a GTIN whose company prefix the hub has never seen: no URN can be written for it (its length is unknown)
+    body = "08" + f"{int(tag, 16) % 10**11:011d}"
+    unknown = f"https://brand.example/01/{body}{gs1.mod10(body)}/21/{tag}X"
+    known = shipping(f"{tag}U", po=f"G{tag}")
+    known["epcList"] = [urn, brand_dl]
+    odd = shipping(f"{tag}X", po=f"G{tag}", minute=1)
+    odd["epcList"] = [unknown]
+    assert (await capture(hub, document(known, odd)))["success"]
+    params = {"EQ_bizTransaction_po": f"urn:epcglobal:cbv:bt:4012345000054:G{tag}", "orderBy": "eventTime"}
+
+    async def ask(fmt: str, **extra: str) -> httpx.Response:
+        return await hub.get("/epcis/events", params={**params, **extra}, headers={"GS1-EPC-Format": fmt})
+
+    def epcs(r: httpx.Response) -> list[list[str]]:
+        return [e["epcList"] for e in r.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]]
+
+    # Never_Translates: every identifier as it was captured, URN and Digital Link on its own domain
+    r = await ask("Never_Translates")
+    assert r.status_code == 200 and r.headers["GS1-EPC-Format"] == "Never_Translates"
+    assert epcs(r) == [[urn, brand_dl], [unknown]]
+    # No_Preference: any form is acceptable, the server answers without translating
+    r = await ask("No_Preference")
+    assert r.status_code == 200 and epcs(r) == [[urn, brand_dl], [unknown]]
+    # the default translates the URN to a Digital Link (a Digital Link stays one)
+    assert epcs(await hub.get("/epcis/events", params=params))[0] == [
+        f"https://id.gs1.org/01/04012345111118/21/{tag}U", brand_dl]
+    # Always_EPC_URN: the event whose identifiers all translate comes as URNs...
+    r = await ask("Always_EPC_URN", MATCH_epc=urn)
+    assert r.status_code == 200 and r.headers["GS1-EPC-Format"] == "Always_EPC_URN"
+    assert epcs(r) == [[urn, f"urn:epc:id:sgtin:4012345.011111.{tag}D"]]
+    # ...and an answer holding one that cannot be written as a URN is refused with 406, naming it, not sent mixed
+    odd_id = (await ask("Never_Translates")).json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"][1]
+    one = await hub.get(f"/epcis/events/{quote(odd_id['eventID'], safe='')}",
+                        headers={"GS1-EPC-Format": "Always_EPC_URN"})
+    for r in (await ask("Always_EPC_URN"), one):
+        assert r.status_code == 406 and r.headers["content-type"] == "application/problem+json", r.text
+        problem = r.json()
+        assert problem["type"] == "epcisException:NotAcceptableException" and problem["status"] == 406
+        assert unknown in problem["detail"] and "company prefix" in problem["detail"]
+        assert problem["field"] == "GS1-EPC-Format"
 
 
 async def test_answers_are_valid_epcis_query_documents_and_page(hub: httpx.AsyncClient):

@@ -112,3 +112,65 @@ def test_document_level_problems_and_single_events():
     assert validate({"type": "Nonsense"})[0].field == "type"
     assert validate_single_event({**OBJECT, "@context": CTX}) == []
     assert validate_single_event(dict(OBJECT))[0].field == "@context"
+
+
+ASSOC = {k: v for k, v in {**AGG, "type": "AssociationEvent", "bizStep": "installing",
+                           "parentID": "urn:epc:id:grai:4012345.00022.1"}.items() if k != "childEPCs"}
+
+
+@pytest.mark.parametrize("action", ["ADD", "OBSERVE"])
+def test_an_association_that_adds_or_observes_needs_children(action: str):
+    # the 2.0.1 schema refuses it too, but only names "(event)": the rule names the field to fix (TCR-54)
+    for kids in ({}, {"childEPCs": []}, {"childQuantityList": []}):
+        violations = validate(doc(OBJECT, {**ASSOC, "action": action, **kids}))
+        assert (1, "childEPCs") in [(v.event, v.field) for v in violations], (kids, violations)
+        assert "needs childEPCs or childQuantityList" in next(v.message for v in violations if v.field == "childEPCs")
+    # with either list, or when disassociating everything, it is fine
+    assert validate(doc({**ASSOC, "action": action, "childEPCs": ["urn:epc:id:giai:4012345.SENSOR1"]})) == []
+    assert validate(doc({**ASSOC, "action": action, "childQuantityList": [
+        {"epcClass": "urn:epc:class:lgtin:4012345.012345.L1", "quantity": 2}]})) == []
+    assert validate(doc({**ASSOC, "action": "DELETE"})) == []
+
+
+@pytest.mark.parametrize(("key", "ok"), [
+    ("cbvmda:lotNumber", True), ("acme:heat", True), ("https://ns.other.example/heat", True),
+    ("zzz:heat", False),  # prefix not declared in @context
+    ("epcis:bizStep", False), ("cbv:BizStep-shipping", False),  # EPCIS / CBV terms, not master data
+    ("https://ref.gs1.org/epcis/action", False), ("urn:epcglobal:cbv:bizstep:shipping", False),
+])
+def test_ilmd_keys_are_declared_master_data_attributes(key: str, ok: bool):
+    event = {**TRANSFORM, "ilmd": {"cbvmda:lotNumber": "S-991", key: "x"}}
+    d = doc(event)
+    assert fast_valid(d) and not list(_slow().iter_errors(d)), "the schema alone lets every one of these through"
+    assert [(v.event, v.field) for v in validate(d)] == ([] if ok else [(0, f"ilmd.{key}")])
+
+
+SAMPLED = "urn:epc:id:sgtin:0614141.107346.S1"
+
+
+def _at(minute: int, **fields: Any) -> dict[str, Any]:
+    return {"type": "ObjectEvent", "action": "OBSERVE", "eventTime": f"2026-01-05T08:{minute:02d}:00Z",
+            "eventTimeZoneOffset": "+00:00", "epcList": [SAMPLED], **fields}
+
+
+def test_a_sampled_instance_next_event_must_end_its_life():
+    sampling = _at(0, bizStep="sampling", disposition="non_conformant")
+    # the sample goes on as if nothing happened: the next event naming it is refused, with the field
+    later = _at(5, bizStep="shipping", eventID="urn:uuid:0b6a7d4e-0f0e-4a57-8c3f-7d5d8b6c0a11")
+    d = doc(OBJECT, sampling, later)
+    assert fast_valid(d), "the schema alone lets this through"
+    [v] = validate(d)
+    assert (v.event, v.field, v.event_id) == (2, "action", later["eventID"])
+    assert "was sampled (bizStep sampling, event 1)" in v.message and "action DELETE" in v.message
+    assert SAMPLED.replace("urn:epc:id:sgtin:0614141.107346.", "") in v.message
+    # order is by eventTime, not by place in the document; the identifier matches in any form (Digital Link)
+    dl = _at(5, bizStep="shipping", epcList=["https://brand.example/01/10614141073464/21/S1"])
+    assert [(v.event, v.field) for v in validate(doc(dl, _at(0, bizStep="https://ref.gs1.org/cbv/BizStep-sampling")))] \
+        == [(0, "action")]
+    # destroyed next: fine; only the next event counts, and an instance sampled but never seen again is fine
+    destroy = _at(5, action="DELETE", bizStep="destroying", disposition="destroyed")
+    assert validate(doc(sampling, destroy, _at(9, bizStep="shipping"))) == []
+    assert validate(doc(sampling)) == []
+    # a sampling event that itself ends the instance needs nothing after it; other instances are not affected
+    assert validate(doc(_at(0, action="DELETE", bizStep="sampling"))) == []
+    assert validate(doc(sampling, _at(5, bizStep="shipping", epcList=["urn:epc:id:sgtin:0614141.107346.S2"]))) == []

@@ -170,6 +170,10 @@ async def test_recall_holds_the_cases_and_pallets_in_stock_until_their_lots_are_
     r = await api.get("/epcis/events", params={"EQ_disposition": "recalled", "MATCH_epc": urn_of_sscc(pallet)})
     assert len(r.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 1
 
+    # a held box takes nothing more and goes nowhere: the refusal names the recall
+    (case2,) = await codes("case", 1)
+    r = await api.post("/api/codes/pack", json={"parent": pallet, "children": [case2], "actor": "packer"})
+    assert r.status_code == 409 and number in r.json()["detail"] and "on hold" in r.json()["detail"], r.text
     qm = role_headers("quality_manager")
     held = [x["lot"] for x in rec["record"]["lots"] if x["action"] == "held"]
     assert lots["B1"] in held and lots["A1"] in held
@@ -182,5 +186,7 @@ async def test_recall_holds_the_cases_and_pallets_in_stock_until_their_lots_are_
         "lot": lots["B1"], "decision": "release", "reason": "re-tested", "password": PASSWORD})
     assert r.status_code == 200, r.text
     assert await box_status(case) == "open" and await box_status(pallet) == "open"
+    r = await api.post("/api/codes/pack", json={"parent": pallet, "children": [case2], "actor": "packer"})
+    assert r.status_code == 200, r.text
     rec = (await api.get(f"/api/recalls/{number}")).json()
     assert all(c["released_at"] and c["status"] == "open" for c in rec["record"]["containers"])

@@ -121,15 +121,21 @@ async def test_decisions_are_signed_and_a_changed_record_shows_its_signature_inv
     await run_production(api, wo_number)
     await post_results(api, wo_number, "final", OUT_SPEC_FINAL)
     ncr = await wait_ncr(api, wo_number)
-    # a role claimed in the body is not a thing: the login's role decides
+    # a role claimed in the body is not a thing: the login's role decides. An inspector is refused by the
+    # route matrix, for the login's role
     r = await api.post(f"/api/ncrs/{ncr}/decisions", headers=role_headers("inspector"),
                        json={"action": "confirm", "reason": "x", "password": PASSWORD, "role": "qa_supervisor"})
-    # refused for the roles of the login (inspector), not for the body's shape: the claim was ignored
+    assert r.status_code == 403 and r.json()["detail"].endswith("t-inspector has ['inspector']"), r.text
+    # an MRB member passes the matrix; claiming qa_supervisor in the body would allow a confirm, and the refusal
+    # names the login's own role: the claim was ignored (a 422 would only mean the body's shape was refused)
+    r = await api.post(f"/api/ncrs/{ncr}/decisions", headers=role_headers("mrb_production"),
+                       json={"action": "confirm", "reason": "x", "password": PASSWORD, "role": "qa_supervisor"})
     assert r.status_code == 403, r.text
-    assert r.json()["detail"].startswith("confirm needs one of the roles ") \
-        and r.json()["detail"].endswith("t-inspector has ['inspector']"), r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("confirm needs one of the roles [") and "'qa_supervisor'" in detail \
+        and detail.endswith("t-mrb_production has ['mrb_production']"), r.text
     # the one role field there is, acting_role, only chooses among the login's own roles
-    r = await api.post(f"/api/ncrs/{ncr}/decisions", headers=role_headers("inspector"),
+    r = await api.post(f"/api/ncrs/{ncr}/decisions", headers=role_headers("mrb_production"),
                        json={"action": "confirm", "reason": "x", "password": PASSWORD, "acting_role": "qa_supervisor"})
     assert r.status_code == 403 and r.json()["detail"] == "acting_role: you do not have the role qa_supervisor", r.text
     n = (await api.get(f"/api/ncrs/{ncr}")).json()
@@ -151,3 +157,7 @@ async def test_decisions_are_signed_and_a_changed_record_shows_its_signature_inv
                         {"d": n["decisions"][0]["decision_id"]})
     n = (await api.get(f"/api/ncrs/{ncr}")).json()
     assert n["decisions"][0]["signature"]["valid"] is False
+    # and the lot's trace shows it so too
+    lot = next(x for x in (await api.get(f"/api/trace/backward/{n['lot']}")).json()["nodes"] if x["id"] == n["lot"])
+    sigs = next(x for x in lot["ncrs"] if x["number"] == ncr)["decisions"][0]["signatures"]
+    assert [(x["signer"], x["meaning"], x["valid"]) for x in sigs] == [("t-qa_supervisor", "reviewed", False)]

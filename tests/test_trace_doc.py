@@ -78,6 +78,7 @@ async def test_trace_rows_follow_every_fact_and_answer_as_the_tables_do(sessionm
             in_session = await trace.backward(s, plant.unit(3), resolver=RESOLVER)
             raw = await trace._fetch_portable(s, "lot", {"lot": lot_id}, up=True, full=True)
             portable = trace._assemble(raw, up=True, resolver=RESOLVER, full=True)
+            await trace._sign_decisions(s, portable["nodes"])  # as backward() adds them after assembling
             fwd_fast = await trace.forward(s, resolver=RESOLVER, kind="lot", value=plant.lots["M1"], reader=reader)
             fwd_portable = trace._assemble(
                 await trace._fetch_portable(s, "f_lot", {"value": plant.lots["M1"]}, up=False, full=False),

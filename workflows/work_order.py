@@ -75,6 +75,9 @@ PATCH_TRIGGERS = "inspection-triggers-v1"
 # a held shipment checks its gate as soon as an NCR that may hold it stops holding (the NCR's workflow signals,
 # activities/ncr_signals.py); the timer every timing.shipment_gate_recheck stays as the fallback
 PATCH_GATE_SIGNAL = "gate-signal-v1"
+# the final inspection is opened from the item's versioned plan at `final` when it has one (its limits, sample
+# sizes and severities, and the version kept with the result); the work order's own final_plan otherwise
+PATCH_FINAL_PLAN = "final-plan-v1"
 
 
 class PendingInspection(BaseModel):
@@ -621,6 +624,10 @@ class WorkOrderWorkflow:
 
     async def _inspect(self, number: str, kind: str, lot: str, opened: bool = False) -> InspectionOutcome:
         assert self.order is not None
+        if not opened and kind == "final" and workflow.patched(PATCH_FINAL_PLAN):
+            opened = bool(await self._db("open_planned_inspection", OpenPlannedInspectionInput(
+                number=number, trigger="final", work_order=self.order.number, lot=lot, item=self.order.item,
+                operation="final", lot_size=max(1, self.good)), result_type=bool))
         if not opened:
             await self._db("open_inspection", OpenInspectionInput(
                 number=number, kind=kind, work_order=self.order.number, lot=lot, plan=self.order.final_plan))

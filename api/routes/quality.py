@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 import io
 from math import isfinite
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
@@ -18,7 +18,7 @@ from api.limits import read_bounded
 from api.routes.inspections import submit_results
 from api.security import PrincipalDep, current_principal
 from core.errors import InvalidInput
-from domain import quality_plans, sampling
+from domain import quality_plans, sampling, spc_warnings
 from domain.quality_plans import PlanIn
 
 router = APIRouter(tags=["quality"])
@@ -88,6 +88,31 @@ async def get_spc(session: ReadSessionDep, item: Annotated[str, Query(min_length
                   last: Annotated[int, Query(ge=4, le=10_000)] = 100) -> dict[str, Any]:
     return await quality_plans.spc_for(session, item=item, characteristic=characteristic, subgroup=subgroup,
                                        last=last)
+
+
+class AcknowledgeIn(BaseModel):
+    note: str | None = Field(default=None, max_length=400, description="what was looked at or done")
+
+
+@router.get("/api/quality/warnings", summary="SPC warnings (Western Electric rule violations raised when "
+                                             "measurements are recorded), open ones first")
+async def list_spc_warnings(session: ReadSessionDep,
+                            state: Literal["open", "acknowledged", "all"] = "all",
+                            item: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+                            characteristic: Annotated[str | None, Query(min_length=1, max_length=80)] = None,
+                            limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    return await spc_warnings.list_warnings(session, state=state, item=item, characteristic=characteristic,
+                                            limit=limit)
+
+
+@router.post("/api/quality/warnings/{warning_id}/acknowledge",
+             summary="Acknowledge an SPC warning (the quality engineer has seen it); once")
+async def acknowledge_spc_warning(warning_id: Annotated[int, Path(ge=1, le=2**31 - 1,
+                                                                 description="the id GET /api/quality/warnings shows")],
+                                  session: SessionDep, principal: PrincipalDep,
+                                  body: AcknowledgeIn | None = None) -> dict[str, Any]:
+    return await spc_warnings.acknowledge(session, warning_id, actor=principal.subject,
+                                          note=body.note if body else None)
 
 
 @router.post("/api/inspections/{number}/results/csv", status_code=202,
