@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
 
 from connectors.errors import (
@@ -46,14 +49,29 @@ def _problem(e: dict) -> str:
     return e["msg"]
 
 
+def field_of(request: Request, message: str) -> str | None:
+    """The request parameter a refusal is about when the code that raised it did not name one: the path or query
+    parameter whose value the message quotes (an unknown NCR number, inspection, item...), else the only path
+    parameter. None when no parameter fits."""
+    params = [*request.path_params.items(), *request.query_params.items()]
+    quoted = [name for name, value in params if value != "" and (
+        f"'{value}'" in message or f'"{value}"' in message or f" {value} " in f" {message} ".replace(":", " "))]
+    if len(set(quoted)) == 1:
+        return quoted[0]
+    if not quoted and len(request.path_params) == 1:
+        return next(iter(request.path_params))
+    return None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(HubError)
-    async def _hub_error(_: Request, exc: HubError) -> JSONResponse:
+    async def _hub_error(request: Request, exc: HubError) -> JSONResponse:
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 503
                       if isinstance(exc, TemporalUnavailable) else 400)
         body = {"error": exc.kind, "detail": exc.message}
-        if exc.field:
-            body["field"] = exc.field
+        field = exc.field or (field_of(request, exc.message) if status in (404, 409) else None)
+        if field:
+            body["field"] = field
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse(body, status_code=status, headers=headers)
 
@@ -64,6 +82,18 @@ def install(app: FastAPI) -> None:
         if exc.field:
             body["field"] = exc.field
         return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # the framework's own refusals: a body that is not JSON at all names the body
+        body: dict[str, Any] = {"detail": exc.detail}
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            body = {"error": "InvalidInput", "field": "body",
+                    "detail": "body: not valid JSON; send a JSON object as the schema of this operation describes"}
+        elif exc.status_code == 404:  # no route: the path is what is wrong
+            body = {"error": "NotFound", "field": "path",
+                    "detail": f"path: no such resource ({request.url.path}); see the API at /docs"}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -53,7 +53,7 @@ async def _visual(session: AsyncSession, ins: Inspection, characteristic: str) -
     names = [c.name for c in ins.characteristics]
     if characteristic not in names:
         raise NotFound(f"characteristic {characteristic!r} is not in inspection {ins.number} (it has "
-                       f"{sorted(names)})")
+                       f"{sorted(names)})", field="characteristic")
     if kinds.get(characteristic, {}).get("kind") != "visual":
         raise InvalidInput(f"characteristic: {characteristic!r} of inspection {ins.number} is not a visual "
                            "characteristic of its plan: photos are attached to visual characteristics",
@@ -106,7 +106,7 @@ async def get_photo(session: AsyncSession, inspection: str, attachment_id: int) 
     att = await session.get(InspectionAttachment, attachment_id)
     if att is None or att.inspection_id != ins.id:
         raise NotFound(f"inspection {inspection} has no attachment {attachment_id}: list them at "
-                       f"GET /api/inspections/{inspection}/photos")
+                       f"GET /api/inspections/{inspection}/photos", field="attachment_id")
     return att
 
 

@@ -38,7 +38,7 @@ def _check_category(category: str | None) -> None:
 async def get_capa(session: AsyncSession, number: str) -> Capa:
     capa = (await session.execute(select(Capa).where(Capa.number == number))).scalar()
     if capa is None:
-        raise NotFound(f"CAPA {number!r} does not exist: list CAPAs at GET /api/capas")
+        raise NotFound(f"CAPA {number!r} does not exist: list CAPAs at GET /api/capas", field="number")
     return capa
 
 
@@ -145,7 +145,7 @@ async def update_action(session: AsyncSession, number: str, seq: int, *, actor: 
     _open(capa)
     a = next((a for a in capa.actions if a.seq == seq), None)
     if a is None:
-        raise NotFound(f"CAPA {number} has no action {seq}: see GET /api/capas/{number}")
+        raise NotFound(f"CAPA {number} has no action {seq}: see GET /api/capas/{number}", field="seq")
     before = _action(a)
     if fields.get("status") is not None:
         _check_action(a.kind, fields["status"])

@@ -144,7 +144,8 @@ def _cached_block_of(namespace: str, seq: int) -> SerialBlock | None:
 async def get_item(session: AsyncSession, code: str) -> Item:
     item = (await session.execute(select(Item).where(Item.code == code))).scalar()
     if item is None:
-        raise NotFound(f"item {code!r} does not exist: check the item code (items arrive with work orders)")
+        raise NotFound(f"item {code!r} does not exist: check the item code (items arrive with work orders)",
+                       field="item")
     return item
 
 
@@ -228,7 +229,7 @@ async def current_rule(session: AsyncSession, item: Item, level: str, *, create_
     if rule is None:
         if not create_default or level != "unit":
             raise NotFound(f"item {item.code!r} has no {level} code rule: save one first "
-                           f"(POST /api/codes/rules)")
+                           f"(POST /api/codes/rules)", field="level")
         rule = await save_rule(session, item=item.code, level=level,
                                spec=default_spec(level, item.gtin).model_dump(exclude_none=True))
     return rule
@@ -340,7 +341,7 @@ async def block_view(session: AsyncSession, block: SerialBlock | int) -> BlockVi
         cached = _block_by_id.get(block)
         b = _take(session, cached) if cached is not None else await session.get(SerialBlock, block)
         if b is None:
-            raise NotFound(f"code block {block} does not exist: check the block id")
+            raise NotFound(f"code block {block} does not exist: check the block id", field="block_id")
         if cached is None:
             _remember_block(session, b)
         block = b
@@ -713,8 +714,8 @@ async def resolve(session: AsyncSession, code: str) -> tuple[Lot, str | None]:
     if legacy is not None:
         return legacy, code
     raise NotFound(
-        f"code {code!r} is not known: give a lot number, a batch code or a unit serial (Digital Link URI)"
-    )
+        f"code {code!r} is not known: give a lot number, a batch code or a unit serial (Digital Link URI)",
+        field="code")
 
 
 async def _legacy_resolve(session: AsyncSession, elements: dict[str, str]) -> Lot | None:

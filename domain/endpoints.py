@@ -42,7 +42,7 @@ async def get_endpoint(session: AsyncSession, name: str) -> Endpoint:
     ep = await find_endpoint(session, name)
     if ep is None:
         raise NotFound(f"no endpoint named {name!r}: list them at GET /api/endpoints or create it "
-                       "(POST /api/endpoints)")
+                       "(POST /api/endpoints)", field="name")
     return ep
 
 

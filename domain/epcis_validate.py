@@ -210,6 +210,32 @@ def _shell(doc: dict[str, Any], events: list[Any]) -> dict[str, Any]:
     return shell
 
 
+def _body_shape(doc: dict[str, Any]) -> list[Violation]:
+    """The containers around the events must be what the schema says before the events can be taken out of
+    them (the schema itself is checked on the document's shell and on each event)."""
+    body = doc.get("epcisBody")
+    if not isinstance(body, dict):
+        return [Violation(None, "epcisBody", "epcisBody must be an object holding the events (eventList, an array)")]
+    if doc.get("type") == "EPCISQueryDocument":
+        qr = body.get("queryResults")
+        if qr is None:
+            return []
+        if not isinstance(qr, dict):
+            return [Violation(None, "epcisBody.queryResults", "queryResults must be an object (queryName, "
+                                                              "resultsBody)")]
+        rb = qr.get("resultsBody")
+        if rb is not None and not isinstance(rb, dict):
+            return [Violation(None, "epcisBody.queryResults.resultsBody", "resultsBody must be an object holding "
+                                                                          "eventList")]
+        lst = (rb or {}).get("eventList")
+        field = "epcisBody.queryResults.resultsBody.eventList"
+    else:
+        lst, field = body.get("eventList"), "epcisBody.eventList"
+    if lst is not None and not isinstance(lst, list):
+        return [Violation(None, field, "eventList must be an array of events")]
+    return []
+
+
 def events_of(doc: dict[str, Any]) -> list[Any]:
     body = doc.get("epcisBody") or {}
     if doc.get("type") == "EPCISQueryDocument":
@@ -383,6 +409,9 @@ def validate(doc: Any, *, max_events: int | None = None) -> list[Violation]:
     if doc.get("type") not in ("EPCISDocument", "EPCISQueryDocument"):
         return [Violation(None, "type", f"type is {doc.get('type')!r}: capture takes an EPCISDocument or an "
                                         "EPCISQueryDocument")]
+    shape = _body_shape(doc)
+    if shape:
+        return shape
     events = events_of(doc)
     if fast_valid(_shell(doc, [])) and all(fast_event_valid(ev) for ev in events):
         out: list[Violation] = []

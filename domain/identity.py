@@ -80,7 +80,7 @@ async def create_user(session: AsyncSession, *, username: str, password: str, ro
 async def get_user(session: AsyncSession, username: str) -> User:
     user = (await session.execute(select(User).where(User.username == username))).scalar()
     if user is None:
-        raise NotFound(f"user {username!r} does not exist")
+        raise NotFound(f"user {username!r} does not exist", field="username")
     return user
 
 
@@ -274,7 +274,7 @@ async def revoke_api_token(session: AsyncSession, token_id: int, *, actor: str,
     (`current_token`): like deactivating oneself, that would lock its holder out by a slip."""
     row = await session.get(ApiToken, token_id)
     if row is None or row.kind != "api":
-        raise NotFound(f"no system token with id {token_id}: list them at GET /api/tokens")
+        raise NotFound(f"no system token with id {token_id}: list them at GET /api/tokens", field="token_id")
     if row.revoked_at is not None:
         raise Conflict(f"token {token_id} ({row.name}) was revoked already at {row.revoked_at.isoformat()}")
     if current_token is not None and row.token_hash == hash_token(current_token):

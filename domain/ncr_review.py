@@ -102,7 +102,7 @@ async def review_of(session: AsyncSession, ncr: Ncr) -> NcrReview:
 async def _ncr(session: AsyncSession, number: str) -> Ncr:
     ncr = (await session.execute(select(Ncr).where(Ncr.number == number))).scalar()
     if ncr is None:
-        raise NotFound(f"NCR {number!r} does not exist: list NCRs at GET /api/ncrs")
+        raise NotFound(f"NCR {number!r} does not exist: list NCRs at GET /api/ncrs", field="number")
     return ncr
 
 
@@ -206,7 +206,7 @@ async def update_containment(session: AsyncSession, number: str, seq: int, *, ac
     ncr = await _ncr(session, number)
     c = next((c for c in await containments(session, ncr) if c.seq == seq), None)
     if c is None:
-        raise NotFound(f"NCR {number} has no containment action {seq}: see GET /api/ncrs/{number}")
+        raise NotFound(f"NCR {number} has no containment action {seq}: see GET /api/ncrs/{number}", field="seq")
     before = _containment(c)
     if "done" in fields:
         done = fields.pop("done")

@@ -57,7 +57,7 @@ async def upsert_supplier(session: AsyncSession, code: str) -> Supplier:
 async def get_lot(session: AsyncSession, number: str) -> Lot:
     lot = (await session.execute(select(Lot).where(Lot.number == number))).scalar()
     if lot is None:
-        raise NotFound(f"lot {number!r} does not exist: check the lot number")
+        raise NotFound(f"lot {number!r} does not exist: check the lot number", field="lot")
     return lot
 
 
@@ -68,7 +68,8 @@ async def find_work_order(session: AsyncSession, number: str) -> WorkOrder | Non
 async def get_work_order(session: AsyncSession, number: str) -> WorkOrder:
     wo = await find_work_order(session, number)
     if wo is None:
-        raise NotFound(f"work order {number!r} does not exist: check the number or send the ERP release first")
+        raise NotFound(f"work order {number!r} does not exist: check the number or send the ERP release first",
+                       field="number")
     return wo
 
 

@@ -61,7 +61,8 @@ async def open_inspection(
 async def get_inspection(session: AsyncSession, number: str) -> Inspection:
     ins = (await session.execute(select(Inspection).where(Inspection.number == number))).scalar()
     if ins is None:
-        raise NotFound(f"inspection {number!r} does not exist: list open inspections at GET /api/inspections")
+        raise NotFound(f"inspection {number!r} does not exist: list open inspections at GET /api/inspections",
+                       field="number")
     return ins
 
 
@@ -177,7 +178,7 @@ async def record_results(
 async def get_ncr(session: AsyncSession, number: str) -> Ncr:
     ncr = (await session.execute(select(Ncr).where(Ncr.number == number))).scalar()
     if ncr is None:
-        raise NotFound(f"NCR {number!r} does not exist: list NCRs at GET /api/ncrs")
+        raise NotFound(f"NCR {number!r} does not exist: list NCRs at GET /api/ncrs", field="number")
     return ncr
 
 

@@ -212,7 +212,7 @@ async def plan_versions(session: AsyncSession, item: str, operation: str) -> lis
     )).scalars().all()
     if not rows:
         raise NotFound(f"item {item!r} has no inspection plan for operation {operation!r}: save one with "
-                       "POST /api/quality/plans")
+                       "POST /api/quality/plans", field="operation")
     return list(rows)
 
 
@@ -382,7 +382,8 @@ async def resume_sampling(session: AsyncSession, *, supplier: str, item: str, re
     row = (await session.execute(select(SamplingState).where(
         SamplingState.supplier == supplier, SamplingState.item == item))).scalar()
     if row is None:
-        raise NotFound(f"no lots of {item!r} from {supplier!r} were judged yet: nothing to resume")
+        raise NotFound(f"no lots of {item!r} from {supplier!r} were judged yet: nothing to resume",
+                       field="supplier")
     state_before = state_view(_state_of(row))
     state = _state_of(row).resume()
     _store(row, state)
@@ -413,7 +414,7 @@ async def spc_for(session: AsyncSession, *, item: str, characteristic: str, subg
     )).all()
     if not rows:
         raise NotFound(f"no recorded measurements of {characteristic!r} for item {item!r}: check the item code "
-                       "and the characteristic name, or record inspection results first")
+                       "and the characteristic name, or record inspection results first", field="characteristic")
     rows = list(reversed(rows))
     values: list[float] = []
     source: list[str] = []

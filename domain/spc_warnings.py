@@ -177,7 +177,8 @@ async def acknowledge(session: AsyncSession, warning_id: int, *, actor: str, not
         .join(Item, Item.id == SpcWarning.item_id).join(Inspection, Inspection.id == SpcWarning.inspection_id)
         .where(SpcWarning.id == warning_id).with_for_update(of=SpcWarning))).first()
     if row is None:
-        raise NotFound(f"SPC warning {warning_id} does not exist: list them at GET /api/quality/warnings")
+        raise NotFound(f"SPC warning {warning_id} does not exist: list them at GET /api/quality/warnings",
+                       field="warning_id")
     w, code, number = row
     if w.acknowledged_at is not None:
         raise Conflict(f"SPC warning {warning_id} was already acknowledged by {w.acknowledged_by} at "

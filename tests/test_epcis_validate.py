@@ -174,3 +174,16 @@ def test_a_sampled_instance_next_event_must_end_its_life():
     # a sampling event that itself ends the instance needs nothing after it; other instances are not affected
     assert validate(doc(_at(0, action="DELETE", bizStep="sampling"))) == []
     assert validate(doc(sampling, _at(5, bizStep="shipping", epcList=["urn:epc:id:sgtin:0614141.107346.S2"]))) == []
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ([None, None], "epcisBody"),  # found by the API fuzzing: a 500 before
+    ("events", "epcisBody"),
+    ({"eventList": {"type": "ObjectEvent"}}, "epcisBody.eventList"),
+])
+def test_a_body_of_the_wrong_shape_is_refused_naming_it(body: Any, field: str):
+    d = {**doc(OBJECT), "epcisBody": body}
+    out = validate(d)
+    assert [v.field for v in out] == [field], out
+    q = {**doc(OBJECT), "type": "EPCISQueryDocument", "epcisBody": {"queryResults": {"resultsBody": [1]}}}
+    assert [v.field for v in validate(q)] == ["epcisBody.queryResults.resultsBody"]

@@ -4,7 +4,7 @@ Every operation gets generated requests, valid and invalid (schemathesis' positi
 boundary-value coverage phase and random fuzzing), sent in-process to the ASGI app with a token that holds
 every role. Two properties must hold for every answer:
 - no 5xx: whatever a client sends, the hub answers with its own verdict, never a crash;
-- every 4xx JSON body has a `detail` that says what was wrong, and a 422 names the field(s).
+- every 4xx JSON body has a `detail` that says what was wrong; a refusal of what was sent names the field.
 
 The app runs in schemathesis' event-loop thread (its lifespan builds the engine there), so the workers
 that answer the status queries and run the work orders it starts run in a thread of their own, on their own
@@ -164,7 +164,9 @@ schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi(), config
 
 @schemathesis.check
 def refusal_names_the_problem(ctx: Any, response: Any, case: Any) -> bool | None:
-    """A 4xx answer says what was wrong in `detail`; a 422 names the field(s) it refuses."""
+    """A 4xx answer says what was wrong in `detail`. A refusal of what was sent (400, 404, 409, 413, 422) names
+    the field, parameter or header it is about (`field`, or `errors[].field`), and a 422's detail names it too.
+    (401 and 403 are about the caller, not a field.)"""
     if not 400 <= response.status_code < 500:
         return None
     if "json" not in (response.headers.get("content-type") or [""])[0]:
@@ -172,11 +174,13 @@ def refusal_names_the_problem(ctx: Any, response: Any, case: Any) -> bool | None
     body = response.json()
     detail = body.get("detail") if isinstance(body, dict) else None
     assert isinstance(detail, str) and detail.strip(), f"{response.status_code} without a `detail` string: {body}"
-    if response.status_code == 422:
-        fields = [e["field"] for e in body.get("errors") or []] or ([body["field"]] if body.get("field") else [])
-        assert fields, f"422 that names no field: {body}"
-        for f in fields:
-            assert f.split(".")[-1] in detail, f"422 whose detail does not name the field {f!r}: {body}"
+    if response.status_code in (400, 404, 409, 413, 422):
+        fields = [e["field"] for e in body.get("errors") or [] if isinstance(e, dict) and e.get("field")] or \
+            ([body["field"]] if body.get("field") else [])
+        assert fields, f"{response.status_code} that names no field: {body}"
+        if response.status_code == 422:  # the input refused: its detail says which field, to fix it
+            for f in fields:
+                assert f.split(".")[-1] in detail, f"422 whose detail does not name the field {f!r}: {body}"
     return True
 
 

@@ -29,6 +29,37 @@ from workflows.epcis_capture import start_capture
 from workflows.epcis_subscription import delete_subscription_schedule, start_subscription_schedule
 
 router = APIRouter(prefix="/epcis", tags=["epcis"])
+
+# the bodies these routes read themselves (JSON-LD or XML, validated by the capture rules), as OpenAPI shows them
+_EVENT_TYPES = ["ObjectEvent", "AggregationEvent", "TransactionEvent", "TransformationEvent", "AssociationEvent"]
+_EVENT = {"type": "object", "required": ["type", "eventTime", "eventTimeZoneOffset"], "properties": {
+    "type": {"type": "string", "enum": _EVENT_TYPES}, "eventTime": {"type": "string", "format": "date-time"},
+    "eventTimeZoneOffset": {"type": "string", "pattern": "^[+-][0-9]{2}:[0-9]{2}$"},
+    "action": {"type": "string", "enum": ["ADD", "OBSERVE", "DELETE"]},
+    "bizStep": {"type": "string"}, "disposition": {"type": "string"},
+    "epcList": {"type": "array", "items": {"type": "string"}}}, "additionalProperties": True}
+_XML = {"application/xml": {"schema": {"type": "string"}}}
+
+
+def _body_doc(schema: dict[str, Any], *, xml: bool = False) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": schema}, "application/ld+json": {"schema": schema}}
+    if xml:
+        content.update(_XML)
+    return {"requestBody": {"required": True, "content": content}}
+
+
+CAPTURE_BODY = _body_doc({"type": "object", "required": ["type", "epcisBody"], "properties": {
+    "@context": {}, "type": {"type": "string", "enum": ["EPCISDocument"]}, "schemaVersion": {"type": "string"},
+    "creationDate": {"type": "string", "format": "date-time"},
+    "epcisBody": {"type": "object", "required": ["eventList"], "properties": {
+        "eventList": {"type": "array", "items": _EVENT}}}}}, xml=True)
+EVENT_BODY = _body_doc(_EVENT, xml=True)
+QUERY_BODY = _body_doc({"type": "object", "required": ["name", "query"], "properties": {
+    "name": {"type": "string"}, "query": {"type": "object", "additionalProperties": True}}})
+SUBSCRIPTION_BODY = _body_doc({"type": "object", "required": ["dest"], "properties": {
+    "dest": {"type": "string", "format": "uri"}, "signatureToken": {"type": "string"},
+    "stream": {"type": "boolean"}, "reportIfEmpty": {"type": "boolean"},
+    "schedule": {"type": "object", "additionalProperties": True}}})
 P = ParamSpec("P")
 
 PROBLEM = "application/problem+json"
@@ -104,7 +135,7 @@ async def _body(request: Request, xml: Callable[[bytes], Any] | None = None) -> 
     if ctype not in ("application/json", "application/ld+json") and not as_xml:
         raise _Refused("UnsupportedMediaTypeException",
                        f"content type {ctype!r} is not accepted: send application/json or application/ld+json"
-                       + (", or application/xml" if xml is not None else ""))
+                       + (", or application/xml" if xml is not None else ""), field="content-type")
     size = int(request.headers.get("content-length") or 0)
     if size > epcis_capture.CAPTURE_FILE_SIZE_LIMIT:
         raise _Refused("CaptureLimitExceededException", f"the document has {size} bytes; the limit is "
@@ -122,10 +153,11 @@ async def _body(request: Request, xml: Callable[[bytes], Any] | None = None) -> 
 
 
 class _Refused(Exception):
-    def __init__(self, name: str, detail: str) -> None:
+    def __init__(self, name: str, detail: str, field: str = "body") -> None:
         super().__init__(detail)
         self.name = name
         self.detail = detail
+        self.field = field  # what the refusal is about: the body, or its content-type header
 
 
 @router.get("", summary="EPCIS top-level resources")
@@ -139,19 +171,21 @@ async def capture_options() -> Response:
     return Response(status_code=204, headers=_limits())
 
 
-@router.post("/capture", status_code=202, summary="Capture an EPCISDocument (all events, or none)")
+@router.post("/capture", status_code=202, summary="Capture an EPCISDocument (all events, or none)",
+             openapi_extra=CAPTURE_BODY)
 @epcis_errors
 async def capture_document(request: Request, session: SessionDep) -> Response:
     try:
         doc = await _body(request, epcis_xml.parse_document)
     except _Refused as r:
-        return problem(r.name, r.detail)
+        return problem(r.name, r.detail, field=r.field)
     behaviour = request.headers.get("GS1-Capture-Error-Behaviour", "rollback").lower()
     if behaviour not in ("rollback", "proceed"):
-        return problem("ValidationException", "GS1-Capture-Error-Behaviour is rollback or proceed")
+        return problem("ValidationException", "GS1-Capture-Error-Behaviour is rollback or proceed",
+                       field="GS1-Capture-Error-Behaviour")
     if not isinstance(doc, dict) or doc.get("type") not in ("EPCISDocument", "EPCISQueryDocument"):
         return problem("ValidationException", "capture takes an EPCISDocument or an EPCISQueryDocument "
-                       "(JSON-LD with type EPCISDocument)")
+                       "(JSON-LD with type EPCISDocument)", field="type")
     if epcis_capture.event_count(doc) <= epcis_capture.INLINE_MAX_EVENTS:  # small: done in the request
         job = await epcis_capture.capture(session, doc, behaviour=behaviour)
         return JSONResponse(epcis_capture.job_view(job), status_code=202,
@@ -193,13 +227,14 @@ async def get_capture_job(capture_id: str, session: SessionDep) -> Response:
     return JSONResponse(epcis_capture.job_view(await epcis_capture.get_job(session, capture_id)), headers=_limits())
 
 
-@router.post("/events", status_code=201, summary="Capture one event synchronously")
+@router.post("/events", status_code=201, summary="Capture one event synchronously",
+             openapi_extra=EVENT_BODY)
 @epcis_errors
 async def capture_event(request: Request, session: SessionDep) -> Response:
     try:
         ev = await _body(request, epcis_xml.parse_event)
     except _Refused as r:
-        return problem(r.name, r.detail)
+        return problem(r.name, r.detail, field=r.field)
     job = await epcis_capture.capture(session, ev, single_event=True)
     if not job.success:
         return problem("ValidationException", "; ".join(e["detail"] for e in job.errors), errors=job.errors)
@@ -259,15 +294,17 @@ async def event_types() -> JSONResponse:
                                                           "TransformationEvent", "AssociationEvent"]})
 
 
-@router.post("/queries", status_code=201, summary="Create a named query: {name, query: {parameters}}")
+@router.post("/queries", status_code=201, summary="Create a named query: {name, query: {parameters}}",
+             openapi_extra=QUERY_BODY)
 @epcis_errors
 async def create_query(request: Request, session: SessionDep) -> Response:
     try:
         body = await _body(request)
     except _Refused as r:
-        return problem(r.name, r.detail)
+        return problem(r.name, r.detail, field=r.field)
     if not isinstance(body, dict) or not isinstance(body.get("query", {}), dict) or "name" not in body:
-        return problem("QueryValidationException", 'send {"name": "...", "query": {"EQ_bizStep": ["shipping"]}}')
+        return problem("QueryValidationException", 'send {"name": "...", "query": {"EQ_bizStep": ["shipping"]}}',
+                       field="body")
     row = await epcis_query.create_named(session, str(body["name"]), body.get("query") or {})
     return JSONResponse({"name": row.name, "query": row.query}, status_code=201,
                         headers={"Location": f"/epcis/queries/{row.name}", **_limits()})
@@ -298,14 +335,15 @@ async def delete_query(name: str, request: Request, session: SessionDep) -> Resp
 # --- subscriptions (webhooks) -----------------------------------------------------------------------------
 
 @router.post("/queries/{name}/subscriptions", status_code=201,
-             summary="Subscribe a webhook to a named query: {dest, signatureToken?, stream: true | schedule}")
+             summary="Subscribe a webhook to a named query: {dest, signatureToken?, stream: true | schedule}",
+             openapi_extra=SUBSCRIPTION_BODY)
 @epcis_errors
 async def subscribe(name: str, request: Request, session: SessionDep, client: TemporalDep,
                     settings: SettingsDep) -> Response:
     try:
         body = await _body(request)
     except _Refused as r:
-        return problem(r.name, r.detail)
+        return problem(r.name, r.detail, field=r.field)
     row = await epcis_subscriptions.create(session, name, body, epc_format=_epc_format(request))
     ranges = epcis_subscriptions.parse_schedule(row.schedule) if row.schedule is not None else None
     inp = DeliverSubscriptionInput(subscription_id=row.id, lag_seconds=settings.epcis.record_lag_seconds,

@@ -133,7 +133,7 @@ async def _signal(client: Client, number: str, signal: str, arg: object) -> None
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise NotFound(f"work order {number!r} has no running workflow: send work_order.released first "
-                           "(or it has already finished)") from exc
+                           "(or it has already finished)", field="number") from exc
         raise
 
 

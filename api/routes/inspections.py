@@ -237,7 +237,12 @@ def parse_multipart(raw: bytes, content_type: str) -> tuple[bytes, str | None, s
 
 
 @router.post("/{number}/characteristics/{characteristic}/photos", status_code=201,
-             summary="Attach a photo (PNG or JPEG; the raw image or multipart/form-data) to a visual characteristic")
+             summary="Attach a photo (PNG or JPEG; the raw image or multipart/form-data) to a visual characteristic",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "image/png": {"schema": {"type": "string", "format": "binary"}},
+                 "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                 "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                     "file": {"type": "string", "format": "binary"}}}}}}})
 async def upload_photo(number: str, characteristic: Annotated[str, Path(min_length=1, max_length=80)],
                        request: Request, principal: PrincipalDep,
                        filename: Annotated[str | None, Query(max_length=200)] = None) -> JSONResponse:

@@ -213,7 +213,8 @@ async def post_decision(number: str, body: NcrDecisionRequest, session: SessionD
                         principal: PrincipalDep) -> JSONResponse:
     row = (await session.execute(select(Ncr).where(Ncr.number == number))).scalar()
     if row is None:
-        raise NotFound(f"NCR {number!r} does not exist: list open NCRs at GET /api/ncrs?state=open")
+        raise NotFound(f"NCR {number!r} does not exist: list open NCRs at GET /api/ncrs?state=open",
+                       field="number")
     allowed = ALLOWED_ROLES[body.action]
     mine = [ReviewerRole(r) for r in sorted(principal.roles) if r in ReviewerRole.__members__]
     if body.acting_role is not None:

@@ -116,7 +116,9 @@ async def acknowledge_spc_warning(warning_id: Annotated[int, Path(ge=1, le=2**31
 
 
 @router.post("/api/inspections/{number}/results/csv", status_code=202,
-             summary="Post measurements as CSV (columns characteristic,value; one row per value)")
+             summary="Post measurements as CSV (columns characteristic,value; one row per value)",
+             openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {
+                 "type": "string", "example": "characteristic,value\nbore_diameter,25.02\n"}}}}})
 async def post_results_csv(number: str, request: Request, client: TemporalDep,
                            inspector: Annotated[str | None, Query(max_length=80)] = None,
                            result_id: Annotated[str | None, Query(max_length=80)] = None) -> JSONResponse:

@@ -96,6 +96,7 @@ def _respond(request: Request, elements: dict[str, str], res: ScanResult) -> Res
         if http != 200:  # the hub's refusals say why in `detail`; here it is the scan's reason
             body["detail"] = res.reason or (f"code {code} was withdrawn" if res.status == "voided"
                                             else f"code {code} was never issued")
+            body["field"] = "code"  # the scanned code is what the answer is about
         return JSONResponse(body, status_code=http)
     if res.status == "genuine":
         f = {**res.facts, "serial": elements.get("21"), "sscc": elements.get("00")}
