@@ -25,15 +25,16 @@ Figures (warm-up runs excluded), one JSON line each on stdout: {"metric", "value
   (domain.trace.forward_json: lots, units, where each is now, customers; the route adds the cases and pallets
   holding the units, not timed here, as before); the line says how many units the heats reached.
 - backward_vs_bare_cte_ratio / forward_vs_bare_cte_ratio: hub time / a bare recursive SQL query (node ids
-  only) over the same lineage from the same start, run on a raw psycopg connection in the same run.
-- forward_vs_per_node_walk_ratio: hub forward time / a walk of the same graph with one query per node.
-- `..._warm` lines (backward_trace_warm_p50_ms, backward_bare_cte_warm_p50_ms, backward_vs_bare_cte_warm_ratio,
-  forward_trace_heat_warm_p50_ms, forward_bare_cte_warm_p50_ms, forward_vs_bare_cte_warm_ratio,
-  forward_vs_per_node_walk_warm_ratio): each sample's hub trace and bare query run a second time, in the same
-  order, right after the first runs: both sides then read pages they have just read themselves. In the
-  figures without `_warm` the hub runs first on pages nobody has touched (the plant is far larger than
-  PostgreSQL's buffers here), then the bare query and the per-node walk run over the edge pages the hub's own
-  walk has just brought in; those figures are measured exactly as before this change.
+  only) over the same lineage, run on a raw psycopg connection in the same run, both cold: the relations are
+  first read into the kernel's page cache (pg_prewarm 'read'), and the hub and the bare query each start from
+  their own half of one random draw of starts, which nobody has read since.
+- forward_vs_per_node_walk_ratio: hub forward time / a walk of the same graph with one query per node (run
+  after the hub and the bare query, on the pages they brought in).
+- `..._warm` lines: the hub's trace and the bare query again on the hub's start, each on pages it has just read.
+- `..._after_hub` lines: the bare query run right after the hub's cold trace on the pages the hub's walk brought
+  in (the baseline of earlier versions of this bench: cold hub against warm bare).
+- forward samples are heats reaching at least 10,000 units (`heats_under_10000_units_left_out` counts the
+  others, timed and dropped); the bare query's starts are not filtered.
 - epcis_capture_events_per_s: events validated (JSON Schema + rules), hashed, stored and indexed per
   second through POST /epcis/capture (the FastAPI app in-process, documents of `--capture-batch` events,
   1,000 by default: captured in the request), and epcis_capture_async_events_per_s the same for documents of
