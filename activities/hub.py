@@ -46,6 +46,7 @@ from connectors.registry import connector_class
 from core.errors import NotFound
 from domain import codes, inspection_triggers, production, quality, quality_plans, shipping, spc_warnings
 from domain.models import Endpoint
+from domain.supplier_returns import erp_acknowledged
 
 
 class HubActivities(TransactionalActivities):
@@ -274,10 +275,16 @@ class HubActivities(TransactionalActivities):
         doc: dict[str, Any] = {"name": notice.name, **notice.doc}
         conn = await self._erp_connector(ep.kind, ep.config)
         try:
-            await conn.write(notice.doctype, doc)
+            answer = await conn.write(notice.doctype, doc)
         except ConnectorError:
             await self._drop_erp(conn)  # the next attempt connects afresh
             raise
+        if notice.doctype == "Purchase Receipt" and notice.doc.get("is_return") and notice.doc.get("remarks"):
+            # an NCR's purchase return, acknowledged: its supplier return is now erp_notified (a retry after a
+            # lost completion finds the document already there, which counts as done, and changes nothing)
+            document = answer.get("name") if isinstance(answer, dict) else None
+            async with self.tx() as s:
+                await erp_acknowledged(s, ncr=str(notice.doc["remarks"]), document=str(document or notice.name))
 
     async def _erp_connector(self, kind: str, config: dict[str, Any]) -> Any:
         key = kind + json.dumps(config, sort_keys=True, default=str)

@@ -77,10 +77,12 @@ class RecallActivities(TransactionalActivities):
     @activity.defn
     @translated
     async def decide_recall_lot(self, inp: RecallDecisionInput) -> None:
+        """Record the decision and its electronic signature in one transaction."""
         d = inp.decision
         async with self.tx() as s:
             await recall.decide_lot(s, number=inp.number, lot=d.lot, decision=d.decision.value, reviewer=d.reviewer,
-                                    role=d.role.value, reason=d.reason, resolver=self.resolver)
+                                    role=d.role.value, reason=d.reason, resolver=self.resolver,
+                                    signature=d.signature)
 
     @activity.defn
     @translated

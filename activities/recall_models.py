@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from activities.models import Model, ReviewerRole
+from activities.models import DecisionSignature, Model, ReviewerRole
 
 _NUMBER = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"
 
@@ -100,6 +100,8 @@ class RecallLotDecision(Model):
     reviewer: str = Field(min_length=1, max_length=80)
     role: ReviewerRole
     reason: str = Field(default="", max_length=2000)
+    signature: DecisionSignature | None = Field(
+        default=None, description="set by the API after the password check; written with the decision")
 
 
 class RecallStatus(Model):

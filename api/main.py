@@ -27,6 +27,7 @@ from api.routes import (
     quality,
     recalls,
     resolver,
+    supplier_returns,
     trace,
     work_orders,
 )
@@ -104,4 +105,5 @@ def create_app(
         app.include_router(r.router)
     app.include_router(mes.router)
     app.include_router(capas.router)
+    app.include_router(supplier_returns.router)
     return app

@@ -101,6 +101,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/capas/{number}/actions"): frozenset({"quality_manager", "qa_supervisor"}),
     ("PATCH", "/api/capas/{number}/actions/{seq}"): frozenset({"quality_manager", "qa_supervisor"}),
     ("POST", "/api/capas/{number}/close"): frozenset({"quality_manager"}),
+    # supplier returns (return_to_supplier dispositions): the quality roles, the MRB, auditors
+    ("GET", "/api/supplier-returns"): QUALITY | {"auditor", "admin"},
+    ("GET", "/api/supplier-returns/{number}"): QUALITY | {"auditor", "admin"},
     # trace and recall
     ("GET", "/api/trace/backward/{code}"): READERS,
     ("GET", "/api/trace/forward"): READERS,

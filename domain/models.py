@@ -372,6 +372,7 @@ from domain import (
     models_mes,  # noqa: F401
     models_ncr,  # noqa: F401
     models_quality,  # noqa: F401
+    models_supplier_return,  # noqa: F401
     models_trace,  # noqa: F401
     models_trace_doc,  # noqa: F401
 )

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain import ncr_review
+from domain import ncr_review, supplier_returns
 from domain.audit import audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import (
@@ -259,6 +259,8 @@ async def record_decision(
         rev = await ncr_review.review_of(session, row)
         rev.verification, rev.verified_by, rev.verified_at = "verified", reviewer, utcnow()
         rev.verification_note = reason
+        if row.disposition == "return_to_supplier":
+            await supplier_returns.mark_shipped(session, ncr=row, actor=reviewer, note=reason)
     await session.flush()
     await audit(session, actor=reviewer, action=f"ncr.{action}", entity="ncr", key=ncr,
                 changes={"state": [before, new_state], "role": role, "reason": reason,
@@ -364,6 +366,10 @@ async def apply_disposition(
                              why=f"NCR {ncr}: use as is", concession=f"{ncr}: {reason}")
         disp = "conformant"
     elif outcome in ("scrap", "return_to_supplier"):
+        if outcome == "return_to_supplier":
+            # before the write-off below, which it records the quantity of; a retry finds the one created
+            await supplier_returns.request_return(session, ncr=row, lot=lot_row, reason=reason,
+                                                  quantity=lot_row.quantity_remaining or lot_row.quantity)
         await set_lot_status(session, lot_row, LotStatus.rejected, actor="system", why=f"NCR {ncr}: {outcome}")
         if lot_row.quantity_remaining:
             await audit(session, actor="system", action="lot.quantity", entity="lot", key=lot_row.number,

@@ -20,6 +20,7 @@ from domain.models_codes import Container
 from domain.models_trace import Recall, RecallContainer, RecallLot, RecallNotice
 from domain.packing import epc
 from domain.production import set_lot_status
+from domain.signatures import record_signature
 from domain.trace import forward
 from domain.trace_containers import containers_of_lots
 
@@ -200,9 +201,17 @@ async def acknowledge(session: AsyncSession, *, number: str, customer: str, by: 
                     changes={"customer": customer, "note": note})
 
 
+def decision_content(number: str, *, lot: str, decision: str, reviewer: str, role: str, reason: str) -> dict[str, Any]:
+    """What a reviewer signs when deciding a recalled lot: changing any of it afterwards invalidates the signature."""
+    return {"recall": number, "lot": lot, "decision": decision, "reviewer": reviewer, "role": role, "reason": reason}
+
+
 async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: str, reviewer: str, role: str,
-                     reason: str, resolver: str) -> None:
-    """A reviewer's decision on a held lot: release (back to what it was) or reject."""
+                     reason: str, resolver: str, signature: Any = None) -> None:
+    """A reviewer's decision on a held lot: release (back to what it was) or reject.
+
+    The electronic signature (signer, signer_name, meaning), if given, is written in the same transaction as the
+    decision, so there is never a decision without its signature; a repeated call changes (and signs) nothing."""
     if decision not in ("release", "reject"):
         raise InvalidInput(f"decision {decision!r}: use release or reject", field="decision")
     row = await get_recall(session, number)
@@ -237,6 +246,11 @@ async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: 
     )
     if decision == "release":
         await _release_containers(session, row, resolver, reviewer)
+    if signature is not None:
+        await record_signature(session, signer=signature.signer, signer_name=signature.signer_name, role=role,
+                               meaning=signature.meaning, entity="recall_decision", key=f"{number}/{lot}",
+                               content=decision_content(number, lot=lot, decision=decision, reviewer=reviewer,
+                                                        role=role, reason=reason))
     await session.flush()
 
 

@@ -13,7 +13,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.models import ReviewerRole
+from activities.models import DecisionSignature, ReviewerRole
 from activities.recall_models import HoldDecision, RecallAck, RecallInput, RecallLotDecision, RecallStatus
 from api.deps import SessionDep, SettingsDep, TemporalDep
 from api.errors import APP_ERROR_STATUS
@@ -21,7 +21,6 @@ from api.security import PrincipalDep
 from core.errors import Conflict, Forbidden
 from domain import identity, recall, trace
 from domain.models_trace import Recall
-from domain.signatures import record_signature
 from workflows.recall import DECIDERS, RecallWorkflow, workflow_id
 
 
@@ -112,7 +111,7 @@ async def acknowledge(number: str, ack: RecallAck, session: SessionDep, client: 
 
 
 @router.post("/{number}/decisions", summary="A reviewer releases or rejects a held lot")
-async def decide(number: str, body: RecallDecisionRequest, request: Request, session: SessionDep,
+async def decide(number: str, body: RecallDecisionRequest, session: SessionDep,
                  client: TemporalDep, principal: PrincipalDep) -> JSONResponse:
     mine = [ReviewerRole(r) for r in sorted(principal.roles) if r in ReviewerRole.__members__]
     role = next((r for r in mine if r in DECIDERS), mine[0] if mine else None)
@@ -121,14 +120,10 @@ async def decide(number: str, body: RecallDecisionRequest, request: Request, ses
     if principal.kind != "session" or principal.user_id is None:
         raise Forbidden("decisions are signed by a person: log in with your own account (POST /api/auth/login)")
     await identity.check_password(session, principal.subject, body.password)
-    decision = RecallLotDecision(lot=body.lot, decision=body.decision, reviewer=principal.subject, role=role,
-                                 reason=body.reason)
-    response = await _update(session, client, number, RecallWorkflow.decide, decision)
-    if response.status_code == 200:
-        async with request.app.state.sessionmaker() as s, s.begin():
-            await record_signature(
-                s, signer=principal.subject, signer_name=principal.full_name, role=role.value,
-                meaning="released" if body.decision.value == "release" else "rejected", entity="recall_decision",
-                key=f"{number}/{body.lot}", content={"recall": number, **decision.model_dump(mode="json")})
-    return response
-
+    # the signature travels with the decision: the activity that applies the decision writes it in the same
+    # transaction, so a decision never exists without its signature and a refused resend signs nothing
+    decision = RecallLotDecision(
+        lot=body.lot, decision=body.decision, reviewer=principal.subject, role=role, reason=body.reason,
+        signature=DecisionSignature(signer=principal.subject, signer_name=principal.full_name,
+                                    meaning="released" if body.decision.value == "release" else "rejected"))
+    return await _update(session, client, number, RecallWorkflow.decide, decision)
