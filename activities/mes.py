@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 from datetime import timedelta
-from typing import Any, Self
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -36,7 +36,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.base import TransactionalActivities
+from activities.base import BackgroundLoop, TransactionalActivities
 from activities.errors import translated
 from activities.models import OperationReport
 from activities.models_connectors import EquipmentStateReport
@@ -201,10 +201,12 @@ async def deliver_equipment_state(sm: async_sessionmaker[AsyncSession], client: 
     return outcome
 
 
-class MesBridge:
+class MesBridge(BackgroundLoop):
     """Listens to every MQTT endpoint with MES topics and delivers their messages (see the module doc).
 
     `async with MesBridge(...)` runs it in the background; `endpoints` restricts it to those names."""
+
+    task_name = "mes-bridge"
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], client: Client, *,
                  endpoints: list[str] | None = None, rescan_s: float = 5.0, retry_max_s: float = 10.0) -> None:
@@ -216,18 +218,6 @@ class MesBridge:
         self.ready: dict[str, asyncio.Event] = {}
         self.outcomes: dict[str, int] = {}
         self._listeners: dict[str, tuple[str, asyncio.Task[None]]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self.run(), name="mes-bridge")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     def is_ready(self, endpoint: str) -> asyncio.Event:
         """Set while the bridge is subscribed on the endpoint's broker."""

@@ -14,17 +14,17 @@ first activity writes it) is only marked, even after the server dropped the clos
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any, Self
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from activities.base import BackgroundLoop
 from activities.models import NonconformanceInput, Timing
 from domain import code_pools
 from domain.models import utcnow
@@ -54,9 +54,11 @@ async def start_duplicate_ncrs(client: Client, dups: Iterable[dict[str, Any]], *
     return started
 
 
-class NcrSweeper:
+class NcrSweeper(BackgroundLoop):
     """Starts the NCRs whose upload route did not (see the module doc). `async with NcrSweeper(...)` runs it
     every `interval_s` in the background; `sweep()` is one pass."""
+
+    task_name = "ncr-sweeper"
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], client: Client, *, task_queue: str,
                  ncr_table: dict[str, Any], interval_s: float = 30.0, min_age_s: float = 30.0) -> None:
@@ -66,18 +68,6 @@ class NcrSweeper:
         self.timing = Timing().with_defaults(ncr_table)
         self.interval_s = interval_s
         self.min_age_s = min_age_s
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self.run(), name="ncr-sweeper")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def run(self) -> None:
         while True:

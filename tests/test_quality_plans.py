@@ -119,7 +119,7 @@ async def test_a_plan_of_the_wrong_shape_is_refused_by_field(api: httpx.AsyncCli
 
 # --- SPC over recorded measurements ------------------------------------------------------------------------
 
-async def _record(sessionmaker, item: str, name: str, samples: list[list[float]], *, lower: float = 24.95,
+async def record_samples(sessionmaker, item: str, name: str, samples: list[list[float]], *, lower: float = 24.95,
                   upper: float = 25.05, start: datetime | None = None) -> list[str]:
     """Recorded inspections of lots of `item`, one per sample, oldest first; returns the lot numbers."""
     start = start or datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -150,7 +150,7 @@ async def test_spc_from_recorded_measurements(api: httpx.AsyncClient, sessionmak
     rng = random.Random(7)
     samples = [[round(rng.gauss(25.0, 0.008), 4) for _ in range(4)] for _ in range(27)]
     samples[-1] = [25.04, 25.045, 25.042, 25.041]  # the newest lot is far off centre
-    lots = await _record(sessionmaker, item, "outer diameter", samples)
+    lots = await record_samples(sessionmaker, item, "outer diameter", samples)
     # a pending inspection (no verdict yet) of the same characteristic does not count
     async with sessionmaker() as s, s.begin():
         lot = (await s.execute(select(Lot).where(Lot.number == lots[0]))).scalar_one()
@@ -198,7 +198,7 @@ async def test_spc_from_recorded_measurements(api: httpx.AsyncClient, sessionmak
 
 async def test_spc_window_and_refusals(api: httpx.AsyncClient, sessionmaker):
     item = new_item()
-    await _record(sessionmaker, item, "bore", [[10.0, 10.1, 10.2]] * 4, lower=9.0, upper=11.0)
+    await record_samples(sessionmaker, item, "bore", [[10.0, 10.1, 10.2]] * 4, lower=9.0, upper=11.0)
     q = {"item": item, "characteristic": "bore", "subgroup": 4, "last": 10}
     r = await api.get("/api/quality/spc", params=q)
     assert r.status_code == 200, r.text

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from domain.models_trace import Recall, RecallLot, RecallNotice
 from tests.helpers import PASSWORD, role_headers
-from tests.test_trace_containers import urn_of_sscc
+from tests.test_trace_containers import issue_codes, urn_of_sscc
 from tests.test_trace_plant import build_plant, lot_status
 
 pytestmark = pytest.mark.asyncio
@@ -122,7 +122,6 @@ async def test_recall_holds_the_cases_and_pallets_in_stock_until_their_lots_are_
     """Issue 5: the recall holds every affected lot *and case* still in stock: the cases and pallets holding units
     of the scope's lots are recorded with the recall, put on hold with an EPCIS holding event (disposition
     recalled), and go back to what they were once a reviewer has released every recalled lot inside them."""
-    import uuid
 
     from domain import gs1
     from domain.models_codes import Container
@@ -136,12 +135,7 @@ async def test_recall_holds_the_cases_and_pallets_in_stock_until_their_lots_are_
         assert r.status_code == 201, r.text
 
     async def codes(level: str, count: int, lot: str | None = None) -> list[str]:
-        body = {"key": f"{item}-{level}-{uuid.uuid4().hex[:4]}", "item": item, "count": count,
-                **({"level": level} if level != "unit" else {}), **({"lot": lot} if lot else {})}
-        b = await api.post("/api/codes/blocks", json=body)
-        assert b.status_code in (200, 201), b.text
-        return [(await api.get(f"/api/codes/blocks/{b.json()['id']}/codes/{i}")).json()["digital_link"]
-                for i in range(count)]
+        return await issue_codes(api, item, level, count, lot)
 
     units, (case,), (pallet,) = await codes("unit", 2, lots["B1"]), await codes("case", 1), await codes("pallet", 1)
     for parent, children in ((case, units), (pallet, [case])):

@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import func, select
 
 from domain import spc_warnings
-from domain.models import AuditLog, CharacteristicResult, Inspection, Item, Lot, Ncr
+from domain.models import AuditLog, Inspection, Item, Lot, Ncr
 from domain.models_quality import SpcWarning
 from tests.helpers import IN_SPEC_IQC, post_results, role_headers, run_production, wait_done
 from tests.test_inspection_triggers import release
+from tests.test_quality_plans import record_samples
 
 pytestmark = pytest.mark.asyncio
 
@@ -28,26 +29,7 @@ def new_item() -> str:
 
 async def seed(sessionmaker, item: str, samples: list[list[float]], *, start: datetime) -> list[str]:
     """Recorded inspections of lots of `item`, one per sample, an hour apart from `start`; their numbers."""
-    numbers = []
-    async with sessionmaker() as s, s.begin():
-        it = (await s.execute(select(Item).where(Item.code == item))).scalar()
-        if it is None:
-            it = Item(code=item)
-            s.add(it)
-            await s.flush()
-        for i, values in enumerate(samples):
-            lot = Lot(number=f"{item}-L{uuid.uuid4().hex[:6]}", kind="output", item_id=it.id, quantity=10,
-                      quantity_remaining=10, status="released")
-            s.add(lot)
-            await s.flush()
-            ins = Inspection(number=f"INS-{lot.number}", kind="final", lot_id=lot.id, status="passed",
-                             inspector="gauge-1", inspected_at=start + timedelta(hours=i))
-            s.add(ins)
-            await s.flush()
-            s.add(CharacteristicResult(inspection_id=ins.id, name=NAME, nominal=25.0, lower=24.95, upper=25.05,
-                                       unit="mm", sample_size=len(values), values=values, verdict="passed"))
-            numbers.append(ins.number)
-    return numbers
+    return [f"INS-{lot}" for lot in await record_samples(sessionmaker, item, NAME, samples, start=start)]
 
 
 def in_control(n: int, seed_: int = 11) -> list[list[float]]:

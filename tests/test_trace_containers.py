@@ -16,6 +16,17 @@ from tests.test_trace_plant import RESOLVER, build_plant
 pytestmark = pytest.mark.asyncio
 
 
+async def issue_codes(client: httpx.AsyncClient, item: str, level: str, count: int,
+                      lot: str | None = None) -> list[str]:
+    """`count` new codes of `item` at `level` (unit, case, pallet; units of `lot`), as Digital Links."""
+    body = {"key": f"{item}-{level}-{uuid.uuid4().hex[:4]}", "item": item, "count": count,
+            **({"level": level} if level != "unit" else {}), **({"lot": lot} if lot else {})}
+    b = await client.post("/api/codes/blocks", json=body)
+    assert b.status_code in (200, 201), b.text
+    return [(await client.get(f"/api/codes/blocks/{b.json()['id']}/codes/{i}")).json()["digital_link"]
+            for i in range(count)]
+
+
 def urn_of_sscc(code: str) -> str:
     s = gs1.parse_digital_link(code)["00"]
     return f"urn:epc:id:sscc:{s[1:8]}.{s[0]}{s[8:17]}"
@@ -31,12 +42,7 @@ async def test_backward_from_a_pallet_or_case_and_forward_to_containers(hub: htt
         assert r.status_code == 201, r.text
 
     async def codes(level: str, count: int, lot: str | None = None) -> list[str]:
-        body = {"key": f"{item}-{level}-{uuid.uuid4().hex[:4]}", "item": item, "count": count,
-                **({"level": level} if level != "unit" else {}), **({"lot": lot} if lot else {})}
-        b = await hub.post("/api/codes/blocks", json=body)
-        assert b.status_code in (200, 201), b.text
-        return [(await hub.get(f"/api/codes/blocks/{b.json()['id']}/codes/{i}")).json()["digital_link"]
-                for i in range(count)]
+        return await issue_codes(hub, item, level, count, lot)
 
     units, cases, (pallet,) = await codes("unit", 4, lots["B1"]), await codes("case", 2), await codes("pallet", 1)
     for parent, children in ((cases[0], units[:2]), (cases[1], units[2:3]), (pallet, cases)):
