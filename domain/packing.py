@@ -16,6 +16,7 @@ from domain.codes import CodeInfo, lookup
 from domain.events import hub_uri, record_event
 from domain.models import EpcisEvent, Lot, LotStatus, Shipment, utcnow
 from domain.models_codes import Container, Containment, UsedCode
+from domain.models_trace import Recall, RecallContainer
 
 RANK = {"unit": 0, "case": 1, "pallet": 2}
 MAX_DEPTH = 10
@@ -73,8 +74,6 @@ async def _refuse_held(session: AsyncSession, box: Container, what: str, field: 
     """A case or pallet a recall holds may not be packed onto, packed, or shipped: the refusal names the recall."""
     if box.status != ON_HOLD:
         return
-    from domain.models_trace import Recall, RecallContainer  # the recall's tables (no import cycle at load)
-
     recall = (await session.execute(
         select(Recall.number).join(RecallContainer, RecallContainer.recall_id == Recall.id)
         .where(RecallContainer.code == box.code, RecallContainer.held_at.is_not(None),

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from domain.models_trace import Recall, RecallLot, RecallNotice
 from tests.helpers import PASSWORD, role_headers
-from tests.test_trace_containers import issue_codes, urn_of_sscc
+from tests.test_trace_containers import container_rules, issue_codes, urn_of_sscc
 from tests.test_trace_plant import build_plant, lot_status
 
 pytestmark = pytest.mark.asyncio
@@ -125,14 +125,11 @@ async def test_recall_holds_the_cases_and_pallets_in_stock_until_their_lots_are_
 
     from domain import gs1
     from domain.models_codes import Container
-    from tests.test_codes import sscc_rule
 
     plant = await build_plant(sessionmaker, ship=False)
     tag, lots = plant.tag, plant.lots
     item = f"ASSY-{tag}"
-    for level, ext in (("case", "5"), ("pallet", "6")):
-        r = await api.post("/api/codes/rules", json={"item": item, "level": level, "spec": sscc_rule("4012345", ext)})
-        assert r.status_code == 201, r.text
+    await container_rules(api, item)
 
     async def codes(level: str, count: int, lot: str | None = None) -> list[str]:
         return await issue_codes(api, item, level, count, lot)

@@ -16,6 +16,14 @@ from tests.test_trace_plant import RESOLVER, build_plant
 pytestmark = pytest.mark.asyncio
 
 
+async def container_rules(client: httpx.AsyncClient, item: str) -> None:
+    """SSCC code rules for `item`'s cases and pallets."""
+    for level, ext in (("case", "5"), ("pallet", "6")):
+        r = await client.post("/api/codes/rules", json={"item": item, "level": level,
+                                                       "spec": sscc_rule("4012345", ext)})
+        assert r.status_code == 201, r.text
+
+
 async def issue_codes(client: httpx.AsyncClient, item: str, level: str, count: int,
                       lot: str | None = None) -> list[str]:
     """`count` new codes of `item` at `level` (unit, case, pallet; units of `lot`), as Digital Links."""
@@ -37,9 +45,7 @@ async def test_backward_from_a_pallet_or_case_and_forward_to_containers(hub: htt
     plant = await build_plant(sessionmaker, ship=False)
     tag, lots = plant.tag, plant.lots
     item = f"ASSY-{tag}"
-    for level, ext in (("case", "5"), ("pallet", "6")):
-        r = await hub.post("/api/codes/rules", json={"item": item, "level": level, "spec": sscc_rule("4012345", ext)})
-        assert r.status_code == 201, r.text
+    await container_rules(hub, item)
 
     async def codes(level: str, count: int, lot: str | None = None) -> list[str]:
         return await issue_codes(hub, item, level, count, lot)

@@ -38,6 +38,8 @@ def _m0014():
     return module
 
 
+_M0014 = _m0014()
+
 # compact JSON (to_json of rows: no spaces, unlike json_build_object and json_agg), keys in column order, as the
 # answer shows them
 _OPS = """COALESCE((SELECT to_json(array_agg(t ORDER BY o.id)) FROM operation_record o CROSS JOIN LATERAL (
@@ -56,131 +58,48 @@ _NCRS = """COALESCE((SELECT to_json(array_agg(t ORDER BY r.id)) FROM ncr r CROSS
               SELECT d.action, d.reviewer, d.role, d.reason, d.decided_at) dt
             WHERE d.ncr_id = r.id), '[]'::json) AS decisions) t
        WHERE r.lot_id = l.id)::text, '[]')"""
-_HIST = f"""CASE WHEN EXISTS (SELECT 1 FROM operation_record o WHERE o.output_lot_id = l.id)
-         OR EXISTS (SELECT 1 FROM inspection x WHERE x.lot_id = l.id)
-         OR EXISTS (SELECT 1 FROM ncr r WHERE r.lot_id = l.id) THEN
-  concat_ws(E'\\x1f',
+_HIST_PARTS = f"""concat_ws(E'\\x1f',
     (SELECT count(*) FROM operation_record o WHERE o.output_lot_id = l.id),
     (SELECT count(*) FROM inspection x WHERE x.lot_id = l.id),
     to_json(COALESCE((SELECT string_agg(r.number, ', ' ORDER BY r.id) FROM ncr r WHERE r.lot_id = l.id), ''))::text,
     {_OPS},
     {_INS},
-    {_NCRS}) END AS hist"""
+    {_NCRS})"""
 
-# the row of every lot that `{where}` selects (as 0014's, with the history in parts)
-DOC_SELECT = """
-SELECT l.id, l.item_id, l.supplier_id,
-  json_build_array(l.id, l.number, l.kind, l.status, l.quantity, l.quantity_remaining, l.uom, l.supplier_lot,
-    l.heat_number, l.certificate_ref, l.receipt, l.location, l.concession, l.item_id, l.supplier_id,
-    (SELECT json_agg(json_build_object('shipment', sh.number, 'sales_order', sh.sales_order,
-                'customer', sh.customer, 'carrier', sh.carrier, 'tracking_number', sh.tracking_number,
-                'quantity', sl.quantity, 'shipped_at', sh.shipped_at) ORDER BY sh.shipped_at, sl.id)
-       FROM shipment_line sl JOIN shipment sh ON sh.id = sl.shipment_id WHERE sl.lot_id = l.id),
-    (SELECT json_agg(json_build_array(b.first_seq, b.count) ORDER BY b.first_seq)
-       FROM code_block b WHERE b.lot_id = l.id))::text AS doc,
-  """ + _HIST.replace("{", "{{").replace("}", "}}") + """
-FROM lot l WHERE {where}
-"""
+
+def _replace(text: str, old: str, new: str) -> str:
+    """`text` with its one `old` part as `new` (the definitions below are 0014's with these parts changed)."""
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+# the row of every lot that `{where}` selects: 0014's, with the history (between THEN and END) in parts
+_HEAD, _, _REST = _M0014.DOC_SELECT.partition("THEN\n  json_build_array(")
+DOC_SELECT = _HEAD + "THEN\n  " + _HIST_PARTS + " END AS hist" + _REST.partition(")::text END AS hist")[2]
 
 
 def _functions(doc_select: str) -> str:
     """trace_lot_doc_refresh() and trace_lot_doc_rebuild() over `doc_select` (the trigger calls the first)."""
-    return f"""
-CREATE OR REPLACE FUNCTION trace_lot_doc_refresh(p_lot integer) RETURNS void LANGUAGE plpgsql AS $fn$
-DECLARE v_item integer; v_supplier integer; v_doc text; v_hist text;
-BEGIN
-  IF p_lot IS NULL THEN
-    RETURN;
-  END IF;
-  -- writers of one lot's row take turns, and each reads the facts after the previous one committed
-  PERFORM 1 FROM trace_lot_doc WHERE lot_id = p_lot FOR UPDATE;
-  SELECT t.item_id, t.supplier_id, t.doc, t.hist INTO v_item, v_supplier, v_doc, v_hist
-    FROM ({doc_select.format(where="l.id = p_lot")}) t;
-  IF v_doc IS NULL THEN  -- the lot is gone
-    DELETE FROM trace_lot_doc WHERE lot_id = p_lot;
-    RETURN;
-  END IF;
-  INSERT INTO trace_lot_doc (lot_id, item_id, supplier_id, doc, hist)
-    VALUES (p_lot, v_item, v_supplier, v_doc, v_hist)
-  ON CONFLICT (lot_id) DO UPDATE SET item_id = excluded.item_id, supplier_id = excluded.supplier_id,
-    doc = excluded.doc, hist = excluded.hist;
-END
-$fn$;
-
-CREATE OR REPLACE FUNCTION trace_lot_doc_rebuild() RETURNS bigint LANGUAGE plpgsql AS $fn$
-DECLARE n bigint;
-BEGIN
-  TRUNCATE trace_lot_doc;
-  INSERT INTO trace_lot_doc (lot_id, item_id, supplier_id, doc, hist) {doc_select.format(where="true")};
-  GET DIAGNOSTICS n = ROW_COUNT;
-  RETURN n;
-END
-$fn$;
-"""
+    text = _M0014.REFRESH.partition("\nCREATE OR REPLACE FUNCTION trace_lot_doc_trigger()")[0]  # the trigger stays
+    for where in ("l.id = p_lot", "true"):
+        text = _replace(text, _M0014.DOC_SELECT.format(where=where), doc_select.format(where=where))
+    return text
 
 
 # PostgreSQL: a whole walk and the rows of the visited lots: one JSON text (domain/trace.py reads it)
 # [starts, [reached, from, via], [lot docs], null, [[item id, code, gtin]], [[supplier id, code]],
 #  captured nodes [[id], [uri], [kind]], their events (arrays of columns)]
-# then, when p_full, GS and the histories: lot id US hist, records separated by RS.
-TRACE_LOTS = """
-CREATE OR REPLACE FUNCTION trace_lots(p_starts bigint[], p_up boolean, p_full boolean) RETURNS text
-LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_generic_plan
-AS $fn$
-DECLARE
-  v_starts bigint[]; v_reached bigint[]; v_from bigint[]; v_via varchar[]; v_nodes bigint[];
-  v_docs text; v_hists text; v_items integer[]; v_suppliers integer[]; v_ext text; v_events text;
-BEGIN
-  IF p_up THEN
-    WITH RECURSIVE walk(id, c, via) AS (
-        SELECT s, NULL::bigint, NULL::varchar FROM unnest(p_starts) s
-      UNION
-        SELECT e.parent_id, e.child_id, e.via FROM trace_edge e JOIN walk w ON e.child_id = w.id)
-    SELECT array_agg(w.id) FILTER (WHERE w.c IS NULL), array_agg(w.id) FILTER (WHERE w.c IS NOT NULL),
-           array_agg(w.c) FILTER (WHERE w.c IS NOT NULL), array_agg(w.via) FILTER (WHERE w.c IS NOT NULL),
-           array_agg(DISTINCT w.id)
-      INTO v_starts, v_reached, v_from, v_via, v_nodes FROM walk w;
-  ELSE
-    WITH RECURSIVE walk(id, c, via) AS (
-        SELECT s, NULL::bigint, NULL::varchar FROM unnest(p_starts) s
-      UNION
-        SELECT e.child_id, e.parent_id, e.via FROM trace_edge e JOIN walk w ON e.parent_id = w.id)
-    SELECT array_agg(w.id) FILTER (WHERE w.c IS NULL), array_agg(w.id) FILTER (WHERE w.c IS NOT NULL),
-           array_agg(w.c) FILTER (WHERE w.c IS NOT NULL), array_agg(w.via) FILTER (WHERE w.c IS NOT NULL),
-           array_agg(DISTINCT w.id)
-      INTO v_starts, v_reached, v_from, v_via, v_nodes FROM walk w;
-  END IF;
-  -- one pass over the lots' rows: their texts, and the items and suppliers they name
-  SELECT string_agg(d.doc, ','),
-         string_agg(d.lot_id || E'\\x1f' || d.hist, E'\\x1e') FILTER (WHERE p_full AND d.hist IS NOT NULL),
-         array_agg(DISTINCT d.item_id), array_agg(DISTINCT d.supplier_id) FILTER (WHERE d.supplier_id IS NOT NULL)
-    INTO v_docs, v_hists, v_items, v_suppliers
-    FROM unnest(v_nodes) v(id) JOIN trace_lot_doc d ON d.lot_id = v.id WHERE v.id > 0;
-  IF EXISTS (SELECT 1 FROM unnest(v_nodes) v(id) WHERE v.id < 0) THEN  -- identifiers from captured events
-    WITH ext AS MATERIALIZED (
-        SELECT n.id, n.uri, n.kind FROM unnest(v_nodes) v(id) JOIN trace_node n ON n.id = v.id WHERE v.id < 0)
-    SELECT (SELECT json_build_array(array_agg(x.id), array_agg(x.uri), array_agg(x.kind))::text FROM ext x),
-           (SELECT json_build_array(array_agg(t.uri), array_agg(t.role), array_agg(t.event_id),
-                   array_agg(t.event_type), array_agg(t.biz_step), array_agg(t.event_time),
-                   array_agg(t.document))::text FROM (
-              SELECT x.uri, x.role, ev.event_id, ev.event_type, ev.biz_step, ev.event_time, ev.document
-              FROM epcis_event_epc x JOIN epcis_event ev ON ev.id = x.event_pk
-              WHERE x.uri IN (SELECT ext.uri FROM ext) ORDER BY ev.event_time, ev.id) t)
-      INTO v_ext, v_events;
-  END IF;
-  -- concat() copies each part once (a chain of || copies the growing text again at every step)
-  RETURN concat('[', COALESCE(to_json(v_starts)::text, 'null'), ',',
-    json_build_array(v_reached, v_from, v_via)::text, ',[', v_docs, '],null,',
-    COALESCE((SELECT json_agg(json_build_array(i.id, i.code, i.gtin))::text FROM item i
-              WHERE i.id = ANY(v_items)), '[]'), ',',
-    COALESCE((SELECT json_agg(json_build_array(s.id, s.code))::text FROM supplier s
-              WHERE s.id = ANY(v_suppliers)), '[]'), ',',
-    COALESCE(v_ext, 'null'), ',', COALESCE(v_events, 'null'), ']',
-    CASE WHEN p_full THEN E'\\x1d' END, v_hists);
-END
-$fn$;
-"""
+# then, when p_full, GS and the histories: lot id US hist, records separated by RS. 0014's function otherwise.
+TRACE_LOTS = _replace(_replace(_replace(
+    _M0014.TRACE_LOTS,
+    "string_agg(d.lot_id || ',' || d.hist, ',')",
+    "string_agg(d.lot_id || E'\\x1f' || d.hist, E'\\x1e')"),
+    """',[', v_docs, '],',
+    CASE WHEN p_full THEN concat('[', v_hists, ']') ELSE 'null' END, ',',""",
+    """',[', v_docs, '],null,',"""),
+    "COALESCE(v_ext, 'null'), ',', COALESCE(v_events, 'null'), ']');",
+    """COALESCE(v_ext, 'null'), ',', COALESCE(v_events, 'null'), ']',
+    CASE WHEN p_full THEN E'\\x1d' END, v_hists);""")
 
 
 def upgrade() -> None:
@@ -192,7 +111,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        m = _m0014()
-        op.execute(m.REFRESH)
-        op.execute(m.TRACE_LOTS)
+        op.execute(_M0014.REFRESH)
+        op.execute(_M0014.TRACE_LOTS)
         op.execute("SELECT trace_lot_doc_rebuild()")
