@@ -790,6 +790,8 @@ def _trace_label(n: dict[str, Any]) -> str:
         bits.append(f"cert {n['certificate_ref']}")
     if n.get("units", {}).get("count"):
         bits.append(f"{n['units']['count']} units")
+    if n.get("concession"):
+        bits.append(f"[yellow]released under concession: {n['concession']}[/]")
     return ", ".join(bits)
 
 
@@ -878,11 +880,6 @@ def trace_forward(
     console.print_json(data=t) if as_json else _print_trace(t)
 
 
-
-if __name__ == "__main__":
-    app()
-
-
 codes_app = typer.Typer(help="Codes: export blocks for printers.", no_args_is_help=True)
 app.add_typer(codes_app, name="codes")
 
@@ -917,3 +914,7 @@ async def _codes_export(block: int, out: Path, fmt: str, first: int, count: int 
                                           chunk=500_000, progress=lambda n: bar.advance(task, n)):
             f.write(chunk)
     console.print(f"wrote {total:,} codes to {out}")
+
+
+if __name__ == "__main__":
+    app()

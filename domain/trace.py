@@ -471,7 +471,8 @@ def _ext_rows(uri: str, kind: str, level: int, events: list[dict[str, Any]]) -> 
         "events": events, "where": _EXT_WHERE, "level": level}, {
         "level": level, "node": "external", "id": uri, "kind": kind, "item": None, "status": None,
         "where": _EXT_WHERE, "quantity": None, "uom": None, "units": 0, "supplier": None, "supplier_lot": None,
-        "heat_number": None, "certificate_ref": None, "customers": "", "shipments": "", "operations": 0,
+        "heat_number": None, "certificate_ref": None, "concession": None, "customers": "", "shipments": "",
+        "operations": 0,
         "inspections": 0, "ncrs": ""}
 
 
@@ -571,8 +572,8 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool, as_se
         keyed.append((level, number, node, {
             "level": level, "node": "lot", "id": number, "kind": kind, "item": item, "status": status, "where": where,
             "quantity": qty, "uom": uom, "units": u["count"], "supplier": supplier, "supplier_lot": slot,
-            "heat_number": heat, "certificate_ref": cert, "customers": customers, "shipments": names,
-            "operations": n_ops, "inspections": n_ins, "ncrs": ncr_names}))
+            "heat_number": heat, "certificate_ref": cert, "concession": concession, "customers": customers,
+            "shipments": names, "operations": n_ops, "inspections": n_ins, "ncrs": ncr_names}))
     for nid, uri, kind in raw["ext"]:
         label[nid] = uri
         level = depth.get(nid, 0)
@@ -764,7 +765,7 @@ async def lot_count(session: AsyncSession) -> int:
 # --- renderings ------------------------------------------------------------------------------------------
 
 FLAT_COLUMNS = ["level", "node", "id", "kind", "item", "status", "where", "quantity", "uom", "units", "supplier",
-                "supplier_lot", "heat_number", "certificate_ref", "customers", "shipments", "operations",
+                "supplier_lot", "heat_number", "certificate_ref", "concession", "customers", "shipments", "operations",
                 "inspections", "ncrs"]
 
 
@@ -824,6 +825,9 @@ def to_pdf(result: dict[str, Any], *, title: str | None = None, compress: bool =
         for c in result["by_customer"]:
             lines.append(f"Customer {c['customer']}: {c['quantity']:g} shipped on "
                          + ", ".join(sh["shipment"] for sh in c["shipments"]))
+    for row in result["flat"]:
+        if row.get("concession"):
+            lines.append(f"Lot {row['id']} ({row['item']}) released under concession: {row['concession']}")
     for line in lines:
         pdf.multi_cell(0, 5, _pdf_text(line), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
@@ -845,12 +849,16 @@ def to_pdf(result: dict[str, Any], *, title: str | None = None, compress: bool =
         pdf.ln()
     if direction == "backward":
         for n in result["nodes"]:
-            if n["node"] != "lot" or not (n.get("operations") or n.get("inspections") or n.get("ncrs")):
+            if n["node"] != "lot" or not (n.get("operations") or n.get("inspections") or n.get("ncrs")
+                                          or n.get("concession")):
                 continue
             pdf.ln(2)
             pdf.set_font("Helvetica", "B", 10)
             pdf.cell(0, 6, _pdf_text(f"Lot {n['id']} ({n['item']})"), new_x="LMARGIN", new_y="NEXT")
             pdf.set_font("Helvetica", "", 8)
+            if n.get("concession"):
+                pdf.multi_cell(0, 4, _pdf_text(f"Released under concession: {n['concession']}"),
+                               new_x="LMARGIN", new_y="NEXT")
             for op in n["operations"]:
                 params = ", ".join(f"{k}={v}" for k, v in (op["parameters"] or {}).items())
                 pdf.multi_cell(0, 4, _pdf_text(

@@ -289,6 +289,11 @@ async def test_gs1_epc_format_no_preference_never_translates_and_a_urn_that_cann
         assert problem["type"] == "epcisException:NotAcceptableException" and problem["status"] == 406
         assert unknown in problem["detail"] and "company prefix" in problem["detail"]
         assert problem["field"] == "GS1-EPC-Format"
+    # a value outside the binding's four is refused, naming the header, not answered in the default format
+    for r in (await ask("Always_URN"), await hub.get(f"/epcis/events/{quote(odd_id['eventID'], safe='')}",
+                                                     headers={"GS1-EPC-Format": "bogus"})):
+        assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", r.text
+        assert r.json()["field"] == "GS1-EPC-Format" and "Always_EPC_URN" in r.json()["detail"]
 
 
 async def test_answers_are_valid_epcis_query_documents_and_page(hub: httpx.AsyncClient):
@@ -358,6 +363,11 @@ async def test_single_event_capture_and_named_queries(hub: httpx.AsyncClient):
     body = r.json()["epcisBody"]["queryResults"]
     assert body["queryName"] == f"q-{tag}" and len(body["resultsBody"]["eventList"]) == 1
     assert (await hub.post("/epcis/queries", json={"name": f"bad-{tag}", "query": {"NOPE": "1"}})).status_code == 400
+    # a filter added when running a named query would be ignored: refused, naming it
+    r = await hub.get(f"/epcis/queries/q-{tag}/events", params={"EQ_bizStep": "receiving"})
+    assert r.status_code == 400 and r.json()["field"] == "EQ_bizStep", r.text
+    assert "MATCH_epc" in r.json()["detail"] and "perPage" in r.json()["detail"]
+    assert (await hub.get(f"/epcis/queries/q-{tag}/events", params={"perPage": "1"})).status_code == 200
     assert (await hub.delete(f"/epcis/queries/q-{tag}")).status_code == 204
     r = await hub.get(f"/epcis/queries/q-{tag}/events")
     assert r.status_code == 404 and r.json()["type"] == "epcisException:NoSuchNameException"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
 
 import httpx
+import pypdfium2
 import pytest
 
 from tests.helpers import (
@@ -89,6 +92,14 @@ async def test_erp_event_to_shipment_with_ncr_then_trace_and_history(api: httpx.
     assert [o["seq"] for o in out["operations"]] == [10, 20]
     assert out["operations"][1]["parameters"] == {"temperature_c": 860, "soak_min": 45}
     assert out["concession"].startswith(f"{ncr}: customer concession")
+    # ...and the renderings a quality engineer sends to the customer show it too
+    r = await api.get(f"/api/trace/backward/{unit}", params={"format": "csv"})
+    row = next(x for x in csv.DictReader(io.StringIO(r.text)) if x["id"] == f"{wo_number}-L1")
+    assert row["concession"] == out["concession"]
+    r = await api.get(f"/api/trace/backward/{unit}", params={"format": "pdf"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
+    pdf_text = "".join(p.get_textpage().get_text_range() for p in pypdfium2.PdfDocument(r.content))
+    assert f"released under concession: {ncr}: customer concession C-12" in " ".join(pdf_text.split())
     assert [d["action"] for d in out["ncrs"][0]["decisions"]] == ["confirm", "use_as_is", "use_as_is"]
     assert out["shipments"][0]["customer"] == "Customer A"
 

@@ -114,8 +114,16 @@ def epcis_errors(fn: Callable[P, Awaitable[Response]]) -> Callable[P, Awaitable[
 
 
 def _epc_format(request: Request) -> str:
-    asked = request.headers.get("GS1-EPC-Format", "Always_GS1_Digital_Link")
-    return asked if asked in epcis_query.EPC_FORMATS else "Always_GS1_Digital_Link"
+    """The `GS1-EPC-Format` the client asks for (absent: Always_GS1_Digital_Link, as the REST binding says); a value
+    outside the binding's four is refused, naming the header, rather than answered in a format nobody asked for."""
+    asked = request.headers.get("GS1-EPC-Format")
+    if asked is None:
+        return "Always_GS1_Digital_Link"
+    if asked.strip() not in epcis_query.EPC_FORMATS:
+        raise InvalidInput(f"GS1-EPC-Format: {asked!r} is not a value of the EPCIS REST binding; use one of "
+                           f"{', '.join(epcis_query.EPC_FORMATS)}, or leave the header out (Always_GS1_Digital_Link)",
+                           field="GS1-EPC-Format")
+    return asked.strip()
 
 
 def _declared_ns(request: Request) -> dict[str, str]:
@@ -386,4 +394,10 @@ async def run_query(name: str, request: Request, session: SessionDep) -> Respons
     for k, v in request.query_params.items():
         if k in ("perPage", "nextPageToken"):
             params[k] = v
+        else:
+            # the named query's parameters are fixed when it is created: a filter added here would be ignored
+            raise InvalidInput(f"{k}: a named query's parameters are fixed (query {name!r} has "
+                               f"{', '.join(sorted(row.query)) or 'none'}); only perPage and nextPageToken may be "
+                               "given here. Query GET /epcis/events with the parameters, or create another named "
+                               "query", field=k)
     return await _answer(session, request, params, name)
