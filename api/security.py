@@ -14,11 +14,17 @@ from fastapi import Depends, Request
 from core.errors import Forbidden, Unauthorized
 from domain.audit import acting_as
 from domain.identity import Principal, principal_for
+from domain.spc_warnings import RECIPIENTS as SPC_WARNING_TO
 
-PEOPLE = frozenset({"operator", "inspector", "qa_supervisor", "mrb_production", "mrb_engineering",
-                    "quality_manager", "admin", "integrator", "auditor"})
-QUALITY = frozenset({"inspector", "qa_supervisor", "mrb_production", "mrb_engineering", "quality_manager"})
+PEOPLE = frozenset({"operator", "inspector", "quality_engineer", "qa_supervisor", "mrb_production",
+                    "mrb_engineering", "quality_manager", "admin", "integrator", "auditor"})
+QUALITY = frozenset({"inspector", "quality_engineer", "qa_supervisor", "mrb_production", "mrb_engineering",
+                     "quality_manager"})
+# NCR decisions and signatures: the QA supervisor and the MRB (workflows/nonconformance.py ALLOWED_ROLES decides
+# which of them may take each action); the quality engineer is not among them
 REVIEWERS = frozenset({"qa_supervisor", "mrb_production", "mrb_engineering", "quality_manager"})
+# the quality engineer: plans, SPC warnings, CAPA work and NCR investigation (containment, root cause), no decisions
+QE = frozenset({"quality_engineer"})
 ADMIN = frozenset({"admin"})
 
 # (method, path template) -> roles allowed. A route missing here is admin-only, and
@@ -74,32 +80,36 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/work-orders/{number}/operations/{seq}/progress"): frozenset({"operator", "mes"}),
     ("POST", "/api/work-orders/{number}/shipment"): frozenset({"erp", "operator"}),
     # inspection plans, acceptance sampling (ISO 2859-1) and SPC
-    ("POST", "/api/quality/plans"): frozenset({"quality_manager", "qa_supervisor", "admin"}),
+    ("POST", "/api/quality/plans"): frozenset({"quality_manager", "qa_supervisor", "admin"}) | QE,
     ("GET", "/api/quality/plans/{item}/{operation}"): READERS | {"gauge", "mes"},
     ("GET", "/api/quality/sampling"): READERS | {"gauge"},
     ("POST", "/api/quality/sampling/results"): frozenset({"inspector", "gauge", "quality_manager"}),
     # the responsible authority accepts the supplier's corrective action (ISO 2859-1 9.4)
     ("POST", "/api/quality/sampling/resume"): frozenset({"quality_manager"}),
+    # ... and considers reduced inspection desirable (ISO 2859-1 9.3.3; ANSI/ASQ Z1.4 Table II-C plans)
+    ("POST", "/api/quality/sampling/reduce"): frozenset({"quality_manager"}),
     ("GET", "/api/quality/spc"): READERS,
-    # SPC warnings go to the quality engineer (no role of that name: the QA supervisor and the quality manager)
-    ("GET", "/api/quality/warnings"): frozenset({"qa_supervisor", "quality_manager", "auditor"}),
-    ("POST", "/api/quality/warnings/{warning_id}/acknowledge"): frozenset({"qa_supervisor", "quality_manager"}),
+    # SPC warnings go to the quality engineer, and to the QA supervisor and quality manager (domain/spc_warnings.py)
+    ("GET", "/api/quality/warnings"): frozenset(SPC_WARNING_TO) | {"auditor"},
+    ("POST", "/api/quality/warnings/{warning_id}/acknowledge"): frozenset(SPC_WARNING_TO),
     ("GET", "/api/ncrs"): READERS,
     ("GET", "/api/ncrs/{number}"): READERS,
     ("POST", "/api/ncrs/{number}/decisions"): REVIEWERS,
     # NCR review content (classification, containment, root cause) and the defect code catalogue
     ("PATCH", "/api/ncrs/{number}"): REVIEWERS,
-    ("POST", "/api/ncrs/{number}/containment"): REVIEWERS,
-    ("PATCH", "/api/ncrs/{number}/containment/{seq}"): REVIEWERS,
-    ("PATCH", "/api/ncrs/{number}/root-cause"): REVIEWERS,
+    # (the quality engineer investigates: containment and root cause; classifying, which re-times the NCR's
+    # escalation, stays with the reviewers)
+    ("POST", "/api/ncrs/{number}/containment"): REVIEWERS | QE,
+    ("PATCH", "/api/ncrs/{number}/containment/{seq}"): REVIEWERS | QE,
+    ("PATCH", "/api/ncrs/{number}/root-cause"): REVIEWERS | QE,
     ("GET", "/api/defect-codes"): READERS | {"gauge", "mes"},
     ("POST", "/api/defect-codes"): frozenset({"quality_manager"}),
     # corrective and preventive actions; closing (the effectiveness check) is the quality manager's signature
     ("GET", "/api/capas"): READERS,
-    ("POST", "/api/capas"): frozenset({"quality_manager", "qa_supervisor"}),
+    ("POST", "/api/capas"): frozenset({"quality_manager", "qa_supervisor"}) | QE,
     ("GET", "/api/capas/{number}"): READERS,
-    ("POST", "/api/capas/{number}/actions"): frozenset({"quality_manager", "qa_supervisor"}),
-    ("PATCH", "/api/capas/{number}/actions/{seq}"): frozenset({"quality_manager", "qa_supervisor"}),
+    ("POST", "/api/capas/{number}/actions"): frozenset({"quality_manager", "qa_supervisor"}) | QE,
+    ("PATCH", "/api/capas/{number}/actions/{seq}"): frozenset({"quality_manager", "qa_supervisor"}) | QE,
     ("POST", "/api/capas/{number}/close"): frozenset({"quality_manager"}),
     # supplier returns (return_to_supplier dispositions): the quality roles, the MRB, auditors
     ("GET", "/api/supplier-returns"): QUALITY | {"auditor", "admin"},

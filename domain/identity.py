@@ -19,8 +19,8 @@ from domain.audit import MASK, audit, diff
 from domain.models import utcnow
 from domain.models_identity import ApiToken, User
 
-PEOPLE_ROLES = ("operator", "inspector", "qa_supervisor", "mrb_production", "mrb_engineering", "quality_manager",
-                "admin", "integrator", "auditor")
+PEOPLE_ROLES = ("operator", "inspector", "quality_engineer", "qa_supervisor", "mrb_production", "mrb_engineering",
+                "quality_manager", "admin", "integrator", "auditor")
 SYSTEM_ROLES = ("erp", "mes", "gauge", "printer")
 ROLES = PEOPLE_ROLES + SYSTEM_ROLES
 SESSION_TTL = timedelta(hours=8)

@@ -2,7 +2,8 @@
 what a verdict feeds back (the ISO 2859-1 switching state), and the shipment gate.
 
 - IQC on receipt: the material item's plan at operation `iqc`; sample sizes from ISO 2859-1 under the switching
-  state of the supplier and item; the verdict moves that state (normal -> tightened after 2 of 5 lots rejected).
+  state of the supplier and item (ANSI/ASQ Z1.4 Table II-C on reduced inspection); the verdict moves that state
+  (normal -> tightened after 2 of 5 lots rejected; reduced -> normal on a count in the gap or a rejection).
 - first-article: a routing operation's plan with `triggers.first_article`; the first unit of the operation's
   first run, one of each characteristic, must pass before the operation's report is recorded.
 - patrol: every N units (the MES's progress reports) or every N minutes while the operation runs.
@@ -16,8 +17,10 @@ changes nothing of it.
 
 Attribute and visual characteristics are judged by ISO 2859-1 on counts: the inspector reports how many of the n
 sampled units were nonconforming and the lot passes with at most Ac of them (the result row's limits are 0 and
-Ac). Variable characteristics are measured on each of the n units and judged unit by unit against the spec limits
-(sampling by variables, ISO 3951, is not in TraceHub). Plain async functions; they flush, never commit.
+Ac). On reduced inspection (ANSI/ASQ Z1.4 Table II-C) the lot also passes with a count between Ac and Re (the
+row's upper limit is Re - 1), and that count sends the supplier and item back to normal inspection. Variable
+characteristics are measured on each of the n units and judged unit by unit against the spec limits (sampling by
+variables, ISO 3951, is not in TraceHub). Plain async functions; they flush, never commit.
 """
 
 from __future__ import annotations
@@ -138,8 +141,9 @@ async def open_planned_inspection(session: AsyncSession, *, number: str, trigger
         s = chars[c.name]
         if c.kind == "variable":
             rows.append(_Row(c.name, c.nominal, c.lower, c.upper, c.unit, s["n"]))
-        else:  # a count of nonconforming units among the n inspected: accepted up to Ac
-            rows.append(_Row(c.name, None, 0.0, float(s["ac"]), f"nonconforming of {s['n']}", 1))
+        else:  # a count of nonconforming units among the n inspected: accepted up to Ac (below Re on reduced
+            # inspection, whose gap between them accepts the lot and reinstates normal inspection)
+            rows.append(_Row(c.name, None, 0.0, float(s["re"] - 1), f"nonconforming of {s['n']}", 1))
     if work_order and (await session.execute(select(Lot.id).where(Lot.number == lot))).scalar() is None:
         await production.ensure_output_lot(session, await production.get_work_order(session, work_order), lot)
     ins = await quality.open_inspection(session, number=number, kind=trigger, work_order=work_order, lot=lot,
@@ -208,6 +212,19 @@ def _nonconforming(ins: Inspection, row: InspectionSampling) -> int:
     return count
 
 
+def _gap(ins: Inspection, row: InspectionSampling) -> tuple[str, int, int, int] | None:
+    """The first attribute or visual characteristic whose count fell between its Ac and Re (only reduced plans
+    have such a gap), as (name, count, Ac, Re): the lot is accepted but normal inspection is reinstated."""
+    for c in sorted(ins.characteristics, key=lambda c: c.name):
+        s = row.characteristics.get(c.name, {})
+        if s.get("kind", "variable") == "variable" or not c.values or s.get("ac") is None or s.get("re") is None:
+            continue
+        count = int(c.values[0])
+        if sampling.lot_verdict(count, int(s["ac"]), int(s["re"])) == "accepted_reinstate_normal":
+            return c.name, count, int(s["ac"]), int(s["re"])
+    return None
+
+
 async def after_verdict(session: AsyncSession, ins: Inspection, *, actor: str) -> dict[str, Any] | None:
     """An IQC verdict moves the ISO 2859-1 switching state of its supplier and item (once per inspection)."""
     row = await sampling_of(session, ins)
@@ -223,7 +240,7 @@ async def after_verdict(session: AsyncSession, ins: Inspection, *, actor: str) -
     res = await quality_plans.record_verdict(
         session, supplier=row.supplier, item=row.item, lot=ins.lot.number, lot_size=row.lot_size,
         level=governing.level, aql=governing.aql, severity=row.severity, nonconforming=_nonconforming(ins, row),
-        accepted=ins.status == "passed", inspection=ins.number, actor=actor)
+        accepted=ins.status == "passed", inspection=ins.number, actor=actor, gap=_gap(ins, row))
     row.switching_recorded = True
     await session.flush()
     return res

@@ -351,10 +351,10 @@ async def record_lot(session: AsyncSession, *, supplier: str, item: str, lot: st
     if nonconforming > p.units_to_inspect:
         raise InvalidInput(f"nonconforming: {nonconforming} nonconforming items in a sample of "
                            f"{p.units_to_inspect}: count each nonconforming item once", field="nonconforming")
-    # reduced inspection needs ISO 2859-1 Table 2-C, which TraceHub does not have (domain/sampling.py): the
-    # state stays on normal inspection and says when reduced inspection would be allowed
+    # the responsible authority asks for reduced inspection on its own (reduce_sampling), not with a lot; on
+    # reduced inspection (Z1.4 Table II-C) a count between Ac and Re is accepted and reinstates normal inspection
     t = state.after_lot(sampling.LotOutcome(
-        nonconforming=nonconforming, ac=p.ac, tighter_ac=sampling.tighter_acceptance_number(p),
+        nonconforming=nonconforming, ac=p.ac, re=p.re, tighter_ac=sampling.tighter_acceptance_number(p),
         production_steady=production_steady, reduced_wanted=False))
     _store(row, t.state)
     rec = SamplingLot(lot=lot, state_id=row.id, severity=p.severity, lot_size=lot_size, level=level, aql=p.aql,
@@ -374,6 +374,24 @@ def _lot_view(rec: SamplingLot) -> dict[str, Any]:
     return {"lot": rec.lot, "severity": rec.severity, "lot_size": rec.lot_size, "aql": rec.aql,
             "level": rec.level, "code_letter": rec.code_letter, "n": rec.n, "ac": rec.ac, "re": rec.re,
             "nonconforming": rec.nonconforming, "accepted": rec.accepted, "switched_to": rec.switched_to}
+
+
+async def reduce_sampling(session: AsyncSession, *, supplier: str, item: str, reason: str,
+                          production_steady: bool = True, actor: str) -> dict[str, Any]:
+    """The responsible authority considers reduced inspection desirable: a supplier and item on normal inspection
+    with a switching score of 30 or more, at a steady rate of production, go to reduced inspection (ANSI/ASQ Z1.4
+    Table II-C plans) from their next lot."""
+    row = await _locked_state(session, supplier, item)
+    state_before = state_view(_state_of(row))
+    state = _state_of(row).reduce(production_steady=production_steady)
+    _store(row, state)
+    await session.flush()
+    await audit(session, actor=actor, action="sampling.reduced", entity="sampling_state",
+                key=f"{supplier}:{item}", changes={"severity": state.severity, "reason": reason,
+                                                   **diff(state_before, state_view(state))})
+    return {"supplier": supplier, "item": item, "state": state_view(state),
+            "switch_reason": f"switching score {state_before['switching_score']} >= {sampling.REDUCED_SCORE}, "
+                             "steady production and reduced inspection wanted by the responsible authority"}
 
 
 async def resume_sampling(session: AsyncSession, *, supplier: str, item: str, reason: str,
@@ -482,11 +500,13 @@ async def current_severity(session: AsyncSession, *, supplier: str, item: str) -
 
 async def record_verdict(session: AsyncSession, *, supplier: str, item: str, lot: str, lot_size: int, level: str,
                          aql: str, severity: str, nonconforming: int, accepted: bool, inspection: str,
-                         actor: str) -> dict[str, Any]:
+                         actor: str, gap: tuple[str, int, int, int] | None = None) -> dict[str, Any]:
     """Move the switching state by an inspection's verdict on a lot. `accepted` is the inspection's verdict
     (every class of characteristic within its acceptance number, variables within their limits); the plan
-    that governs the switching is the one of the most severe class of the inspection plan. Idempotent on the
-    lot: a second call returns what the first recorded."""
+    that governs the switching is the one of the most severe class of the inspection plan. `gap` (on reduced
+    inspection): a characteristic whose count fell between its Ac and Re, as (name, count, Ac, Re): the lot is
+    accepted but normal inspection is reinstated. Idempotent on the lot: a second call returns what the first
+    recorded."""
     row = await _locked_state(session, supplier, item)
     existing = (await session.execute(select(SamplingLot).where(SamplingLot.lot == lot))).scalar()
     if existing is not None:
@@ -496,10 +516,22 @@ async def record_verdict(session: AsyncSession, *, supplier: str, item: str, lot
     state = _state_of(row)
     state_before = state_view(state)
     p = sampling.plan(max(lot_size, 2), level, aql, severity if severity in sampling.TABLES else "normal")
-    # the state machine counts acceptance by Ac; the inspection's verdict is what decided the lot
-    judged = min(nonconforming, p.ac) if accepted else max(nonconforming, p.re)
-    t = state.after_lot(sampling.LotOutcome(
-        nonconforming=judged, ac=p.ac, tighter_ac=sampling.tighter_acceptance_number(p), reduced_wanted=False))
+    # the state may have moved since the inspection opened (another lot's verdict came first): the switching
+    # rules then count this lot under the plan of the state's own severity
+    ps = p if state.severity in (p.severity, "discontinued") \
+        else sampling.plan(max(lot_size, 2), level, aql, state.severity)
+    # the state machine judges by Ac and Re; the inspection's verdict is what decided the lot
+    if not accepted:
+        outcome = sampling.LotOutcome(nonconforming=max(nonconforming, ps.re), ac=ps.ac, re=ps.re,
+                                      tighter_ac=sampling.tighter_acceptance_number(ps), reduced_wanted=False)
+    elif gap is not None and ps.severity == "reduced":
+        _, count, gap_ac, gap_re = gap
+        outcome = sampling.LotOutcome(nonconforming=count, ac=gap_ac, re=gap_re, reduced_wanted=False)
+    else:
+        outcome = sampling.LotOutcome(nonconforming=min(nonconforming, ps.ac), ac=ps.ac, re=ps.re,
+                                      tighter_ac=sampling.tighter_acceptance_number(ps), reduced_wanted=False)
+    t = state.after_lot(outcome)
+    reason = t.reason if gap is None or t.switched_to is None else f"{t.reason} ({gap[0]})"
     _store(row, t.state)
     rec = SamplingLot(lot=lot, state_id=row.id, severity=p.severity, lot_size=lot_size, level=level, aql=p.aql,
                       code_letter=p.code_letter, n=p.n, ac=p.ac, re=p.re, nonconforming=nonconforming,
@@ -510,8 +542,8 @@ async def record_verdict(session: AsyncSession, *, supplier: str, item: str, lot
                 key=f"{supplier}:{item}", changes={
                     "lot": lot, "inspection": inspection, "plan": sampling_plan_view(p),
                     "nonconforming": nonconforming, "accepted": accepted, "switched_to": t.switched_to,
-                    "reason": t.reason, **diff(state_before, state_view(t.state))})
-    return {**_lot_view(rec), "switch_reason": t.reason, "state": state_view(t.state), "duplicate": False}
+                    "reason": reason, **diff(state_before, state_view(t.state))})
+    return {**_lot_view(rec), "switch_reason": reason, "state": state_view(t.state), "duplicate": False}
 
 
 # --- the severity of a failed inspection ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Acceptance sampling by attributes: ISO 2859-1 (= ANSI/ASQ Z1.4, MIL-STD-105E) single sampling plans, and
+"""Acceptance sampling by attributes: ISO 2859-1 (= ANSI/ASQ Z1.4, MIL-STD-105E) single sampling plans for
+normal and tightened inspection, ANSI/ASQ Z1.4 (= MIL-STD-105E) single sampling plans for reduced inspection, and
 the switching rules between normal, tightened and reduced inspection as a pure state machine.
 
 The tables are data, transcribed in the layout of the printed standard: one row per sample size code letter,
@@ -18,10 +19,14 @@ below; tests/test_sampling.py checks published values cell by cell):
   AQLSchemes (R package, "MIL-STD-105E - ANSI/ASQ Z1.4 ... from the published tables"), which agree with
   the rows below in all 2 x 16 x 26 cells. One cell: Table 2-A, letter A, AQL 10 is "v" here and in
   AQLSchemes; NIBS prints an up arrow there, which has no plan above it in the first row.
-- Table 2-C (reduced inspection) is NOT here. ISO 2859-1:1999 changed its plans ("reduced plans have been
-  changed to eliminate the gap between the acceptance and rejection numbers"), so it is not Z1.4's Table
-  II-C, and no copy of the 1999 values could be checked. Asking for a reduced plan raises InvalidInput;
-  the switching rules still say when reduced inspection would be allowed (see `SwitchingState`).
+- Table 2-C (reduced inspection) is ANSI/ASQ Z1.4 Table II-C (MIL-STD-105E), WITH its gap between Ac and
+  Re (e.g. Ac 1 Re 4): on reduced inspection a lot with Ac < nonconforming < Re is accepted, but normal
+  inspection is reinstated (Z1.4 / MIL-STD-105E, reduced inspection; see `lot_verdict`). Checked against
+  the resolved matrices (n, Ac, Re) of AQLSchemes for reduced inspection (`ANSIASQSingleReducedss`,
+  `...Reducedac`, `...Reducedre` in R/AAZ14Single.R, as in github.com/fjgonzalezmgt/AQLSchemesCust): all
+  16 x 26 cells of TABLE_2C below, resolved, agree with them (tests/test_sampling.py). ISO 2859-1:1999's
+  Table 2-C is a different table ("reduced plans have been changed to eliminate the gap between the
+  acceptance and rejection numbers") and is NOT in TraceHub: no copy of its values could be checked.
 """
 
 from __future__ import annotations
@@ -104,6 +109,35 @@ TABLE_2B = {
     "S": "- - 1/2 - - - - - - - - - - - - - - - - - - - - - - -",
 }
 
+# ANSI/ASQ Z1.4 Table II-C (MIL-STD-105E): single sampling plans for reduced inspection, with the gap between Ac
+# and Re (not ISO 2859-1:1999 Table 2-C, which has none). Each letter has its own sample size (below); the plans sit
+# on the diagonals of Table 2-A: 0/1, ^, v, then 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 (14/17 21/24 in rows C-E).
+# Rows A, B and C share n = 2, so the resolved values cannot tell an arrow between them from a plan: these cells
+# follow Table 2-A's layout, which the printed II-C most plausibly keeps - A "0/1 v v" at AQL 6.5..15 (as in
+# 2-A), B "^ v" after its 0/1 and its own plans up to 30/31 at AQL 1000 (2-A row B has plans there), C "^" at
+# AQL 1000 (as in 2-A). Rows A and B keep the high-AQL plans without a gap (A 1/2 .. 30/31; B 1/3 2/4 3/5,
+# then 5/6 ..), as AQLSchemes has them; either reading resolves to the same n, Ac and Re in every cell.
+TABLE_2C = {
+    "A": "v v v v v v v v v v v v v v 0/1 v v 1/2 2/3 3/4 5/6 7/8 10/11 14/15 21/22 30/31",
+    "B": "v v v v v v v v v v v v v 0/1 ^ v 0/2 1/3 2/4 3/5 5/6 7/8 10/11 14/15 21/22 30/31",
+    "C": "v v v v v v v v v v v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 14/17 21/24 ^",
+    "D": "v v v v v v v v v v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 14/17 21/24 ^ ^",
+    "E": "v v v v v v v v v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 14/17 21/24 ^ ^ ^",
+    "F": "v v v v v v v v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^",
+    "G": "v v v v v v v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^ ^",
+    "H": "v v v v v v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^ ^ ^",
+    "J": "v v v v v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^ ^ ^ ^",
+    "K": "v v v v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^ ^ ^ ^ ^",
+    "L": "v v v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^",
+    "M": "v v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^",
+    "N": "v v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^",
+    "P": "v 0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^",
+    "Q": "0/1 ^ v 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^",
+    "R": "^ ^ 0/2 1/3 1/4 2/5 3/6 5/8 7/10 10/13 ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^",
+}
+REDUCED_SAMPLE_SIZE = dict(zip(LETTERS[:-1], (2, 2, 2, 3, 5, 8, 13, 20, 32, 50, 80, 125, 200, 315, 500, 800),
+                               strict=True))
+
 Cell = tuple[int, int] | str  # (Ac, Re), "v", "^" or "-"
 
 
@@ -123,9 +157,24 @@ def _parse(table: dict[str, str]) -> dict[str, tuple[Cell, ...]]:
     return out
 
 
-TABLES: dict[str, dict[str, tuple[Cell, ...]]] = {"normal": _parse(TABLE_2A), "tightened": _parse(TABLE_2B)}
+TABLES: dict[str, dict[str, tuple[Cell, ...]]] = {"normal": _parse(TABLE_2A), "tightened": _parse(TABLE_2B),
+                                                  "reduced": _parse(TABLE_2C)}
 TABLE_NAMES = {"normal": "ISO 2859-1 Table 2-A", "tightened": "ISO 2859-1 Table 2-B",
-               "reduced": "ISO 2859-1 Table 2-C"}
+               "reduced": "ANSI/ASQ Z1.4 Table II-C (MIL-STD-105E)"}
+SAMPLE_SIZES = {"normal": SAMPLE_SIZE, "tightened": SAMPLE_SIZE, "reduced": REDUCED_SAMPLE_SIZE}
+
+Verdict = Literal["accepted", "accepted_reinstate_normal", "not_accepted"]
+
+
+def lot_verdict(nonconforming: int, ac: int, re: int) -> Verdict:
+    """A lot judged by a plan (Ac, Re). Up to Ac: accepted; Re or more: not accepted. Between the two (only the
+    reduced plans of Z1.4 Table II-C have such a gap): the lot is accepted, but normal inspection is
+    reinstated (ANSI/ASQ Z1.4 / MIL-STD-105E, reduced inspection)."""
+    if nonconforming <= ac:
+        return "accepted"
+    if nonconforming >= re:
+        return "not_accepted"
+    return "accepted_reinstate_normal"
 
 
 @dataclass(frozen=True)
@@ -153,8 +202,19 @@ class SamplingPlan:
     def units_to_inspect(self) -> int:
         return min(self.n, self.lot_size)
 
+    def verdict(self, nonconforming: int) -> Verdict:
+        """accepted, accepted_reinstate_normal (reduced inspection, Ac < nonconforming < Re) or not_accepted."""
+        return lot_verdict(nonconforming, self.ac, self.re)
+
     def accepts(self, nonconforming: int) -> bool:
-        return nonconforming <= self.ac
+        """The lot is accepted: at most Ac nonconforming, or (reduced inspection) fewer than Re."""
+        return self.verdict(nonconforming) != "not_accepted"
+
+    @property
+    def largest_accepted(self) -> int:
+        """The most nonconforming items with which the lot is still accepted: Re - 1 (Ac, but for the gap of a
+        reduced plan)."""
+        return self.re - 1
 
 
 def aql_key(aql: float | str) -> str:
@@ -186,15 +246,10 @@ def code_letter(lot_size: int, level: str) -> str:
 
 def resolve(severity: str, letter: str, aql: float | str) -> tuple[str, int, int]:
     """The plan a table gives for a code letter and an AQL, arrows followed: (plan letter, Ac, Re)."""
-    if severity == "reduced":
-        raise InvalidInput(
-            "severity: reduced inspection (ISO 2859-1:1999 Table 2-C) is not in TraceHub: its values could "
-            "not be checked against a published copy; inspect under normal inspection (Table 2-A)",
-            field="severity")
     table = TABLES.get(severity)
     if table is None:
-        raise InvalidInput(f"severity: {severity!r} is not an inspection severity; use normal or tightened",
-                           field="severity")
+        raise InvalidInput(f"severity: {severity!r} is not an inspection severity; use normal, tightened or "
+                           "reduced", field="severity")
     col = AQLS.index(aql_key(aql))
     rows = [r for r in LETTERS if r in table]
     i = rows.index(letter)
@@ -215,11 +270,13 @@ def resolve(severity: str, letter: str, aql: float | str) -> tuple[str, int, int
 
 
 def plan(lot_size: int, level: str, aql: float | str, severity: str = "normal") -> SamplingPlan:
-    """The single sampling plan for a lot: Table 1 gives the code letter, Table 2-A/2-B the plan."""
+    """The single sampling plan for a lot: Table 1 gives the code letter, Table 2-A/2-B (or Z1.4 Table II-C for
+    reduced inspection) the plan; the plan's row gives the sample size."""
     letter = code_letter(lot_size, level)
     key = aql_key(aql)
     plan_letter, ac, re_ = resolve(severity, letter, key)
-    return SamplingPlan(code_letter=letter, n=SAMPLE_SIZE[plan_letter], ac=ac, re=re_, plan_letter=plan_letter,
+    return SamplingPlan(code_letter=letter, n=SAMPLE_SIZES[severity][plan_letter], ac=ac, re=re_,
+                        plan_letter=plan_letter,
                         severity=severity, aql=key, level=level, lot_size=lot_size)
 
 
@@ -250,7 +307,12 @@ class SwitchingState:
       only `resume()` (after the supplier's corrective action) leaves it, back to tightened;
     - normal -> reduced: switching score at least 30, production at a steady rate, and the responsible
       authority considers reduced inspection desirable (9.3.3);
-    - reduced -> normal: a lot not accepted, or production irregular or delayed (9.3.4).
+    - reduced -> normal: a lot not accepted, a lot accepted with Ac < nonconforming < Re (the gap of Z1.4
+      Table II-C: "the lot is accepted but normal inspection is reinstated"), or production irregular or
+      delayed (9.3.4). On reduced inspection `LotOutcome.re` is needed to tell the gap from a rejection.
+
+    The responsible authority's wish for reduced inspection comes either with a lot (`LotOutcome.reduced_wanted`)
+    or on its own, while the state is eligible (`reduce()`).
 
     The switching score (9.3.3.2, single sampling) starts at 0 with normal inspection. After each lot on
     normal inspection: with Ac >= 2, add 3 if the lot would also have been accepted at the AQL one step
@@ -273,7 +335,11 @@ class SwitchingState:
             raise Conflict("acceptance sampling is discontinued (5 lots not accepted on tightened inspection): "
                            "it resumes, on tightened inspection, once the supplier's corrective action is "
                            "accepted by the responsible authority")
-        accepted = outcome.nonconforming <= outcome.ac
+        if self.severity == "reduced" and outcome.re is None:
+            raise AssertionError("a lot on reduced inspection is judged with its plan's Re (the gap of Table II-C)")
+        verdict = lot_verdict(outcome.nonconforming, outcome.ac,
+                              outcome.re if outcome.re is not None else outcome.ac + 1)
+        accepted = verdict != "not_accepted"
         lots = self.lots + 1
         if self.severity == "normal":
             window = (*self.recent_normal, accepted)[-SWITCH_TO_TIGHTENED[1]:]
@@ -301,12 +367,31 @@ class SwitchingState:
             return Transition(replace(self, tightened_accepted_run=run, tightened_not_accepted=not_accepted,
                                       lots=lots), accepted, None, None)
         if self.severity == "reduced":
-            if not accepted or not outcome.production_steady:
-                why = "a lot was not accepted on reduced inspection" if not accepted else \
-                    "production is irregular or delayed"
+            if verdict != "accepted" or not outcome.production_steady:
+                why = (f"a lot was not accepted on reduced inspection ({outcome.nonconforming} nonconforming, "
+                       f"Re {outcome.re})" if not accepted
+                       else f"a lot was accepted on reduced inspection with {outcome.nonconforming} nonconforming, "
+                            f"between Ac {outcome.ac} and Re {outcome.re}: the lot is accepted but normal "
+                            "inspection is reinstated" if verdict == "accepted_reinstate_normal"
+                       else "production is irregular or delayed")
                 return Transition(SwitchingState("normal", lots=lots), accepted, "normal", why)
             return Transition(replace(self, lots=lots), accepted, None, None)
         raise AssertionError(f"unknown severity {self.severity!r}")
+
+    def reduce(self, *, production_steady: bool = True) -> SwitchingState:
+        """The responsible authority considers reduced inspection desirable (9.3.3 c): normal -> reduced, if the
+        switching score is at least 30 and production is at a steady rate. Not a lot: `lots` stays."""
+        if self.severity != "normal":
+            raise Conflict(f"reduced inspection follows normal inspection only; this supplier and item are on "
+                           f"{self.severity} inspection", field="supplier")
+        if self.switching_score < REDUCED_SCORE:
+            raise Conflict(f"the switching score of this supplier and item is {self.switching_score}: reduced "
+                           f"inspection needs {REDUCED_SCORE} or more (lots accepted on normal inspection raise it)",
+                           field="supplier")
+        if not production_steady:
+            raise Conflict("production_steady: reduced inspection needs production at a steady rate; ask again "
+                           "once it is", field="production_steady")
+        return SwitchingState("reduced", lots=self.lots)
 
     def resume(self) -> SwitchingState:
         """After corrective action: sampling starts again on tightened inspection (9.4)."""
@@ -321,6 +406,7 @@ class LotOutcome:
 
     nonconforming: int
     ac: int
+    re: int | None = None  # the plan's Re; needed on reduced inspection (gap of Z1.4 Table II-C), else Ac + 1
     tighter_ac: int | None = None  # `tighter_acceptance_number` of the plan used (needed when Ac >= 2)
     production_steady: bool = True
     reduced_wanted: bool = False  # the responsible authority considers reduced inspection desirable

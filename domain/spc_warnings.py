@@ -1,6 +1,8 @@
 """SPC warnings: when an inspection's measurements are recorded, the X-bar chart of each of its variable
 characteristics (over the item's recorded values) is checked against the Western Electric rules; a violation
-the new values complete is a warning to the quality engineer. It opens no NCR and holds no lot.
+the new values complete is a warning to the quality engineer. It opens no NCR and holds no lot. It is addressed
+to `RECIPIENTS`: the quality engineer first, then the QA supervisor and the quality manager, so a plant without a
+quality engineer still sees its warnings (api/security.py lets exactly these roles list and acknowledge them).
 
 The chart is the one GET /api/quality/spc shows by default: the newest `CHART_LAST` values of the characteristic
 of the item, in subgroups of `CHART_SUBGROUP` ending with the newest value. A violation is raised only when the
@@ -32,6 +34,7 @@ from domain.models import CharacteristicResult, Inspection, Item, Lot, utcnow
 from domain.models_inspection import InspectionSampling
 from domain.models_quality import SpcWarning
 
+RECIPIENTS = ("quality_engineer", "qa_supervisor", "quality_manager")  # who a warning is to, in that order
 CHART_SUBGROUP = 5  # the defaults of GET /api/quality/spc: the chart the engineer opens from the warning
 CHART_LAST = 100
 
@@ -129,7 +132,7 @@ async def _check(session: AsyncSession, item: Item, characteristic: str, ins: In
         view = {"item": item.code, "characteristic": characteristic, "rule": v.rule,
                 "description": spc.RULES[v.rule], "side": v.side, "inspection": ins.number,
                 "subgroups": [{"mean": g["mean"], "inspections": g["inspections"]} for g in subgroups],
-                "acknowledged_by": None}
+                "to": list(RECIPIENTS), "acknowledged_by": None}
         await audit(session, actor="system", action="spc_warning.raised", entity="spc_warning", key=str(w.id),
                     changes=diff(None, view))
         raised.append(w)
@@ -144,7 +147,7 @@ def warning_view(w: SpcWarning, item: str, inspection: str) -> dict[str, Any]:
     return {"id": w.id, "item": item, "characteristic": w.characteristic, "rule": w.rule,
             "description": spc.RULES.get(w.rule, ""), "side": w.side, "inspection": inspection,
             "subgroups": w.subgroups, "chart": w.chart, "raised_at": w.raised_at.isoformat(),
-            "state": "open" if w.acknowledged_at is None else "acknowledged",
+            "to": list(RECIPIENTS), "state": "open" if w.acknowledged_at is None else "acknowledged",
             "acknowledged_by": w.acknowledged_by,
             "acknowledged_at": w.acknowledged_at.isoformat() if w.acknowledged_at else None,
             "note": w.acknowledge_note,

@@ -316,3 +316,60 @@ async def test_iqc_verdicts_move_the_switching_state_and_the_next_sample(api: ht
     # a work order whose item has no routing or outgoing plan runs without those triggers
     st = (await api.get(f"/api/work-orders/{wo_number}")).json()["status"]
     assert st["inspection_triggers"] == {"operations": [], "outgoing": False, "outgoing_plan_version": None}
+
+
+async def test_iqc_on_reduced_inspection_takes_table_ii_c_and_a_gap_count_reinstates_normal(api: httpx.AsyncClient,
+                                                                                            wo_number):
+    item, material, supplier = f"TRG-{uid()}", f"MAT-{uid()}", f"SUP-{uid()}"
+    await save_plan(api, material, "iqc", [
+        {"name": "cracks", "kind": "attribute", "severity": "major", "defect_codes": ["CRACK"]},
+    ], {"major": {"aql": 10, "level": "II"}})
+    ev = release(wo_number, item, material)
+    ev["work_order"]["receipts"] = []
+    assert (await api.post("/api/erp/events", json=ev)).status_code == 202
+    # lot 50, level II: code D; AQL 10 reduced (Z1.4 Table II-C) is n 3, Ac 1, Re 3; normal (2-A) is n 8, Ac 2
+    reduced, normal = sampling.plan(50, "II", "10", "reduced"), sampling.plan(50, "II", "10")
+    assert (reduced.n, reduced.ac, reduced.re, normal.n, normal.ac) == (3, 1, 3, 8, 2)
+
+    # the supplier's and item's switching state: 10 lots accepted on normal inspection (Ac 2, and accepted one
+    # AQL step tighter: 3 points each) make the score 30; the quality manager then asks for reduced inspection
+    for i in range(10):
+        r = await api.post("/api/quality/sampling/results", headers=role_headers("inspector"), json={
+            "supplier": supplier, "item": material, "lot": f"{material}-p{i}", "lot_size": 1000, "aql": 1.0,
+            "nonconforming": 0})
+        assert r.status_code == 200, r.text
+    r = await api.post("/api/quality/sampling/reduce", headers=role_headers("quality_manager"), json={
+        "supplier": supplier, "item": material, "reason": "ten clean lots, steady deliveries"})
+    assert r.status_code == 200 and r.json()["state"]["severity"] == "reduced", r.text
+
+    async def receive(k: int, cracks: int) -> tuple[dict, dict]:
+        lot = f"{wo_number}-R{k}"
+        receipt = {"receipt": f"PRR{k}-{wo_number}", "lots": [{
+            "lot": lot, "supplier": supplier, "item": material, "supplier_lot": f"S{k}", "quantity": 50,
+            "uom": "EA"}]}
+        r = await api.post("/api/erp/events", json={"event_id": f"prr{k}-{wo_number}", "work_order": wo_number,
+                                                    "event_type": "purchase_receipt.posted", "receipt": receipt})
+        assert r.status_code == 202, r.text
+        number = f"IQC-{lot}"
+        await wait_status(api, wo_number, lambda s: any(p["number"] == number for p in s["pending_inspections"]),
+                          what=f"IQC of {lot}")
+        opened = (await api.get(f"/api/inspections/{number}")).json()
+        r = await results(api, number, [{"characteristic": "cracks", "values": [cracks]}])
+        assert r.status_code == 202, r.text
+        await wait_status(api, wo_number, lambda s: all(p["number"] != number for p in s["pending_inspections"]),
+                          what=f"the verdict on {lot}")
+        return opened, (await api.get(f"/api/inspections/{number}")).json()
+
+    opened, judged = await receive(1, 2)  # 2 nonconforming of 3: above Ac 1, below Re 3
+    smp = opened["sampling"]
+    assert smp["severity"] == "reduced" and smp["supplier"] == supplier
+    assert {k: smp["characteristics"]["cracks"][k] for k in ("n", "ac", "re", "table")} == {
+        "n": 3, "ac": 1, "re": 3, "table": "ANSI/ASQ Z1.4 Table II-C (MIL-STD-105E)"}
+    assert judged["status"] == "passed"  # the lot is accepted ...
+    state = (await api.get("/api/quality/sampling", params={
+        "supplier": supplier, "item": material, "lot_size": 50, "aql": 10})).json()
+    assert state["state"]["severity"] == "normal" and state["state"]["lots"] == 11  # ... and normal is back
+
+    opened, judged = await receive(2, 2)  # the next lot: normal inspection, n 8, and 2 is within Ac 2
+    assert opened["sampling"]["severity"] == "normal"
+    assert (opened["sampling"]["characteristics"]["cracks"]["n"], judged["status"]) == (normal.n, "passed")

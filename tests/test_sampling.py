@@ -13,6 +13,12 @@ Where the expected values come from (the same sources are named in domain/sampli
        lot 5,000 at level II is code L, n = 200; AQL 2.5 -> Ac 10 Re 11; AQL 4.0 -> Ac 14.
 [LAW]  J. Lawson's AQLSchemes (R), MIL-STD-105E / Z1.4 single plans "from the published tables": the only
        source found for the tightened row S (n = 3150).
+[LAWC] the same package's resolved matrices for reduced inspection, ANSI/ASQ Z1.4 Table II-C (= MIL-STD-105E),
+       as in github.com/fjgonzalezmgt/AQLSchemesCust, R/AAZ14Single.R: `ANSIASQSingleReducedss` (sample sizes,
+       26 values per code letter A..R, AQL 0.010..1000) and `ANSIASQSingleReducedac` / `...Reducedre` (one
+       column of 16 code letters per AQL). Transcribed below by hand in the R file's own shape. No second
+       readable copy of Table II-C was found, so the spot checks below are [LAWC] cells too, reached through
+       Table 1. ISO 2859-1:1999 Table 2-C (no gap between Ac and Re) is a different table, not in TraceHub.
 """
 
 from __future__ import annotations
@@ -203,23 +209,151 @@ def test_tightened_never_accepts_more_than_normal_from_the_same_sample():
 def test_wrong_inputs_name_their_field():
     for call, field in [(lambda: plan(1000, "II", 0.5), "aql"), (lambda: plan(1000, "IV", 1.0), "level"),
                         (lambda: plan(1, "II", 1.0), "lot_size"),
-                        (lambda: plan(1000, "II", 1.0, "reduced"), "severity"),
                         (lambda: plan(1000, "II", 1.0, "loose"), "severity")]:
         with pytest.raises(InvalidInput) as e:
             call()
         assert e.value.field == field and e.value.message.startswith(field)
     with pytest.raises(InvalidInput) as e:
-        plan(1000, "II", 1.0, "reduced")
-    assert "Table 2-C" in e.value.message and "not in TraceHub" in e.value.message
+        plan(1000, "II", 1.0, "loose")
+    assert "normal, tightened or reduced" in e.value.message
+
+
+# --- Table II-C (reduced inspection) against [LAWC] ------------------------------------------------------------
+
+CODES = "ABCDEFGHJKLMNPQR"
+
+
+def rep(v: int, k: int) -> list[int]:  # R's rep(v, k)
+    return [v] * k
+
+
+# [LAWC] ANSIASQSingleReducedss: one line per code letter A..R, the sample size at each AQL 0.010..1000
+LAWC_N = """
+500 315 200 125 80 50 32 20 13 8 5 3 2 2 2 2 2 2 2 2 2 2 2 2 2 2
+500 315 200 125 80 50 32 20 13 8 5 3 2 2 2 2 2 2 2 2 2 2 2 2 2 2
+500 315 200 125 80 50 32 20 13 8 5 3 2 2 3 2 2 2 2 2 2 2 2 2 2 2
+500 315 200 125 80 50 32 20 13 8 5 3 2 5 3 3 3 3 3 3 3 3 3 3 2 2
+500 315 200 125 80 50 32 20 13 8 5 3 8 5 5 5 5 5 5 5 5 5 5 3 2 2
+500 315 200 125 80 50 32 20 13 8 5 13 8 8 8 8 8 8 8 8 5 5 5 3 2 2
+500 315 200 125 80 50 32 20 13 8 20 13 13 13 13 13 13 13 13 8 5 5 5 3 2 2
+500 315 200 125 80 50 32 20 13 32 20 20 20 20 20 20 20 20 13 8 5 5 5 3 2 2
+500 315 200 125 80 50 32 20 50 32 32 32 32 32 32 32 32 20 13 8 5 5 5 3 2 2
+500 315 200 125 80 50 32 80 50 50 50 50 50 50 50 50 32 20 13 8 5 5 5 3 2 2
+500 315 200 125 80 50 125 80 80 80 80 80 80 80 80 50 32 20 13 8 5 5 5 3 2 2
+500 315 200 125 80 200 125 125 125 125 125 125 125 125 80 50 32 20 13 8 5 5 5 3 2 2
+500 315 200 125 315 200 200 200 200 200 200 200 200 125 80 50 32 20 13 8 5 5 5 3 2 2
+500 315 200 500 315 315 315 315 315 315 315 315 200 125 80 50 32 20 13 8 5 5 5 3 2 2
+500 315 800 500 500 500 500 500 500 500 500 315 200 125 80 50 32 20 13 8 5 5 5 3 2 2
+500 315 800 800 800 800 800 800 800 800 500 315 200 125 80 50 32 20 13 8 5 5 5 3 2 2
+"""
+
+# [LAWC] ANSIASQSingleReducedac: c1..c26, one per AQL, each the 16 code letters A..R top to bottom
+LAWC_AC = [
+    rep(0, 16), rep(0, 16), rep(0, 16), rep(0, 15) + [1], rep(0, 14) + [1, 1], rep(0, 13) + [1, 1, 2],
+    rep(0, 12) + [1, 1, 2, 3], rep(0, 11) + [1, 1, 2, 3, 5], rep(0, 10) + [1, 1, 2, 3, 5, 7],
+    rep(0, 9) + [1, 1, 2, 3, 5, 7, 10], rep(0, 8) + [1, 1, 2, 3, 5, 7, 10, 10],
+    rep(0, 7) + [1, 1, 2, 3, 5, 7, 10, 10, 10], rep(0, 6) + [1, 1, 2, 3, 5, 7, 10, 10, 10, 10],
+    rep(0, 5) + [1, 1, 2, 3, 5, 7, 10] + rep(10, 4), [0, 0, 0, 0, 1, 1, 2, 3, 5, 7, 10] + rep(10, 5),
+    [0, 0, 0, 1, 1, 2, 3, 5, 7, 10] + rep(10, 6), [0, 0, 1, 1, 2, 3, 5, 7, 10] + rep(10, 7),
+    [1, 1, 1, 2, 3, 5, 7, 10] + rep(10, 8), [2, 2, 2, 3, 5, 7, 10] + rep(10, 9), [3, 3, 3, 5, 7, 10] + rep(10, 10),
+    [5, 5, 5, 7, 10] + rep(10, 11), [7, 7, 7, 10, 14] + rep(14, 11), [10, 10, 10, 14, 21] + rep(21, 11),
+    [14, 14, 14, 21] + rep(21, 12), [21, 21, 21] + rep(21, 13), rep(30, 16),
+]
+# [LAWC] ANSIASQSingleReducedre, the same shape
+LAWC_RE = [
+    rep(1, 16), rep(1, 16), rep(1, 14) + [2, 2], rep(1, 13) + [2, 2, 3], rep(1, 12) + [2, 2, 3, 4],
+    rep(1, 11) + [2, 2, 3, 4, 5], rep(1, 10) + [2, 2, 3, 4, 5, 6], rep(1, 9) + [2, 2, 3, 4, 5, 6, 8],
+    rep(1, 8) + [2, 2, 3, 4, 5, 6, 8, 10], rep(1, 7) + [2, 2, 3, 4, 5, 6, 8, 10, 13],
+    rep(1, 6) + [2, 2, 3, 4, 5, 6, 8, 10, 13, 13], rep(1, 5) + [2, 2, 3, 4, 5, 6, 8, 10, 13, 13, 13],
+    rep(1, 4) + [2, 2, 3, 4, 5, 6, 8, 10, 13, 13, 13, 13], rep(1, 3) + [2, 2, 3, 4, 5, 6, 8, 10, 13] + rep(13, 4),
+    [1, 1, 2, 2, 3, 4, 5, 6, 8, 10, 13] + rep(13, 5), [2, 2, 2, 3, 4, 5, 6, 8, 10, 13] + rep(13, 6),
+    [2, 2, 3, 4, 5, 6, 8, 10, 13] + rep(13, 7), [2, 3, 4, 5, 6, 8, 10, 13] + rep(13, 8),
+    [3, 4, 5, 6, 8, 10, 13] + rep(13, 9), [4, 5, 6, 8, 10, 13] + rep(13, 10), [6, 6, 8, 10, 13] + rep(13, 11),
+    [8, 8, 10, 13, 17] + rep(17, 11), [11, 11, 13, 17, 24] + rep(24, 11), [15, 15, 17, 24] + rep(24, 12),
+    [22, 22, 24] + rep(24, 13), rep(31, 16),
+]
+
+
+def test_lawc_transcription_has_the_shape_of_the_r_matrices():
+    n_rows = LAWC_N.split("\n")[1:-1]
+    assert len(n_rows) == 16 and all(len(r.split()) == 26 for r in n_rows)
+    assert len(LAWC_AC) == len(LAWC_RE) == 26
+    assert all(len(c) == 16 for c in LAWC_AC + LAWC_RE)
+
+
+def test_every_cell_of_table_2c_resolves_to_the_lawc_plan():
+    n_rows = [[int(v) for v in r.split()] for r in LAWC_N.strip().splitlines()]
+    wrong = []
+    for i, letter in enumerate(CODES):
+        for j, aql in enumerate(AQLS):
+            plan_letter, ac, re = sampling.resolve("reduced", letter, aql)
+            ours = (sampling.REDUCED_SAMPLE_SIZE[plan_letter], ac, re)
+            theirs = (n_rows[i][j], LAWC_AC[j][i], LAWC_RE[j][i])
+            if ours != theirs:
+                wrong.append(f"{letter} AQL {aql}: ours n/Ac/Re {ours}, AQLSchemes {theirs}")
+    assert wrong == []
+
+
+def test_table_2c_sample_sizes_and_name():
+    # [LAWC] the sample size of each code letter's own plans (the column "sample size" of Table II-C)
+    assert list(sampling.REDUCED_SAMPLE_SIZE.items()) == list(zip(
+        CODES, [2, 2, 2, 3, 5, 8, 13, 20, 32, 50, 80, 125, 200, 315, 500, 800], strict=True))
+    assert sampling.TABLE_NAMES["reduced"] == "ANSI/ASQ Z1.4 Table II-C (MIL-STD-105E)"
+
+
+@pytest.mark.parametrize(("lot_size", "level", "aql", "expected"), [
+    # [LAWC] cells, the code letter from Table 1: (code letter, plan letter, n, Ac, Re)
+    (1000, "II", 1.0, ("J", "J", 32, 1, 3)),       # normal J 1.0 is n 80, 2/3
+    (5000, "II", 2.5, ("L", "L", 80, 5, 8)),
+    (5000, "II", 4.0, ("L", "L", 80, 7, 10)),
+    (50, "II", 10, ("D", "D", 3, 1, 3)),
+    (50, "II", 15, ("D", "D", 3, 1, 4)),
+    (20, "II", 6.5, ("C", "D", 3, 0, 2)),           # C 6.5 points down: D's 0/2, n = 3
+    (1000, "II", 0.25, ("J", "H", 20, 0, 1)),       # J 0.25 points up: H's 0/1, n = 20
+    (1000, "II", 0.4, ("J", "K", 50, 0, 2)),        # J 0.40 points down: K's 0/2, n = 50
+    (10, "II", 40, ("B", "B", 2, 2, 4)),            # row B at the high AQLs: 1/3 2/4 3/5, then 5/6
+    (10, "II", 100, ("B", "B", 2, 5, 6)),
+    (5, "II", 25, ("A", "A", 2, 1, 2)),
+    (20, "II", 650, ("C", "C", 2, 21, 24)),
+    (60, "II", 1000, ("E", "B", 2, 30, 31)),        # E 1000 points up through D and C to B
+    (600000, "III", 0.015, ("R", "P", 315, 0, 1)),  # R 0.015 points up, Q too: P's 0/1
+    (600000, "III", 0.025, ("R", "R", 800, 0, 2)),
+])
+def test_published_reduced_plans(lot_size, level, aql, expected):
+    p = plan(lot_size, level, aql, "reduced")
+    assert (p.code_letter, p.plan_letter, p.n, p.ac, p.re) == expected
+    assert p.severity == "reduced" and p.n == sampling.REDUCED_SAMPLE_SIZE[p.plan_letter]
+
+
+def test_reduced_plans_have_the_gap_and_never_sample_more_than_normal():
+    gaps = 0
+    for letter in CODES:
+        for aql in AQLS:
+            r_letter, r_ac, r_re = sampling.resolve("reduced", letter, aql)
+            n_letter, _, _ = sampling.resolve("normal", letter, aql)
+            assert r_re > r_ac, (letter, aql)
+            gaps += r_re > r_ac + 1
+            assert sampling.REDUCED_SAMPLE_SIZE[r_letter] <= sampling.SAMPLE_SIZE[n_letter], (letter, aql)
+    assert gaps > 200  # the table's character: 0/2, 1/3, 1/4 ... (251 of the 416 cells resolve to a gap)
+
+
+def test_the_gap_rule_of_a_reduced_plan():
+    p = plan(1000, "II", 1.0, "reduced")  # J: n 32, Ac 1, Re 3
+    assert [p.verdict(d) for d in (0, 1, 2, 3, 4)] == [
+        "accepted", "accepted", "accepted_reinstate_normal", "not_accepted", "not_accepted"]
+    assert [p.accepts(d) for d in (1, 2, 3)] == [True, True, False] and p.largest_accepted == 2
+    normal = plan(1000, "II", 1.0)  # 2/3: no gap
+    assert [normal.verdict(d) for d in (2, 3)] == ["accepted", "not_accepted"] and normal.largest_accepted == 2
+    assert sampling.tighter_acceptance_number(p) is None  # the switching score is for normal inspection only
 
 
 # --- the switching rules ----------------------------------------------------------------------------------
 
-def run(state: SwitchingState, lots: list[int], *, ac: int = 1, tighter_ac: int | None = None,
-        **kw: bool) -> tuple[SwitchingState, list[str | None]]:
+def run(state: SwitchingState, lots: list[int], *, ac: int = 1, re: int | None = None,
+        tighter_ac: int | None = None, **kw: bool) -> tuple[SwitchingState, list[str | None]]:
     switches = []
     for d in lots:
-        t = state.after_lot(LotOutcome(nonconforming=d, ac=ac, tighter_ac=tighter_ac, **kw))
+        t = state.after_lot(LotOutcome(nonconforming=d, ac=ac, re=re, tighter_ac=tighter_ac, **kw))
         state = t.state
         switches.append(t.switched_to)
     return state, switches
@@ -285,10 +419,44 @@ def test_normal_to_reduced_needs_score_30_steady_production_and_the_authority():
 
 
 def test_reduced_to_normal_on_a_lot_not_accepted_or_irregular_production():
-    state, switches = run(SwitchingState("reduced"), [0, 0, 2])
+    state, switches = run(SwitchingState("reduced"), [0, 0, 2], re=2)
     assert switches == [None, None, "normal"] and state.switching_score == 0
-    state, switches = run(SwitchingState("reduced"), [0], production_steady=False)
+    state, switches = run(SwitchingState("reduced"), [0], re=2, production_steady=False)
     assert switches == ["normal"]
+
+
+def test_reduced_inspection_gap_accepts_the_lot_and_reinstates_normal():
+    reduced = SwitchingState("reduced", lots=7)
+    # Ac 1, Re 4 (e.g. D at AQL 15): up to Ac stays on reduced inspection
+    for d in (0, 1):
+        t = reduced.after_lot(LotOutcome(nonconforming=d, ac=1, re=4))
+        assert (t.accepted, t.switched_to, t.state.severity, t.state.lots) == (True, None, "reduced", 8)
+    # between Ac and Re: accepted, and back to normal inspection with a reason that says so
+    for d in (2, 3):
+        t = reduced.after_lot(LotOutcome(nonconforming=d, ac=1, re=4))
+        assert (t.accepted, t.switched_to, t.state.severity) == (True, "normal", "normal")
+        assert "accepted but normal inspection is reinstated" in (t.reason or "")
+        assert t.state.switching_score == 0 and t.state.recent_normal == ()
+    # Re or more: not accepted, back to normal
+    for d in (4, 9):
+        t = reduced.after_lot(LotOutcome(nonconforming=d, ac=1, re=4))
+        assert (t.accepted, t.switched_to, t.state.severity) == (False, "normal", "normal")
+        assert "not accepted on reduced inspection" in (t.reason or "")
+    with pytest.raises(AssertionError):  # Re is needed on reduced inspection
+        reduced.after_lot(LotOutcome(nonconforming=0, ac=1))
+
+
+def test_the_authority_asks_for_reduced_inspection_once_the_score_allows_it():
+    with pytest.raises(Conflict) as e:
+        SwitchingState(switching_score=28).reduce()
+    assert "28" in e.value.message
+    with pytest.raises(Conflict):
+        SwitchingState("tightened", switching_score=40).reduce()
+    with pytest.raises(Conflict) as e:
+        SwitchingState(switching_score=30).reduce(production_steady=False)
+    assert e.value.field == "production_steady"
+    state = SwitchingState(switching_score=30, recent_normal=(True,) * 4, lots=15).reduce()
+    assert (state.severity, state.lots, state.switching_score) == ("reduced", 15, 0)
 
 
 # --- the API ----------------------------------------------------------------------------------------------
@@ -369,3 +537,47 @@ async def test_sampling_api_refuses_what_the_standard_does_not_have(api: httpx.A
         "supplier": supplier, "item": item, "lot": f"{item}-big", "lot_size": 1000, "aql": 1.0,
         "nonconforming": 81})
     assert r.status_code == 422 and r.json()["field"] == "nonconforming"
+
+
+@pytest.mark.asyncio
+async def test_reduced_inspection_by_the_authority_and_back_to_normal_on_the_gap(api: httpx.AsyncClient):
+    supplier, item = _codes()
+    q = {"lot_size": 1000, "level": "II", "aql": 1.0, "supplier": supplier, "item": item}
+    ask = {"supplier": supplier, "item": item, "reason": "supplier's process capability shown for a year"}
+    r = await api.post("/api/quality/sampling/reduce", headers=role_headers("quality_manager"), json=ask)
+    assert r.status_code == 409 and "switching score of this supplier and item is 0" in r.json()["detail"]
+    assert r.json()["field"] == "supplier"
+
+    async def score_30(prefix: str) -> None:
+        for i in range(10):  # J at 1.0: Ac 2, accepted at 0.65 too (Ac 1): 3 points a lot
+            r = await _lot(api, supplier, item, f"{item}-{prefix}{i}", 0)
+            assert r.status_code == 200 and r.json()["switched_to"] is None, r.text
+        state = (await api.get("/api/quality/sampling", params=q)).json()["state"]
+        assert (state["severity"], state["switching_score"], state["reduced_eligible"]) == ("normal", 30, True)
+
+    await score_30("a")
+    r = await api.post("/api/quality/sampling/reduce", headers=role_headers("inspector"), json=ask)
+    assert r.status_code == 403
+    r = await api.post("/api/quality/sampling/reduce", headers=role_headers("quality_manager"), json=ask)
+    assert r.status_code == 200 and r.json()["state"]["severity"] == "reduced", r.text
+    body = (await api.get("/api/quality/sampling", params=q)).json()
+    assert {k: body["plan"][k] for k in ("severity", "code_letter", "n", "ac", "re", "table")} == {
+        "severity": "reduced", "code_letter": "J", "n": 32, "ac": 1, "re": 3,
+        "table": "ANSI/ASQ Z1.4 Table II-C (MIL-STD-105E)"}
+
+    r = await _lot(api, supplier, item, f"{item}-r1", 1)  # up to Ac: stays on reduced inspection
+    assert (r.json()["accepted"], r.json()["switched_to"], r.json()["n"]) == (True, None, 32)
+    r = await _lot(api, supplier, item, f"{item}-r2", 2)  # between Ac 1 and Re 3: accepted, back to normal
+    assert (r.json()["accepted"], r.json()["switched_to"], r.json()["severity"]) == (True, "normal", "reduced")
+    assert "normal inspection is reinstated" in r.json()["switch_reason"]
+    assert (await api.get("/api/quality/sampling", params=q)).json()["plan"]["n"] == 80
+
+    await score_30("b")
+    r = await api.post("/api/quality/sampling/reduce", headers=role_headers("quality_manager"),
+                       json={**ask, "production_steady": False})
+    assert r.status_code == 409 and r.json()["field"] == "production_steady"
+    r = await api.post("/api/quality/sampling/reduce", headers=role_headers("quality_manager"), json=ask)
+    assert r.status_code == 200
+    r = await _lot(api, supplier, item, f"{item}-r3", 3)  # Re: not accepted, back to normal
+    assert (r.json()["accepted"], r.json()["switched_to"]) == (False, "normal")
+    assert "not accepted on reduced inspection" in r.json()["switch_reason"]

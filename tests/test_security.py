@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 
 from api.main import create_app
-from api.security import PERMISSIONS, PUBLIC, roles_for
-from domain.identity import ROLES, issue_token, principal_for
+from api.security import PEOPLE, PERMISSIONS, PUBLIC, SYSTEMS, roles_for
+from domain.identity import PEOPLE_ROLES, ROLES, SYSTEM_ROLES, issue_token, principal_for
 from domain.models import utcnow
 from tests.helpers import (
     IN_SPEC_IQC,
@@ -42,6 +42,41 @@ def test_every_route_is_in_the_permission_matrix(settings):
     assert not missing, f"add these routes to api/security.py PERMISSIONS (or PUBLIC): {missing}"
     stale = [r for r in listed if r not in routes]
     assert not stale, f"these matrix entries name no route: {stale}"
+
+
+def test_the_matrix_knows_every_role_users_and_tokens_can_have():
+    # a role added to domain/identity.py and not here would be refused even the routes every person may use
+    assert PEOPLE == set(PEOPLE_ROLES) and SYSTEMS == set(SYSTEM_ROLES)
+
+
+# The quality engineer's routes, decided route by route (README, "Roles"): every write it may make. A change to
+# the matrix that gives it more, or takes one away, fails here until this list is changed with it.
+QUALITY_ENGINEER_WRITES = {
+    ("POST", "/api/auth/logout"), ("POST", "/api/auth/password"),  # its own session and password
+    ("POST", "/api/quality/plans"),  # inspection plan versions and their characteristics
+    ("POST", "/api/quality/warnings/{warning_id}/acknowledge"),  # SPC warnings are addressed to it
+    ("POST", "/api/ncrs/{number}/containment"), ("PATCH", "/api/ncrs/{number}/containment/{seq}"),
+    ("PATCH", "/api/ncrs/{number}/root-cause"),  # the NCR's investigation, not its decisions
+    ("POST", "/api/capas"), ("POST", "/api/capas/{number}/actions"), ("PATCH", "/api/capas/{number}/actions/{seq}"),
+}
+# reads it is refused: administration (users, tokens, endpoints, connectors, ERP and MES message logs, EPCIS
+# capture jobs) and the workflow event history (admins, auditors, the quality manager)
+QUALITY_ENGINEER_NOT_READ = {
+    "/api/users", "/api/tokens", "/api/erp/events", "/api/mes/rejected", "/api/connectors", "/api/endpoints",
+    "/api/endpoints/{name}", "/api/endpoints/{name}/discover", "/api/endpoints/{name}/read",
+    "/api/work-orders/{number}/history", "/epcis/capture", "/epcis/capture/{capture_id}",
+}
+
+
+def test_the_quality_engineer_may_do_what_was_decided_and_no_more(settings):
+    routes = _routes(create_app(settings))
+    granted = {r for r in routes if "quality_engineer" in (roles_for(*r) or ())}
+    # so no NCR or recall decision, no classification, no CAPA close, no user, token or endpoint administration
+    assert {r for r in granted if r[0] != "GET"} == QUALITY_ENGINEER_WRITES
+    # it reads whatever the QA supervisor reads (every quality record), and none of the administration
+    assert not [r for r in routes if r[0] == "GET" and "qa_supervisor" in (roles_for(*r) or ()) and r not in granted]
+    assert not {p for m, p in granted if m == "GET"} & QUALITY_ENGINEER_NOT_READ
+    assert {p for m, p in routes if m == "GET"} >= QUALITY_ENGINEER_NOT_READ  # each names a route
 
 
 @pytest.mark.asyncio

@@ -43,8 +43,8 @@ async def check(sessionmaker, number: str) -> list[tuple[int, str]]:
         return [(w.rule, w.side) for w in await spc_warnings.check_inspection(s, ins)]
 
 
-async def warnings_of(api: httpx.AsyncClient, item: str, **params) -> list[dict]:
-    r = await api.get("/api/quality/warnings", params={"item": item, **params}, headers=role_headers("qa_supervisor"))
+async def warnings_of(api: httpx.AsyncClient, item: str, role: str = "quality_engineer", **params) -> list[dict]:
+    r = await api.get("/api/quality/warnings", params={"item": item, **params}, headers=role_headers(role))
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -62,9 +62,12 @@ async def test_recorded_final_results_raise_a_warning_not_an_ncr(api: httpx.Asyn
     done = await wait_done(api, wo_number)
     assert done["status"]["result"] == "completed" and done["status"]["ncrs"] == []  # no NCR
 
+    # the warning is to the quality engineer first; a plant without one has the QA supervisor and manager
     found = await warnings_of(api, item)
     assert [(w["rule"], w["side"], w["state"]) for w in found] == [(1, "above", "open")], found
     w = found[0]
+    assert w["to"] == ["quality_engineer", "qa_supervisor", "quality_manager"]
+    assert await warnings_of(api, item, "qa_supervisor") == found == await warnings_of(api, item, "quality_manager")
     assert w["inspection"] == fin["inspection"] and w["characteristic"] == NAME
     assert w["description"] == "one point beyond 3 sigma" and w["acknowledged_by"] is None
     # the subgroup that broke the rule: the newest five values, two of the last seeded lot and the three new ones
@@ -77,6 +80,7 @@ async def test_recorded_final_results_raise_a_warning_not_an_ncr(api: httpx.Asyn
             AuditLog.entity == "spc_warning", AuditLog.entity_key == str(w["id"])))).scalars().all()
         assert [a.action for a in raised] == ["spc_warning.raised"]
         assert raised[0].changes["after"]["inspection"] == fin["inspection"]
+        assert raised[0].changes["after"]["to"] == ["quality_engineer", "qa_supervisor", "quality_manager"]
         lot = (await s.execute(select(Lot).where(Lot.number == fin["lot"]))).scalar_one()
         assert (await s.execute(select(func.count()).select_from(Ncr).where(Ncr.lot_id == lot.id))).scalar() == 0
     # recording (judging) the same results again raises nothing new
@@ -84,25 +88,30 @@ async def test_recorded_final_results_raise_a_warning_not_an_ncr(api: httpx.Asyn
     assert len(await warnings_of(api, item)) == 1
 
     # the quality engineer acknowledges it, once; the API says who and when, the audit trail before and after
-    r = await api.post(f"/api/quality/warnings/{w['id']}/acknowledge", headers=role_headers("qa_supervisor"),
+    r = await api.post(f"/api/quality/warnings/{w['id']}/acknowledge", headers=role_headers("quality_engineer"),
                        json={"note": "insert changed on line 2, centring checked"})
     assert r.status_code == 200, r.text
     ack = r.json()
-    assert ack["state"] == "acknowledged" and ack["acknowledged_by"] == "t-qa_supervisor" and ack["acknowledged_at"]
-    r = await api.post(f"/api/quality/warnings/{w['id']}/acknowledge", headers=role_headers("quality_manager"))
-    assert r.status_code == 409 and "already acknowledged by t-qa_supervisor" in r.json()["detail"], r.text
-    r = await api.post("/api/quality/warnings/999999999/acknowledge", headers=role_headers("qa_supervisor"))
+    assert ack["state"] == "acknowledged" and ack["acknowledged_by"] == "t-quality_engineer" \
+        and ack["acknowledged_at"] and ack["note"] == "insert changed on line 2, centring checked"
+    r = await api.post(f"/api/quality/warnings/{w['id']}/acknowledge", headers=role_headers("qa_supervisor"))
+    assert r.status_code == 409 and "already acknowledged by t-quality_engineer" in r.json()["detail"], r.text
+    r = await api.post("/api/quality/warnings/999999999/acknowledge", headers=role_headers("quality_engineer"))
     assert r.status_code == 404 and "GET /api/quality/warnings" in r.json()["detail"]
     async with sessionmaker() as s:
         a = (await s.execute(select(AuditLog).where(
             AuditLog.entity == "spc_warning", AuditLog.entity_key == str(w["id"]),
             AuditLog.action == "spc_warning.acknowledged"))).scalar_one()
-        assert a.actor == "t-qa_supervisor" and a.changes["before"]["acknowledged_by"] is None
-        assert a.changes["after"]["acknowledged_by"] == "t-qa_supervisor"
+        assert a.actor == "t-quality_engineer" and a.changes["before"]["acknowledged_by"] is None
+        assert a.changes["after"]["acknowledged_by"] == "t-quality_engineer"
     assert await warnings_of(api, item, state="open") == []
-    # an inspector does not read them; an auditor does
+    # an inspector does not read them; an auditor does, but does not acknowledge them
     r = await api.get("/api/quality/warnings", headers=role_headers("inspector"))
     assert r.status_code == 403
+    r = await api.post(f"/api/quality/warnings/{w['id']}/acknowledge", headers=role_headers("auditor"))
+    assert r.status_code == 403 and r.json()["detail"].startswith(
+        "POST /api/quality/warnings/{warning_id}/acknowledge needs one of the roles ['qa_supervisor', "
+        "'quality_engineer', 'quality_manager']"), r.text
     r = await api.get("/api/quality/warnings", params={"item": item}, headers=role_headers("auditor"))
     assert r.status_code == 200 and [x["id"] for x in r.json()] == [w["id"]]
 

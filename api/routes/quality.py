@@ -1,4 +1,5 @@
-"""Quality: inspection plan versions, ISO 2859-1 sampling with the switching state, SPC, and CSV upload of
+"""Quality: inspection plan versions, ISO 2859-1 sampling with the switching state (reduced inspection by ANSI/ASQ
+Z1.4 Table II-C), SPC, and CSV upload of
 inspection results (which goes through the same path as the JSON results route)."""
 
 from __future__ import annotations
@@ -34,8 +35,20 @@ class LotResultIn(BaseModel):
     lot_size: int = Field(ge=2)
     level: sampling.Level = "II"
     aql: float
-    nonconforming: int = Field(ge=0, description="nonconforming items found in the sample")
-    production_steady: bool = True
+    nonconforming: int = Field(
+        ge=0, description="nonconforming items found in the sample; on reduced inspection (ANSI/ASQ Z1.4 Table "
+                          "II-C) a count between Ac and Re accepts the lot and reinstates normal inspection")
+    production_steady: bool = Field(default=True, description="false: production is irregular or delayed (reduced "
+                                                              "inspection then goes back to normal)")
+
+
+class ReduceIn(BaseModel):
+    supplier: str = Field(min_length=1, max_length=80)
+    item: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=3, max_length=400,
+                        description="why the responsible authority considers reduced inspection desirable")
+    production_steady: bool = Field(default=True, description="production is at a steady rate; false is "
+                                                              "refused (409): reduced inspection needs it")
 
 
 class ResumeIn(BaseModel):
@@ -55,8 +68,9 @@ async def list_plan_versions(item: str, operation: str, session: ReadSessionDep)
     return [quality_plans.plan_view(p) for p in await quality_plans.plan_versions(session, item, operation)]
 
 
-@router.get("/api/quality/sampling", summary="ISO 2859-1 single sampling plan for a lot, under the supplier's "
-                                             "and item's switching state")
+@router.get("/api/quality/sampling", summary="Single sampling plan for a lot under the supplier's and item's "
+                                             "switching state: ISO 2859-1 Table 2-A (normal), 2-B (tightened), "
+                                             "ANSI/ASQ Z1.4 Table II-C (reduced)")
 async def get_sampling(session: ReadSessionDep, lot_size: Annotated[int, Query(ge=2)], aql: float,
                        supplier: Annotated[str, Query(min_length=1, max_length=80)],
                        item: Annotated[str, Query(min_length=1, max_length=64)],
@@ -66,12 +80,21 @@ async def get_sampling(session: ReadSessionDep, lot_size: Annotated[int, Query(g
 
 
 @router.post("/api/quality/sampling/results", summary="Judge a lot by its sampling plan; moves the switching "
-                                                      "state (normal, tightened, discontinued)")
+                                                      "state (normal, tightened, reduced, discontinued)")
 async def post_lot_result(body: LotResultIn, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
     return await quality_plans.record_lot(
         session, supplier=body.supplier, item=body.item, lot=body.lot, lot_size=body.lot_size, level=body.level,
         aql=body.aql, nonconforming=body.nonconforming, production_steady=body.production_steady,
         actor=principal.subject)
+
+
+@router.post("/api/quality/sampling/reduce", summary="Reduced inspection (ANSI/ASQ Z1.4 Table II-C) from the next "
+                                                     "lot: the responsible authority's decision, once the switching "
+                                                     "score is 30 or more")
+async def reduce_sampling(body: ReduceIn, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    return await quality_plans.reduce_sampling(session, supplier=body.supplier, item=body.item, reason=body.reason,
+                                               production_steady=body.production_steady,
+                                               actor=principal.subject)
 
 
 @router.post("/api/quality/sampling/resume", summary="Resume discontinued sampling (on tightened inspection) "
