@@ -45,6 +45,7 @@ from connectors.errors import ConnectorConfigError, ConnectorError
 from connectors.registry import connector_class
 from core.errors import NotFound
 from domain import codes, inspection_triggers, production, quality, quality_plans, shipping, spc_warnings
+from domain.audit import PLACEHOLDER_ACTOR
 from domain.models import Endpoint
 from domain.supplier_returns import erp_acknowledged
 
@@ -126,8 +127,10 @@ class HubActivities(TransactionalActivities):
             ins, failed = await quality.record_results(
                 s, number=inp.inspection, inspector=r.inspector, measurements=r.measurements,
                 inspected_at=r.inspected_at, result_id=r.result_id, resolver=self.resolver,
+                actor=inp.submitted_by,  # the login that posted them; r.inspector (who measured) is data
             )
-            await inspection_triggers.after_verdict(s, ins, actor=r.inspector)  # IQC: the switching state
+            # IQC: the switching state, moved by the verdict of the results the login posted
+            await inspection_triggers.after_verdict(s, ins, actor=inp.submitted_by or PLACEHOLDER_ACTOR)
             await spc_warnings.check_inspection(s, ins)  # SPC rule violations: a warning, not an NCR
             severity = await quality_plans.failed_severity(s, ins, failed)
             outcome = InspectionOutcome(inspection=ins.number, lot=ins.lot.number,

@@ -80,6 +80,9 @@ def _transient(exc: BaseException) -> bool:
                             ConnectorError))
 
 
+MES_ACTOR = "mes"  # the audit actor of what the MES bridge delivers (it has no login of its own)
+
+
 class MesIntake:
     """Validates one MES message and delivers it to its work order's workflow (transport aside)."""
 
@@ -100,6 +103,11 @@ class MesIntake:
         except ValidationError as exc:
             reason, fld = _invalid(exc)
             raise Rejected(reason, field=fld, work_order=number, message_id=rid) from None
+        if report.reported_by is not None:
+            raise Rejected("reported_by: the hub sets it (the audit trail's actor); leave it out and name who ran "
+                           "the operation in `operator`", field="reported_by", work_order=number, message_id=rid)
+        # the MES bridge is who reports (the audit entry's actor); the operator it names is data
+        report = report.model_copy(update={"reported_by": MES_ACTOR})
         async with self.sm() as s:
             done = await mes.report_recorded(s, report.report_id)
             if done == number:

@@ -227,6 +227,11 @@ class OperationReport(Model):
     parameters: dict[str, float | int | str | bool] = Field(default_factory=dict)
     good_quantity: int = Field(ge=0)
     scrap_quantity: int = Field(default=0, ge=0)
+    # who sent the report, the audit entry's actor: set by the hub (the API's login or system token, "mes" for
+    # the MES bridge), refused in a body; `operator`, who ran the operation, is data. None in reports signalled
+    # before it was added (recorded as the placeholder actor)
+    reported_by: str | None = Field(default=None, max_length=80,
+                                    description="set by the hub from the login that sent the report; leave it out")
 
     @model_validator(mode="after")
     def _times(self) -> OperationReport:
@@ -352,6 +357,10 @@ class OpenInspectionInput(Model):
 class InspectionResultInput(Model):
     inspection: str
     results: InspectionResults
+    # the login (or system token) that posted the results: the audit entry's actor. `results.inspector`, who
+    # measured, is data (a gauge posts for an inspector). Set by the API, never by the body; None in signals
+    # sent before it was added (recorded as the placeholder actor, see domain/quality.py record_results)
+    submitted_by: str | None = Field(default=None, max_length=80)
 
 
 class InspectionOutcome(Model):

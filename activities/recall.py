@@ -13,6 +13,7 @@ from activities.recall_models import (
     CustomerNotice,
     CustomerShipment,
     RecallAckInput,
+    RecallDecisionEffect,
     RecallDecisionInput,
     RecallInput,
     RecallLotLine,
@@ -22,6 +23,7 @@ from activities.recall_models import (
     RecallScope,
 )
 from domain import recall
+from domain.audit import PLACEHOLDER_ACTOR
 
 
 def _scope(s: dict[str, Any]) -> RecallScope:
@@ -51,7 +53,10 @@ class RecallActivities(TransactionalActivities):
             return _scope(await recall.open_recall(
                 s, number=inp.number, workflow_id=activity.info().workflow_id, suspect_kind=inp.suspect_kind.value,
                 suspect=inp.suspect, since=inp.since, until=inp.until, reason=inp.reason,
-                requested_by=inp.requested_by, resolver=self.resolver))
+                # the login is the requester of record; the body's name is "on behalf of" data. A recall started
+                # before the login was carried names neither as trusted: the placeholder actor, the name as data
+                requested_by=inp.opened_by or PLACEHOLDER_ACTOR,
+                on_behalf_of=inp.requested_by, resolver=self.resolver))
 
     @activity.defn
     @translated
@@ -72,17 +77,19 @@ class RecallActivities(TransactionalActivities):
     async def acknowledge_recall(self, inp: RecallAckInput) -> None:
         async with self.tx() as s:
             await recall.acknowledge(s, number=inp.number, customer=inp.ack.customer, by=inp.ack.acknowledged_by,
-                                     note=inp.ack.note)
+                                     note=inp.ack.note, actor=inp.ack.recorded_by or PLACEHOLDER_ACTOR)
 
     @activity.defn
     @translated
-    async def decide_recall_lot(self, inp: RecallDecisionInput) -> None:
-        """Record the decision and its electronic signature in one transaction."""
+    async def decide_recall_lot(self, inp: RecallDecisionInput) -> RecallDecisionEffect:
+        """Record the decision and its electronic signature in one transaction; returns what it did to the lot (a
+        retry after a commit answers the same, read back from the record)."""
         d = inp.decision
         async with self.tx() as s:
-            await recall.decide_lot(s, number=inp.number, lot=d.lot, decision=d.decision.value, reviewer=d.reviewer,
-                                    role=d.role.value, reason=d.reason, resolver=self.resolver,
-                                    signature=d.signature)
+            effect = await recall.decide_lot(s, number=inp.number, lot=d.lot, decision=d.decision.value,
+                                             reviewer=d.reviewer, role=d.role.value, reason=d.reason,
+                                             resolver=self.resolver, signature=d.signature)
+        return RecallDecisionEffect(**effect)
 
     @activity.defn
     @translated

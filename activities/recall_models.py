@@ -23,8 +23,8 @@ class SuspectKind(StrEnum):
     operator = "operator"
 
 
-class RecallInput(Model):
-    """What is suspect and why. Equipment and operator need a time window."""
+class RecallCreate(Model):
+    """What is suspect and why (the API's body). Equipment and operator need a time window."""
 
     number: str = Field(pattern=_NUMBER, description="the recall's business key, e.g. RC-2026-001")
     suspect_kind: SuspectKind
@@ -32,10 +32,13 @@ class RecallInput(Model):
     since: datetime | None = Field(default=None, description="equipment/operator: window start (with offset)")
     until: datetime | None = Field(default=None, description="equipment/operator: window end (with offset)")
     reason: str = Field(min_length=1, max_length=2000)
-    requested_by: str = Field(min_length=1, max_length=80)
+    requested_by: str | None = Field(
+        default=None, min_length=1, max_length=80,
+        description="on behalf of: who asked for the recall when it is not the person logged in; recorded as data "
+                    "(`on_behalf_of` in the recall.opened audit entry). The requester of record is the login")
 
     @model_validator(mode="after")
-    def _window(self) -> RecallInput:
+    def _window(self) -> RecallCreate:
         if self.suspect_kind in (SuspectKind.equipment, SuspectKind.operator) and (
                 self.since is None or self.until is None):
             raise ValueError(f"a recall by {self.suspect_kind.value} needs since and until (the time window)")
@@ -47,6 +50,14 @@ class RecallInput(Model):
         if not self.reason.strip():
             raise ValueError("reason is required: say why the material is suspect")
         return self
+
+
+class RecallInput(RecallCreate):
+    """The RecallWorkflow's input: the request and the login that sent it."""
+
+    # the requester of record and the actor of recall.opened and of every hold: set by the API from the login, never
+    # from the body; None in recalls started before it was added (their `requested_by` was required then)
+    opened_by: str | None = Field(default=None, max_length=80)
 
 
 class RecallLotLine(Model):
@@ -79,12 +90,20 @@ class RecallScope(Model):
         return [x for x in self.lots if x.action == "held"]
 
 
-class RecallAck(Model):
-    """A customer's acknowledgement of the recall notification."""
+class RecallAckCreate(Model):
+    """A customer's acknowledgement of the recall notification (the API's body)."""
 
     customer: str = Field(min_length=1, max_length=120)
-    acknowledged_by: str = Field(min_length=1, max_length=80)
+    acknowledged_by: str = Field(min_length=1, max_length=80,
+                                 description="who acknowledged at the customer; recorded as data")
     note: str | None = Field(default=None, max_length=2000)
+
+
+class RecallAck(RecallAckCreate):
+    """The acknowledge update's payload: the acknowledgement and the login that entered it."""
+
+    # the actor of recall.acknowledged: set by the API from the login; None in updates sent before it was added
+    recorded_by: str | None = Field(default=None, max_length=80)
 
 
 class HoldDecision(StrEnum):
@@ -112,6 +131,10 @@ class RecallStatus(Model):
     decided: dict[str, str] = Field(default_factory=dict)
     customers: list[str] = Field(default_factory=list)
     acknowledged: list[str] = Field(default_factory=list)
+    still_held_by: dict[str, list[str]] = Field(
+        default_factory=dict, description="lots this recall released that stay on hold, and what still holds each "
+                                          "(`recall RC-2`, `NCR NCR-7`): they leave on_hold when the last holder "
+                                          "lets them go")
 
 
 class RecallResult(Model):
@@ -139,3 +162,17 @@ class RecallDecisionInput(Model):
 class RecallLotRef(Model):
     number: str
     lot: str
+
+
+class RecallDecisionEffect(Model):
+    """What a reviewer's decision did to the lot (decide_recall_lot's result): the workflow tells the ERP only this."""
+
+    lot: str
+    item: str
+    uom: str
+    decision: str  # release | reject
+    status: str  # the lot's status after the decision
+    released: bool = False  # the lot is off hold (released or quarantine)
+    erp_unblock: bool = False  # no other recall holds it: the ERP's block is lifted (Batch Hold with hold: 0)
+    still_held_by: list[str] = Field(default_factory=list)  # what still holds it in the hub
+    written_off: float = 0.0  # reject: the quantity written off (0 when nothing was left)

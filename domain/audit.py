@@ -70,8 +70,13 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any] | None, **context:
     return {**context, "before": before, "after": after}
 
 
-# who is acting in this API request: the API's authentication sets it, and an entry written with the placeholder
-# actor "api" (a domain function called from a route that does not pass the principal) records them instead
+# Who is acting in this API request: the API's authentication sets it. The actor of an entry written through the API
+# is always that principal (a user's name, or a system token's name): routes pass `principal.subject` as `actor`,
+# and a name the request body gives (the operator at the station, the inspector who measured, whom a recall is
+# on behalf of) goes into the entry's changes as data, never into `actor`. An entry written with the placeholder
+# actor "api" records the request's principal instead; outside a request (a workflow's activity) the placeholder
+# stays, and marks work whose sender was not carried (signals and inputs sent before the principal travelled with
+# them: see InspectionResultInput.submitted_by, OperationReport.reported_by, RecallInput.opened_by).
 _acting: ContextVar[str | None] = ContextVar("tracehub_audit_acting", default=None)
 PLACEHOLDER_ACTOR = "api"
 

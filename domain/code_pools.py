@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain.audit import audit, diff
+from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.codes import current_rule, get_item, issue_block, lookup
 from domain.events import record_event
 from domain.models import Lot, Ncr, WorkOrder, utcnow
@@ -69,7 +69,7 @@ async def _alert(session: AsyncSession, kind: str, code: str, pool: CodePool | N
 
 
 async def upload(session: AsyncSession, *, number: str, upload_id: str, used: list[dict[str, Any]],
-                 resolver: str) -> dict[str, Any]:
+                 resolver: str, actor: str = PLACEHOLDER_ACTOR) -> dict[str, Any]:
     """The codes a line used while offline, each with its time and lot. Idempotent on `upload_id`.
     Flags duplicates, codes outside the pool and codes used after the pool was revoked."""
     pool = await get_pool(session, number)
@@ -136,9 +136,10 @@ async def upload(session: AsyncSession, *, number: str, upload_id: str, used: li
             biz_step="commissioning", disposition="active", event_time=max(u["used_at"] for u in used),
             epc_list=[epc(v, resolver) for v in accepted[:1000]],
             extensions={"codePool": number, "line": pool.line, "count": len(accepted)})
-    await audit(session, actor=f"line:{pool.line}", action="code_pool.uploaded", entity="code_pool", key=number,
+    # the actor is who sent the upload (the request's login, or the placeholder outside a request); the line is data
+    await audit(session, actor=actor, action="code_pool.uploaded", entity="code_pool", key=number,
                 changes=diff(None, {"state": "commissioned", "codes": accepted[:1000], "count": len(accepted)},
-                             upload_id=upload_id, accepted=len(accepted), alerts=len(alerts)))
+                             line=pool.line, upload_id=upload_id, accepted=len(accepted), alerts=len(alerts)))
     return {"pool": number, "upload_id": upload_id, "duplicate_upload": False, "accepted": len(accepted),
             "alerts": [_alert_view(a) for a in alerts]}
 
@@ -203,7 +204,8 @@ def _alert_view(a: CodeAlert) -> dict[str, Any]:
             "ncr_started_at": a.ncr_started_at.isoformat() if a.ncr_started_at else None}
 
 
-async def reconcile(session: AsyncSession, *, number: str, action: str, actor: str) -> dict[str, Any]:
+async def reconcile(session: AsyncSession, *, number: str, action: str, actor: str,
+                    operator: str | None = None) -> dict[str, Any]:
     """Close a pool: its unused codes are returned (unassigned again, never resolvable as issued) or voided
     (destroyed: a scan says so). Stored as ranges, so a pool of millions writes a few rows."""
     if action not in ("return", "void"):
@@ -235,6 +237,7 @@ async def reconcile(session: AsyncSession, *, number: str, action: str, actor: s
                 changes=diff({"state": state_before, "unused_codes": "unassigned"},
                              {"state": pool.state, "unused_codes": state},
                              action=action, used=len(used_seqs), unused=unused,
+                             **({"operator": operator} if operator else {}),
                              ranges=[[r.first_seq, r.count] for r in ranges[:1000]]))
     return {"pool": number, "state": pool.state, "used": len(used_seqs), "unused": unused, "ranges": len(ranges)}
 

@@ -98,10 +98,17 @@ async def _aggregation_event(session: AsyncSession, *, key: str, action: str, pa
     return row
 
 
+def _named(operator: str | None) -> dict[str, str]:
+    """The station operator a request names, as audit data (never the entry's actor)."""
+    return {"operator": operator} if operator else {}
+
+
 async def pack(session: AsyncSession, *, parent: str, children: list[str], actor: str, resolver: str,
-               at: datetime | None = None, read_point: str | None = None) -> dict[str, Any]:
+               at: datetime | None = None, read_point: str | None = None,
+               operator: str | None = None) -> dict[str, Any]:
     """Pack `children` (units into a case, or cases onto a pallet) and record an AggregationEvent ADD.
-    Refuses a unit already in another container, a unit of a lot on hold, and a shipped parent."""
+    Refuses a unit already in another container, a unit of a lot on hold, and a shipped parent. `actor` is who
+    is logged in (the audit entry's actor); `operator`, who packed at the station, is kept as data."""
     if not children:
         raise InvalidInput("give at least one child code to pack", field="children")
     at = at or utcnow()
@@ -160,7 +167,7 @@ async def pack(session: AsyncSession, *, parent: str, children: list[str], actor
     states_before = {c.value: (c.used.state if c.used is not None else "issued") for c in [*new, p]}
     for c in new:
         session.add(Containment(parent=p.value, child=c.value, child_level=c.view.rule.level,  # type: ignore
-                                packed_at=at, pack_event=ev.event_id, actor=actor))
+                                packed_at=at, pack_event=ev.event_id, actor=operator or actor))
         await mark_used(session, c, "packed", at=at)
     await mark_used(session, p, "packed" if p.used is None else p.used.state, at=at)
     await session.flush()
@@ -168,12 +175,13 @@ async def pack(session: AsyncSession, *, parent: str, children: list[str], actor
                 changes=diff({"contains": [], "states": states_before},
                              {"contains": [c.value for c in new],
                               "states": {c.value: c.used.state for c in [*new, p] if c.used is not None}},
-                             children=[c.value for c in new], event=ev.event_id))
+                             children=[c.value for c in new], event=ev.event_id, **_named(operator)))
     return {"parent": p.value, "packed": [c.value for c in new], "event_id": ev.event_id}
 
 
 async def unpack(session: AsyncSession, *, parent: str, children: list[str] | None, actor: str, resolver: str,
-                 at: datetime | None = None, read_point: str | None = None) -> dict[str, Any]:
+                 at: datetime | None = None, read_point: str | None = None,
+                 operator: str | None = None) -> dict[str, Any]:
     """Take children out (all of them if `children` is None) and record an AggregationEvent DELETE."""
     at = at or utcnow()
     p = await lookup(session, parent)
@@ -204,7 +212,7 @@ async def unpack(session: AsyncSession, *, parent: str, children: list[str] | No
     await session.flush()
     await audit(session, actor=actor, action="codes.unpacked", entity="container", key=p.value,
                 changes=diff({"contains": [r.child for r in rows]}, {"contains": []},
-                             children=[r.child for r in rows], event=ev.event_id))
+                             children=[r.child for r in rows], event=ev.event_id, **_named(operator)))
     return {"parent": p.value, "unpacked": [r.child for r in rows], "event_id": ev.event_id}
 
 
@@ -257,7 +265,7 @@ async def parent_of(session: AsyncSession, value: str) -> str | None:
 
 
 async def ship_container(session: AsyncSession, *, code: str, shipment: str, actor: str, resolver: str,
-                         at: datetime | None = None) -> dict[str, Any]:
+                         at: datetime | None = None, operator: str | None = None) -> dict[str, Any]:
     """Put a pallet (or case) on a shipment: it takes nothing more, and an ObjectEvent shipping records it.
 
     The shipment must exist (the work order ships its lot, or the ERP's delivery) and every unit inside must
@@ -308,7 +316,8 @@ async def ship_container(session: AsyncSession, *, code: str, shipment: str, act
                        destination_list=[{"type": "owning_party", "destination": hub_uri("customer", sh.customer)}])
     await audit(session, actor=actor, action="container.shipped", entity="container", key=c.code,
                 changes=diff(before, {"status": c.status, "shipment": shipment, "code_state": "shipped"},
-                             shipment=shipment, customer=sh.customer, units=inside["unit_count"], cases=cases))
+                             shipment=shipment, customer=sh.customer, units=inside["unit_count"], cases=cases,
+                             **_named(operator)))
     return {"code": c.code, "shipment": shipment, "shipped_at": at.isoformat(), "cases": cases}
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain.audit import audit, diff
+from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import Item, Lot, LotEdge, LotStatus, OperationRecord, Supplier, WorkOrder, utcnow
 from domain.models_codes import CodeRule
@@ -272,6 +272,9 @@ async def record_operation(
     out = await ensure_output_lot(session, wo, output_lot)
     consumed = [(c.lot, c.quantity) for c in report.consumed]
     inputs = await check_consumable(session, consumed)
+    # the audit actor is who sent the report (the login, or the MES bridge); the operator it names is data.
+    # Reports signalled before the hub carried the sender name the placeholder actor, never the body's operator
+    reporter = getattr(report, "reported_by", None) or PLACEHOLDER_ACTOR
     op = OperationRecord(
         report_id=report.report_id, work_order_id=wo.id, output_lot_id=out.id, seq=report.seq,
         name=operation_name, rework=rework, equipment=report.equipment, operator=report.operator,
@@ -287,7 +290,7 @@ async def record_operation(
     for lot, (_, qty) in zip(inputs, consumed, strict=True):
         lot.quantity_remaining = max(0.0, lot.quantity_remaining - qty)
         if lot.quantity_remaining <= 1e-9:
-            await set_lot_status(session, lot, LotStatus.consumed, actor=report.operator,
+            await set_lot_status(session, lot, LotStatus.consumed, actor=reporter,
                                  why=f"fully consumed by {work_order} op {report.seq}")
         session.add(LotEdge(parent_lot_id=lot.id, child_lot_id=out.id, operation_record_id=op.id, quantity=qty))
         in_q.append({"epcClass": lot_class_uri(lot, resolver), "quantity": qty})
@@ -315,8 +318,9 @@ async def record_operation(
         lot=out, work_order_id=wo.id,
     )
     await audit(
-        session, actor=report.operator, action="operation.recorded", entity="work_order", key=work_order,
+        session, actor=reporter, action="operation.recorded", entity="work_order", key=work_order,
         changes={"report_id": report.report_id, "seq": report.seq, "equipment": report.equipment,
+                 "operator": report.operator,
                  "consumed": op.consumed, "good": report.good_quantity, "scrap": report.scrap_quantity,
                  # the lots' quantities this operation changed
                  **diff({"lots": lots_before},

@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain import ncr_review, supplier_returns
-from domain.audit import audit, diff
+from domain import holds, ncr_review, supplier_returns
+from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import (
     CharacteristicResult,
@@ -117,8 +117,13 @@ async def record_results(
     inspected_at: datetime | None,
     result_id: str | None,
     resolver: str,
+    actor: str | None = None,
 ) -> tuple[Inspection, list[str]]:
-    """Record measurements and the system's verdict. A re-send of the same results is harmless."""
+    """Record measurements and the system's verdict. A re-send of the same results is harmless.
+
+    `actor`, the audit entry's actor, is the login (or system token) that posted the results; `inspector`, who
+    measured (a person, or the gauge posting for them), is data. Without an actor (results signalled before the
+    hub carried it) the entry names the placeholder actor, never the inspector the body claimed."""
     ins = await get_inspection(session, number)
     values = check_results(ins, measurements)
     if ins.status != "pending":
@@ -159,8 +164,9 @@ async def record_results(
         }},
         lot=lot, work_order_id=ins.work_order_id,
     )
-    await audit(session, actor=inspector, action="inspection.recorded", entity="inspection", key=number,
-                changes={"verdict": verdict, "failed": failed, "values": values,
+    await audit(session, actor=actor or PLACEHOLDER_ACTOR, action="inspection.recorded", entity="inspection",
+                key=number,
+                changes={"inspector": inspector, "verdict": verdict, "failed": failed, "values": values,
                          **({"sources": sources} if sources else {}),
                          **diff(before, {"status": verdict, "inspector": inspector,
                                          "results": {c.name: {"values": c.values, "verdict": c.verdict}
@@ -351,6 +357,27 @@ async def check_reinspection(session: AsyncSession, *, ncr: str, lot: str) -> di
     return {"inspection": ins.number if ins else None, "verdict": ins.status if ins else None, "later_ncr": later}
 
 
+async def _kept_on_hold(session: AsyncSession, lot_row: Lot, *, ncr: str, outcome: str, reason: str) -> bool:
+    """Holds stack (domain/holds.py): a dismissed NCR, or one whose lot is used as is, releases the lot only when
+    nothing else holds it. True when the lot is not released: another recall or NCR still holds it (it stays on
+    hold, the entry names them; a use-as-is concession is still recorded on the lot), or a recall rejected it
+    meanwhile (that stands)."""
+    if lot_row.status == LotStatus.rejected:
+        return True
+    if lot_row.status != LotStatus.on_hold:
+        return False
+    still = await holds.holders(session, lot_row.id, except_ncr=ncr)
+    if not still:
+        return False
+    if outcome == "use_as_is":
+        await set_lot_status(session, lot_row, LotStatus.on_hold, actor="system",
+                             why=f"NCR {ncr}: use as is; still on hold for {', '.join(still)}",
+                             concession=f"{ncr}: {reason}")
+    await holds.keep_hold(session, lot_row, released_by=f"NCR {ncr}", still_held_by=still, actor="system", ncr=ncr,
+                          outcome=outcome)
+    return True
+
+
 async def apply_disposition(
     session: AsyncSession, *, ncr: str, lot: str, outcome: str, resolver: str
 ) -> Lot:
@@ -358,6 +385,11 @@ async def apply_disposition(
     row = await get_ncr(session, ncr)
     lot_row: Lot = await get_lot(session, lot)
     reason = row.decisions[-1].reason if row.decisions else ""
+    if outcome in ("dismiss", "use_as_is") and await _kept_on_hold(session, lot_row, ncr=ncr, outcome=outcome,
+                                                                    reason=reason):
+        # not released: no `conformant` event either (the lot keeps the disposition its holder gave it); the last
+        # holder's release records it
+        return lot_row
     if outcome == "dismiss":
         await set_lot_status(session, lot_row, LotStatus.released, actor="system", why=f"NCR {ncr} dismissed")
         disp = "conformant"

@@ -13,9 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain.audit import audit, diff
+from domain import holds
+from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
-from domain.models import Lot, LotStatus, utcnow
+from domain.models import AuditLog, Lot, LotStatus, utcnow
 from domain.models_codes import Container
 from domain.models_trace import Recall, RecallContainer, RecallLot, RecallNotice
 from domain.packing import epc
@@ -35,11 +36,32 @@ async def get_recall(session: AsyncSession, number: str) -> Recall:
     return row
 
 
+async def open_recall_covering(session: AsyncSession, *, suspect_kind: str, suspect: str, since: datetime | None,
+                                until: datetime | None, except_number: str) -> Recall | None:
+    """The open recall (other than `except_number`) that already covers this suspect: the same kind and value, and
+    for equipment and operator a window that contains this one (the same window, or a wider one). One recall per
+    suspect: a second would scope and hold the same stock again."""
+    rows = (await session.execute(
+        select(Recall).where(Recall.suspect_kind == suspect_kind, Recall.suspect == suspect,
+                             Recall.status != "closed", Recall.number != except_number).order_by(Recall.id)
+    )).scalars()
+    for row in rows:
+        if since is None and until is None:
+            return row
+        if row.window_from is not None and row.window_to is not None and since is not None and until is not None \
+                and row.window_from <= since and until <= row.window_to:
+            return row
+    return None
+
+
 async def open_recall(
     session: AsyncSession, *, number: str, workflow_id: str, suspect_kind: str, suspect: str,
     since: datetime | None, until: datetime | None, reason: str, requested_by: str, resolver: str,
+    on_behalf_of: str | None = None,
 ) -> dict[str, Any]:
-    """Record the recall and its scope (once); returns the scope."""
+    """Record the recall and its scope (once); returns the scope. `requested_by` is the requester of record (the
+    login that started it: the actor of recall.opened and of the holds); `on_behalf_of`, a name the request gave
+    for whom it was started, is data in the entry."""
     row = (await session.execute(select(Recall).where(Recall.number == number))).scalar()
     if row is None:
         result = await forward(session, resolver=resolver, kind=suspect_kind, value=suspect, since=since,
@@ -68,6 +90,7 @@ async def open_recall(
         await session.flush()
         await audit(session, actor=requested_by, action="recall.opened", entity="recall", key=number,
                     changes={"suspect": f"{suspect_kind}:{suspect}", "reason": reason,
+                             **({"on_behalf_of": on_behalf_of} if on_behalf_of else {}),
                              "lots": len(lots), "customers": result["customers"],
                              "containers": [b["code"] for b in boxes]})
     return await scope(session, number)
@@ -112,6 +135,12 @@ async def hold_lots(session: AsyncSession, *, number: str, resolver: str) -> lis
     out = []
     for rl, lot in pairs:
         if rl.held_at is None:
+            if lot.status == LotStatus.on_hold:
+                # holds stack: this recall holds it too, and the lot leaves on_hold only when the last holder lets
+                # it go (decide_lot); the entry says who else holds it
+                await audit(session, actor=row.requested_by, action="lot.hold_added", entity="lot", key=lot.number,
+                            changes={"status": lot.status, "recall": number, "why": f"recall {number}: {row.reason}",
+                                     "also_held_by": await holds.holders(session, lot.id, except_recall=number)})
             await set_lot_status(session, lot, LotStatus.on_hold, actor=row.requested_by,
                                  why=f"recall {number}: {row.reason}")
             await record_event(
@@ -152,8 +181,32 @@ async def _hold_containers(session: AsyncSession, row: Recall, resolver: str) ->
                     changes=diff({"status": before}, {"status": box.status}, recall=row.number, lots=rc.lots))
 
 
+async def _container_holders(session: AsyncSession, row: Recall, code: str) -> list[str]:
+    """The other open recalls still holding a case or pallet (held, not released)."""
+    return list((await session.execute(
+        select(Recall.number).join(RecallContainer, RecallContainer.recall_id == Recall.id)
+        .where(RecallContainer.code == code, RecallContainer.action == "held", RecallContainer.released_at.is_(None),
+               Recall.id != row.id, Recall.status != "closed").order_by(Recall.id))).scalars())
+
+
+async def _container_status_before_first_hold(session: AsyncSession, row: Recall, rc: RecallContainer) -> str:
+    """What the box was before the first recall of the chain of holds it is in put it on hold."""
+    if rc.status_before != CONTAINER_ON_HOLD:
+        return rc.status_before
+    # on hold already when this recall scoped it: the newest earlier recall on the box whose hold was still on
+    # then, and that saw it off hold (only recalls put boxes on hold)
+    earlier = (await session.execute(
+        select(RecallContainer.status_before).join(Recall, Recall.id == RecallContainer.recall_id)
+        .where(RecallContainer.code == rc.code, RecallContainer.recall_id != row.id, Recall.id < row.id,
+               RecallContainer.held_at.is_not(None), RecallContainer.status_before != CONTAINER_ON_HOLD,
+               (RecallContainer.released_at.is_(None)) | (RecallContainer.released_at > row.created_at))
+        .order_by(Recall.id.desc()).limit(1))).scalar()
+    return earlier or "open"
+
+
 async def _release_containers(session: AsyncSession, row: Recall, resolver: str, reviewer: str) -> None:
-    """A held case or pallet goes back to what it was once every recalled lot inside it is released."""
+    """This recall's hold on a case or pallet ends once every recalled lot inside it is released; the box goes back
+    to what it was before the first hold only when no other open recall still holds it."""
     decisions = dict((await session.execute(
         select(Lot.number, RecallLot.decision).join(Lot, Lot.id == RecallLot.lot_id)
         .where(RecallLot.recall_id == row.id))).all())
@@ -165,8 +218,14 @@ async def _release_containers(session: AsyncSession, row: Recall, resolver: str,
         if not all(decisions.get(lot) == "release" for lot in rc.lots):
             continue
         rc.released_at = utcnow()
+        others = await _container_holders(session, row, rc.code)
+        if others:
+            await audit(session, actor=reviewer, action="container.hold_kept", entity="container", key=rc.code,
+                        changes={"status": box.status, "released_by": f"recall {row.number}",
+                                 "still_held_by": [f"recall {n}" for n in others]})
+            continue
         if box.status == CONTAINER_ON_HOLD:
-            box.status = rc.status_before
+            box.status = await _container_status_before_first_hold(session, row, rc)
         await record_event(
             session, key=f"recall-release:{row.number}:{rc.code}", event_type="ObjectEvent",
             biz_step="inspecting", disposition="available", epc_list=[epc(rc.code, resolver)],
@@ -186,7 +245,9 @@ async def mark_erp_blocked(session: AsyncSession, *, number: str, lot: str) -> N
         await session.flush()
 
 
-async def acknowledge(session: AsyncSession, *, number: str, customer: str, by: str, note: str | None) -> None:
+async def acknowledge(session: AsyncSession, *, number: str, customer: str, by: str, note: str | None,
+                      actor: str = PLACEHOLDER_ACTOR) -> None:
+    """`by`, who acknowledged at the customer, is data; `actor`, the login that entered it, the entry's actor."""
     row = await get_recall(session, number)
     n = (await session.execute(select(RecallNotice).where(RecallNotice.recall_id == row.id,
                                                           RecallNotice.customer == customer))).scalar()
@@ -197,8 +258,8 @@ async def acknowledge(session: AsyncSession, *, number: str, customer: str, by: 
         n.acknowledged_by = by
         n.note = note
         await session.flush()
-        await audit(session, actor=by, action="recall.acknowledged", entity="recall", key=number,
-                    changes={"customer": customer, "note": note})
+        await audit(session, actor=actor, action="recall.acknowledged", entity="recall", key=number,
+                    changes={"customer": customer, "acknowledged_by": by, "note": note})
 
 
 def decision_content(number: str, *, lot: str, decision: str, reviewer: str, role: str, reason: str) -> dict[str, Any]:
@@ -206,9 +267,56 @@ def decision_content(number: str, *, lot: str, decision: str, reviewer: str, rol
     return {"recall": number, "lot": lot, "decision": decision, "reviewer": reviewer, "role": role, "reason": reason}
 
 
+async def _status_before_first_hold(session: AsyncSession, row: Recall, rl: RecallLot) -> str:
+    """The status a lot goes back to when the last hold on it ends: what it was before the first hold of the chain
+    of holds it is in (holds stack: a recall that scoped it while it was on hold recorded `on_hold`)."""
+    if rl.status_before != LotStatus.on_hold:
+        return rl.status_before
+    # the newest earlier recall whose hold on the lot was still on when this one scoped it and that saw it off hold
+    earlier = (await session.execute(
+        select(RecallLot.status_before).join(Recall, Recall.id == RecallLot.recall_id)
+        .where(RecallLot.lot_id == rl.lot_id, RecallLot.action == "held", Recall.id < row.id,
+               RecallLot.status_before != LotStatus.on_hold,
+               (RecallLot.decided_at.is_(None)) | (RecallLot.decided_at > row.created_at))
+        .order_by(Recall.id.desc()).limit(1))).scalar()
+    # otherwise an NCR had it on hold first: it has been dismissed or used as is since (it would still hold the lot,
+    # or have set its status itself, otherwise), and both of those release the lot
+    return earlier or LotStatus.released
+
+
+async def decision_effect(session: AsyncSession, row: Recall, rl: RecallLot, lot: Lot) -> dict[str, Any]:
+    """What a decision did, read back from the record (so a retried activity answers as the first did): whether the
+    lot left on_hold, whether the ERP's block is lifted, what still holds it, the quantity written off."""
+    written_off = 0.0
+    if rl.decision == "reject":
+        entries = (await session.execute(
+            select(AuditLog.changes).where(AuditLog.entity == "lot", AuditLog.entity_key == lot.number,
+                                           AuditLog.action == "lot.quantity"))).scalars()
+        written_off = sum(float((c.get("before") or {}).get("quantity_remaining") or 0) for c in entries
+                          if c.get("why") == _written_off_why(row.number))
+    still = await holds.holders(session, lot.id, except_recall=row.number) if lot.status == LotStatus.on_hold else []
+    # the ERP's block is the recalls' (an NCR's hold is not sent to the ERP): lifted when no other recall holds the
+    # lot, even while an NCR still holds it in the hub
+    other_recalls = await holds.recall_holds(session, lot.id, except_recall=row.number)
+    return {"lot": lot.number, "item": lot.item.code, "uom": lot.uom, "decision": rl.decision, "status": lot.status,
+            "released": rl.decision == "release" and lot.status in (LotStatus.released, LotStatus.quarantine),
+            "erp_unblock": rl.decision == "release" and not other_recalls
+            and lot.status in (LotStatus.released, LotStatus.quarantine, LotStatus.on_hold),
+            "still_held_by": still, "written_off": written_off}
+
+
+def _written_off_why(number: str) -> str:
+    return f"recall {number}: rejected, written off"
+
+
 async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: str, reviewer: str, role: str,
-                     reason: str, resolver: str, signature: Any = None) -> None:
-    """A reviewer's decision on a held lot: release (back to what it was) or reject.
+                     reason: str, resolver: str, signature: Any = None) -> dict[str, Any]:
+    """A reviewer's decision on a held lot: release or reject. Returns its effect (`decision_effect`).
+
+    Holds stack: a release lifts this recall's hold, and the lot goes back to what it was before the first hold
+    only when nothing else holds it (another recall that has not decided it, an NCR waiting for its decision);
+    otherwise it stays on hold and the answer and the audit entry name what still holds it. A reject rejects the
+    lot and writes off what is left of it (the ERP is told, as for an NCR's scrap).
 
     The electronic signature (signer, signer_name, meaning), if given, is written in the same transaction as the
     decision, so there is never a decision without its signature; a repeated call changes (and signs) nothing."""
@@ -222,28 +330,52 @@ async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: 
     rl, lot_row = pair
     if rl.decision is not None:
         if rl.decision == decision:
-            return
+            return await decision_effect(session, row, rl, lot_row)
         raise Conflict(f"lot {lot} was already decided ({rl.decision} by {rl.decided_by})", field="lot")
     rl.decision, rl.decided_by, rl.decided_role, rl.decision_reason, rl.decided_at = \
         decision, reviewer, role, reason, utcnow()
+    before = lot_row.status
+    still: list[str] = []
+    event = True
     if decision == "release":
-        # back to what it was before the recall; a lot that was on hold for an NCR stays on hold
-        await set_lot_status(session, lot_row, rl.status_before, actor=reviewer,
-                             why=f"recall {number}: released by {reviewer} ({role}): {reason}")
+        if lot_row.status != LotStatus.on_hold:
+            # rejected (another recall), scrapped or sent to rework (an NCR) since: that stands, nothing to lift
+            event = False
+        elif still := await holds.holders(session, lot_row.id, except_recall=number):
+            # no `available` event either: the lot is not available, and keeps its `recalled` disposition
+            event = False
+        else:
+            back = await _status_before_first_hold(session, row, rl)
+            await set_lot_status(session, lot_row, back, actor=reviewer,
+                                 why=f"recall {number}: released by {reviewer} ({role}): {reason}")
         disp, pd = "available", {"unset": ["non_conformant"]}
     else:
         await set_lot_status(session, lot_row, LotStatus.rejected, actor=reviewer,
                              why=f"recall {number}: rejected by {reviewer} ({role}): {reason}")
         disp, pd = "non_conformant", {"set": ["non_conformant"]}
-    await record_event(
-        session, key=f"recall-{decision}:{number}:{lot}", event_type="ObjectEvent", biz_step="inspecting",
-        disposition=disp, persistent_disposition=pd,
-        quantity_list=[{"epcClass": lot_class_uri(lot_row, resolver), "quantity": lot_row.quantity_remaining}],
-        biz_transactions=[("testres", hub_uri("recall", number))],
-        extensions={"recallDecision": {"number": number, "decision": decision, "reviewer": reviewer, "role": role,
-                                       "reason": reason}},
-        lot=lot_row, work_order_id=lot_row.work_order_id,
-    )
+    if event:
+        await record_event(
+            session, key=f"recall-{decision}:{number}:{lot}", event_type="ObjectEvent", biz_step="inspecting",
+            disposition=disp, persistent_disposition=pd,
+            quantity_list=[{"epcClass": lot_class_uri(lot_row, resolver), "quantity": lot_row.quantity_remaining}],
+            biz_transactions=[("testres", hub_uri("recall", number))],
+            extensions={"recallDecision": {"number": number, "decision": decision, "reviewer": reviewer,
+                                           "role": role, "reason": reason}},
+            lot=lot_row, work_order_id=lot_row.work_order_id,
+        )
+    if decision == "reject" and lot_row.quantity_remaining > 1e-9:
+        # written off, as an NCR's scrap is: the workflow tells the ERP (a Material Issue of this quantity)
+        await audit(session, actor=reviewer, action="lot.quantity", entity="lot", key=lot_row.number,
+                    changes=diff({"quantity_remaining": lot_row.quantity_remaining}, {"quantity_remaining": 0.0},
+                                 why=_written_off_why(number)))
+        lot_row.quantity_remaining = 0.0
+    if still:
+        await holds.keep_hold(session, lot_row, released_by=f"recall {number}", still_held_by=still, actor=reviewer,
+                              recall=number, reason=reason)
+    await session.flush()
+    await audit(session, actor=reviewer, action="recall.decided", entity="recall", key=number,
+                changes={"lot": lot, "decision": decision, "role": role, "reason": reason,
+                         "still_held_by": still, **diff({"lot_status": before}, {"lot_status": lot_row.status})})
     if decision == "release":
         await _release_containers(session, row, resolver, reviewer)
     if signature is not None:
@@ -252,6 +384,7 @@ async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: 
                                content=decision_content(number, lot=lot, decision=decision, reviewer=reviewer,
                                                         role=role, reason=reason))
     await session.flush()
+    return await decision_effect(session, row, rl, lot_row)
 
 
 async def close(session: AsyncSession, *, number: str) -> dict[str, Any]:

@@ -148,12 +148,15 @@ async def test_codes_users_tokens_and_endpoints_are_audited_with_before_and_afte
     r = await api.post("/api/codes/pack", json={"parent": case, "children": units, "actor": "packer-1"})
     assert r.status_code == 200, r.text
     case_code, unit_codes = r.json()["parent"], r.json()["packed"]
-    ch = await audited(sessionmaker, "container", case_code, "codes.packed", actor="packer-1")
+    # the token's user is the actor; the packer the body names is data
+    ch = await audited(sessionmaker, "container", case_code, "codes.packed", actor=SUITE)
+    assert ch["operator"] == "packer-1"
     assert ch["before"]["contains"] == [] and sorted(ch["after"]["contains"]) == sorted(unit_codes)
     assert ch["before"]["states"][unit_codes[0]] == "issued" and ch["after"]["states"][unit_codes[0]] == "packed"
     r = await api.post("/api/codes/unpack", json={"parent": case, "children": [units[0]], "actor": "packer-2"})
     assert r.status_code == 200, r.text
-    ch = await audited(sessionmaker, "container", case_code, "codes.unpacked", actor="packer-2")
+    ch = await audited(sessionmaker, "container", case_code, "codes.unpacked", actor=SUITE)
+    assert ch["operator"] == "packer-2"
     assert ch["before"]["contains"] == [unit_codes[0]] and ch["after"]["contains"] == []
     r = await api.post("/api/codes/pack", json={"parent": pallet, "children": [case], "actor": "fork-1"})
     assert r.status_code == 200, r.text
@@ -167,7 +170,8 @@ async def test_codes_users_tokens_and_endpoints_are_audited_with_before_and_afte
         s.add(ShipmentLine(shipment_id=sh.id, lot_id=lot_id, quantity=10))
     r = await api.post("/api/codes/containers/ship", params={"code": pallet}, json={"shipment": dn, "actor": "shipper"})
     assert r.status_code == 200, r.text
-    ch = await audited(sessionmaker, "container", pallet_code, "container.shipped", actor="shipper")
+    ch = await audited(sessionmaker, "container", pallet_code, "container.shipped", actor=SUITE)
+    assert ch["operator"] == "shipper"
     assert ch["before"]["status"] != "shipped" and ch["after"] == {"status": "shipped", "shipment": dn,
                                                                     "code_state": "shipped"}
 
@@ -181,14 +185,16 @@ async def test_codes_users_tokens_and_endpoints_are_audited_with_before_and_afte
     r = await api.post(f"/api/codes/pools/{number}/uploads", json={"upload_id": f"{number}-1", "used": [
         {"code": used, "used_at": (datetime.now().astimezone() - timedelta(minutes=5)).isoformat(), "lot": lot}]})
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
-    ch = await audited(sessionmaker, "code_pool", number, "code_pool.uploaded", created=True)
+    ch = await audited(sessionmaker, "code_pool", number, "code_pool.uploaded", actor=SUITE, created=True)
+    assert ch["line"] == "LINE-3"
     assert ch["after"]["state"] == "commissioned" and len(ch["after"]["codes"]) == 1
     assert (await api.post(f"/api/codes/pools/{number}/revoke")).status_code == 200
     ch = await audited(sessionmaker, "code_pool", number, "code_pool.revoked", actor=SUITE)
     assert ch["before"]["state"] == "allocated" and ch["after"]["state"] == "revoked"
     r = await api.post(f"/api/codes/pools/{number}/reconcile", json={"action": "void", "actor": "planner"})
     assert r.status_code == 200, r.text
-    ch = await audited(sessionmaker, "code_pool", number, "code_pool.reconciled", actor="planner")
+    ch = await audited(sessionmaker, "code_pool", number, "code_pool.reconciled", actor=SUITE)
+    assert ch["operator"] == "planner"
     assert ch["before"] == {"state": "revoked", "unused_codes": "unassigned"}
     assert ch["after"] == {"state": "reconciled", "unused_codes": "voided"} and ch["unused"] == 4
 
@@ -260,7 +266,9 @@ async def test_order_changes_are_audited_and_a_critical_failure_opens_a_critical
     ch = await audited(sessionmaker, "inspection", iqc, "inspection.photo_attached", actor="t-inspector",
                        created=True)
     assert ch["after"]["characteristic"] == "surface"
-    ch = await audited(sessionmaker, "inspection", iqc, "inspection.recorded", actor="inspector-1")
+    # the inspector's token is the actor; who measured, as the body names them, is data
+    ch = await audited(sessionmaker, "inspection", iqc, "inspection.recorded", actor="t-inspector")
+    assert ch["inspector"] == "inspector-1" and ch["after"]["inspector"] == "inspector-1"
     assert ch["before"]["status"] == "pending" and ch["after"]["status"] == "passed"
     assert ch["after"]["results"]["hardness"] == {"values": [30.1] * n, "verdict": "passed"}
     ch = await audited(sessionmaker, "lot", m_lot, "lot.status")
@@ -270,8 +278,9 @@ async def test_order_changes_are_audited_and_a_critical_failure_opens_a_critical
     await run_production(api, wo_number)
     ch = await audited(sessionmaker, "lot", out_lot, "lot.created", created=True)
     # the operation that consumed the material (the next one, which consumes nothing, may be recorded already)
-    ch = await audited(sessionmaker, "work_order", wo_number, "operation.recorded", actor="op-7",
+    ch = await audited(sessionmaker, "work_order", wo_number, "operation.recorded", actor=SUITE,
                        where=lambda c: bool(c.get("consumed")))
+    assert ch["operator"] == "op-7"
     assert ch["before"]["lots"][m_lot]["quantity_remaining"] > ch["after"]["lots"][m_lot]["quantity_remaining"]
     # the final inspection is opened from the item's plan at `final`: its limits, its ISO 2859-1 sample (lot of 20)
     n_fin = sampling.plan(20, "II", "0.65").units_to_inspect

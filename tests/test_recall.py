@@ -260,7 +260,11 @@ async def test_recall_by_lot_scopes_forward_from_the_lot_and_signs_the_decision_
     assert r.status_code == 200 and r.json()["duplicate"] is True
     assert await _rows(sessionmaker, number) == (3, 1)
     assert len(await _signatures(sessionmaker, number, lots["A1"])) == 1
-    assert [k for k in erp_sim.documents("Batch Hold") if k.startswith(f"{number}/")] == [f"{number}/{lots['A1']}"]
+    # the block, and the unblock the release sent (the same document, hold: 0): once each
+    docs = {k: v for k, v in erp_sim.documents("Batch Hold").items() if k.startswith(f"{number}/")}
+    assert sorted(docs) == [f"{number}/{lots['A1']}", f"{number}/{lots['A1']}-RELEASE"]
+    assert (docs[f"{number}/{lots['A1']}-RELEASE"]["hold"], docs[f"{number}/{lots['A1']}-RELEASE"]["batch_no"]) == \
+        (0, lots["A1"])
 
 
 async def test_recall_by_equipment_takes_only_what_it_made_in_the_window(

@@ -3,6 +3,10 @@
 Workflow id `recall-<number>`: a second start of the same recall is refused, never doubled. Customers'
 acknowledgements and reviewers' release/reject decisions arrive as updates with validators, so a refused
 one leaves no history and the caller gets the reason.
+
+Since PATCH_ERP_RELEASE a decision is carried to the ERP: a release that lifts the last recall hold on the lot sends
+the unblock (the `Batch Hold` document again, hold: 0), a reject writes off what was left (the `Material Issue`
+Stock Entry an NCR's scrap sends). Both are named after the recall and the lot, so a retry is done once.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.recall_models import (
         RecallAck,
         RecallAckInput,
+        RecallDecisionEffect,
         RecallDecisionInput,
         RecallInput,
         RecallLotDecision,
@@ -29,6 +34,8 @@ with workflow.unsafe.imports_passed_through():
 
 # Who may release or reject recalled stock.
 DECIDERS = {ReviewerRole.qa_supervisor, ReviewerRole.quality_manager}
+# decisions tell the ERP: unblock on a release that lifts the last recall hold, write-off on a reject
+PATCH_ERP_RELEASE = "recall-erp-release-v1"
 
 
 def workflow_id(number: str) -> str:
@@ -45,6 +52,10 @@ class RecallWorkflow:
         self.decided: dict[str, str] = {}
         self.acked: set[str] = set()
         self.activity_wait: str | None = None
+        self.still_held_by: dict[str, list[str]] = {}
+        # ERP notices started by decisions, by lot (what status says it waits for), and their activities
+        self.erp_waits: dict[str, str] = {}
+        self.erp_notices: list[workflow.ActivityHandle[None]] = []
 
     @workflow.run
     async def run(self, inp: RecallInput) -> RecallResult:
@@ -71,6 +82,10 @@ class RecallWorkflow:
         self.stage = "notifying"
         await workflow.wait_condition(self._done)
         await workflow.wait_condition(workflow.all_handlers_finished)
+        # the ERP notices decisions started (PATCH_ERP_RELEASE) are done before the report: awaiting them adds no
+        # command, and a notice that failed for good fails the recall here, as a failed block would
+        for notice in self.erp_notices:
+            await notice
         result = await workflow.execute_activity(
             "close_recall", ref, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=RecallResult)
         self.stage = "closed"
@@ -109,10 +124,42 @@ class RecallWorkflow:
         """A reviewer releases or rejects a held lot."""
         assert self.inp is not None
         self.decided[d.lot] = d.decision.value
-        await workflow.execute_activity(
-            "decide_recall_lot", RecallDecisionInput(number=self.inp.number, decision=d),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+        arg = RecallDecisionInput(number=self.inp.number, decision=d)
+        if not workflow.patched(PATCH_ERP_RELEASE):
+            await workflow.execute_activity("decide_recall_lot", arg, start_to_close_timeout=DB_TIMEOUT,
+                                            retry_policy=DB_RETRY)
+            return self.status()
+        effect = await workflow.execute_activity("decide_recall_lot", arg, start_to_close_timeout=DB_TIMEOUT,
+                                                 retry_policy=DB_RETRY, result_type=RecallDecisionEffect)
+        if effect.still_held_by:
+            self.still_held_by[d.lot] = effect.still_held_by
+        self._tell_erp(effect, d)
         return self.status()
+
+    def _tell_erp(self, effect: RecallDecisionEffect, d: RecallLotDecision) -> None:
+        """Start the ERP notice of a decision, if it has one; the answer does not wait for the ERP (which may be down
+        for hours): status shows it until the ERP has it, and the recall closes only after."""
+        assert self.inp is not None
+        number = self.inp.number
+        line = next((h for h in self.held if h.lot == d.lot), None)
+        if effect.decision == "release" and effect.erp_unblock:
+            what = "unblock"
+            notice = ErpNotice(doctype="Batch Hold", name=f"{number}/{d.lot}-RELEASE",
+                               doc={"batch_no": d.lot, "item_code": effect.item, "hold": 0,
+                                    "qty": line.quantity if line else 0.0, "recall": number, "reason": d.reason})
+        elif effect.decision == "reject" and effect.written_off > 0:
+            what = "write off"
+            notice = ErpNotice(doctype="Stock Entry", name=f"{number}/{d.lot}-SCRAP",
+                               doc={"stock_entry_type": "Material Issue", "purpose": "scrap", "remarks": number,
+                                    "recall": number, "items": [{"item_code": effect.item, "batch_no": d.lot,
+                                                                 "qty": effect.written_off, "uom": effect.uom}]})
+        else:
+            return
+        self.erp_waits[d.lot] = f"ERP: {what} lot {d.lot} (retried until the ERP answers)"
+        handle = workflow.start_activity("notify_erp", notice, start_to_close_timeout=ERP_TIMEOUT,
+                                         retry_policy=ERP_RETRY)
+        handle.add_done_callback(lambda _, lot=d.lot: self.erp_waits.pop(lot, None))
+        self.erp_notices.append(handle)
 
     @decide.validator
     def _validate_decide(self, d: RecallLotDecision) -> None:
@@ -138,11 +185,12 @@ class RecallWorkflow:
         waiting = []
         if self.activity_wait:
             waiting.append(self.activity_wait)
+        waiting += [self.erp_waits[lot] for lot in sorted(self.erp_waits)]
         if self.stage == "notifying":
             waiting += [f"customer: acknowledgement from {c}" for c in self._customers() if c not in self.acked]
             waiting += [f"reviewer: release or reject held lot {h.lot}" for h in self.held if h.lot not in self.decided]
         return RecallStatus(
             number=self.inp.number if self.inp else "", stage=self.stage, waiting_for=waiting,
             held=[h.lot for h in self.held], decided=dict(self.decided), customers=self._customers(),
-            acknowledged=sorted(self.acked),
+            acknowledged=sorted(self.acked), still_held_by=dict(self.still_held_by),
         )

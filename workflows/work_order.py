@@ -72,6 +72,9 @@ PATCH_DEVICE_DATA = "device-data-v1"
 # inspection triggers from the item's plans (first-article, patrol, outgoing) and the shipment gate: every work
 # order started since asks for its triggers once; one whose item has no such plan then runs as before
 PATCH_TRIGGERS = "inspection-triggers-v1"
+# the login that posted an inspection's results travels with them to record_inspection (the audit entry's actor);
+# results recorded before this patch carry none
+PATCH_AUDIT_ACTOR = "audit-actor-v1"
 # a held shipment checks its gate as soon as an NCR that may hold it stops holding (the NCR's workflow signals,
 # activities/ncr_signals.py); the timer every timing.shipment_gate_recheck stays as the fallback
 PATCH_GATE_SIGNAL = "gate-signal-v1"
@@ -130,6 +133,7 @@ class WorkOrderWorkflow:
         self.seen_receipts: set[str] = set()
         self.pending: dict[str, PendingInspection] = {}
         self.results: dict[str, InspectionResults] = {}
+        self.submitters: dict[str, str | None] = {}  # inspection -> the login that posted its results
         self.reports: dict[int, OperationReport] = {}
         self.seen_reports: set[str] = set()
         self.expected_op: RoutingOperation | None = None
@@ -447,6 +451,7 @@ class WorkOrderWorkflow:
         """Measurements from an inspector or a gauge (validated by the API)."""
         if inp.inspection in self.pending and inp.inspection not in self.results:
             self.results[inp.inspection] = inp.results
+            self.submitters[inp.inspection] = inp.submitted_by
 
     @workflow.signal
     def report_operation(self, report: OperationReport) -> None:
@@ -634,9 +639,11 @@ class WorkOrderWorkflow:
         self.pending[number] = PendingInspection(number=number, kind=kind, lot=lot)
         while True:
             await workflow.wait_condition(lambda: number in self.results)
+            submitted_by = self.submitters.get(number) if workflow.patched(PATCH_AUDIT_ACTOR) else None
             try:
                 outcome = await workflow.execute_activity(
-                    "record_inspection", InspectionResultInput(inspection=number, results=self.results[number]),
+                    "record_inspection", InspectionResultInput(inspection=number, results=self.results[number],
+                                                               submitted_by=submitted_by),
                     start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=InspectionOutcome,
                 )
                 break
@@ -644,8 +651,10 @@ class WorkOrderWorkflow:
                 # results the API let through but the record refused: say so and wait for a correct set
                 self.last_error = f"results for {number} refused: {_message(err)}"
                 del self.results[number]
+                self.submitters.pop(number, None)
         del self.pending[number]
         del self.results[number]
+        self.submitters.pop(number, None)
         return outcome
 
     async def _ncr(self, outcome: InspectionOutcome, stage: str, description: str | None = None) -> NonconformanceResult:

@@ -8,13 +8,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from activities.models import Timing
 from activities.ncr_sweeper import start_duplicate_ncrs
 from api.deps import SessionDep, SettingsDep, get_temporal
+from api.security import PrincipalDep
 from domain import code_pools, codes, labels, packing, qr
-from domain.audit import PLACEHOLDER_ACTOR
 
 router = APIRouter(prefix="/api/codes", tags=["codes"])
 
@@ -29,7 +29,6 @@ class RuleCreate(BaseModel):
     item: str = Field(description="item code")
     level: Level
     spec: dict[str, Any] = Field(description="`elements` (GS1) or `segments` (house code); see the README")
-    actor: str = "api"
 
 
 class BlockCreate(BaseModel):
@@ -43,10 +42,19 @@ class BlockCreate(BaseModel):
     expiry_date: date | None = None
 
 
+# Who did it at the station (the packer, the shipper, the planner) is data: the audit entry's actor is always the
+# login or system token that sent the request (a terminal or the MES posts for its operators). `actor` is the
+# field's former name, still accepted.
+def _operator() -> Any:
+    return Field(default=None, min_length=1, max_length=80, validation_alias=AliasChoices("operator", "actor"),
+                 description="who did it at the station (operator id), recorded as data in the audit entry; "
+                             "the entry's actor is your login")
+
+
 class PackRequest(BaseModel):
     parent: str = Field(description="case or pallet code (Digital Link URI or /00/{sscc})")
     children: list[str] = Field(min_length=1)
-    actor: str
+    operator: str | None = _operator()
     at: datetime | None = None
     read_point: str | None = None
 
@@ -54,13 +62,13 @@ class PackRequest(BaseModel):
 class UnpackRequest(BaseModel):
     parent: str
     children: list[str] | None = Field(default=None, description="omit to unpack everything")
-    actor: str
+    operator: str | None = _operator()
     at: datetime | None = None
 
 
 class ShipRequest(BaseModel):
     shipment: str
-    actor: str
+    operator: str | None = _operator()
 
 
 class PoolCreate(BaseModel):
@@ -70,7 +78,6 @@ class PoolCreate(BaseModel):
     count: int = Field(ge=1, le=10_000_000)
     line: str
     printer: str | None = None
-    actor: str = "api"
 
 
 class UsedCodeIn(BaseModel):
@@ -86,12 +93,13 @@ class PoolUploadIn(BaseModel):
 
 class ReconcileIn(BaseModel):
     action: Literal["return", "void"]
-    actor: str
+    operator: str | None = _operator()
 
 
 @router.post("/rules", status_code=201, summary="Save a new version of an item's code rule at a level")
-async def create_rule(body: RuleCreate, session: SessionDep) -> dict[str, Any]:
-    rule = await codes.save_rule(session, item=body.item, level=body.level, spec=body.spec, actor=body.actor)
+async def create_rule(body: RuleCreate, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    rule = await codes.save_rule(session, item=body.item, level=body.level, spec=body.spec,
+                                 actor=principal.subject)
     return codes.rule_view(rule, await codes.get_item(session, body.item))
 
 
@@ -198,15 +206,17 @@ async def lookup_code(code: str, session: SessionDep) -> dict[str, Any]:
 
 
 @router.post("/pack", summary="Pack units into a case or cases onto a pallet (AggregationEvent ADD)")
-async def pack(body: PackRequest, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    return await packing.pack(session, parent=body.parent, children=body.children, actor=body.actor,
-                              resolver=settings.resolver_base_url, at=body.at, read_point=body.read_point)
+async def pack(body: PackRequest, session: SessionDep, settings: SettingsDep,
+               principal: PrincipalDep) -> dict[str, Any]:
+    return await packing.pack(session, parent=body.parent, children=body.children, actor=principal.subject,
+                              operator=body.operator, resolver=settings.resolver_base_url, at=body.at, read_point=body.read_point)
 
 
 @router.post("/unpack", summary="Take children out of a case or pallet (AggregationEvent DELETE)")
-async def unpack(body: UnpackRequest, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    return await packing.unpack(session, parent=body.parent, children=body.children, actor=body.actor,
-                                resolver=settings.resolver_base_url, at=body.at)
+async def unpack(body: UnpackRequest, session: SessionDep, settings: SettingsDep,
+                 principal: PrincipalDep) -> dict[str, Any]:
+    return await packing.unpack(session, parent=body.parent, children=body.children, actor=principal.subject,
+                                operator=body.operator, resolver=settings.resolver_base_url, at=body.at)
 
 
 @router.get("/contents", summary="Everything in a case or pallet down to units (now, or at a time)")
@@ -220,36 +230,40 @@ async def history(code: str, session: SessionDep) -> list[dict[str, Any]]:
 
 
 @router.post("/containers/ship", summary="Mark a case or pallet shipped")
-async def ship(code: str, body: ShipRequest, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    return await packing.ship_container(session, code=code, shipment=body.shipment, actor=body.actor,
-                                        resolver=settings.resolver_base_url)
+async def ship(code: str, body: ShipRequest, session: SessionDep, settings: SettingsDep,
+               principal: PrincipalDep) -> dict[str, Any]:
+    return await packing.ship_container(session, code=code, shipment=body.shipment, actor=principal.subject,
+                                        operator=body.operator, resolver=settings.resolver_base_url)
 
 
 @router.post("/pools", status_code=201, summary="Allocate an offline pool of codes to a line or printer")
-async def create_pool(body: PoolCreate, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+async def create_pool(body: PoolCreate, session: SessionDep, settings: SettingsDep,
+                      principal: PrincipalDep) -> dict[str, Any]:
     pool = await code_pools.allocate_pool(session, number=body.number, item=body.item, level=body.level,
-                                          count=body.count, line=body.line, printer=body.printer, actor=body.actor)
+                                          count=body.count, line=body.line, printer=body.printer,
+                                          actor=principal.subject)
     view = await codes.block_view(session, pool.block_id)
     return {"number": pool.number, "line": pool.line, "printer": pool.printer, "state": pool.state,
             "block": codes.block_summary(view, settings.resolver_base_url)}
 
 
 @router.post("/pools/{number}/revoke", summary="Revoke a pool: codes used after this are flagged")
-async def revoke_pool(number: str, session: SessionDep, actor: str = "api") -> dict[str, Any]:
-    pool = await code_pools.revoke_pool(session, number=number, actor=actor)
+async def revoke_pool(number: str, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    pool = await code_pools.revoke_pool(session, number=number, actor=principal.subject)
     return {"number": pool.number, "state": pool.state,
             "revoked_at": pool.revoked_at.isoformat() if pool.revoked_at else None}
 
 
 @router.post("/pools/{number}/uploads", summary="The codes a line used offline, with time and lot")
 async def upload_pool(number: str, body: PoolUploadIn, request: Request, session: SessionDep,
-                      settings: SettingsDep) -> dict[str, Any]:
+                      settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
     """A duplicate (one code used twice) holds the lot of the second use under an NCR, reviewed like any other.
     The NCR numbers are stored with the upload; their workflows start once it is committed, and each alert is
     marked started. Should this process die in between, the worker's NCR sweeper starts them
     (activities/ncr_sweeper.py); sending the same upload again (same upload_id) starts them at once."""
     out = await code_pools.upload(session, number=number, upload_id=body.upload_id,
-                                  used=[u.model_dump() for u in body.used], resolver=settings.resolver_base_url)
+                                  used=[u.model_dump() for u in body.used], resolver=settings.resolver_base_url,
+                                  actor=principal.subject)
     dups = await code_pools.duplicate_ncrs(session, [a["id"] for a in out["alerts"] if a["kind"] == "duplicate"])
     await session.commit()
     if dups:  # Temporal only when there is an NCR to start
@@ -258,13 +272,15 @@ async def upload_pool(number: str, body: PoolUploadIn, request: Request, session
             task_queue=settings.temporal.task_queue)
         # the request's transaction is committed and closed: the marks take their own
         async with request.app.state.sessionmaker() as marks, marks.begin():
-            await code_pools.mark_ncr_started(marks, started, actor=PLACEHOLDER_ACTOR)  # the request's principal
+            await code_pools.mark_ncr_started(marks, started, actor=principal.subject)
     return out
 
 
 @router.post("/pools/{number}/reconcile", summary="Return or void a pool's unused codes")
-async def reconcile_pool(number: str, body: ReconcileIn, session: SessionDep) -> dict[str, Any]:
-    return await code_pools.reconcile(session, number=number, action=body.action, actor=body.actor)
+async def reconcile_pool(number: str, body: ReconcileIn, session: SessionDep,
+                         principal: PrincipalDep) -> dict[str, Any]:
+    return await code_pools.reconcile(session, number=number, action=body.action, actor=principal.subject,
+                                      operator=body.operator)
 
 
 @router.get("/alerts", summary="Duplicates, codes used outside their pool or after revocation, suspicious scans")

@@ -75,13 +75,13 @@ async def get_inspection(number: str, session: ReadSessionDep) -> dict[str, Any]
 
 @router.post("/{number}/results", status_code=202, summary="Post measurements; the hub computes the verdict")
 async def post_results(number: str, results: InspectionResults, session: ReadSessionDep,
-                       client: TemporalDep) -> JSONResponse:
+                       client: TemporalDep, principal: PrincipalDep) -> JSONResponse:
     # only reads here (the workflow records the results): no write lock held across the Temporal round trip
     for i, m in enumerate(results.measurements):
         if m.source is not None:
             raise InvalidInput(f"measurements[{i}].source: the hub sets the source when it reads a gauge "
                                f"(POST /api/inspections/{number}/read-gauges); leave it out", field="measurements")
-    return await submit_results(number, results, session, client)
+    return await submit_results(number, results, session, client, submitted_by=principal.subject)
 
 
 # --- measurements from gauges through connectors ----------------------------------------------------------
@@ -100,7 +100,7 @@ class ReadGaugesIn(BaseModel):
              summary="Read the inspection's gauge characteristics through their connector endpoints; the hub "
                      "computes the verdict")
 async def read_gauges(number: str, body: ReadGaugesIn, session: ReadSessionDep,
-                      client: TemporalDep) -> JSONResponse:
+                      client: TemporalDep, principal: PrincipalDep) -> JSONResponse:
     """Each variable characteristic whose plan gauge is `<endpoint>:<point>` is read once, now, through the
     endpoint's connector, and recorded with its source (endpoint, point, time); then the results take the path
     of posted ones. The connector is used here, not through an activity: the inspector stands at the gauge and
@@ -154,7 +154,7 @@ async def read_gauges(number: str, body: ReadGaugesIn, session: ReadSessionDep,
                                                              index=len(earlier))))
     results = InspectionResults(inspector=body.inspector, measurements=[*read, *manual.values()],
                                 result_id=body.result_id)
-    response = await submit_results(number, results, session, client)
+    response = await submit_results(number, results, session, client, submitted_by=principal.subject)
     return _with_sources(response, read)
 
 
@@ -166,8 +166,10 @@ def _with_sources(response: JSONResponse, read: list[Measurement]) -> JSONRespon
 
 
 async def submit_results(number: str, results: InspectionResults, session: AsyncSession,
-                         client: Client) -> JSONResponse:
-    """Judge results and hand them to the work order: the one path of JSON and CSV uploads (api/routes/quality.py)."""
+                         client: Client, *, submitted_by: str) -> JSONResponse:
+    """Judge results and hand them to the work order: the one path of JSON and CSV uploads (api/routes/quality.py).
+    `submitted_by` is the request's login (or system token), the audit entry's actor; `results.inspector`, who
+    measured, is recorded as data beside it."""
     ins = await quality.get_inspection(session, number)
     values = quality.check_results(ins, results.measurements)  # 422 naming each problem
     if ins.status == "pending":  # a plan's counts within the sample, photos of visual characteristics
@@ -184,7 +186,8 @@ async def submit_results(number: str, results: InspectionResults, session: Async
     if wo is None:
         raise Conflict(f"inspection {number} belongs to no work order; nothing waits for it")
     await client.get_workflow_handle(wo.workflow_id).signal(
-        WorkOrderWorkflow.submit_inspection, InspectionResultInput(inspection=number, results=results)
+        WorkOrderWorkflow.submit_inspection,
+        InspectionResultInput(inspection=number, results=results, submitted_by=submitted_by)
     )
     return JSONResponse({**body, "message": "results accepted; the work order records them",
                          "status_url": f"/api/work-orders/{wo.number}"}, status_code=202)

@@ -152,8 +152,9 @@ async def post_results_csv(number: str, request: Request, client: TemporalDep,
              "detail": f"the CSV is larger than {CSV_LIMIT_BYTES} bytes: split it into several uploads"},
             status_code=413, headers={"connection": "close"})  # the unread rest cannot be skipped
     measurements = parse_results_csv(raw)
+    principal = current_principal(request)
     try:
-        results = InspectionResults(inspector=inspector or current_principal(request).subject,
+        results = InspectionResults(inspector=inspector or principal.subject,
                                     measurements=measurements, result_id=result_id)
     except ValidationError as exc:
         e = exc.errors()[0]
@@ -161,7 +162,7 @@ async def post_results_csv(number: str, request: Request, client: TemporalDep,
         raise InvalidInput(f"{field}: {e['msg']}", field=field) from exc
     # the session is opened after the upload is read: a slow client holds no transaction (nor SQLite's lock)
     async with request.app.state.sessionmaker() as session, session.begin():
-        return await submit_results(number, results, session, client)
+        return await submit_results(number, results, session, client, submitted_by=principal.subject)
 
 
 def parse_results_csv(raw: bytes) -> list[dict[str, Any]]:

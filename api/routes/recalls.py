@@ -14,7 +14,15 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.models import DecisionSignature, ReviewerRole
-from activities.recall_models import HoldDecision, RecallAck, RecallInput, RecallLotDecision, RecallStatus
+from activities.recall_models import (
+    HoldDecision,
+    RecallAck,
+    RecallAckCreate,
+    RecallCreate,
+    RecallInput,
+    RecallLotDecision,
+    RecallStatus,
+)
 from api.deps import SessionDep, SettingsDep, TemporalDep
 from api.errors import APP_ERROR_STATUS
 from api.security import PrincipalDep
@@ -36,8 +44,20 @@ router = APIRouter(prefix="/api/recalls", tags=["recalls"])
 
 
 @router.post("", status_code=202, summary="Start a recall: scope, holds, ERP blocks, customer notices")
-async def start_recall(inp: RecallInput, session: SessionDep, settings: SettingsDep,
-                       client: TemporalDep) -> JSONResponse:
+async def start_recall(body: RecallCreate, session: SessionDep, settings: SettingsDep,
+                       client: TemporalDep, principal: PrincipalDep) -> JSONResponse:
+    # the login is the requester of record (the audit actor of the recall and its holds); `requested_by` in the
+    # body is "on behalf of", kept as data
+    inp = RecallInput(**body.model_dump(), opened_by=principal.subject)
+    # one recall per suspect: an open recall of another number that covers it is the one to follow (the same number
+    # is the same recall: its start below answers `duplicate`, as before)
+    other = await recall.open_recall_covering(session, suspect_kind=inp.suspect_kind.value, suspect=inp.suspect,
+                                              since=inp.since, until=inp.until, except_number=inp.number)
+    if other is not None:
+        window = f" from {other.window_from.isoformat()} to {other.window_to.isoformat()}" \
+            if other.window_from and other.window_to else ""
+        raise Conflict(f"{inp.suspect_kind.value} {inp.suspect!r} is already covered by open recall {other.number}"
+                       f"{window}: follow it at /api/recalls/{other.number} (nothing was started)", field="suspect")
     # refuse a suspect that matches nothing before anything reaches Temporal
     await trace.forward_starts(session, kind=inp.suspect_kind.value, value=inp.suspect, since=inp.since,
                                until=inp.until)
@@ -106,7 +126,10 @@ async def _update(session: SessionDep, client: TemporalDep, number: str, update:
 
 
 @router.post("/{number}/acknowledgements", summary="A customer acknowledged the recall notification")
-async def acknowledge(number: str, ack: RecallAck, session: SessionDep, client: TemporalDep) -> JSONResponse:
+async def acknowledge(number: str, body: RecallAckCreate, session: SessionDep, client: TemporalDep,
+                      principal: PrincipalDep) -> JSONResponse:
+    # who acknowledged at the customer is data; the login that enters it is the audit actor
+    ack = RecallAck(**body.model_dump(), recorded_by=principal.subject)
     return await _update(session, client, number, RecallWorkflow.acknowledge, ack)
 
 

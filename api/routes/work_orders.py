@@ -14,6 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.models import OperationProgress, OperationReport, ShipmentRequest
 from api.deps import ReadSessionDep, TemporalDep
 from api.routes.erp import workflow_id
+from api.security import PrincipalDep
 from core.errors import Conflict, InvalidInput
 from domain import inspection_triggers, production
 from domain.models import WorkOrder
@@ -93,7 +94,11 @@ async def get_work_order(number: str, session: ReadSessionDep, client: TemporalD
 
 @router.post("/{number}/operations", status_code=202, summary="Report an operation (MES or operator)")
 async def post_operation(number: str, report: OperationReport, session: ReadSessionDep,
-                         client: TemporalDep) -> dict:
+                         client: TemporalDep, principal: PrincipalDep) -> dict:
+    if report.reported_by is not None:
+        raise InvalidInput("reported_by: the hub sets it from your login (the audit trail's actor); leave it out "
+                           "and name who ran the operation in `operator`", field="reported_by")
+    report = report.model_copy(update={"reported_by": principal.subject})
     # only reads here (the workflow records the report): no write lock held across the Temporal round trip
     wo = await production.get_work_order(session, number)
     seqs = [op["seq"] for op in wo.routing]
