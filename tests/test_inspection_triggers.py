@@ -96,6 +96,20 @@ async def results(api: httpx.AsyncClient, number: str, measurements: list[dict])
                           json={"inspector": "inspector-1", "measurements": measurements})
 
 
+
+async def receive_lot(api: httpx.AsyncClient, wo_number: str, lot: str, receipt: str, supplier: str, item: str,
+                      supplier_lot: str) -> str:
+    """The ERP posts a purchase receipt of one lot of 50 to the work order; returns its IQC once it is opened."""
+    doc = {"receipt": f"{receipt}-{wo_number}", "lots": [{
+        "lot": lot, "supplier": supplier, "item": item, "supplier_lot": supplier_lot, "quantity": 50, "uom": "EA"}]}
+    r = await api.post("/api/erp/events", json={"event_id": f"{receipt.lower()}-{wo_number}", "work_order": wo_number,
+                                                "event_type": "purchase_receipt.posted", "receipt": doc})
+    assert r.status_code == 202, r.text
+    number = f"IQC-{lot}"
+    await wait_status(api, wo_number, lambda s: any(p["number"] == number for p in s["pending_inspections"]),
+                      what=f"IQC of {lot}")
+    return number
+
 async def test_plan_triggers_are_validated_and_versioned(api: httpx.AsyncClient):
     item = f"TRG-{uid()}"
     chars = [{"name": "length", "kind": "variable", "severity": "major", "lower": 1, "upper": 2}]
@@ -280,15 +294,7 @@ async def test_iqc_verdicts_move_the_switching_state_and_the_next_sample(api: ht
 
     async def receive(k: int, good: bool) -> dict:
         lot = f"{wo_number}-M{k}"
-        receipt = {"receipt": f"PR{k}-{wo_number}", "lots": [{
-            "lot": lot, "supplier": supplier, "item": material, "supplier_lot": f"S{k}", "quantity": 50,
-            "uom": "EA"}]}
-        r = await api.post("/api/erp/events", json={"event_id": f"pr{k}-{wo_number}", "work_order": wo_number,
-                                                    "event_type": "purchase_receipt.posted", "receipt": receipt})
-        assert r.status_code == 202, r.text
-        number = f"IQC-{lot}"
-        await wait_status(api, wo_number, lambda s: any(p["number"] == number for p in s["pending_inspections"]),
-                          what=f"IQC of {lot}")
+        number = await receive_lot(api, wo_number, lot, f"PR{k}", supplier, material, f"S{k}")
         ins = (await api.get(f"/api/inspections/{number}")).json()
         n = ins["sampling"]["characteristics"]["hardness"]["n"]
         values = [30.0] * n if good else [30.0] * (n - 1) + [33.0]
@@ -344,15 +350,7 @@ async def test_iqc_on_reduced_inspection_takes_table_ii_c_and_a_gap_count_reinst
 
     async def receive(k: int, cracks: int) -> tuple[dict, dict]:
         lot = f"{wo_number}-R{k}"
-        receipt = {"receipt": f"PRR{k}-{wo_number}", "lots": [{
-            "lot": lot, "supplier": supplier, "item": material, "supplier_lot": f"S{k}", "quantity": 50,
-            "uom": "EA"}]}
-        r = await api.post("/api/erp/events", json={"event_id": f"prr{k}-{wo_number}", "work_order": wo_number,
-                                                    "event_type": "purchase_receipt.posted", "receipt": receipt})
-        assert r.status_code == 202, r.text
-        number = f"IQC-{lot}"
-        await wait_status(api, wo_number, lambda s: any(p["number"] == number for p in s["pending_inspections"]),
-                          what=f"IQC of {lot}")
+        number = await receive_lot(api, wo_number, lot, f"PRR{k}", supplier, material, f"S{k}")
         opened = (await api.get(f"/api/inspections/{number}")).json()
         r = await results(api, number, [{"characteristic": "cracks", "values": [cracks]}])
         assert r.status_code == 202, r.text
