@@ -43,8 +43,13 @@ async def ncr_holds(session: AsyncSession, lot_id: int, *, except_ncr: str | Non
 async def holders(session: AsyncSession, lot_id: int, *, except_recall: str | None = None,
                   except_ncr: str | None = None) -> list[str]:
     """Everything else that holds the lot, as people name it: `recall RC-2`, `NCR NCR-7`."""
-    return ([f"recall {n}" for n in await recall_holds(session, lot_id, except_recall=except_recall)]
-            + [f"NCR {n}" for n in await ncr_holds(session, lot_id, except_ncr=except_ncr)])
+    return named(await recall_holds(session, lot_id, except_recall=except_recall),
+                 await ncr_holds(session, lot_id, except_ncr=except_ncr))
+
+
+def named(recalls: list[str], ncrs: list[str]) -> list[str]:
+    """Recall and NCR numbers as people name what holds a lot: `recall RC-2`, `NCR NCR-7`."""
+    return [f"recall {n}" for n in recalls] + [f"NCR {n}" for n in ncrs]
 
 
 async def keep_hold(session: AsyncSession, lot: Lot, *, released_by: str, still_held_by: list[str], actor: str,

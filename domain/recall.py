@@ -294,10 +294,11 @@ async def decision_effect(session: AsyncSession, row: Recall, rl: RecallLot, lot
                                            AuditLog.action == "lot.quantity"))).scalars()
         written_off = sum(float((c.get("before") or {}).get("quantity_remaining") or 0) for c in entries
                           if c.get("why") == _written_off_why(row.number))
-    still = await holds.holders(session, lot.id, except_recall=row.number) if lot.status == LotStatus.on_hold else []
     # the ERP's block is the recalls' (an NCR's hold is not sent to the ERP): lifted when no other recall holds the
     # lot, even while an NCR still holds it in the hub
     other_recalls = await holds.recall_holds(session, lot.id, except_recall=row.number)
+    still = (holds.named(other_recalls, await holds.ncr_holds(session, lot.id))
+             if lot.status == LotStatus.on_hold else [])
     return {"lot": lot.number, "item": lot.item.code, "uom": lot.uom, "decision": rl.decision, "status": lot.status,
             "released": rl.decision == "release" and lot.status in (LotStatus.released, LotStatus.quarantine),
             "erp_unblock": rl.decision == "release" and not other_recalls
