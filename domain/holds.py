@@ -5,6 +5,11 @@
 A recall holds a lot while its line for the lot is `held` and undecided (the recall is open until every held lot is
 decided). An NCR holds its lot while it waits for a decision (open, qa_review, mrb): once a disposition is decided
 the NCR sets the lot's status itself (released, quarantine for a rework, rejected), so it holds it no longer.
+
+Only a reviewer's decision on the recall lifts a recall's hold. While an open recall holds a lot, a change that
+would otherwise set its status off hold (an NCR's rework sends it to quarantine, a passing re-inspection or IQC
+releases it) is deferred (`defer_status`): the lot stays on hold, the change is recorded (`lot.status_deferred`),
+and the lot takes it when its last hold ends (`deferred_status`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.audit import audit
-from domain.models import AuditLog, Lot, Ncr
+from domain.models import AuditLog, Lot, LotStatus, Ncr
 from domain.models_trace import Recall, RecallLot
 
 NCR_HOLDING_STATES = ("open", "qa_review", "mrb")
@@ -64,3 +69,37 @@ async def keep_hold(session: AsyncSession, lot: Lot, *, released_by: str, still_
                 changes={"status": lot.status, "released_by": released_by, "still_held_by": still_held_by,
                          "why": f"{released_by} let it go; still on hold for {', '.join(still_held_by)}",
                          **context})
+
+
+async def defer_status(session: AsyncSession, lot: Lot, status: str, *, by: str, why: str, actor: str) -> list[str]:
+    """While open recalls hold the lot, a change that would take it off hold (`status`: quarantine for an NCR's
+    rework, released for a passing inspection) does not: the lot stays on hold, and the change is recorded for when
+    its last hold ends (`deferred_status`). Returns the recalls holding it; [] when none does (the lot is not on hold,
+    or only an NCR holds it), and then nothing is recorded: the caller sets the status as it would."""
+    if lot.status != LotStatus.on_hold:
+        return []
+    recalls = await recall_holds(session, lot.id)
+    if recalls:
+        await audit(session, actor=actor, action="lot.status_deferred", entity="lot", key=lot.number,
+                    changes={"status": lot.status, "deferred": status, "by": by, "why": why,
+                             "still_held_by": named(recalls, []),
+                             "note": f"{why}: the lot stays on hold until {', '.join(named(recalls, []))} decides it; "
+                                     f"it is then {status}"})
+    return recalls
+
+
+async def deferred_status(session: AsyncSession, lot: Lot) -> str | None:
+    """The status the newest change deferred while recalls held the lot asks for (`defer_status`), since the lot last
+    went on hold; None when there is none. The lot takes it when its last hold ends."""
+    entries = (await session.execute(
+        select(AuditLog.action, AuditLog.changes)
+        .where(AuditLog.entity == "lot", AuditLog.entity_key == lot.number,
+               AuditLog.action.in_(("lot.status", "lot.status_deferred")))
+        .order_by(AuditLog.id.desc()))).all()
+    for action, changes in entries:
+        if action == "lot.status_deferred":
+            return str(changes["deferred"])
+        before, after = (changes.get("status") or [None, None])[:2]
+        if after == LotStatus.on_hold and before != LotStatus.on_hold:
+            return None  # the hold this chain of holds began with: nothing deferred since
+    return None

@@ -172,9 +172,14 @@ async def record_results(
                                          "results": {c.name: {"values": c.values, "verdict": c.verdict}
                                                      for c in ins.characteristics}})})
     # a first-article or patrol inspection passes a lot still in production: it is released by final inspection
-    if verdict == "passed" and lot.status == LotStatus.quarantine and ins.kind not in ("first_article", "patrol"):
-        await set_lot_status(session, lot, LotStatus.released, actor="system",
-                             why=f"{ins.kind} inspection {number} passed")
+    if verdict == "passed" and ins.kind not in ("first_article", "patrol"):
+        if lot.status == LotStatus.quarantine:
+            await set_lot_status(session, lot, LotStatus.released, actor="system",
+                                 why=f"{ins.kind} inspection {number} passed")
+        else:
+            # held by a recall: only its reviewer's decision lifts the hold; the lot is released when it ends
+            await holds.defer_status(session, lot, LotStatus.released, by=f"inspection {number}",
+                                     why=f"{ins.kind} inspection {number} passed", actor="system")
     return ins, failed
 
 
@@ -390,12 +395,16 @@ async def apply_disposition(
         # not released: no `conformant` event either (the lot keeps the disposition its holder gave it); the last
         # holder's release records it
         return lot_row
-    if outcome == "dismiss":
-        await set_lot_status(session, lot_row, LotStatus.released, actor="system", why=f"NCR {ncr} dismissed")
-        disp = "conformant"
-    elif outcome == "use_as_is":
-        await set_lot_status(session, lot_row, LotStatus.released, actor="system",
-                             why=f"NCR {ncr}: use as is", concession=f"{ncr}: {reason}")
+    if outcome in ("dismiss", "use_as_is"):
+        # the last hold ends here: a change deferred while a recall held the lot (a rework still waiting for its
+        # re-inspection: quarantine) stands
+        back = await holds.deferred_status(session, lot_row) if lot_row.status == LotStatus.on_hold else None
+        back = back or LotStatus.released
+        if outcome == "dismiss":
+            await set_lot_status(session, lot_row, back, actor="system", why=f"NCR {ncr} dismissed")
+        else:
+            await set_lot_status(session, lot_row, back, actor="system", why=f"NCR {ncr}: use as is",
+                                 concession=f"{ncr}: {reason}")
         disp = "conformant"
     elif outcome in ("scrap", "return_to_supplier"):
         if outcome == "return_to_supplier":
@@ -410,8 +419,12 @@ async def apply_disposition(
         lot_row.quantity_remaining = 0.0
         disp = "destroyed" if outcome == "scrap" else "returned"
     elif outcome == "rework":
-        await set_lot_status(session, lot_row, LotStatus.quarantine, actor="system",
-                             why=f"NCR {ncr}: rework, then re-inspection")
+        why = f"NCR {ncr}: rework, then re-inspection"
+        # a lot a recall holds stays on hold (the rework and its re-inspection go on): quarantine once the recall
+        # releases it
+        if not await holds.defer_status(session, lot_row, LotStatus.quarantine, by=f"NCR {ncr}", why=why,
+                                        actor="system"):
+            await set_lot_status(session, lot_row, LotStatus.quarantine, actor="system", why=why)
         disp = "in_progress"
     else:
         raise InvalidInput(f"unknown NCR outcome {outcome!r}")

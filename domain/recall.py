@@ -346,7 +346,8 @@ async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: 
             # no `available` event either: the lot is not available, and keeps its `recalled` disposition
             event = False
         else:
-            back = await _status_before_first_hold(session, row, rl)
+            # what a change deferred during the hold asks for (a rework: quarantine; a passing inspection: released)
+            back = await holds.deferred_status(session, lot_row) or await _status_before_first_hold(session, row, rl)
             await set_lot_status(session, lot_row, back, actor=reviewer,
                                  why=f"recall {number}: released by {reviewer} ({role}): {reason}")
         disp, pd = "available", {"unset": ["non_conformant"]}

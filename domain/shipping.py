@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict
+from domain import holds
 from domain.audit import audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.inspection_triggers import check_shipment
@@ -24,6 +25,10 @@ async def ship_lot(
     wo = await get_work_order(session, work_order)
     lot_row = await get_lot(session, lot)
     await check_shipment(session, work_order=work_order, lot=lot)  # outgoing inspection, open NCRs
+    # a recall's hold ends only by a reviewer's decision on it: whatever the lot's status says, it does not ship
+    if recalls := await holds.recall_holds(session, lot_row.id):
+        raise Conflict(f"lot {lot!r} is held by recall {', '.join(recalls)} and cannot ship: a reviewer's release "
+                       "decision on the recall lets it go", field="lot")
     if lot_row.status != "released":
         open_ncrs = (
             await session.execute(select(Ncr.number).where(Ncr.lot_id == lot_row.id, Ncr.closed_at.is_(None)))
