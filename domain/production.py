@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -180,6 +181,8 @@ async def receive_lot(
         source_list=[{"type": "owning_party", "source": hub_uri("supplier", supplier)}],
         biz_location=hub_uri("location", location) if location else None,
         extensions={"supplierLot": supplier_lot, "heatNumber": heat_number, "certificate": certificate_ref},
+        # the mill certificate the lot came with (EPCIS 2.0 certificationInfo: not part of the event hash)
+        certification_info=hub_uri("certificate", quote(certificate_ref, safe="-._~")) if certificate_ref else None,
         lot=row, work_order_id=work_order.id if work_order else None,
     )
     await audit(

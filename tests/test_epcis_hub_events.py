@@ -88,3 +88,7 @@ async def test_shipping_and_receiving_events_carry_their_business_transactions(h
     # a receipt that names no purchase order has no po
     plain = await events(hub, EQ_bizTransaction_recadv=f"urn:tracehub:receipt:PR-{tag}")
     assert len(plain) == 3 and all(b["type"] != "po" for e in plain for b in e["bizTransactionList"])
+    # the mill certificate each lot came with is the event's certificationInfo (none when the receipt names none)
+    assert sorted(e["certificationInfo"] for e in plain) == sorted(
+        f"urn:tracehub:certificate:CERT-{h}" for h in plant.heats.values())
+    assert "certificationInfo" not in received[0]
