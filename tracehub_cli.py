@@ -827,6 +827,33 @@ def _print_trace(t: dict[str, Any]) -> None:
     for c in t.get("by_customer", []):
         console.print(f"customer [bold]{c['customer']}[/]: {c['quantity']:g} on "
                       + ", ".join(s["shipment"] for s in c["shipments"]))
+    _print_packing(t)
+
+
+def _print_packing(t: dict[str, Any]) -> None:
+    """The cases and pallets of a trace: a unit's chain with its pack events, the boxes holding a lot's units,
+    a forward trace's containers, or what a traced case or pallet holds."""
+    from rich.markup import escape
+
+    from domain.trace import containers, describe_container
+
+    p = t.get("packing") or {}
+    boxes = containers(t)
+    if p.get("of") == "unit":
+        if not p["chain"]:
+            console.print(f"[bold]packing[/]: unit {escape(p['unit'])} has never been packed")
+            return
+        state = "is packed" if p["packed"] else "is not packed now; when it was last packed"
+        shipped = f", shipped to [bold]{escape(p['customer'])}[/] on {escape(p['shipment'])}" if p.get("shipment") \
+            else ""
+        console.print(f"[bold]packing[/]: unit {escape(p['unit'])} {state}{shipped}")
+    elif p.get("of") == "lot" and not boxes:
+        console.print(f"[bold]packing[/]: no case or pallet holds units of lot {escape(p['lot'])} now")
+        return
+    elif boxes:
+        console.print(f"[bold]cases and pallets[/] ({len(boxes)}):")
+    for b in boxes:
+        console.print(f"  {escape(describe_container(b))}", soft_wrap=True)
 
 
 def _get_trace(hub_url: str | None, path: str, params: dict[str, Any]) -> dict[str, Any]:

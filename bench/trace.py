@@ -18,12 +18,12 @@ the per-lot trace rows (trace_lot_doc) are then built in one pass by trace_lot_d
 
 Figures (warm-up runs excluded), one JSON line each on stdout: {"metric", "value", "unit", ...}:
 - backward_trace_p50_ms / _p99_ms: the hub's trace, that is the JSON GET /api/trace/backward serves
-  (domain.trace.backward_json: the answer assembled and serialised to the bytes the route sends as they are)
-  from a random unit serial to raw materials, suppliers, heats and certificates, with every operation,
-  inspection, NCR and shipment on the way.
+  (domain.trace_containers.backward_answer serialised with trace.to_json: the bytes the route sends) from a
+  random unit serial to raw materials, suppliers, heats and certificates, with every operation, inspection, NCR
+  and shipment on the way, and the unit's packing (the plant packs no units: one query that finds none).
 - forward_trace_heat_p50_ms: the hub's trace from a heat number, the JSON GET /api/trace/forward serves
-  (domain.trace.forward_json: lots, units, where each is now, customers; the route adds the cases and pallets
-  holding the units, not timed here, as before); the line says how many units the heats reached.
+  (domain.trace_containers.forward_answer, serialised: lots, units, where each is now, customers, and the
+  cases and pallets holding the units: none in this plant); the line says how many units the heats reached.
 - backward_vs_bare_cte_ratio / forward_vs_bare_cte_ratio: hub time / a bare recursive SQL query (node ids
   only) over the same lineage, run on a raw psycopg connection in the same run, both cold: the relations are
   first read into the kernel's page cache (pg_prewarm 'read'), and the hub and the bare query each start from
@@ -39,7 +39,7 @@ Figures (warm-up runs excluded), one JSON line each on stdout: {"metric", "value
   second through POST /epcis/capture (the FastAPI app in-process, documents of `--capture-batch` events,
   1,000 by default: captured in the request), and epcis_capture_async_events_per_s the same for documents of
   `--capture-big-batch` events (10,000: captured by the capture workflow, the clock stops when their jobs end).
-The hub's traces are timed as the API serves them: domain.trace.backward_json/forward_json with a read-only session
+The hub's traces are timed as the API serves them: the routes' answer functions with a read-only session
 (ReadSessionDep) and the app's trace reader (core.db.FastReader, autocommit connections: the trace's one
 statement needs no transaction around it), after gc.collect() and gc.freeze() as the API does at start-up.
 Both apply to the hub's side only, as they apply to the API; the baselines run as before on their own raw
@@ -298,7 +298,7 @@ async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) 
     import orjson
 
     from core.db import FastReader, make_engine, make_read_sessionmaker
-    from domain import trace
+    from domain import trace, trace_containers
 
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     prewarmed = prewarm(dsn)
@@ -326,11 +326,13 @@ async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) 
 
     async def hub_b(unit: str) -> bytes:
         async with sm() as s:
-            return await trace.backward_json(s, unit, resolver=RESOLVER, reader=reader)
+            return trace.to_json(await trace_containers.backward_answer(s, unit, resolver=RESOLVER, reader=reader,
+                                                                        as_sent=True))
 
     async def hub_f(heat: str) -> bytes:
         async with sm() as s:
-            return await trace.forward_json(s, resolver=RESOLVER, kind="heat", value=heat, reader=reader)
+            return trace.to_json(await trace_containers.forward_answer(s, resolver=RESOLVER, kind="heat", value=heat,
+                                                                       reader=reader))
 
     async def walk(heat: str) -> set[int]:
         # one query per node: what a naive graph walk does

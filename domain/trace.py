@@ -769,12 +769,53 @@ FLAT_COLUMNS = ["level", "node", "id", "kind", "item", "status", "where", "quant
                 "inspections", "ncrs"]
 
 
+# after FLAT_COLUMNS (unchanged, in their order), the columns of the container rows (node "container"); empty
+# on the genealogy's rows
+CONTAINER_COLUMNS = ["parent", "contains", "lots", "held_by", "packed_at", "pack_event", "unpacked_at",
+                     "unpack_event"]
+
+
+def containers(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cases and pallets an answer names, outermost last for a unit's chain: a backward trace's `packing`
+    (the unit's chain, or the boxes holding the lot's units), a forward trace's `containers` (the route adds
+    them), and a backward trace from a case or pallet's `container` with the boxes inside it."""
+    p = result.get("packing") or {}
+    out = list(p.get("chain") or p.get("containers") or [])
+    out += result.get("containers") or []
+    box = result.get("container")
+    if box:
+        out.append({**{k: v for k, v in box.items() if k != "tree"}, "units": box.get("unit_count")})
+        stack = [(box["code"], ch) for ch in (box.get("tree") or {}).get("children", [])]
+        while stack:  # the cases on the pallet, as the container tree has them (no units)
+            parent, node = stack.pop(0)
+            if node.get("level") == "unit":
+                continue
+            out.append({"code": node["code"], "level": node["level"], "parent": parent,
+                        "packed_at": node.get("packed_at")})
+            stack += [(node["code"], ch) for ch in node.get("children", [])]
+    return out
+
+
+def _container_row(b: dict[str, Any]) -> dict[str, Any]:
+    return {"level": "", "node": "container", "id": b["code"], "kind": b["level"], "status": b.get("status"),
+            "where": b.get("where"), "units": b.get("units"), "customers": b.get("customer"),
+            "shipments": b.get("shipment"), "parent": b.get("parent"), "contains": b.get("contains"),
+            "lots": " ".join(b.get("lots") or ()), "held_by": " ".join(b.get("held_by") or ()),
+            "packed_at": b.get("packed_at"), "pack_event": b.get("pack_event"), "unpacked_at": b.get("unpacked_at"),
+            "unpack_event": b.get("unpack_event")}
+
+
 def to_csv(result: dict[str, Any]) -> str:
+    """The flat list, one row per lot or captured identifier, then one row per case or pallet (node
+    "container") the answer names, with the container columns after the genealogy's."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FLAT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=FLAT_COLUMNS + CONTAINER_COLUMNS, extrasaction="ignore",
+                       lineterminator="\n")
     w.writeheader()
     for row in result["flat"]:
         w.writerow(row)
+    for b in containers(result):
+        w.writerow(_container_row(b))
     return buf.getvalue()
 
 
@@ -847,6 +888,7 @@ def to_pdf(result: dict[str, Any], *, title: str | None = None, compress: bool =
                 text = text[:-1]
             pdf.cell(w, 5, text, border=1)
         pdf.ln()
+    _pdf_packing(pdf, result)
     if direction == "backward":
         for n in result["nodes"]:
             if n["node"] != "lot" or not (n.get("operations") or n.get("inspections") or n.get("ncrs")
@@ -877,3 +919,55 @@ def to_pdf(result: dict[str, Any], *, title: str | None = None, compress: bool =
                 pdf.multi_cell(0, 4, _pdf_text(f"{ncr['number']} {ncr['state']}: {ncr['description']}. {decs}"),
                                new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
+
+
+def describe_container(b: dict[str, Any]) -> str:
+    """One case or pallet of a report: its code (and SSCC), what it holds, where it is, its packing."""
+    bits = [f"{b['level'].capitalize()} {b['code']}" + (f" (SSCC {b['sscc']})" if b.get("sscc") else "")]
+    if b.get("contains"):
+        bits.append(f"holds {b['contains']}")
+    elif b.get("units") is not None:
+        bits.append(f"{b['units']} unit(s)" + (f" of lot(s) {', '.join(b['lots'])}" if b.get("lots") else ""))
+    if b.get("where"):
+        bits.append(b["where"] + (f", sales order {b['sales_order']}" if b.get("sales_order") else "")
+                    + (f", shipped {b['shipped_at']}" if b.get("shipped_at") else ""))
+    elif b.get("parent"):
+        bits.append(f"in {b['parent']}")
+    if b.get("packed_at"):
+        bits.append(f"packed {b['packed_at']}" + (f" (event {b['pack_event']})" if b.get("pack_event") else ""))
+    if b.get("unpacked_at"):
+        bits.append(f"unpacked {b['unpacked_at']}"
+                    + (f" (event {b['unpack_event']})" if b.get("unpack_event") else ""))
+    return "; ".join(bits)
+
+
+def _pdf_packing(pdf: Any, result: dict[str, Any]) -> None:
+    """The report's "Packing" section: a unit's case and pallet with their pack events, or the cases and pallets
+    holding the traced lots' units, each with where it is now (on hold, shipped to which customer)."""
+    boxes = containers(result)
+    p = result.get("packing") or {}
+    if not boxes and not p:
+        return
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 11)
+    pdf.cell(0, 6, "Packing", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 8)
+    if p.get("of") == "unit":
+        if not p["chain"]:
+            head = f"Unit {p['unit']} has never been packed."
+        elif p["packed"]:
+            head = f"Unit {p['unit']} is packed now" + (
+                f"; it shipped to {p['customer']} on {p['shipment']}." if p.get("shipment") else ".")
+        else:
+            head = f"Unit {p['unit']} is not packed now; when it was last packed:"
+    elif p.get("of") == "lot":
+        head = (f"Cases and pallets holding units of lot {p['lot']} now:" if boxes
+                else f"No case or pallet holds units of lot {p['lot']} now.")
+    elif result.get("container"):
+        c = result["container"]
+        head = f"{c['level'].capitalize()} {c['code']} and the cases in it ({c.get('unit_count', 0)} unit(s)):"
+    else:
+        head = "Cases and pallets holding units of the lots above now:"
+    pdf.multi_cell(0, 4, _pdf_text(head), new_x="LMARGIN", new_y="NEXT")
+    for b in boxes:
+        pdf.multi_cell(0, 4, _pdf_text(describe_container(b)), new_x="LMARGIN", new_y="NEXT")

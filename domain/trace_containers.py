@@ -7,12 +7,18 @@ packing tables (container, containment, used_code) and add to what trace.backwar
   everything inside it: the container tree down to units (each unit with its lot), and the backward
   genealogy of every lot of those units, merged into one graph with the usual answer fields.
 - containers_of_lots(lot numbers): the cases and pallets now holding units of those lots, each with the
-  container it sits in and where it is now (open in stock, or shipped on which shipment to which customer).
+  container it sits in and where it is now (open in stock, on hold by which recall, or shipped on which shipment
+  to which customer).
+- unit_packing(unit) / backward_packing(answer): the packing part of a backward trace: for a unit, the case and
+  pallet it is in now (or was in when it was last packed) with the pack and unpack events; for a lot, the cases
+  and pallets holding its units.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -23,6 +29,7 @@ from domain.codes import canonical as code_value
 from domain.epcis_ids import canonical
 from domain.models import Lot, Shipment
 from domain.models_codes import Container, Containment, UsedCode
+from domain.models_trace import Recall, RecallContainer
 
 _CHUNK = 500
 
@@ -55,18 +62,45 @@ async def _customers(session: AsyncSession, shipments: set[str]) -> dict[str, Sh
     return {s.number: s for s in rows}
 
 
-def _where(c: Container, parent: str | None, ship: Shipment | None) -> str:
+async def _held_by(session: AsyncSession, boxes: Iterable[Container]) -> dict[str, list[str]]:
+    """For each box a recall holds (status on_hold), the recalls holding it now (held, not released), oldest
+    first; one query for all of them, none when no box is on hold."""
+    codes = sorted({c.code for c in boxes if c.status == packing.ON_HOLD})
+    out: dict[str, list[str]] = defaultdict(list)
+    for i in range(0, len(codes), _CHUNK):
+        rows = (await session.execute(
+            select(RecallContainer.code, Recall.number).join(Recall, Recall.id == RecallContainer.recall_id)
+            .where(RecallContainer.code.in_(codes[i:i + _CHUNK]), RecallContainer.action == "held",
+                   RecallContainer.held_at.is_not(None), RecallContainer.released_at.is_(None))
+            .order_by(Recall.id))).all()
+        for code, number in rows:
+            if number not in out[code]:
+                out[code].append(number)
+    return out
+
+
+def _where(c: Container, parent: str | None, ship: Shipment | None, held_by: list[str] | None = None) -> str:
     if c.status == "shipped":
         who = ship.customer if ship is not None else "an unknown customer"
         return f"shipped to {who} ({c.shipment})"
+    if c.status == packing.ON_HOLD:
+        by = f"on hold by recall {', '.join(held_by)}" if held_by else "on hold"
+        return f"{by}, in stock in {parent}" if parent else f"{by}, in stock"
     return f"in stock, in {parent}" if parent else "in stock (open)"
 
 
-def _view(c: Container, parent: str | None, ship: Shipment | None) -> dict[str, Any]:
-    return {"code": c.code, "level": c.level, "status": c.status, "parent": parent,
+def _view(c: Container, parent: str | None, ship: Shipment | None,
+          held_by: list[str] | None = None) -> dict[str, Any]:
+    return {"code": c.code, "sscc": sscc(c.code), "level": c.level, "status": c.status, "parent": parent,
             "shipment": c.shipment, "customer": ship.customer if ship is not None else None,
             "sales_order": ship.sales_order if ship is not None else None,
-            "shipped_at": c.shipped_at.isoformat() if c.shipped_at else None, "where": _where(c, parent, ship)}
+            "shipped_at": c.shipped_at.isoformat() if c.shipped_at else None,
+            "where": _where(c, parent, ship, held_by), "held_by": list(held_by or [])}
+
+
+def sscc(code: str) -> str | None:
+    """The SSCC of a container code (`/00/{sscc}`); None for a case coded as GTIN + serial."""
+    return code[4:] if code.startswith("/00/") else None
 
 
 async def _lot_numbers(session: AsyncSession, ids: set[int]) -> dict[int, str]:
@@ -121,6 +155,7 @@ async def backward_container(session: AsyncSession, container: Container, *, que
     parent = await packing.parent_of(session, container.code)
     ship = (await _customers(session, {container.shipment} if container.shipment else set())).get(
         container.shipment or "")
+    held = await _held_by(session, [container])
     units_per_lot: dict[str, int] = defaultdict(int)
     for u in units:
         if u in lot_of_unit:
@@ -131,7 +166,7 @@ async def backward_container(session: AsyncSession, container: Container, *, que
         "certificates": sorted({c for r in graphs for c in r["certificates"]}),
         "supplier_lots_upstream": sorted({x for r in graphs for x in r["supplier_lots_upstream"]}),
         # what this answer adds for a container
-        "container": {**_view(container, parent, ship), "unit_count": inside["unit_count"],
+        "container": {**_view(container, parent, ship, held.get(container.code)), "unit_count": inside["unit_count"],
                       "tree": annotate(inside["tree"])},
         "lots": [{"lot": n, "units": units_per_lot[n]} for n in lots],
         "units_without_lot": sorted(u for u in units if u not in lot_of_unit),
@@ -185,14 +220,118 @@ async def containers_of_lots(session: AsyncSession, lot_numbers: list[str]) -> l
         boxes.update((c.code, c) for c in (await session.execute(select(Container).where(
             Container.code.in_(codes[i:i + _CHUNK])))).scalars())
     ships = await _customers(session, {c.shipment for c in boxes.values() if c.shipment})
+    held = await _held_by(session, boxes.values())
     out = []
     for code in codes:
         c = boxes.get(code)
         if c is None:
             continue
         per_lot = counts[code]
-        out.append({**_view(c, parent_of.get(code), ships.get(c.shipment or "")),
+        out.append({**_view(c, parent_of.get(code), ships.get(c.shipment or ""), held.get(code)),
                     "units": sum(per_lot.values()), "lots": sorted(per_lot)})
     rank = {"pallet": 0, "case": 1}
     out.sort(key=lambda x: (rank.get(x["level"], 2), x["code"]))
     return out
+
+
+def _t(iso: str | None) -> datetime | None:
+    return datetime.fromisoformat(iso) if iso else None
+
+
+def _overlaps(row: dict[str, Any], lo: datetime, hi: datetime | None) -> bool:
+    """Whether a packing row (packed_at .. unpacked_at, open if None) overlaps the time from lo to hi."""
+    packed, unpacked = _t(row["packed_at"]), _t(row["unpacked_at"])
+    assert packed is not None
+    return (hi is None or packed < hi) and (unpacked is None or unpacked > lo)
+
+
+async def unit_packing(session: AsyncSession, unit: str) -> dict[str, Any]:
+    """The packing of one unit: the case it is in now, the pallet that case is on, and so on up (`chain`,
+    innermost first), or, once it was unpacked, the chain as it was when it was last packed (`packed` False).
+    Each link is the container (status and where it is now, with its shipment and customer when it shipped,
+    the recalls holding it) with the packing that put the level below into it: packed_at and pack_event, and
+    unpacked_at and unpack_event once it came out. `shipment` / `customer`: the box shipment the unit left on,
+    when it is still packed in a shipped box. `history` is every packing of the unit (packing.history)."""
+    rows = await packing.history(session, unit)  # a unit is only ever a child
+    value = rows[0]["child"] if rows else (container_code(unit) or unit)
+    out: dict[str, Any] = {"of": "unit", "unit": value, "packed": False, "chain": [], "events": [],
+                           "shipment": None, "customer": None, "history": rows}
+    if not rows:
+        return out
+    link = next((r for r in reversed(rows) if r["unpacked_at"] is None), rows[-1])
+    out["packed"] = link["unpacked_at"] is None
+    links = [link]
+    lo, hi = _t(link["packed_at"]), _t(link["unpacked_at"])
+    assert lo is not None
+    seen = {value}
+    for _ in range(packing.MAX_DEPTH):  # up the chain: the box's own packing while the unit was inside it
+        box = links[-1]["parent"]
+        if box in seen:  # a cycle in bad data cannot loop
+            break
+        seen.add(box)
+        up = [r for r in await packing.history(session, box) if r["child"] == box and _overlaps(r, lo, hi)]
+        if not up:
+            break
+        r = up[-1]  # the newest, if the box was repacked while the unit was inside
+        links.append(r)
+        lo = max(lo, _t(r["packed_at"]))  # type: ignore[type-var]
+        end = _t(r["unpacked_at"])
+        hi = end if hi is None else (hi if end is None else min(hi, end))
+    codes = [r["parent"] for r in links]
+    boxes = {c.code: c for c in (await session.execute(select(Container).where(Container.code.in_(codes)))).scalars()}
+    ships = await _customers(session, {c.shipment for c in boxes.values() if c.shipment})
+    held = await _held_by(session, boxes.values())
+    for r in links:
+        c = boxes.get(r["parent"])
+        if c is None:  # a containment row always has its container; nothing to say about one without
+            continue
+        ship = ships.get(c.shipment or "")
+        out["chain"].append({**_view(c, await packing.parent_of(session, c.code), ship, held.get(c.code)),
+                             "contains": r["child"], "packed_at": r["packed_at"],
+                             "pack_event": r["pack_event"], "unpacked_at": r["unpacked_at"],
+                             "unpack_event": r["unpack_event"]})
+        out["events"] += [e for e in (r["pack_event"], r["unpack_event"]) if e and e not in out["events"]]
+    if out["packed"]:
+        shipped = next((b for b in out["chain"] if b["status"] == "shipped"), None)
+        if shipped is not None:
+            out["shipment"], out["customer"] = shipped["shipment"], shipped["customer"]
+    return out
+
+
+async def backward_packing(session: AsyncSession, answer: dict[str, Any]) -> dict[str, Any]:
+    """The packing part of a backward trace's answer (trace.backward): from a unit, unit_packing; from a lot
+    or batch code, the cases and pallets holding the lot's units now (containers_of_lots)."""
+    if answer.get("unit"):
+        return await unit_packing(session, answer["unit"])
+    lot = answer["lot"]
+    return {"of": "lot", "lot": lot, "containers": await containers_of_lots(session, [lot])}
+
+
+# --- the answers the trace routes send (api/routes/trace.py), and bench/trace.py times ------------------------
+
+
+async def backward_answer(session: AsyncSession, code: str, *, resolver: str, reader: Any = None,
+                          as_sent: bool = False) -> dict[str, Any]:
+    """GET /api/trace/backward's answer: from a case or pallet, everything inside it (backward_container); from
+    a unit, batch code or lot, trace.backward with its `packing` (backward_packing). `reader` and `as_sent` as
+    for trace.backward (`as_sent`: the answer is serialised with orjson at once, trace.to_json)."""
+    box = await find_container(session, code)
+    if box is not None:
+        return await backward_container(session, box, query=code, resolver=resolver)
+    result = await trace.backward(session, code, resolver=resolver, reader=reader, as_sent=as_sent)
+    result["packing"] = await backward_packing(session, result)
+    return result
+
+
+async def forward_answer(session: AsyncSession, *, resolver: str, kind: str, value: str,
+                         since: datetime | None = None, until: datetime | None = None,
+                         reader: Any = None) -> dict[str, Any]:
+    """GET /api/trace/forward's answer: trace.forward with the cases and pallets holding units of the lots it
+    reached, and where each is now (`containers`, counted in the summary)."""
+    result = await trace.forward(session, resolver=resolver, kind=kind, value=value, since=since, until=until,
+                                 reader=reader)
+    boxes = await containers_of_lots(session, [n["id"] for n in result["nodes"] if n["node"] == "lot"])
+    result["containers"] = boxes
+    result["summary"]["containers"] = len(boxes)
+    result["summary"]["containers_shipped"] = sum(1 for b in boxes if b["status"] == "shipped")
+    return result

@@ -35,28 +35,15 @@ def _safe(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[-80:]
 
 
-async def _with_containers(session: ReadSessionDep, result: dict[str, Any]) -> None:
-    """Add the cases and pallets holding units of the traced lots, and where each is now."""
-    boxes = await trace_containers.containers_of_lots(
-        session, [n["id"] for n in result["nodes"] if n["node"] == "lot"])
-    result["containers"] = boxes
-    result["summary"]["containers"] = len(boxes)
-    result["summary"]["containers_shipped"] = sum(1 for b in boxes if b["status"] == "shipped")
-
-
 @router.get("/backward/{code:path}", summary="Where did it come from: from a unit, case, batch code or lot")
 async def trace_backward(code: str, request: Request, session: ReadSessionDep, settings: SettingsDep,
                          format: Format = "json") -> Response:
-    box = await trace_containers.find_container(session, code)  # a case or pallet: everything inside it
-    if box is not None:
-        result = await trace_containers.backward_container(session, box, query=code,
-                                                           resolver=settings.resolver_base_url)
-        return _render(result, format, f"trace-backward-{_safe(box.code)}")
-    if format == "json":  # the answer as JSON bytes, sent as they are
-        return Response(await trace.backward_json(session, code, resolver=settings.resolver_base_url,
-                                                  reader=_reader(request)), media_type="application/json")
-    result = await trace.backward(session, code, resolver=settings.resolver_base_url, reader=_reader(request))
-    return _render(result, format, f"trace-backward-{_safe(result['lot'])}")
+    # a case or pallet: everything inside it; a unit, batch code or lot: its genealogy and packing. as_sent for
+    # JSON: serialised once, as it is assembled (the answer bench/trace.py times)
+    result = await trace_containers.backward_answer(session, code, resolver=settings.resolver_base_url,
+                                                    reader=_reader(request), as_sent=format == "json")
+    name = result["container"]["code"] if result.get("container") else result["lot"]
+    return _render(result, format, f"trace-backward-{_safe(name)}")
 
 
 @router.get("/forward", summary="Where did it go: from a lot, supplier lot, heat, or equipment/operator in a window")
@@ -69,16 +56,14 @@ async def trace_forward_from(
     until: Annotated[datetime | None, Query(description="equipment/operator: window end (with offset)")] = None,
     format: Format = "json",
 ) -> Response:
-    result = await trace.forward(session, resolver=settings.resolver_base_url, kind=kind, value=value,
-                                 since=since, until=until, reader=_reader(request))
-    await _with_containers(session, result)
+    result = await trace_containers.forward_answer(session, resolver=settings.resolver_base_url, kind=kind,
+                                                   value=value, since=since, until=until, reader=_reader(request))
     return _render(result, format, f"trace-forward-{kind}-{_safe(value)}")
 
 
 @router.get("/forward/{lot}", summary="Where did it go: every lot made from a lot and where each is now")
 async def trace_forward(lot: str, request: Request, session: ReadSessionDep, settings: SettingsDep,
                         format: Format = "json") -> Response:
-    result = await trace.forward(session, resolver=settings.resolver_base_url, kind="lot", value=lot,
-                                 reader=_reader(request))
-    await _with_containers(session, result)
+    result = await trace_containers.forward_answer(session, resolver=settings.resolver_base_url, kind="lot",
+                                                   value=lot, reader=_reader(request))
     return _render(result, format, f"trace-forward-{_safe(lot)}")
