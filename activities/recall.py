@@ -13,6 +13,9 @@ from activities.recall_models import (
     CustomerNotice,
     CustomerShipment,
     RecallAckInput,
+    RecallContainerDecisionInput,
+    RecallContainerEffect,
+    RecallContainerLine,
     RecallDecisionEffect,
     RecallDecisionInput,
     RecallInput,
@@ -61,10 +64,33 @@ class RecallActivities(TransactionalActivities):
     @activity.defn
     @translated
     async def hold_recall_lots(self, inp: RecallRef) -> list[RecallLotLine]:
-        """Put every in-stock lot of the scope on hold."""
+        """Put every lot of the scope still in stock on hold. The lines are the held lots and the lots that changed
+        since the scope (shipped or used up meanwhile: not held), each with the customers it added to the notices."""
         async with self.tx() as s:
-            held = await recall.hold_lots(s, number=inp.number, resolver=self.resolver)
-        return [RecallLotLine(action="held", **h) for h in held]
+            lines = await recall.hold_lots(s, number=inp.number, resolver=self.resolver)
+        return [RecallLotLine(**x) for x in lines]
+
+    @activity.defn
+    @translated
+    async def recall_held_containers(self, inp: RecallRef) -> list[RecallContainerLine]:
+        """The cases and pallets the recall holds, and which of them wait for a decision on the box itself."""
+        async with self.tx() as s:
+            sc = await recall.scope(s, inp.number)
+        return [RecallContainerLine(code=c["code"], level=c["level"], lots=c["lots"],
+                                    waits_for_decision=c["waits_for_decision"],
+                                    released=c["released_at"] is not None)
+                for c in sc["containers"] if c["action"] == "held" and c["held_at"] is not None]
+
+    @activity.defn
+    @translated
+    async def decide_recall_container(self, inp: RecallContainerDecisionInput) -> RecallContainerEffect:
+        """Record a decision on a held case or pallet and its electronic signature in one transaction."""
+        d = inp.decision
+        async with self.tx() as s:
+            effect = await recall.decide_container(s, number=inp.number, code=d.code, decision=d.decision.value,
+                                                   reviewer=d.reviewer, role=d.role.value, reason=d.reason,
+                                                   resolver=self.resolver, signature=d.signature)
+        return RecallContainerEffect(**effect)
 
     @activity.defn
     @translated
@@ -102,4 +128,4 @@ class RecallActivities(TransactionalActivities):
 
     def all(self) -> list[Any]:
         return [self.open_recall, self.hold_recall_lots, self.mark_recall_erp_blocked, self.acknowledge_recall,
-                self.decide_recall_lot, self.close_recall]
+                self.decide_recall_lot, self.close_recall, self.recall_held_containers, self.decide_recall_container]

@@ -60,12 +60,56 @@ class RecallInput(RecallCreate):
     opened_by: str | None = Field(default=None, max_length=80)
 
 
+class HoldDecision(StrEnum):
+    release = "release"
+    reject = "reject"
+
+
 class RecallLotLine(Model):
     lot: str
     item: str
     action: str  # held | shipped | none
     quantity: float
     uom: str
+    # hold_recall_lots: the customers this line added to the notices (what shipped between the scope and the hold);
+    # empty in results recorded before it was added
+    customers: list[str] = Field(default_factory=list)
+
+
+class RecallContainerLine(Model):
+    """A case or pallet a recall holds (recall_held_containers) and the recalled lots with units inside it."""
+
+    code: str
+    level: str  # case | pallet
+    lots: list[str] = Field(default_factory=list)
+    waits_for_decision: bool = False  # no decision on its lots can release it: the box itself needs one
+    released: bool = False  # its hold has ended already
+
+
+class RecallContainerDecision(Model):
+    """A reviewer's decision on a held case or pallet."""
+
+    code: str = Field(min_length=1, max_length=200)
+    decision: HoldDecision
+    reviewer: str = Field(min_length=1, max_length=80)
+    role: ReviewerRole
+    reason: str = Field(default="", max_length=2000)
+    signature: DecisionSignature | None = Field(
+        default=None, description="set by the API after the password check; written with the decision")
+
+
+class RecallContainerDecisionInput(Model):
+    number: str
+    decision: RecallContainerDecision
+
+
+class RecallContainerEffect(Model):
+    """What a reviewer's decision did to the box (decide_recall_container's result)."""
+
+    code: str
+    decision: str  # release | reject
+    status: str  # the box's status after the decision
+    still_held_by: list[str] = Field(default_factory=list)
 
 
 class CustomerShipment(Model):
@@ -106,9 +150,6 @@ class RecallAck(RecallAckCreate):
     recorded_by: str | None = Field(default=None, max_length=80)
 
 
-class HoldDecision(StrEnum):
-    release = "release"
-    reject = "reject"
 
 
 class RecallLotDecision(Model):
@@ -135,6 +176,11 @@ class RecallStatus(Model):
         default_factory=dict, description="lots this recall released that stay on hold, and what still holds each "
                                           "(`recall RC-2`, `NCR NCR-7`): they leave on_hold when the last holder "
                                           "lets them go")
+    containers: list[str] = Field(default_factory=list, description="cases and pallets this recall holds")
+    containers_waiting: list[str] = Field(
+        default_factory=list, description="held cases and pallets that only a reviewer's decision on the box itself "
+                                          "can release (their recalled lots shipped, were used up or rejected)")
+    container_decisions: dict[str, str] = Field(default_factory=dict)
 
 
 class RecallResult(Model):

@@ -123,6 +123,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/recalls/{number}"): READERS,
     ("POST", "/api/recalls/{number}/acknowledgements"): frozenset({"quality_manager", "qa_supervisor"}),
     ("POST", "/api/recalls/{number}/decisions"): REVIEWERS,
+    ("POST", "/api/recalls/{number}/containers/{code}/decisions"): REVIEWERS,
     # connectors and endpoints (integrators)
     ("GET", "/api/connectors"): ENGINEERING,
     ("GET", "/api/endpoints"): ENGINEERING | {"auditor"},

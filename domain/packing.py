@@ -68,10 +68,15 @@ async def _container(session: AsyncSession, info: CodeInfo) -> Container:
 
 
 ON_HOLD = "on_hold"  # container.status while a recall holds it (domain/recall.py)
+REJECTED = "rejected"  # container.status once a recall's reviewer rejected it (domain/recall.py): it never ships
 
 
 async def _refuse_held(session: AsyncSession, box: Container, what: str, field: str) -> None:
-    """A case or pallet a recall holds may not be packed onto, packed, or shipped: the refusal names the recall."""
+    """A case or pallet a recall holds, or one a recall's reviewer rejected, may not be packed onto, packed, or
+    shipped: the refusal names the recall."""
+    if box.status == REJECTED:
+        raise Conflict(f"{box.level} {box.code} was rejected by a recall's reviewer: it may not be {what}; its "
+                       "units are to be scrapped", field=field)
     if box.status != ON_HOLD:
         return
     recall = (await session.execute(
@@ -79,7 +84,8 @@ async def _refuse_held(session: AsyncSession, box: Container, what: str, field: 
         .where(RecallContainer.code == box.code, RecallContainer.held_at.is_not(None),
                RecallContainer.released_at.is_(None)).order_by(Recall.id.desc()))).scalars().first()
     raise Conflict(f"{box.level} {box.code} is on hold by recall {recall or '(unknown)'}: it may not be {what} "
-                   "until a reviewer has released the recalled lots inside it", field=field)
+                   "until a reviewer has released the recalled lots inside it, or the box itself (a decision on "
+                   "the recall's container)", field=field)
 
 
 def _event_key(action: str, parent: str, children: list[str], at: datetime) -> str:

@@ -16,9 +16,10 @@ from core.errors import Conflict, InvalidInput, NotFound
 from domain import holds
 from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
-from domain.models import AuditLog, Lot, LotStatus, utcnow
+from domain.models import AuditLog, Lot, LotStatus, Shipment, ShipmentLine, utcnow
 from domain.models_codes import Container
 from domain.models_trace import Recall, RecallContainer, RecallLot, RecallNotice
+from domain.packing import REJECTED as CONTAINER_REJECTED  # a box a reviewer rejected: it never ships
 from domain.packing import epc
 from domain.production import set_lot_status
 from domain.signatures import record_signature
@@ -107,6 +108,8 @@ async def scope(session: AsyncSession, number: str) -> dict[str, Any]:
         select(RecallContainer, Container.status).outerjoin(Container, Container.code == RecallContainer.code)
         .where(RecallContainer.recall_id == row.id).order_by(RecallContainer.level.desc(), RecallContainer.code)
     )).all()
+    lot_lines = {lot.number: (rl.action, rl.decision) for rl, lot in lots}
+    box_decisions = await _container_decisions(session, number) if boxes else {}
     return {
         "number": row.number, "status": row.status, "suspect_kind": row.suspect_kind, "suspect": row.suspect,
         "reason": row.reason,
@@ -121,20 +124,40 @@ async def scope(session: AsyncSession, number: str) -> dict[str, Any]:
         "containers": [{"code": rc.code, "level": rc.level, "action": rc.action, "status_before": rc.status_before,
                         "status": status, "lots": rc.lots, "units": rc.units,
                         "held_at": rc.held_at.isoformat() if rc.held_at else None,
-                        "released_at": rc.released_at.isoformat() if rc.released_at else None}
+                        "released_at": rc.released_at.isoformat() if rc.released_at else None,
+                        # held, and only a reviewer's decision on the box itself can end the hold
+                        "waits_for_decision": container_waits_for_decision(rc, lot_lines),
+                        **_decision_fields(box_decisions.get(rc.code))}
                        for rc, status in boxes],
     }
 
 
+def _decision_fields(d: dict[str, Any] | None) -> dict[str, Any]:
+    return {"decision": d["decision"] if d else None, "decided_by": d["decided_by"] if d else None,
+            "decision_reason": d["reason"] if d else None}
+
+
 async def hold_lots(session: AsyncSession, *, number: str, resolver: str) -> list[dict[str, Any]]:
-    """Put every in-stock lot of the scope on hold (recorded as an EPCIS holding event, disposition recalled)."""
+    """Put every in-stock lot of the scope on hold (recorded as an EPCIS holding event, disposition recalled).
+
+    The scope was computed in an earlier transaction (open_recall), so each lot is locked and read again first: a lot
+    that shipped or was used up since is not held (it left: no hold, no ERP block), its line says what became of it
+    (`shipped` with its shipments' quantities, or `none`), and the customers of what shipped since the scope are
+    added to the notices. Returns the held lines and the lines that changed since the scope, each with the customers
+    it added (`customers`), read back from the record so that a retry answers as the first run did."""
     row = await get_recall(session, number)
     pairs = (await session.execute(
         select(RecallLot, Lot).join(Lot, Lot.id == RecallLot.lot_id)
         .where(RecallLot.recall_id == row.id, RecallLot.action == "held"))).all()
-    out = []
     for rl, lot in pairs:
         if rl.held_at is None:
+            # lock the lot against a shipment or a consumption until this transaction ends (PostgreSQL; SQLite
+            # writers are serialised already), and read what other transactions committed since the scope
+            lot = (await session.execute(select(Lot).where(Lot.id == rl.lot_id).with_for_update(of=Lot)
+                                         .execution_options(populate_existing=True))).scalar_one()
+            await _scope_changes(session, row, rl, lot)
+            if rl.action != "held":
+                continue
             if lot.status == LotStatus.on_hold:
                 # holds stack: this recall holds it too, and the lot leaves on_hold only when the last holder lets
                 # it go (decide_lot); the entry says who else holds it
@@ -153,10 +176,77 @@ async def hold_lots(session: AsyncSession, *, number: str, resolver: str) -> lis
                 work_order_id=lot.work_order_id,
             )
             rl.held_at = utcnow()
-        out.append({"lot": lot.number, "item": lot.item.code, "quantity": rl.quantity, "uom": lot.uom})
     await _hold_containers(session, row, resolver)
     await session.flush()
-    return out
+    changed = {c["lot"]: c for c in await _scope_changes_recorded(session, number)}
+    lines = (await session.execute(
+        select(RecallLot, Lot).join(Lot, Lot.id == RecallLot.lot_id).where(RecallLot.recall_id == row.id)
+        .order_by(Lot.number))).all()
+    return [{"lot": lot.number, "item": lot.item.code, "action": rl.action, "quantity": rl.quantity, "uom": lot.uom,
+             "customers": changed[lot.number]["customers"] if lot.number in changed else []}
+            for rl, lot in lines if rl.action == "held" or lot.number in changed]
+
+
+async def _scope_changes(session: AsyncSession, row: Recall, rl: RecallLot, lot: Lot) -> None:
+    """Bring a held line of the scope up to date before its hold: what shipped since the scope goes into the
+    customers' notices, and a lot no longer in stock is listed as shipped (or `none`: used up) instead of held.
+    Writes one `recall.scope_changed` entry when anything changed (the record a retry answers from)."""
+    noticed = set()
+    notices = {n.customer: n for n in (await session.execute(
+        select(RecallNotice).where(RecallNotice.recall_id == row.id))).scalars()}
+    for n in notices.values():
+        for sh in n.shipments:
+            noticed |= {(sh["shipment"], x["lot"]) for x in sh.get("lots", [])}
+    ships = (await session.execute(
+        select(ShipmentLine.quantity, Shipment.number, Shipment.sales_order, Shipment.customer, Shipment.shipped_at)
+        .join(Shipment, Shipment.id == ShipmentLine.shipment_id).where(ShipmentLine.lot_id == lot.id)
+        .order_by(Shipment.shipped_at, ShipmentLine.id))).all()
+    added: dict[str, float] = {}
+    shipped_total = 0.0
+    for qty, shipment, sales_order, customer, shipped_at in ships:
+        shipped_total += qty
+        if (shipment, lot.number) in noticed:
+            continue
+        n = notices.get(customer)
+        if n is None:
+            n = notices[customer] = RecallNotice(recall_id=row.id, customer=customer, quantity=0.0, shipments=[])
+            session.add(n)
+        # a new list (and new dicts): the JSON column sees the change
+        shipments = [dict(sh, lots=list(sh.get("lots", []))) for sh in n.shipments]
+        sh = next((x for x in shipments if x["shipment"] == shipment), None)
+        if sh is None:
+            sh = {"shipment": shipment, "sales_order": sales_order,
+                  "shipped_at": shipped_at.isoformat() if shipped_at else None, "lots": []}
+            shipments.append(sh)
+        sh["lots"].append({"lot": lot.number, "item": lot.item.code, "quantity": qty, "uom": lot.uom})
+        n.shipments = shipments
+        n.quantity = (n.quantity or 0.0) + qty
+        added[customer] = added.get(customer, 0.0) + qty
+    in_stock = lot.status in IN_STOCK and lot.quantity_remaining > 1e-9
+    if in_stock and not added and abs(lot.quantity_remaining - rl.quantity) <= 1e-9:
+        return
+    before = {"action": rl.action, "quantity": rl.quantity}
+    if in_stock:
+        rl.quantity = lot.quantity_remaining  # what is left to hold (and for the ERP to block)
+    else:
+        rl.action = "shipped" if ships else "none"
+        rl.quantity = shipped_total if ships else 0.0
+    await session.flush()
+    await audit(session, actor=row.requested_by, action="recall.scope_changed", entity="recall", key=row.number,
+                changes={"lot": lot.number, "lot_status": lot.status, "customers": sorted(added),
+                         "shipped_since_scope": {c: added[c] for c in sorted(added)},
+                         "why": "changed between the scope and the hold: "
+                                + ("still in stock, held" if in_stock else f"no longer in stock ({lot.status}), "
+                                                                           "not held"),
+                         **diff(before, {"action": rl.action, "quantity": rl.quantity})})
+
+
+async def _scope_changes_recorded(session: AsyncSession, number: str) -> list[dict[str, Any]]:
+    """The recall.scope_changed entries of a recall, oldest first: {lot, customers}."""
+    entries = (await session.execute(
+        select(AuditLog.changes).where(AuditLog.entity == "recall", AuditLog.entity_key == number,
+                                       AuditLog.action == "recall.scope_changed").order_by(AuditLog.seq))).scalars()
+    return [{"lot": c["lot"], "customers": list(c.get("customers") or [])} for c in entries]
 
 
 async def _hold_containers(session: AsyncSession, row: Recall, resolver: str) -> None:
@@ -234,6 +324,122 @@ async def _release_containers(session: AsyncSession, row: Recall, resolver: str,
                                            "lots": rc.lots}})
         await audit(session, actor=reviewer, action="container.released", entity="container", key=rc.code,
                     changes=diff({"status": CONTAINER_ON_HOLD}, {"status": box.status}, recall=row.number))
+
+
+
+
+def container_waits_for_decision(rc: RecallContainer, lots: dict[str, tuple[str, str | None]]) -> bool:
+    """Whether a held case or pallet needs a reviewer's decision of its own: its hold is on, and the lots' decisions
+    can never end it (the hold ends by itself only when every recalled lot inside is held by this recall and
+    released; a lot that had shipped or was used up, or a rejected one, takes no release). `lots`: lot number ->
+    (action, decision) of this recall's lines."""
+    if rc.action != "held" or rc.held_at is None or rc.released_at is not None:
+        return False
+    return not all(lots.get(n, ("none", None))[0] == "held" and lots[n][1] in (None, "release") for n in rc.lots)
+
+
+def container_decision_content(number: str, *, code: str, decision: str, reviewer: str, role: str,
+                               reason: str) -> dict[str, Any]:
+    """What a reviewer signs when deciding a held case or pallet."""
+    return {"recall": number, "container": code, "decision": decision, "reviewer": reviewer, "role": role,
+            "reason": reason}
+
+
+async def _container_decisions(session: AsyncSession, number: str) -> dict[str, dict[str, Any]]:
+    """The reviewers' decisions on this recall's cases and pallets (recall.container_decided entries), by code."""
+    out: dict[str, dict[str, Any]] = {}
+    for actor, at, c in (await session.execute(
+            select(AuditLog.actor, AuditLog.at, AuditLog.changes)
+            .where(AuditLog.entity == "recall", AuditLog.entity_key == number,
+                   AuditLog.action == "recall.container_decided").order_by(AuditLog.seq))).all():
+        out.setdefault(c["container"], {"decision": c["decision"], "decided_by": actor, "role": c.get("role"),
+                                        "reason": c.get("reason"), "decided_at": at.isoformat()})
+    return out
+
+
+async def decide_container(session: AsyncSession, *, number: str, code: str, decision: str, reviewer: str,
+                           role: str, reason: str, resolver: str, signature: Any = None) -> dict[str, Any]:
+    """A reviewer's decision on a case or pallet this recall holds: release or reject.
+
+    A box whose recalled lots shipped (lot first, box after: the order packing expects) or were used up is held
+    with no lot decision that could release it: this decision ends the hold. A release ends this recall's hold;
+    the box goes back to what it was before the first hold only when no other open recall holds it. It is refused
+    while a lot inside is still held by this recall undecided (decide the lot) or was rejected (reject the box). A
+    reject ends the hold too and marks the box `rejected`: it never ships, is packed onto nor packed again.
+    The signature, if given, is written in the same transaction. A repeated call changes nothing."""
+    if decision not in ("release", "reject"):
+        raise InvalidInput(f"decision {decision!r}: use release or reject", field="decision")
+    if not reason.strip():
+        raise InvalidInput(f"reason is required: say why you {decision} {code}", field="reason")
+    row = await get_recall(session, number)
+    pair = (await session.execute(
+        select(RecallContainer, Container).join(Container, Container.code == RecallContainer.code)
+        .where(RecallContainer.recall_id == row.id, RecallContainer.code == code))).first()
+    if pair is None or pair[0].action != "held" or pair[0].held_at is None:
+        raise Conflict(f"{code!r} is not a case or pallet held by recall {number}: see the recall's containers at "
+                       f"GET /api/recalls/{number}", field="code")
+    rc, box = pair
+    done = (await _container_decisions(session, number)).get(code)
+    if done is not None:
+        if done["decision"] == decision:
+            return {"code": code, "decision": decision, "status": box.status, "still_held_by": []}
+        raise Conflict(f"{rc.level} {code} was already decided ({done['decision']} by {done['decided_by']})",
+                       field="code")
+    if rc.released_at is not None:
+        raise Conflict(f"{rc.level} {code} is no longer held by recall {number}: its lots' release ended the hold",
+                       field="code")
+    lots = {n: (a, d) for n, a, d in (await session.execute(
+        select(Lot.number, RecallLot.action, RecallLot.decision).join(Lot, Lot.id == RecallLot.lot_id)
+        .where(RecallLot.recall_id == row.id))).all()}
+    if decision == "release":
+        undecided = sorted(n for n in rc.lots if lots.get(n, ("", None)) == ("held", None))
+        if undecided:
+            raise Conflict(f"{rc.level} {code} holds units of lot {', '.join(undecided)}, still held by recall "
+                           f"{number}: decide the lot first (its release releases the box)", field="code")
+        rejected = sorted(n for n in rc.lots if lots.get(n, ("", None))[1] == "reject")
+        if rejected:
+            raise Conflict(f"{rc.level} {code} holds units of rejected lot {', '.join(rejected)}: it may not be "
+                           "released; reject the box", field="code")
+    rc.released_at = utcnow()
+    before = box.status
+    still: list[str] = []
+    if decision == "reject":
+        box.status = CONTAINER_REJECTED
+        disp, pd = "non_conformant", {"set": ["non_conformant"]}
+        event = True
+    else:
+        still = await _container_holders(session, row, code)
+        event = not still
+        if not still and box.status == CONTAINER_ON_HOLD:
+            box.status = await _container_status_before_first_hold(session, row, rc)
+        disp, pd = "available", {"unset": ["non_conformant"]}
+    if event:
+        await record_event(
+            session, key=f"recall-{decision}:{number}:{code}", event_type="ObjectEvent", biz_step="inspecting",
+            disposition=disp, persistent_disposition=pd, epc_list=[epc(code, resolver)],
+            biz_transactions=[("testres", hub_uri("recall", number))],
+            extensions={"recallDecision": {"number": number, "decision": decision, "reviewer": reviewer,
+                                           "role": role, "reason": reason, "lots": rc.lots}})
+    await session.flush()
+    if still:
+        await audit(session, actor=reviewer, action="container.hold_kept", entity="container", key=code,
+                    changes={"status": box.status, "released_by": f"recall {number}",
+                             "still_held_by": [f"recall {n}" for n in still]})
+    else:
+        await audit(session, actor=reviewer, action="container.released" if decision == "release"
+                    else "container.rejected", entity="container", key=code,
+                    changes=diff({"status": before}, {"status": box.status}, recall=number, reason=reason))
+    await audit(session, actor=reviewer, action="recall.container_decided", entity="recall", key=number,
+                changes={"container": code, "level": rc.level, "decision": decision, "role": role, "reason": reason,
+                         "lots": rc.lots, "still_held_by": [f"recall {n}" for n in still],
+                         **diff({"container_status": before}, {"container_status": box.status})})
+    if signature is not None:
+        await record_signature(session, signer=signature.signer, signer_name=signature.signer_name, role=role,
+                               meaning=signature.meaning, entity="recall_container_decision", key=f"{number}/{code}",
+                               content=container_decision_content(number, code=code, decision=decision,
+                                                                  reviewer=reviewer, role=role, reason=reason))
+    await session.flush()
+    return {"code": code, "decision": decision, "status": box.status, "still_held_by": [f"recall {n}" for n in still]}
 
 
 async def mark_erp_blocked(session: AsyncSession, *, number: str, lot: str) -> None:

@@ -19,6 +19,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.recall_models import (
         RecallAck,
         RecallAckInput,
+        RecallContainerDecision,
+        RecallContainerDecisionInput,
+        RecallContainerEffect,
+        RecallContainerLine,
         RecallDecisionEffect,
         RecallDecisionInput,
         RecallInput,
@@ -36,6 +40,11 @@ with workflow.unsafe.imports_passed_through():
 DECIDERS = {ReviewerRole.qa_supervisor, ReviewerRole.quality_manager}
 # decisions tell the ERP: unblock on a release that lifts the last recall hold, write-off on a reject
 PATCH_ERP_RELEASE = "recall-erp-release-v1"
+# the hold re-reads each lot: the customers of what shipped between the scope and the hold are notified and waited for
+PATCH_LATE_SHIP = "recall-late-ship-v1"
+# held cases and pallets that no lot decision can release (their lots had shipped, were used up or were rejected)
+# take a reviewer's decision of their own, and the recall waits for it
+PATCH_CONTAINER_DECISION = "recall-container-decision-v1"
 
 
 def workflow_id(number: str) -> str:
@@ -56,6 +65,11 @@ class RecallWorkflow:
         # ERP notices started by decisions, by lot (what status says it waits for), and their activities
         self.erp_waits: dict[str, str] = {}
         self.erp_notices: list[workflow.ActivityHandle[None]] = []
+        # customers added by the hold (shipped between the scope and the hold; PATCH_LATE_SHIP)
+        self.late_customers: list[str] = []
+        # the cases and pallets held (PATCH_CONTAINER_DECISION; None: a recall started before it, boxes unknown)
+        self.boxes: list[RecallContainerLine] | None = None
+        self.box_decided: dict[str, str] = {}
 
     @workflow.run
     async def run(self, inp: RecallInput) -> RecallResult:
@@ -64,9 +78,15 @@ class RecallWorkflow:
         self.scope = await workflow.execute_activity(
             "open_recall", inp, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=RecallScope)
         self.stage = "holding"
-        self.held = await workflow.execute_activity(
+        lines = await workflow.execute_activity(
             "hold_recall_lots", ref, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
             result_type=list[RecallLotLine])
+        # the held lines (the activity also lists the lots that left between the scope and the hold; before
+        # PATCH_LATE_SHIP it listed held lines only, so this filter replays as before)
+        self.held = [line for line in lines if line.action == "held"]
+        if workflow.patched(PATCH_LATE_SHIP):
+            for line in lines:
+                self.late_customers += [c for c in line.customers if c not in self.late_customers]
         for line in self.held:
             self.activity_wait = f"ERP: block lot {line.lot} (retried until the ERP answers)"
             await workflow.execute_activity(
@@ -79,6 +99,10 @@ class RecallWorkflow:
                 "mark_recall_erp_blocked", RecallLotRef(number=inp.number, lot=line.lot),
                 start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
         self.activity_wait = None
+        if workflow.patched(PATCH_CONTAINER_DECISION):
+            self.boxes = await workflow.execute_activity(
+                "recall_held_containers", ref, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+                result_type=list[RecallContainerLine])
         self.stage = "notifying"
         await workflow.wait_condition(self._done)
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -92,10 +116,23 @@ class RecallWorkflow:
         return result
 
     def _customers(self) -> list[str]:
-        return [c.customer for c in self.scope.customers] if self.scope else []
+        scoped = [c.customer for c in self.scope.customers] if self.scope else []
+        return scoped + [c for c in self.late_customers if c not in scoped]
 
     def _done(self) -> bool:
-        return set(self._customers()) <= self.acked and all(h.lot in self.decided for h in self.held)
+        return set(self._customers()) <= self.acked and all(h.lot in self.decided for h in self.held) \
+            and not self._boxes_waiting()
+
+    def _box_waits(self, box: RecallContainerLine) -> bool:
+        """A held box waits for a decision on itself: not decided, its hold not ended, and no lot decision can end
+        it (a lot inside is not held by this recall, or was rejected)."""
+        if box.code in self.box_decided or box.released:
+            return False
+        held = {h.lot for h in self.held}
+        return any(lot not in held or self.decided.get(lot) == "reject" for lot in box.lots)
+
+    def _boxes_waiting(self) -> list[str]:
+        return [b.code for b in self.boxes or [] if self._box_waits(b)]
 
     @workflow.update
     async def acknowledge(self, ack: RecallAck) -> RecallStatus:
@@ -180,6 +217,60 @@ class RecallWorkflow:
             raise ApplicationError(f"{number}: lot {d.lot} is already decided ({self.decided[d.lot]})",
                                    type="Conflict")
 
+    @workflow.update
+    async def decide_container(self, d: RecallContainerDecision) -> RecallStatus:
+        """A reviewer releases or rejects a held case or pallet (one that no lot decision can release)."""
+        assert self.inp is not None
+        self.box_decided[d.code] = d.decision.value  # at once: a second decision sent meanwhile is refused
+        try:
+            await workflow.execute_activity(
+                "decide_recall_container", RecallContainerDecisionInput(number=self.inp.number, decision=d),
+                start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=RecallContainerEffect)
+        except Exception:
+            # refused by the record (a recall started before boxes were listed here is checked only there)
+            self.box_decided.pop(d.code, None)
+            raise
+        return self.status()
+
+    @decide_container.validator
+    def _validate_decide_container(self, d: RecallContainerDecision) -> None:
+        number = self.inp.number if self.inp else "this recall"
+        if not d.reason.strip():
+            raise ApplicationError(f"{number}: reason is required: say why you {d.decision.value} {d.code}",
+                                   type="InvalidInput")
+        if d.role not in DECIDERS:
+            roles = ", ".join(sorted(r.value for r in DECIDERS))
+            raise ApplicationError(f"{number}: role {d.role.value} may not {d.decision.value} recalled stock; it "
+                                   f"needs one of: {roles}", type="Forbidden")
+        if self.stage in ("scoping", "holding"):
+            raise ApplicationError(f"{number} is still putting stock on hold: decide once it is held",
+                                   type="Conflict")
+        if d.code in self.box_decided:
+            raise ApplicationError(f"{number}: {d.code} is already decided ({self.box_decided[d.code]})",
+                                   type="Conflict")
+        if self.boxes is None:
+            return  # a recall started before boxes were listed: the activity checks the box against the record
+        box = next((b for b in self.boxes if b.code == d.code), None)
+        if box is None:
+            held = ", ".join(b.code for b in self.boxes) or "none"
+            raise ApplicationError(f"{number}: {d.code!r} is not a case or pallet held by this recall (held: {held})",
+                                   type="NotFound")
+        held = {h.lot for h in self.held}
+        if box.released or all(lot in held and self.decided.get(lot) == "release" for lot in box.lots):
+            raise ApplicationError(f"{number}: {box.level} {d.code} is no longer held: its lots' release ended the "
+                                   "hold", type="Conflict")
+        if d.decision.value == "release":
+            undecided = sorted(lot for lot in box.lots if lot in held and lot not in self.decided)
+            if undecided:
+                raise ApplicationError(
+                    f"{number}: {box.level} {d.code} holds units of lot {', '.join(undecided)}, still held: decide "
+                    "the lot first (its release releases the box)", type="Conflict")
+            rejected = sorted(lot for lot in box.lots if self.decided.get(lot) == "reject")
+            if rejected:
+                raise ApplicationError(
+                    f"{number}: {box.level} {d.code} holds units of rejected lot {', '.join(rejected)}: it may not "
+                    "be released; reject the box", type="Conflict")
+
     @workflow.query
     def status(self) -> RecallStatus:
         waiting = []
@@ -189,8 +280,12 @@ class RecallWorkflow:
         if self.stage == "notifying":
             waiting += [f"customer: acknowledgement from {c}" for c in self._customers() if c not in self.acked]
             waiting += [f"reviewer: release or reject held lot {h.lot}" for h in self.held if h.lot not in self.decided]
+            waiting += [f"reviewer: release or reject held {b.level} {b.code} (no lot decision releases it)"
+                        for b in self.boxes or [] if self._box_waits(b)]
         return RecallStatus(
             number=self.inp.number if self.inp else "", stage=self.stage, waiting_for=waiting,
             held=[h.lot for h in self.held], decided=dict(self.decided), customers=self._customers(),
             acknowledged=sorted(self.acked), still_held_by=dict(self.still_held_by),
+            containers=[b.code for b in self.boxes or []], containers_waiting=self._boxes_waiting(),
+            container_decisions=dict(self.box_decided),
         )

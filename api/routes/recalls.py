@@ -18,6 +18,7 @@ from activities.recall_models import (
     HoldDecision,
     RecallAck,
     RecallAckCreate,
+    RecallContainerDecision,
     RecallCreate,
     RecallInput,
     RecallLotDecision,
@@ -27,7 +28,7 @@ from api.deps import SessionDep, SettingsDep, TemporalDep
 from api.errors import APP_ERROR_STATUS
 from api.security import PrincipalDep
 from core.errors import Conflict, Forbidden
-from domain import identity, recall, trace
+from domain import gs1, identity, recall, trace
 from domain.models_trace import Recall
 from workflows.recall import DECIDERS, RecallWorkflow, workflow_id
 
@@ -39,6 +40,16 @@ class RecallDecisionRequest(BaseModel):
     decision: HoldDecision
     reason: str = Field(default="", max_length=2000, description="why: required")
     password: str = Field(min_length=1, max_length=1000, description="your password again: the decision is signed")
+
+
+
+class RecallContainerDecisionRequest(BaseModel):
+    """Release or reject a held case or pallet. The reviewer and role come from the login; the password signs it."""
+
+    decision: HoldDecision
+    reason: str = Field(default="", max_length=2000, description="why: required")
+    password: str = Field(min_length=1, max_length=1000, description="your password again: the decision is signed")
+
 
 router = APIRouter(prefix="/api/recalls", tags=["recalls"])
 
@@ -133,16 +144,22 @@ async def acknowledge(number: str, body: RecallAckCreate, session: SessionDep, c
     return await _update(session, client, number, RecallWorkflow.acknowledge, ack)
 
 
-@router.post("/{number}/decisions", summary="A reviewer releases or rejects a held lot")
-async def decide(number: str, body: RecallDecisionRequest, session: SessionDep,
-                 client: TemporalDep, principal: PrincipalDep) -> JSONResponse:
+async def _signing_reviewer(session: SessionDep, principal: PrincipalDep, password: str) -> ReviewerRole:
+    """The login's reviewer role for a signed decision (a deciding role first), after the password check."""
     mine = [ReviewerRole(r) for r in sorted(principal.roles) if r in ReviewerRole.__members__]
     role = next((r for r in mine if r in DECIDERS), mine[0] if mine else None)
     if role is None:
         raise Forbidden(f"releasing recalled stock needs one of the roles {sorted(r.value for r in DECIDERS)}")
     if principal.kind != "session" or principal.user_id is None:
         raise Forbidden("decisions are signed by a person: log in with your own account (POST /api/auth/login)")
-    await identity.check_password(session, principal.subject, body.password)
+    await identity.check_password(session, principal.subject, password)
+    return role
+
+
+@router.post("/{number}/decisions", summary="A reviewer releases or rejects a held lot")
+async def decide(number: str, body: RecallDecisionRequest, session: SessionDep,
+                 client: TemporalDep, principal: PrincipalDep) -> JSONResponse:
+    role = await _signing_reviewer(session, principal, body.password)
     # the signature travels with the decision: the activity that applies the decision writes it in the same
     # transaction, so a decision never exists without its signature and a refused resend signs nothing
     decision = RecallLotDecision(
@@ -150,3 +167,28 @@ async def decide(number: str, body: RecallDecisionRequest, session: SessionDep,
         signature=DecisionSignature(signer=principal.subject, signer_name=principal.full_name,
                                     meaning="released" if body.decision.value == "release" else "rejected"))
     return await _update(session, client, number, RecallWorkflow.decide, decision)
+
+
+def _container_code(code: str) -> str:
+    """A box as the recall lists it (`/00/<SSCC>`), from that form, `00/<SSCC>`, the bare SSCC, or the box's GS1
+    Digital Link URI."""
+    c = code.strip()
+    if "00" in (ais := gs1.parse_digital_link(c.replace(":/", "://", 1) if ":/" in c and "://" not in c else c)):
+        return f"/00/{ais['00']}"
+    if c.isdigit():
+        return f"/00/{c}"
+    return "/" + c.lstrip("/")
+
+
+@router.post("/{number}/containers/{code:path}/decisions",
+             summary="A reviewer releases or rejects a held case or pallet that no lot decision can release")
+async def decide_container(number: str, code: str, body: RecallContainerDecisionRequest, session: SessionDep,
+                           client: TemporalDep, principal: PrincipalDep) -> JSONResponse:
+    # the same reviewer, role and signature handling as a lot's decision; `code` is the box's code as the recall's
+    # containers list it (its GS1 Digital Link URI may hold slashes)
+    role = await _signing_reviewer(session, principal, body.password)
+    decision = RecallContainerDecision(
+        code=_container_code(code), decision=body.decision, reviewer=principal.subject, role=role, reason=body.reason,
+        signature=DecisionSignature(signer=principal.subject, signer_name=principal.full_name,
+                                    meaning="released" if body.decision.value == "release" else "rejected"))
+    return await _update(session, client, number, RecallWorkflow.decide_container, decision)
