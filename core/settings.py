@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 VAR_DIR = Path("var")
 
@@ -110,6 +112,33 @@ class EpcisSettings(BaseModel):
     callback_batch: int = Field(default=500, ge=1, le=10_000, description="events per callback document")
 
 
+class Gs1Settings(BaseModel):
+    """The plant's GS1 identity."""
+
+    company_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="the plant's own GS1 company prefixes (6 to 12 digits each), e.g. "
+                    "HUB_GS1__COMPANY_PREFIXES=4012345,0614141: with them the EPCIS interface can write the hub's "
+                    "own GTINs, SSCCs and locations as EPC URNs (GS1-EPC-Format: Always_EPC_URN), which needs the "
+                    "prefix's length. Code rules' company prefixes are known without this")
+
+    @field_validator("company_prefixes", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: object) -> object:
+        # from the environment: comma-separated digits (not JSON: a prefix may start with 0), or a JSON list
+        if isinstance(v, str):
+            return json.loads(v) if v.lstrip().startswith("[") else [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("company_prefixes")
+    @classmethod
+    def _digits(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if not (p.isdigit() and 6 <= len(p) <= 12)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a GS1 company prefix: give 6 to 12 digits")
+        return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HUB_", env_nested_delimiter="__", extra="ignore")
 
@@ -121,6 +150,7 @@ class Settings(BaseSettings):
     dev_server: DevServerSettings = DevServerSettings()
     ncr: NcrSettings = NcrSettings()
     epcis: EpcisSettings = EpcisSettings()
+    gs1: Gs1Settings = Gs1Settings()
     # GS1 identity of the plant: used for Digital Link URIs of lots and serials
     resolver_base_url: str = "https://id.tracehub.example"
     erp_sim_port: int = 8100

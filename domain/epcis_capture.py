@@ -28,7 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import InvalidInput, NotFound
 from domain.epcis_hash import context_prefixes, event_hash
 from domain.epcis_ids import canonical, gcp_of_urn, vocab_term
-from domain.epcis_index import IndexRows, bulk_insert, index_rows, write_index
+from domain.epcis_index import (
+    IndexRows,
+    bulk_insert,
+    corrected_by,
+    index_rows,
+    retract_lineage,
+    withdrawn,
+    write_index,
+)
 from domain.epcis_validate import Violation, events_of, validate, validate_single_event
 from domain.models import EpcisEvent, utcnow
 from domain.models_epcis_master import (
@@ -87,6 +95,11 @@ async def _learn(session: AsyncSession, prefixes: dict[str, str], gcps: set[str]
         new = [{"prefix": p} for p in gcps if p not in known]
         if new:
             await session.execute(insert(Gs1CompanyPrefix), new)
+
+
+async def learn_company_prefixes(session: AsyncSession, prefixes: list[str] | tuple[str, ...] | set[str]) -> None:
+    """Keep GS1 company prefixes (e.g. the plant's own, from settings) with those learned from captured URNs."""
+    await _learn(session, {}, {p for p in prefixes if p.isdigit() and 6 <= len(p) <= 12})
 
 
 async def _stored_ids(session: AsyncSession, event_ids: list[str]) -> set[str]:
@@ -186,6 +199,10 @@ async def store_events(session: AsyncSession, events: list[dict[str, Any]],
         if n:
             await write_index(session, ix)
             stored += n
+            # an event declared did_not_occur (or corrected) before it arrived here does not stay in the genealogy,
+            # and an event that corrects an incorrect_data declaration replaces the event it corrects
+            ids = [r["event_id"] for r in rows]
+            await retract_lineage(session, await withdrawn(session, ids) | await corrected_by(session, ids))
     if decls:
         existing_d = set((await session.execute(
             select(EpcisErrorDeclaration.event_id, EpcisErrorDeclaration.declaration_time)
@@ -201,6 +218,9 @@ async def store_events(session: AsyncSession, events: list[dict[str, Any]],
         if new:
             await session.execute(insert(EpcisErrorDeclaration), new)
             stored += len(new)
+            # an event that did not occur leaves the genealogy in this transaction; one with incorrect data stays
+            # until a corrective event is here (now, or when it is captured: above), which replaces it
+            await retract_lineage(session, await withdrawn(session, {d["event_id"] for d in new}))
     await _learn(session, prefixes, gcps)
     return stored, dup
 

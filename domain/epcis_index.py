@@ -25,8 +25,15 @@ from sqlalchemy import ARRAY, JSON, BigInteger, any_, bindparam, func, literal, 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.epcis_ids import GS1_DL, canonical, lot_of, vocab_term
-from domain.models import Item, Lot
-from domain.models_trace import TRACE_NODE_EXT_SEQ, EpcisEventEpc, EpcisEventField, TraceEdge, TraceNode
+from domain.models import EpcisEvent, Item, Lot
+from domain.models_trace import (
+    TRACE_NODE_EXT_SEQ,
+    EpcisErrorDeclaration,
+    EpcisEventEpc,
+    EpcisEventField,
+    TraceEdge,
+    TraceNode,
+)
 
 EPC_ROLES = {"epcList": "epc", "childEPCs": "child", "inputEPCList": "input", "outputEPCList": "output"}
 QTY_ROLES = {"quantityList": "quantity", "childQuantityList": "child_quantity",
@@ -335,3 +342,126 @@ async def index_events(session: AsyncSession, batch: list[tuple[int, dict[str, A
                        lots: dict[str, int] | None = None) -> None:
     """Write the query indexes and the lineage of a batch of stored events: (event pk, document, prefixes)."""
     await write_index(session, index_rows(batch), lots=lots)
+
+
+# --- corrections ---------------------------------------------------------------------------------------------
+
+DID_NOT_OCCUR = "did_not_occur"  # errorReason as stored (vocab_term: the CBV Web URI form becomes this)
+INCORRECT_DATA = "incorrect_data"
+_FROM_ROLES = {"transformation": ("input", "input_quantity"), "packing": ("child", "child_quantity")}
+_TO_ROLES = {"transformation": ("output", "output_quantity"), "packing": ("parent",)}
+_SUPPORT_PROBE = 100  # events looked at when asking whether a live event still makes a link or names a node
+
+
+async def withdrawn(session: AsyncSession, event_ids: Iterable[str]) -> set[str]:
+    """Those of the events that are out of the genealogy: declared `did_not_occur`, or declared
+    `incorrect_data` with a corrective event (correctiveEventIDs) that is stored here."""
+    ids = list(set(event_ids))
+    if not ids:
+        return set()
+    D = EpcisErrorDeclaration
+    out: set[str] = set()
+    corrected: dict[str, list[str]] = {}
+    step = len(ids) if _pg(session) else 500
+    for i in range(0, len(ids), step):
+        for eid, reason, corrective in (await session.execute(select(D.event_id, D.reason, D.corrective_event_ids)
+                                        .where(_among(session, D.event_id, ids[i:i + step]),
+                                               D.reason.in_((DID_NOT_OCCUR, INCORRECT_DATA))))).all():
+            if reason == DID_NOT_OCCUR:
+                out.add(eid)
+            elif corrective:
+                corrected.setdefault(eid, []).extend(str(c) for c in corrective)
+    wanted = sorted({c for cs in corrected.values() for c in cs})
+    if wanted:
+        stored = set((await session.execute(select(EpcisEvent.event_id).where(
+            _among(session, EpcisEvent.event_id, wanted)))).scalars())
+        out |= {eid for eid, cs in corrected.items() if stored.intersection(cs)}
+    return out
+
+
+async def _withdrawn_pks(session: AsyncSession, pks: set[int]) -> set[int]:
+    if not pks:
+        return set()
+    by_id = dict((await session.execute(select(EpcisEvent.event_id, EpcisEvent.id)
+                                        .where(EpcisEvent.id.in_(sorted(pks))))).all())
+    return {by_id[e] for e in await withdrawn(session, by_id)}
+
+
+async def corrected_by(session: AsyncSession, event_ids: list[str]) -> set[str]:
+    """The events an `incorrect_data` declaration corrects with one of these (just stored) events."""
+    new = set(event_ids)
+    if not new:
+        return set()
+    D = EpcisErrorDeclaration
+    rows = (await session.execute(select(D.event_id, D.corrective_event_ids)
+                                  .where(D.reason == INCORRECT_DATA))).all()
+    return {eid for eid, corrective in rows if corrective and new.intersection(str(c) for c in corrective)}
+
+
+async def retract_lineage(session: AsyncSession, event_ids: Iterable[str]) -> int:
+    """Take events out of the genealogy, in the caller's transaction: those declared `did_not_occur`, and those
+    declared `incorrect_data` once a corrective event is here (withdrawn()). Returns how many edges went.
+
+    The edges each event made are removed, unless another event still in the genealogy makes the same link:
+    then the edge stays, as that event's. A node no event in the genealogy names any more (a supplier's lot only
+    the retracted event knew) goes too, with the receipt link it had to a received lot; hub lots keep their
+    nodes. The event's heat numbers no longer start a forward trace. The event and its declarations stay
+    queryable, as EPCIS wants."""
+    ids = list(set(event_ids))
+    if not ids:
+        return 0
+    docs = dict((await session.execute(select(EpcisEvent.id, EpcisEvent.document)
+                                        .where(EpcisEvent.event_id.in_(ids)))).all())
+    if not docs:
+        return 0  # not here (yet): its capture consults the declarations (epcis_capture.store_events)
+    pks = set(docs)
+    # the `heat` rows are the trace's (forward from a heat), not a query parameter's
+    await session.execute(EpcisEventField.__table__.delete().where(
+        EpcisEventField.event_pk.in_(sorted(pks)), EpcisEventField.name == "heat"))
+    # the links the events made, found from their documents (trace_edge is keyed on the link, not the event)
+    links = {(p, c) for doc in docs.values() for p, c, _ in analyse(doc, {}).edges}
+    uris = sorted({u for link in links for u in link})
+    if not uris:
+        return 0
+    nodes = {r.uri: r for r in (await session.execute(
+        select(TraceNode.id, TraceNode.uri, TraceNode.lot_id).where(TraceNode.uri.in_(uris)))).all()}
+    e = TraceEdge.__table__
+    pairs = {(nodes[p].id, nodes[c].id) for p, c in links if p in nodes and c in nodes}
+    if not pairs:
+        return 0
+    gone = [r for r in (await session.execute(
+        select(e.c.parent_id, e.c.child_id, e.c.via).where(
+            e.c.parent_id.in_(sorted({p for p, _ in pairs})), e.c.child_id.in_(sorted({c for _, c in pairs})),
+            e.c.event_pk.in_(sorted(pks))))).all() if (r.parent_id, r.child_id) in pairs]
+    for p, c, _ in gone:
+        await session.execute(e.delete().where(e.c.parent_id == p, e.c.child_id == c))
+    by_id = {n.id: n for n in nodes.values()}
+    # a link another event in the genealogy makes too stays, as that event's
+    kept = []
+    for p, c, via in gone:
+        if via not in _FROM_ROLES:
+            continue
+        a, b = EpcisEventEpc.__table__.alias("a"), EpcisEventEpc.__table__.alias("b")
+        others = set((await session.execute(
+            select(a.c.event_pk).join(b, b.c.event_pk == a.c.event_pk)
+            .where(a.c.uri == by_id[p].uri, a.c.role.in_(_FROM_ROLES[via]), b.c.uri == by_id[c].uri,
+                   b.c.role.in_(_TO_ROLES[via]), a.c.event_pk.not_in(sorted(pks)))
+            .limit(_SUPPORT_PROBE))).scalars())
+        live = sorted(others - await _withdrawn_pks(session, others))
+        if live:
+            kept.append((p, c, via, live[0]))
+    await add_edges(session, kept)
+    # nodes no event in the genealogy names any more (hub lots stay: their node is the lot's)
+    orphans = []
+    for node in {by_id[n] for p, c, _ in gone for n in (p, c)}:
+        if node.lot_id is not None:
+            continue
+        naming = set((await session.execute(select(EpcisEventEpc.event_pk).where(
+            EpcisEventEpc.uri == node.uri, EpcisEventEpc.event_pk.not_in(sorted(pks))).limit(_SUPPORT_PROBE))).scalars())
+        if not naming - await _withdrawn_pks(session, naming):
+            orphans.append(node.id)
+    if orphans:
+        await session.execute(e.delete().where(e.c.parent_id.in_(orphans)))
+        await session.execute(e.delete().where(e.c.child_id.in_(orphans)))
+        await session.execute(TraceNode.__table__.delete().where(TraceNode.id.in_(orphans)))
+    return len(gone) - len(kept)

@@ -15,7 +15,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, Select, String, and_, case, cast, func, or_, select
+from sqlalchemy import Float, Select, String, and_, case, cast, func, literal_column, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, HubError, InvalidInput, NotFound
@@ -23,6 +23,7 @@ from domain.epcis_capture import BUSINESS_LOCATION, READ_POINT, attr_iri, descen
 from domain.epcis_ids import canonical, dl_canonical, dl_to_urn, is_class_pattern, urn_to_dl, vocab_term
 from domain.events import EPCIS_CONTEXT, HUB_NS
 from domain.models import EpcisEvent, utcnow
+from domain.models_codes import CodeRule
 from domain.models_epcis_master import EpcisVocabularyAttribute
 from domain.models_trace import (
     EpcisErrorDeclaration,
@@ -160,6 +161,7 @@ async def build(session: AsyncSession, params: dict[str, Any], *,
     q = select(EpcisEvent)
     decl_conds: list[Any] = []
     decl_only = False
+    record: list[tuple[str, datetime]] = []
     ctl: dict[str, Any] = {}
     ns: dict[str, str] | None = None
     for name, raw in params.items():
@@ -168,10 +170,13 @@ async def build(session: AsyncSession, params: dict[str, Any], *,
         vals = _values(raw)
         if name == "eventType":
             q = q.where(EpcisEvent.event_type.in_(vals))
-        elif name in ("GE_eventTime", "LT_eventTime", "GE_recordTime", "LT_recordTime"):
-            col = EpcisEvent.event_time if name.endswith("eventTime") else EpcisEvent.record_time
+        elif name in ("GE_eventTime", "LT_eventTime"):
             t = _time(name, raw)
-            q = q.where(col >= t if name.startswith("GE_") else col < t)
+            q = q.where(EpcisEvent.event_time >= t if name.startswith("GE_") else EpcisEvent.event_time < t)
+        elif name in ("GE_recordTime", "LT_recordTime"):
+            # kept apart: an error declaration has its own recordTime (when it was captured), and a window holding
+            # it returns it even when the original was recorded before (see run)
+            record.append((name[:2], _time(name, raw)))
         elif name == "EQ_action":
             bad = [v for v in vals if v not in ("ADD", "OBSERVE", "DELETE")]
             if bad:
@@ -271,7 +276,13 @@ async def build(session: AsyncSession, params: dict[str, Any], *,
     if "maxEventCount" in params:
         ctl["max"] = _int("maxEventCount", params["maxEventCount"])
     ctl["decl_conds"] = decl_conds
+    ctl["record"] = record
+    ctl["order"], ctl["direction"] = order or "eventTime", direction
     return q, decl_only, ctl
+
+
+def _record_conds(col: Any, record: list[tuple[str, datetime]]) -> list[Any]:
+    return [col >= t if op == "GE" else col < t for op, t in record]
 
 
 def _fingerprint(params: dict[str, Any]) -> str:
@@ -295,40 +306,78 @@ def _untoken(token: str, fp: str) -> int:
 
 
 async def run(session: AsyncSession, params: dict[str, Any], *, declared_ns: dict[str, str] | None = None,
-              epc_format: str = "Always_GS1_Digital_Link") -> tuple[dict[str, Any], str | None]:
-    """Run a query; returns (EPCISQueryDocument, next page token or None)."""
+              epc_format: str = "Always_GS1_Digital_Link",
+              own_prefixes: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], str | None]:
+    """Run a query; returns (EPCISQueryDocument, next page token or None).
+
+    The answer is a list of entries: the matching events, and the error declarations of matching events, each
+    declaration right after its original in eventTime order. GE_/LT_recordTime apply to each entry's own
+    recordTime: a declaration is when it was captured, so a client polling by recordTime (and a subscription)
+    gets a correction captured after it had the original, and gets each entry once. `own_prefixes`: the plant's
+    GS1 company prefixes (settings), for Always_EPC_URN."""
     q, decl_only, ctl = await build(session, params, declared_ns=declared_ns)
     per_page = _int("perPage", params["perPage"]) if "perPage" in params else DEFAULT_PER_PAGE
     per_page = max(1, min(per_page, MAX_PER_PAGE))
     fp = _fingerprint(params)
     offset = _untoken(_values(params["nextPageToken"])[0], fp) if params.get("nextPageToken") else 0
+    entries = await _entries(session, q, decl_only, ctl)
     if "max" in ctl:
-        total = (await session.execute(select(func.count()).select_from(q.order_by(None).subquery()))).scalar_one()
+        total = (await session.execute(select(func.count()).select_from(entries.order_by(None).subquery()))
+                 ).scalar_one()
         if total > ctl["max"]:
             raise QueryTooLargeException(f"the query matches {total} events, more than maxEventCount "
                                          f"{ctl['max']}: narrow it or page with perPage")
     limit = per_page
     if "limit" in ctl:
         limit = max(0, min(per_page, ctl["limit"] - offset))
-    rows = (await session.execute(q.offset(offset).limit(limit + 1))).scalars().all() if limit else []
-    more = len(rows) > limit and ("limit" not in ctl or offset + limit < ctl["limit"])
-    rows = rows[:limit]
+    page = (await session.execute(entries.offset(offset).limit(limit + 1))).all() if limit else []
+    more = len(page) > limit and ("limit" not in ctl or offset + limit < ctl["limit"])
+    page = page[:limit]
+    ev_pks = [r.pk for r in page if r.kind == 0]
+    d_pks = [r.pk for r in page if r.kind == 1]
+    originals = {r.id: r for r in (await session.execute(select(EpcisEvent).where(EpcisEvent.id.in_(ev_pks))))
+                 .scalars()} if ev_pks else {}
+    declarations = {d.id: d for d in (await session.execute(
+        select(EpcisErrorDeclaration).where(EpcisErrorDeclaration.id.in_(d_pks)))).scalars()} if d_pks else {}
+    fmt = await _formatter(session, epc_format, own_prefixes)
     events: list[dict[str, Any]] = []
-    decls: dict[str, list[Any]] = {}
-    if rows:
-        dq = select(EpcisErrorDeclaration).where(EpcisErrorDeclaration.event_id.in_([r.event_id for r in rows]))
-        if decl_only and ctl["decl_conds"]:
-            dq = dq.where(and_(*ctl["decl_conds"]))
-        for d in (await session.execute(dq.order_by(EpcisErrorDeclaration.declaration_time))).scalars():
-            decls.setdefault(d.event_id, []).append(d)
-    fmt = await _formatter(session, epc_format)
-    for r in rows:
-        if not decl_only:
-            events.append(fmt({**r.document, "recordTime": _z(r.record_time)}))
-        for d in decls.get(r.event_id, []):
-            events.append(fmt({**d.document, "recordTime": _z(d.record_time)}))
+    for r in page:
+        row = originals[r.pk] if r.kind == 0 else declarations[r.pk]
+        events.append(fmt({**row.document, "recordTime": _z(row.record_time)}))
     doc = query_document("SimpleEventQuery", events)
     return doc, (_token(offset + limit, fp) if more else None)
+
+
+async def _entries(session: AsyncSession, q: Select[Any], decl_only: bool, ctl: dict[str, Any]) -> Select[Any]:
+    """The ordered entries of a query: rows (kind 0 = event, 1 = error declaration; pk of its table)."""
+    crit = q.whereclause
+    where = [crit] if crit is not None else []
+    record = ctl["record"]
+    desc = ctl["direction"] == "DESC"
+    D = EpcisErrorDeclaration
+    # a declaration within the record-time window (any, when there is none): without one, the plain event query
+    # (its order is the entries' order, and it walks the event_time / record_time index)
+    any_decl = (await session.execute(select(D.id).where(*_record_conds(D.record_time, record)).limit(1))).first()
+    if any_decl is None and not decl_only:
+        col = EpcisEvent.record_time if ctl["order"] == "recordTime" else EpcisEvent.event_time
+        return select(literal_column("0").label("kind"), EpcisEvent.id.label("pk")).where(
+            *where, *_record_conds(EpcisEvent.record_time, record)).order_by(
+            col.desc() if desc else col.asc(), EpcisEvent.id.desc() if desc else EpcisEvent.id.asc())
+    decls = select(literal_column("1").label("kind"), D.id.label("pk"), EpcisEvent.id.label("ev"),
+                   EpcisEvent.event_time.label("et"), D.record_time.label("rt")) \
+        .select_from(EpcisEvent).join(D, D.event_id == EpcisEvent.event_id) \
+        .where(*where, *ctl["decl_conds"], *_record_conds(D.record_time, record))
+    if decl_only:
+        u = decls.subquery()
+    else:
+        events = select(literal_column("0").label("kind"), EpcisEvent.id.label("pk"), EpcisEvent.id.label("ev"),
+                        EpcisEvent.event_time.label("et"), EpcisEvent.record_time.label("rt")) \
+            .where(*where, *_record_conds(EpcisEvent.record_time, record))
+        u = union_all(events, decls).subquery()
+    col = u.c.rt if ctl["order"] == "recordTime" else u.c.et
+    # ties: by event, the original before its declarations, declarations in the order they were captured
+    return select(u.c.kind, u.c.pk).order_by(col.desc() if desc else col.asc(),
+                                              u.c.ev.desc() if desc else u.c.ev.asc(), u.c.kind.asc(), u.c.pk.asc())
 
 
 def _z(d: datetime) -> str:
@@ -362,11 +411,26 @@ async def add_contexts(session: AsyncSession, doc: dict[str, Any]) -> dict[str, 
     return doc
 
 
-async def _formatter(session: AsyncSession, epc_format: str) -> Any:
+async def company_prefixes(session: AsyncSession, own: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """The GS1 company prefixes the hub knows: learned from captured EPC URNs, the plant's own (settings) and those
+    of its code rules (the SSCC element's `company_prefix`: the plant's prefix, which its GTINs start with too)."""
+    gcps = set((await session.execute(select(Gs1CompanyPrefix.prefix))).scalars())
+    gcps |= {p for p in own if p}
+    specs = (await session.execute(select(CodeRule.spec).where(
+        cast(CodeRule.spec, String).like("%company_prefix%")))).scalars()
+    for spec in specs:
+        for el in (spec or {}).get("elements") or []:
+            p = el.get("company_prefix") if isinstance(el, dict) else None
+            if isinstance(p, str) and p.isdigit() and 6 <= len(p) <= 12:
+                gcps.add(p)
+    return gcps
+
+
+async def _formatter(session: AsyncSession, epc_format: str, own_prefixes: list[str] | tuple[str, ...] = ()) -> Any:
     if epc_format in ("Never_Translates", "No_Preference"):
         return lambda ev: ev
     if epc_format == "Always_EPC_URN":
-        gcps = list((await session.execute(select(Gs1CompanyPrefix.prefix))).scalars())
+        gcps = list(await company_prefixes(session, own_prefixes))
 
         def to_urn(x: Any) -> Any:
             if not isinstance(x, str):
@@ -383,8 +447,9 @@ async def _formatter(session: AsyncSession, epc_format: str) -> Any:
                 # answer to a response that cannot be given as requested is 406, not a silent mix of forms
                 raise NotAcceptableException(
                     f"GS1-EPC-Format Always_EPC_URN: {x} cannot be written as an EPC URN "
-                    + ("because its GS1 company prefix is not known to the hub (its length is needed): capture "
-                       "an event naming it as an EPC URN to teach it" if best is None else
+                    + ("because its GS1 company prefix is not known to the hub (its length is needed): list the "
+                       "plant's prefixes in HUB_GS1__COMPANY_PREFIXES, or capture an event naming it as an EPC URN "
+                       "to teach it" if best is None else
                        "because the EPC URN schemes have no form for it")
                     + ", or ask for Always_GS1_Digital_Link, No_Preference or Never_Translates",
                     field="GS1-EPC-Format")
@@ -413,14 +478,15 @@ def _map_ids(ev: dict[str, Any], f: Any) -> dict[str, Any]:
     return ev
 
 
-async def get_event(session: AsyncSession, event_id: str, *, epc_format: str) -> dict[str, Any]:
+async def get_event(session: AsyncSession, event_id: str, *, epc_format: str,
+                    own_prefixes: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """One event and its error declarations, as an EPCISQueryDocument."""
     row = (await session.execute(select(EpcisEvent).where(EpcisEvent.event_id == event_id))).scalar()
     decls = (await session.execute(select(EpcisErrorDeclaration).where(EpcisErrorDeclaration.event_id == event_id)
                                    .order_by(EpcisErrorDeclaration.declaration_time))).scalars().all()
     if row is None and not decls:
         raise NotFound(f"no event has eventID {event_id!r}", field="eventID")
-    fmt = await _formatter(session, epc_format)
+    fmt = await _formatter(session, epc_format, own_prefixes)
     events = ([fmt({**row.document, "recordTime": _z(row.record_time)})] if row else []) + \
         [fmt({**d.document, "recordTime": _z(d.record_time)}) for d in decls]
     return await add_contexts(session, query_document("SimpleEventQuery", events))

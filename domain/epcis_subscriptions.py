@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import epcis_query
+from domain.epcis_capture import learn_company_prefixes
 from domain.epcis_query import NoSuchNameException, QueryParameterException, get_named
 from domain.models import utcnow
 from domain.models_trace import EpcisSubscription
@@ -86,7 +87,11 @@ def _check_dest(dest: Any) -> str:
     return dest
 
 
-async def create(session: AsyncSession, query_name: str, body: Any, *, epc_format: str) -> EpcisSubscription:
+async def create(session: AsyncSession, query_name: str, body: Any, *, epc_format: str,
+                 own_prefixes: list[str] | tuple[str, ...] = ()) -> EpcisSubscription:
+    """A subscription to a named query. `own_prefixes`: the plant's GS1 company prefixes (settings); with
+    Always_EPC_URN they are kept with the learned ones, so the worker that delivers can write the hub's own
+    identifiers as EPC URNs."""
     await get_named(session, query_name)
     if not isinstance(body, dict):
         raise SubscriptionControlsException('send {"dest": "...", "stream": true} or {"dest": "...", "schedule": '
@@ -113,6 +118,8 @@ async def create(session: AsyncSession, query_name: str, body: Any, *, epc_forma
                                   "initialRecordTime"})
     if unknown:
         raise SubscriptionControlsException(f"{unknown[0]} is not a subscription field", field=unknown[0])
+    if epc_format == "Always_EPC_URN" and own_prefixes:
+        await learn_company_prefixes(session, own_prefixes)
     row = EpcisSubscription(
         id=str(uuid.uuid4()), query_name=query_name, dest=dest, signature_token=token,
         report_if_empty=report_if_empty, stream=bool(stream), schedule=schedule if parsed is not None else None,

@@ -252,6 +252,11 @@ async def capture_event(request: Request, session: SessionDep) -> Response:
                         headers={"Location": f"/epcis/events/{quote(str(eid), safe='')}", **_limits()})
 
 
+def _own_prefixes(request: Request) -> list[str]:
+    """The plant's GS1 company prefixes (HUB_GS1__COMPANY_PREFIXES), for GS1-EPC-Format: Always_EPC_URN."""
+    return list(request.app.state.settings.gs1.company_prefixes)
+
+
 def _params(request: Request) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in request.query_params.multi_items():
@@ -261,7 +266,8 @@ def _params(request: Request) -> dict[str, Any]:
 
 async def _answer(session: SessionDep, request: Request, params: dict[str, Any], name: str | None) -> Response:
     fmt = _epc_format(request)
-    doc, token = await epcis_query.run(session, params, declared_ns=_declared_ns(request), epc_format=fmt)
+    doc, token = await epcis_query.run(session, params, declared_ns=_declared_ns(request), epc_format=fmt,
+                                       own_prefixes=_own_prefixes(request))
     if name:
         doc["epcisBody"]["queryResults"]["queryName"] = name
     doc = await epcis_query.add_contexts(session, doc)
@@ -292,7 +298,8 @@ async def query_events(request: Request, session: SessionDep) -> Response:
 async def get_event(event_id: str, request: Request, session: SessionDep) -> Response:
     if request.url.query and "?" not in event_id:
         event_id = f"{event_id}?{request.url.query}"  # an unencoded hash ID: ni:///sha-256;...?ver=CBV2.0
-    doc = await epcis_query.get_event(session, event_id, epc_format=_epc_format(request))
+    doc = await epcis_query.get_event(session, event_id, epc_format=_epc_format(request),
+                                      own_prefixes=_own_prefixes(request))
     return _negotiated(request, doc, {**_limits(), "GS1-EPC-Format": _epc_format(request)})
 
 
@@ -352,7 +359,8 @@ async def subscribe(name: str, request: Request, session: SessionDep, client: Te
         body = await _body(request)
     except _Refused as r:
         return problem(r.name, r.detail, field=r.field)
-    row = await epcis_subscriptions.create(session, name, body, epc_format=_epc_format(request))
+    row = await epcis_subscriptions.create(session, name, body, epc_format=_epc_format(request),
+                                           own_prefixes=settings.gs1.company_prefixes)
     ranges = epcis_subscriptions.parse_schedule(row.schedule) if row.schedule is not None else None
     inp = DeliverSubscriptionInput(subscription_id=row.id, lag_seconds=settings.epcis.record_lag_seconds,
                                    batch=settings.epcis.callback_batch)
