@@ -397,8 +397,30 @@ def _pg(session: AsyncSession) -> bool:
 async def _fetch(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool, full: bool,
                  reader: Any = None) -> dict[str, Any]:
     if _pg(session):
-        return await _fetch_pg(session, anchor, params, up=up, full=full, reader=reader)
-    return await _fetch_portable(session, anchor, params, up=up, full=full)
+        raw = await _fetch_pg(session, anchor, params, up=up, full=full, reader=reader)
+    else:
+        raw = await _fetch_portable(session, anchor, params, up=up, full=full)
+    raw["declared"] = await _declarations(session, raw["events"])
+    return raw
+
+
+async def _declarations(session: AsyncSession, events: Any) -> dict[str, list[dict[str, Any]]]:
+    """The error declarations of the captured events a trace shows, by eventID (one query, only when the trace
+    reached identifiers known from captured events). A retracted event (did_not_occur) has left the lineage
+    (domain/epcis_index.retract_lineage), but a node other events still name keeps it in its list: the
+    declaration says it was retracted."""
+    ids = list({e[2] for e in events}) if events else []
+    if not ids:
+        return {}
+    from domain.models_trace import EpcisErrorDeclaration as D
+
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event_id, at, reason, corrective in (await session.execute(
+            select(D.event_id, D.declaration_time, D.reason, D.corrective_event_ids)
+            .where(D.event_id.in_(ids)).order_by(D.declaration_time, D.id))).all():
+        out[event_id].append({"declaration_time": _iso(at), "reason": reason,
+                              "corrective_event_ids": corrective or []})
+    return out
 
 
 # --- the answer ----------------------------------------------------------------------------------------
@@ -452,15 +474,18 @@ _BY_LEVEL = itemgetter(0, 1)  # nodes by (level, label)
 
 
 def _ext_events(raw: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The captured events of each identifier known from captured events only, as its node shows them."""
+    """The captured events of each identifier known from captured events only, as its node shows them, each with
+    its error declarations (`error_declarations`: empty unless the event was declared erroneous)."""
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    declared = raw.get("declared") or {}
     for uri, role, event_id, etype, step, at, d in raw["events"]:
         out[uri].append({
             "event_id": event_id, "type": etype, "biz_step": step, "role": role, "event_time": _iso(at),
             "source": d.get("sourceList"), "destination": d.get("destinationList"),
             "biz_transactions": d.get("bizTransactionList"), "ilmd": d.get("ilmd"),
             "certification": d.get("certificationInfo"),
-            "extensions": {k: v for k, v in d.items() if ":" in k and not k.startswith("@")}})
+            "extensions": {k: v for k, v in d.items() if ":" in k and not k.startswith("@")},
+            "error_declarations": declared.get(event_id, [])})
     return out
 
 

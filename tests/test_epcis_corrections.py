@@ -244,8 +244,13 @@ async def test_an_incorrect_event_stays_until_its_corrective_event_replaces_it(a
     fix_id = f"urn:uuid:{uuid.uuid4()}"
     decl = _declaration(wrong, eid, "incorrect_data", corrective=[fix_id])
     assert (await capture(api, document(decl)))["success"]
-    # declared incorrect, but nothing replaces it yet: the trace still follows it
+    # declared incorrect, but nothing replaces it yet: the trace still follows it, and its node says so
     assert (await _trace_edges(api, plant.lots["M3"]))[0] == {sup_dl, dl("WIRE"), dl("BAD")}
+    back = (await api.get(f"/api/trace/backward/{plant.lots['M3']}")).json()
+    (shown,) = [e for n in back["nodes"] if n["id"] == dl("BAD") for e in n["events"]]
+    assert shown["event_id"] == eid
+    assert [(d["reason"], d["corrective_event_ids"]) for d in shown["error_declarations"]] == \
+        [("incorrect_data", [fix_id])]
     # the corrective event arrives: it replaces the incorrect one (the link they share stays, as the new one's)
     assert (await capture(api, document(melt("WIRE", "GOOD", eventID=fix_id, eventTime="2026-01-01T06:05:00Z"))))[
         "success"]
