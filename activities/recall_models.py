@@ -86,16 +86,21 @@ class RecallContainerLine(Model):
     released: bool = False  # its hold has ended already
 
 
-class RecallContainerDecision(Model):
-    """A reviewer's decision on a held case or pallet."""
+class ReviewerDecision(Model):
+    """What every reviewer's decision on recalled stock carries."""
 
-    code: str = Field(min_length=1, max_length=200)
     decision: HoldDecision
     reviewer: str = Field(min_length=1, max_length=80)
     role: ReviewerRole
     reason: str = Field(default="", max_length=2000)
     signature: DecisionSignature | None = Field(
         default=None, description="set by the API after the password check; written with the decision")
+
+
+class RecallContainerDecision(ReviewerDecision):
+    """A reviewer's decision on a held case or pallet."""
+
+    code: str = Field(min_length=1, max_length=200)
 
 
 class RecallContainerDecisionInput(Model):
@@ -152,16 +157,10 @@ class RecallAck(RecallAckCreate):
 
 
 
-class RecallLotDecision(Model):
+class RecallLotDecision(ReviewerDecision):
     """A reviewer's decision on a held lot."""
 
     lot: str = Field(min_length=1, max_length=64)
-    decision: HoldDecision
-    reviewer: str = Field(min_length=1, max_length=80)
-    role: ReviewerRole
-    reason: str = Field(default="", max_length=2000)
-    signature: DecisionSignature | None = Field(
-        default=None, description="set by the API after the password check; written with the decision")
 
 
 class RecallStatus(Model):

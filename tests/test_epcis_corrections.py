@@ -20,7 +20,7 @@ from core.settings import EpcisSettings, Gs1Settings, Settings
 from domain import codes, gs1, production
 from tests.helpers import SUPER_HEADERS
 from tests.test_epcis import capture, document, events, shipping
-from tests.test_epcis_subscriptions import Receiver, until
+from tests.test_epcis_subscriptions import hub, receiver, until  # noqa: F401 (fixtures)
 from tests.test_trace_plant import RESOLVER, build_plant
 
 pytestmark = pytest.mark.asyncio
@@ -97,29 +97,13 @@ async def test_a_declaration_captured_later_is_in_the_record_time_window_it_was_
     assert r.status_code == 413
 
 
-@pytest_asyncio.fixture
-async def fast_api(settings, sessionmaker, client, worker) -> AsyncIterator[httpx.AsyncClient]:
-    fast = settings.model_copy(update={"epcis": EpcisSettings(stream_every_seconds=1, record_lag_seconds=0)})
-    app = create_app(fast, sessionmaker=sessionmaker, temporal=client)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub",
-                                 headers=SUPER_HEADERS) as c:
-        yield c
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.stop()
-
-
-async def test_a_subscription_delivers_a_declaration_on_its_next_run(fast_api, receiver):
+async def test_a_subscription_delivers_a_declaration_on_its_next_run(hub, receiver):  # noqa: F811
     tag = uuid.uuid4().hex[:8]
     name = f"corr-{tag}"
     po = f"urn:epcglobal:cbv:bt:4012345000054:S{tag}"
-    assert (await fast_api.post("/epcis/queries", json={"name": name, "query": {"EQ_bizTransaction_po": po}})
+    assert (await hub.post("/epcis/queries", json={"name": name, "query": {"EQ_bizTransaction_po": po}})
             ).status_code == 201
-    r = await fast_api.post(f"/epcis/queries/{name}/subscriptions", json={"dest": receiver.url, "stream": True})
+    r = await hub.post(f"/epcis/queries/{name}/subscriptions", json={"dest": receiver.url, "stream": True})
     assert r.status_code == 201, r.text
     sub = r.json()["subscriptionID"]
 
@@ -128,16 +112,16 @@ async def test_a_subscription_delivers_a_declaration_on_its_next_run(fast_api, r
                 for e in x["doc"]["epcisBody"]["queryResults"]["resultsBody"]["eventList"]]
 
     ev = shipping(f"{tag}B", po=f"S{tag}")
-    assert (await capture(fast_api, document(ev)))["success"]
+    assert (await capture(hub, document(ev)))["success"]
     await until(lambda: len(delivered()) >= 1)
     eid = delivered()[0]["eventID"]
-    assert (await capture(fast_api, document(_declaration(ev, eid, "did_not_occur"))))["success"]
+    assert (await capture(hub, document(_declaration(ev, eid, "did_not_occur"))))["success"]
     await until(lambda: len(delivered()) >= 2, what="the declaration")
     await asyncio.sleep(2.5)  # two more runs: nothing is sent twice
     got = delivered()
     assert [e["eventID"] for e in got] == [eid, eid]
     assert "errorDeclaration" not in got[0] and got[1]["errorDeclaration"]["reason"] == "did_not_occur"
-    assert (await fast_api.delete(f"/epcis/queries/{name}")).status_code == 204
+    assert (await hub.delete(f"/epcis/queries/{name}")).status_code == 204
 
 
 # --- a retracted event leaves the genealogy ----------------------------------------------------------------
@@ -313,7 +297,7 @@ async def test_hub_events_are_answered_as_epc_urns_with_the_code_rules_company_p
 
 
 async def test_the_plants_configured_company_prefixes_make_its_gtins_epc_urns(settings, sessionmaker, client,
-                                                                              worker, receiver):
+                                                                              worker, receiver):  # noqa: F811
     gcp, gtin = _own_gtin()
     _, lot = await _received(sessionmaker, gtin)
     params = {"EQ_bizStep": "receiving", "MATCH_epcClass": f"{RESOLVER}/01/{gtin}/10/{lot}"}

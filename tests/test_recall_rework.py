@@ -13,6 +13,7 @@ from sqlalchemy import select
 from activities.models import Characteristic, Measurement
 from core.errors import Conflict
 from domain.models import AuditLog
+from tests.test_recall_holds import _decide, _recall
 from tests.test_trace_plant import RESOLVER, build_plant, lot_status
 
 pytestmark = pytest.mark.asyncio
@@ -23,23 +24,6 @@ async def _entries(sessionmaker, lot: str, action: str) -> list[dict[str, Any]]:
         return list((await s.execute(select(AuditLog.changes).where(
             AuditLog.entity == "lot", AuditLog.entity_key == lot, AuditLog.action == action)
             .order_by(AuditLog.seq))).scalars())
-
-
-async def _recall(sessionmaker, number: str, lot: str) -> None:
-    from domain import recall
-
-    async with sessionmaker() as s, s.begin():
-        await recall.open_recall(s, number=number, workflow_id=f"recall-{number}", suspect_kind="lot", suspect=lot,
-                                 since=None, until=None, reason="test", requested_by="qm-1", resolver=RESOLVER)
-        await recall.hold_lots(s, number=number, resolver=RESOLVER)
-
-
-async def _decide(sessionmaker, number: str, lot: str, decision: str = "release") -> dict[str, Any]:
-    from domain import recall
-
-    async with sessionmaker() as s, s.begin():
-        return await recall.decide_lot(s, number=number, lot=lot, decision=decision, reviewer="t-quality_manager",
-                                       role="quality_manager", reason="checked", resolver=RESOLVER)
 
 
 async def _ncr(sessionmaker, number: str, lot: str, outcome: str) -> None:

@@ -16,7 +16,7 @@ from core.settings import DatabaseSettings, Settings
 from domain.models import Lot
 from domain.models_trace import TraceEdge, TraceNode
 from tests.helpers import SUPER_HEADERS
-from tests.test_trace_plant import RESOLVER, Plant, build_plant
+from tests.test_trace_plant import RESOLVER, Plant, build_plant, served_hub
 
 pytestmark = pytest.mark.asyncio
 
@@ -164,25 +164,11 @@ async def test_cli_prints_the_tree(db_url: str, plant: Plant):
 
 
 def _cli_checks(db_url: str, plant: Plant) -> None:
-    import threading
-    import time
-
-    import uvicorn
     from typer.testing import CliRunner
 
-    from tests.conftest import free_port
     from tracehub_cli import app as cli
 
-    port = free_port()
-    app = create_app(Settings(database=DatabaseSettings(url=db_url), resolver_base_url=RESOLVER))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 10
-        while not server.started and time.time() < deadline:
-            time.sleep(0.02)
-        url = f"http://127.0.0.1:{port}"
+    with served_hub(db_url) as url:
         env = {"COLUMNS": "200", "TRACEHUB_TOKEN": SUPER_HEADERS["Authorization"].split()[1]}
         out = CliRunner().invoke(cli, ["trace", "backward", plant.lots["B1"], "--hub-url", url], env=env)
         assert out.exit_code == 0, out.output
@@ -195,6 +181,3 @@ def _cli_checks(db_url: str, plant: Plant) -> None:
         out = CliRunner().invoke(cli, ["trace", "forward", "--heat", "NOPE", "--hub-url", url],
                                  env={"TRACEHUB_TOKEN": ""})
         assert out.exit_code == 2 and "TRACEHUB_TOKEN" in out.output
-    finally:
-        server.should_exit = True
-        thread.join(10)

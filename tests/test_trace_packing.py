@@ -8,20 +8,16 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import threading
-import time
 from typing import Any
 
 import httpx
 import pytest
 
-from api.main import create_app
-from core.settings import DatabaseSettings, Settings
 from domain import gs1, recall, shipping, trace, trace_containers
 from tests.helpers import SUPER_HEADERS
 from tests.test_trace import hub  # noqa: F401 - the fixture (no Temporal needed)
 from tests.test_trace_containers import container_rules, issue_codes
-from tests.test_trace_plant import RESOLVER, Plant, build_plant
+from tests.test_trace_plant import RESOLVER, Plant, build_plant, served_hub
 
 pytestmark = pytest.mark.asyncio
 
@@ -201,28 +197,15 @@ async def test_forward_containers_in_every_rendering_and_on_hold_by_a_recall(
 
 def _cli(db_url: str, commands: list[list[str]]) -> list[str]:
     """Run `tracehub` commands against the hub API served on a free port; their outputs."""
-    import uvicorn
     from typer.testing import CliRunner
 
-    from tests.conftest import free_port
     from tracehub_cli import app as cli
 
-    port = free_port()
-    app = create_app(Settings(database=DatabaseSettings(url=db_url), resolver_base_url=RESOLVER))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 10
-        while not server.started and time.time() < deadline:
-            time.sleep(0.02)
+    with served_hub(db_url) as url:
         env = {"COLUMNS": "250", "TRACEHUB_TOKEN": SUPER_HEADERS["Authorization"].split()[1]}
         outs = []
         for args in commands:
-            out = CliRunner().invoke(cli, [*args, "--hub-url", f"http://127.0.0.1:{port}"], env=env)
+            out = CliRunner().invoke(cli, [*args, "--hub-url", url], env=env)
             assert out.exit_code == 0, out.output
             outs.append(out.output)
         return outs
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -104,3 +106,30 @@ async def build_plant(sessionmaker, *, ship: bool = True) -> Plant:
 async def lot_status(sessionmaker, number: str) -> str:
     async with sessionmaker() as s:
         return (await s.execute(select(Lot.status).where(Lot.number == number))).scalar_one()
+
+
+@contextmanager
+def served_hub(db_url: str) -> Iterator[str]:
+    """The hub's API on a free port (uvicorn in a thread, the plant's resolver), for the CLI's tests: its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from api.main import create_app
+    from core.settings import DatabaseSettings, Settings
+    from tests.conftest import free_port
+
+    port = free_port()
+    app = create_app(Settings(database=DatabaseSettings(url=db_url), resolver_base_url=RESOLVER))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 10
+        while not server.started and time.time() < deadline:
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

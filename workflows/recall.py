@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         RecallResult,
         RecallScope,
         RecallStatus,
+        ReviewerDecision,
     )
     from workflows.policies import DB_RETRY, DB_TIMEOUT, ERP_RETRY, ERP_TIMEOUT
 
@@ -198,11 +199,11 @@ class RecallWorkflow:
         handle.add_done_callback(lambda _, lot=d.lot: self.erp_waits.pop(lot, None))
         self.erp_notices.append(handle)
 
-    @decide.validator
-    def _validate_decide(self, d: RecallLotDecision) -> None:
+    def _check_reviewer(self, d: ReviewerDecision, what: str) -> str:
+        """The checks every reviewer decision passes (a reason, a deciding role, the stock held); the number."""
         number = self.inp.number if self.inp else "this recall"
         if not d.reason.strip():
-            raise ApplicationError(f"{number}: reason is required: say why you {d.decision.value} lot {d.lot}",
+            raise ApplicationError(f"{number}: reason is required: say why you {d.decision.value} {what}",
                                    type="InvalidInput")
         if d.role not in DECIDERS:
             roles = ", ".join(sorted(r.value for r in DECIDERS))
@@ -211,6 +212,11 @@ class RecallWorkflow:
         if self.stage in ("scoping", "holding"):
             raise ApplicationError(f"{number} is still putting stock on hold: decide once it is held",
                                    type="Conflict")
+        return number
+
+    @decide.validator
+    def _validate_decide(self, d: RecallLotDecision) -> None:
+        number = self._check_reviewer(d, f"lot {d.lot}")
         if d.lot not in {h.lot for h in self.held}:
             raise ApplicationError(f"{number}: lot {d.lot!r} is not held by this recall", type="NotFound")
         if d.lot in self.decided:
@@ -234,17 +240,7 @@ class RecallWorkflow:
 
     @decide_container.validator
     def _validate_decide_container(self, d: RecallContainerDecision) -> None:
-        number = self.inp.number if self.inp else "this recall"
-        if not d.reason.strip():
-            raise ApplicationError(f"{number}: reason is required: say why you {d.decision.value} {d.code}",
-                                   type="InvalidInput")
-        if d.role not in DECIDERS:
-            roles = ", ".join(sorted(r.value for r in DECIDERS))
-            raise ApplicationError(f"{number}: role {d.role.value} may not {d.decision.value} recalled stock; it "
-                                   f"needs one of: {roles}", type="Forbidden")
-        if self.stage in ("scoping", "holding"):
-            raise ApplicationError(f"{number} is still putting stock on hold: decide once it is held",
-                                   type="Conflict")
+        number = self._check_reviewer(d, d.code)
         if d.code in self.box_decided:
             raise ApplicationError(f"{number}: {d.code} is already decided ({self.box_decided[d.code]})",
                                    type="Conflict")
