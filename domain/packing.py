@@ -256,9 +256,14 @@ async def contents(session: AsyncSession, code: str, *, at: datetime | None = No
 
 async def history(session: AsyncSession, code: str) -> list[dict[str, Any]]:
     """Every packing of this code, as parent or child, in time order."""
-    info = await lookup(session, code)
+    return await history_of(session, (await lookup(session, code)).value)
+
+
+async def history_of(session: AsyncSession, value: str) -> list[dict[str, Any]]:
+    """Every packing of a code given in the packing tables' form (`/00/{sscc}`, `/01/{gtin}/21/{serial}`), as
+    parent or child, in time order (history() without the code's lookup)."""
     rows = (await session.execute(select(Containment).where(
-        or_(Containment.child == info.value, Containment.parent == info.value)).order_by(
+        or_(Containment.child == value, Containment.parent == value)).order_by(
         Containment.packed_at, Containment.id))).scalars().all()
     return [{"parent": r.parent, "child": r.child, "packed_at": r.packed_at.isoformat(),
              "unpacked_at": r.unpacked_at.isoformat() if r.unpacked_at else None,

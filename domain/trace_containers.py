@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ARRAY, any_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import gs1, packing, trace
@@ -31,7 +31,23 @@ from domain.models import Lot, Shipment
 from domain.models_codes import Container, Containment, UsedCode
 from domain.models_trace import Recall, RecallContainer
 
-_CHUNK = 500
+_CHUNK = 500  # SQLite: values per IN list (PostgreSQL takes them all as one array parameter)
+
+
+def _batches(session: AsyncSession, values: list[Any]) -> list[list[Any]]:
+    """`values` in the batches one statement takes: all at once on PostgreSQL, _CHUNK at a time on SQLite."""
+    if not values:
+        return []
+    if session.bind.dialect.name == "postgresql":
+        return [values]
+    return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
+
+def _among(session: AsyncSession, col: Any, values: list[Any]) -> Any:
+    """`col IN (values)`; on PostgreSQL `= ANY(array)`: one parameter, one plan, however many values."""
+    if session.bind.dialect.name == "postgresql":
+        return col == any_(bindparam(None, values, type_=ARRAY(col.type)))
+    return col.in_(values)
 
 
 def container_code(code: str) -> str | None:
@@ -67,10 +83,10 @@ async def _held_by(session: AsyncSession, boxes: Iterable[Container]) -> dict[st
     first; one query for all of them, none when no box is on hold."""
     codes = sorted({c.code for c in boxes if c.status == packing.ON_HOLD})
     out: dict[str, list[str]] = defaultdict(list)
-    for i in range(0, len(codes), _CHUNK):
+    for batch in _batches(session, codes):
         rows = (await session.execute(
             select(RecallContainer.code, Recall.number).join(Recall, Recall.id == RecallContainer.recall_id)
-            .where(RecallContainer.code.in_(codes[i:i + _CHUNK]), RecallContainer.action == "held",
+            .where(_among(session, RecallContainer.code, batch), RecallContainer.action == "held",
                    RecallContainer.held_at.is_not(None), RecallContainer.released_at.is_(None))
             .order_by(Recall.id))).all()
         for code, number in rows:
@@ -106,8 +122,8 @@ def sscc(code: str) -> str | None:
 async def _lot_numbers(session: AsyncSession, ids: set[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     ids_ = sorted(ids)
-    for i in range(0, len(ids_), _CHUNK):
-        out.update((await session.execute(select(Lot.id, Lot.number).where(Lot.id.in_(ids_[i:i + _CHUNK])))).all())
+    for batch in _batches(session, ids_):
+        out.update((await session.execute(select(Lot.id, Lot.number).where(_among(session, Lot.id, batch)))).all())
     return out
 
 
@@ -136,9 +152,9 @@ async def backward_container(session: AsyncSession, container: Container, *, que
     inside = await packing.contents(session, container.code)
     lot_of_unit: dict[str, int] = {}
     units = inside["units"]
-    for i in range(0, len(units), _CHUNK):
+    for batch in _batches(session, units):
         lot_of_unit.update((await session.execute(select(UsedCode.value, UsedCode.lot_id).where(
-            UsedCode.value.in_(units[i:i + _CHUNK]), UsedCode.lot_id.is_not(None)))).all())
+            _among(session, UsedCode.value, batch), UsedCode.lot_id.is_not(None)))).all())
     numbers = await _lot_numbers(session, set(lot_of_unit.values()))
 
     def annotate(node: dict[str, Any]) -> dict[str, Any]:
@@ -178,35 +194,32 @@ async def containers_of_lots(session: AsyncSession, lot_numbers: list[str]) -> l
     where it is now; `units` counts the units of these lots inside it, directly or in its cases."""
     if not lot_numbers:
         return []
-    lot_ids: dict[int, str] = {}
-    for i in range(0, len(lot_numbers), _CHUNK):
-        lot_ids.update((await session.execute(select(Lot.id, Lot.number).where(
-            Lot.number.in_(lot_numbers[i:i + _CHUNK])))).all())
-    if not lot_ids:
-        return []
-    ids = sorted(lot_ids)
-    unit_lot: dict[str, str] = {}
-    for i in range(0, len(ids), _CHUNK):
-        for value, lot_id in (await session.execute(select(UsedCode.value, UsedCode.lot_id).where(
-                UsedCode.lot_id.in_(ids[i:i + _CHUNK]), UsedCode.level == "unit"))).all():
-            unit_lot[value] = lot_ids[lot_id]
-    # up the containment chain, one query per level: units -> cases -> pallets
+    # the units of these lots packed now, with the box each is in: one statement (per batch)
+    rows: list[tuple[str, str]] = []
+    for batch in _batches(session, lot_numbers):
+        rows += (await session.execute(
+            select(Lot.number, Containment.parent)
+            .join(UsedCode, (UsedCode.lot_id == Lot.id) & (UsedCode.level == "unit"))
+            .join(Containment, (Containment.child == UsedCode.value) & Containment.unpacked_at.is_(None))
+            .where(_among(session, Lot.number, batch)))).all()
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for lot, parent in rows:
+        counts[parent][lot] += 1
+    # then up the containment chain, one query per level: cases -> pallets
     parent_of: dict[str, str] = {}
-    carried: dict[str, dict[str, int]] = {u: {lot: 1} for u, lot in unit_lot.items()}
-    visited: set[str] = set()
-    for _ in range(packing.MAX_DEPTH):
+    carried: dict[str, dict[str, int]] = {p: dict(v) for p, v in counts.items()}
+    visited: set[str] = set(carried)
+    for _ in range(packing.MAX_DEPTH - 1):
         if not carried:
             break
         children = list(carried)
-        rows: list[tuple[str, str]] = []
-        for i in range(0, len(children), _CHUNK):
-            rows += (await session.execute(select(Containment.child, Containment.parent).where(
-                Containment.child.in_(children[i:i + _CHUNK]), Containment.unpacked_at.is_(None)))).all()
+        links: list[tuple[str, str]] = []
+        for batch in _batches(session, children):
+            links += (await session.execute(select(Containment.child, Containment.parent).where(
+                _among(session, Containment.child, batch), Containment.unpacked_at.is_(None)))).all()
         nxt: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for child, parent in rows:
-            if child not in unit_lot:
-                parent_of[child] = parent
+        for child, parent in links:
+            parent_of[child] = parent
             for lot, n in carried[child].items():
                 counts[parent][lot] += n
                 nxt[parent][lot] += n
@@ -216,9 +229,9 @@ async def containers_of_lots(session: AsyncSession, lot_numbers: list[str]) -> l
         return []
     codes = sorted(counts)
     boxes: dict[str, Container] = {}
-    for i in range(0, len(codes), _CHUNK):
+    for batch in _batches(session, codes):
         boxes.update((c.code, c) for c in (await session.execute(select(Container).where(
-            Container.code.in_(codes[i:i + _CHUNK])))).scalars())
+            _among(session, Container.code, batch)))).scalars())
     ships = await _customers(session, {c.shipment for c in boxes.values() if c.shipment})
     held = await _held_by(session, boxes.values())
     out = []
@@ -252,8 +265,10 @@ async def unit_packing(session: AsyncSession, unit: str) -> dict[str, Any]:
     the recalls holding it) with the packing that put the level below into it: packed_at and pack_event, and
     unpacked_at and unpack_event once it came out. `shipment` / `customer`: the box shipment the unit left on,
     when it is still packed in a shipped box. `history` is every packing of the unit (packing.history)."""
-    rows = await packing.history(session, unit)  # a unit is only ever a child
-    value = rows[0]["child"] if rows else (container_code(unit) or unit)
+    # a unit is only ever a child; a code the packing tables' form cannot hold is looked up (packing.history)
+    value = container_code(unit)
+    rows = await packing.history_of(session, value) if value else await packing.history(session, unit)
+    value = rows[0]["child"] if rows else (value or unit)
     out: dict[str, Any] = {"of": "unit", "unit": value, "packed": False, "chain": [], "events": [],
                            "shipment": None, "customer": None, "history": rows}
     if not rows:
@@ -269,7 +284,7 @@ async def unit_packing(session: AsyncSession, unit: str) -> dict[str, Any]:
         if box in seen:  # a cycle in bad data cannot loop
             break
         seen.add(box)
-        up = [r for r in await packing.history(session, box) if r["child"] == box and _overlaps(r, lo, hi)]
+        up = [r for r in await packing.history_of(session, box) if r["child"] == box and _overlaps(r, lo, hi)]
         if not up:
             break
         r = up[-1]  # the newest, if the box was repacked while the unit was inside
