@@ -16,12 +16,13 @@ packing tables (container, containment, used_code) and add to what trace.backwar
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, any_, bindparam, select
+from sqlalchemy import ARRAY, any_, bindparam, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import gs1, packing, trace
@@ -30,6 +31,8 @@ from domain.epcis_ids import canonical
 from domain.models import Lot, Shipment
 from domain.models_codes import Container, Containment, UsedCode
 from domain.models_trace import Recall, RecallContainer
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 500  # SQLite: values per IN list (PostgreSQL takes them all as one array parameter)
 
@@ -258,6 +261,12 @@ def _overlaps(row: dict[str, Any], lo: datetime, hi: datetime | None) -> bool:
     return (hi is None or packed < hi) and (unpacked is None or unpacked > lo)
 
 
+def _unit_never_packed(value: str) -> dict[str, Any]:
+    """unit_packing's answer for a unit that was never packed."""
+    return {"of": "unit", "unit": value, "packed": False, "chain": [], "events": [], "shipment": None,
+            "customer": None, "history": []}
+
+
 async def unit_packing(session: AsyncSession, unit: str) -> dict[str, Any]:
     """The packing of one unit: the case it is in now, the pallet that case is on, and so on up (`chain`,
     innermost first), or, once it was unpacked, the chain as it was when it was last packed (`packed` False).
@@ -268,11 +277,11 @@ async def unit_packing(session: AsyncSession, unit: str) -> dict[str, Any]:
     # a unit is only ever a child; a code the packing tables' form cannot hold is looked up (packing.history)
     value = container_code(unit)
     rows = await packing.history_of(session, value) if value else await packing.history(session, unit)
-    value = rows[0]["child"] if rows else (value or unit)
+    if not rows:
+        return _unit_never_packed(value or unit)
+    value = rows[0]["child"]
     out: dict[str, Any] = {"of": "unit", "unit": value, "packed": False, "chain": [], "events": [],
                            "shipment": None, "customer": None, "history": rows}
-    if not rows:
-        return out
     link = next((r for r in reversed(rows) if r["unpacked_at"] is None), rows[-1])
     out["packed"] = link["unpacked_at"] is None
     links = [link]
@@ -325,16 +334,43 @@ async def backward_packing(session: AsyncSession, answer: dict[str, Any]) -> dic
 # --- the answers the trace routes send (api/routes/trace.py), and bench/trace.py times ------------------------
 
 
+# one read for a backward trace's start that could be a case or pallet: is it one, and has it (a unit) ever been
+# packed. Run on the app's trace reader (core.db.FastReader: an autocommit connection, no transaction), so a trace
+# from a unit that was never packed opens no session at all
+_PROBE = select(exists().where(Container.code == bindparam("v")),
+                exists().where(or_(Containment.child == bindparam("v"), Containment.parent == bindparam("v"))))
+
+
+async def _probe(session: AsyncSession, value: str, reader: Any) -> tuple[bool, bool]:
+    """(a case or pallet has this code, this code is in the packing tables)."""
+    if reader is not None and getattr(reader, "available", False):
+        try:
+            row = await reader.fetchone(_PROBE, {"v": value})
+            if row is not None:
+                return bool(row[0]), bool(row[1])
+        except Exception:  # the session below answers, and reports a real fault
+            log.debug("packing probe fell back to the session", exc_info=True)
+    row = (await session.execute(_PROBE, {"v": value})).one()
+    return bool(row[0]), bool(row[1])
+
+
 async def backward_answer(session: AsyncSession, code: str, *, resolver: str, reader: Any = None,
                           as_sent: bool = False) -> dict[str, Any]:
     """GET /api/trace/backward's answer: from a case or pallet, everything inside it (backward_container); from
     a unit, batch code or lot, trace.backward with its `packing` (backward_packing). `reader` and `as_sent` as
     for trace.backward (`as_sent`: the answer is serialised with orjson at once, trace.to_json)."""
-    box = await find_container(session, code)
-    if box is not None:
-        return await backward_container(session, box, query=code, resolver=resolver)
+    value = container_code(code)
+    is_box, packed = await _probe(session, value, reader) if value else (False, True)
+    if is_box:
+        box = await find_container(session, code)
+        if box is not None:
+            return await backward_container(session, box, query=code, resolver=resolver)
     result = await trace.backward(session, code, resolver=resolver, reader=reader, as_sent=as_sent)
-    result["packing"] = await backward_packing(session, result)
+    unit = result.get("unit")
+    if not packed and unit and container_code(unit) == value:
+        result["packing"] = _unit_never_packed(value)  # type: ignore[arg-type]
+    else:
+        result["packing"] = await backward_packing(session, result)
     return result
 
 
