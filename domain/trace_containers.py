@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, any_, bindparam, exists, or_, select
+from sqlalchemy import ARRAY, String, any_, bindparam, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import gs1, packing, trace
@@ -354,6 +354,29 @@ async def _probe(session: AsyncSession, value: str, reader: Any) -> tuple[bool, 
     return bool(row[0]), bool(row[1])
 
 
+# whether any unit of these lots is in a case or pallet now (PostgreSQL: the lot numbers as one array parameter)
+_ANY_PACKED = select(exists(
+    select(1).select_from(Lot)
+    .join(UsedCode, (UsedCode.lot_id == Lot.id) & (UsedCode.level == "unit"))
+    .join(Containment, (Containment.child == UsedCode.value) & Containment.unpacked_at.is_(None))
+    .where(Lot.number == any_(bindparam("numbers", type_=ARRAY(String))))))
+
+
+async def _any_packed(numbers: list[str], reader: Any) -> bool:
+    """False only when the trace reader (PostgreSQL) says no unit of these lots is packed now: the forward answer
+    then needs no session for its cases and pallets. True otherwise (containers_of_lots finds them)."""
+    if not numbers:
+        return False
+    if reader is None or getattr(reader, "backend", None) != "postgresql" or not getattr(reader, "available", False):
+        return True
+    try:
+        row = await reader.fetchone(_ANY_PACKED, {"numbers": numbers})
+    except Exception:  # the session answers, and reports a real fault
+        log.debug("packing probe fell back to the session", exc_info=True)
+        return True
+    return row is None or bool(row[0])
+
+
 async def backward_answer(session: AsyncSession, code: str, *, resolver: str, reader: Any = None,
                           as_sent: bool = False) -> dict[str, Any]:
     """GET /api/trace/backward's answer: from a case or pallet, everything inside it (backward_container); from
@@ -381,7 +404,8 @@ async def forward_answer(session: AsyncSession, *, resolver: str, kind: str, val
     reached, and where each is now (`containers`, counted in the summary)."""
     result = await trace.forward(session, resolver=resolver, kind=kind, value=value, since=since, until=until,
                                  reader=reader)
-    boxes = await containers_of_lots(session, [n["id"] for n in result["nodes"] if n["node"] == "lot"])
+    numbers = [n["id"] for n in result["nodes"] if n["node"] == "lot"]
+    boxes = await containers_of_lots(session, numbers) if await _any_packed(numbers, reader) else []
     result["containers"] = boxes
     result["summary"]["containers"] = len(boxes)
     result["summary"]["containers_shipped"] = sum(1 for b in boxes if b["status"] == "shipped")

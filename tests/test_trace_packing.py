@@ -209,3 +209,36 @@ def _cli(db_url: str, commands: list[list[str]]) -> list[str]:
             assert out.exit_code == 0, out.output
             outs.append(out.output)
         return outs
+
+
+async def test_the_trace_readers_shortcuts_answer_as_the_session_does(hub: httpx.AsyncClient,  # noqa: F811
+                                                                      sessionmaker):
+    """The routes ask the trace reader (an autocommit connection) whether a start is a box and whether it was ever
+    packed, and whether any unit of the reached lots is in a box: with it or without, the answers are the same, for
+    a packed unit, a unit never packed, a case, and forward traces with and without boxes."""
+    from core.db import FastReader, engine_of
+
+    p = await packed_plant(hub, sessionmaker)
+    plant, units = p["plant"], p["units"]
+    reader = FastReader(engine_of(sessionmaker).url)
+    try:
+        async with sessionmaker() as s:
+            for code in (units[0], units[3], p["cases"][0], plant.lots["B1"]):
+                with_reader = await trace_containers.backward_answer(s, code, resolver=RESOLVER, reader=reader)
+                plain = await trace_containers.backward_answer(s, code, resolver=RESOLVER)
+                assert with_reader == plain, code
+            assert with_reader["packing"]["of"] == "lot"
+            for kind, value in (("lot", plant.lots["M1"]), ("heat", plant.heats["M3"])):
+                with_reader = await trace_containers.forward_answer(s, resolver=RESOLVER, kind=kind, value=value,
+                                                                     reader=reader)
+                plain = await trace_containers.forward_answer(s, resolver=RESOLVER, kind=kind, value=value)
+                assert with_reader == plain, (kind, value)
+            packed = await trace_containers.forward_answer(s, resolver=RESOLVER, kind="lot", value=plant.lots["M1"],
+                                                           reader=reader)
+            assert packed["summary"]["containers"] == len(packed["containers"]) >= 2
+        # the reader's answer for lots none of whose units is in a box (PostgreSQL; elsewhere the session looks)
+        pg = engine_of(sessionmaker).dialect.name == "postgresql"
+        assert await trace_containers._any_packed([plant.lots["M2"], plant.lots["A1"]], reader) is not pg
+        assert await trace_containers._any_packed([plant.lots["M2"], plant.lots["B1"]], reader) is True
+    finally:
+        await reader.close()
