@@ -249,22 +249,52 @@ async def ensure_nodes(session: AsyncSession, uris: Iterable[str], *, classes: s
     for r in rows_in:
         found[r["uri"]] = r["id"]
     # classes from a supplier whose lot is the supplier lot of a received hub lot: the receipt links them
-    parts = {r["lot_part"]: r["id"] for r in rows_in if r["lot_part"]}
-    if parts:
-        received = (await session.execute(
-            select(Lot.id, Lot.supplier_lot)
-            .where(Lot.kind == "material", _among(session, Lot.supplier_lot, list(parts))))).all()
-        await add_edges(session, [(parts[r.supplier_lot], r.id, "receipt", None) for r in received])
+    classes = [(r["id"], r["uri"], r["lot_part"]) for r in rows_in if r["lot_part"]]
+    if classes:
+        received = await _received_with(session, list({c[2] for c in classes}))
+        await add_edges(session, [(nid, lot_id, "receipt", None) for nid, uri, part in classes
+                                  for lot_id in _receipt_match(uri, received.get(part, []))])
     return found
 
 
+async def _received_with(session: AsyncSession, supplier_lots: list[str]) -> dict[str, list[tuple[int, int | None,
+                                                                                                  str | None]]]:
+    """The received lots with these supplier lots: {supplier lot: [(lot id, supplier id, item GTIN)]}."""
+    out: dict[str, list[tuple[int, int | None, str | None]]] = {}
+    for lot_id, supplier_lot, supplier_id, gtin in (await session.execute(
+            select(Lot.id, Lot.supplier_lot, Lot.supplier_id, Item.gtin).join(Item, Item.id == Lot.item_id)
+            .where(Lot.kind == "material", _among(session, Lot.supplier_lot, supplier_lots)))).all():
+        out.setdefault(supplier_lot, []).append((lot_id, supplier_id, gtin))
+    return out
+
+
+def _receipt_match(uri: str, received: list[tuple[int, int | None, str | None]]) -> list[int]:
+    """Which of the received lots with a captured class's lot number are that class: a supplier's lot number is
+    only unique with its trade item (GTIN) or its supplier. The lots whose item has the class's GTIN; else those
+    whose item has no GTIN, if they all come from one supplier; else none (a number several suppliers use, and
+    nothing says whose this is: linking any would show another supplier's lots in a trace)."""
+    m = _GTIN.search(uri)
+    gtin = m.group(1) if m else None
+    exact = [lot_id for lot_id, _, g in received if g and gtin and g.zfill(14) == gtin]
+    if exact:
+        return exact
+    unknown = [(lot_id, supplier_id) for lot_id, supplier_id, g in received if not g]
+    return [lot_id for lot_id, _ in unknown] if len({s for _, s in unknown}) == 1 else []
+
+
 async def link_received_lot(session: AsyncSession, lot: Lot, node_id: int) -> None:
-    """A received lot joins any supplier class captured earlier whose lot is its supplier lot."""
+    """A received lot joins any supplier class captured earlier whose lot is its supplier lot and that is this
+    lot's material (_receipt_match: its GTIN, or the one supplier using that lot number)."""
     if lot.kind != "material" or not lot.supplier_lot:
         return
     sources = (await session.execute(
-        select(TraceNode.id).where(TraceNode.lot_part == lot.supplier_lot, TraceNode.lot_id.is_(None)))).scalars()
-    await add_edges(session, [(s, node_id, "receipt", None) for s in sources])
+        select(TraceNode.id, TraceNode.uri).where(TraceNode.lot_part == lot.supplier_lot,
+                                                  TraceNode.lot_id.is_(None)))).all()
+    if not sources:
+        return
+    received = (await _received_with(session, [lot.supplier_lot])).get(lot.supplier_lot, [])
+    await add_edges(session, [(nid, node_id, "receipt", None) for nid, uri in sources
+                              if lot.id in _receipt_match(uri, received)])
 
 
 async def add_edges(session: AsyncSession, edges: list[tuple[int, int, str, int | None]]) -> None:
