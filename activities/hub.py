@@ -95,7 +95,7 @@ class HubActivities(TransactionalActivities):
                     supplier=line.supplier, item=line.item, supplier_lot=line.supplier_lot,
                     heat_number=line.heat_number, quantity=line.quantity, uom=line.uom,
                     certificate_ref=line.certificate_ref, location=line.location, resolver=self.resolver,
-                    purchase_order=line.purchase_order,
+                    purchase_order=line.purchase_order, gtin=line.gtin,
                 )
                 number = f"IQC-{line.lot}"
                 # the material item's plan at `iqc` (sample sizes by ISO 2859-1 under the supplier's switching

@@ -99,6 +99,9 @@ class ReceivedLot(Model):
     location: str | None = Field(default=None, max_length=80)
     purchase_order: str | None = Field(default=None, max_length=80,
                                        description="our purchase order this line delivers, when the ERP names it")
+    gtin: str | None = Field(default=None, pattern=r"^\d{14}$",
+                             description="the item's GTIN-14 as the supplier labels it, when the ERP knows it: a "
+                                         "supplier's EPCIS events for this lot then join it by trade item")
 
 
 class PurchaseReceipt(Model):

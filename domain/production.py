@@ -149,9 +149,11 @@ async def receive_lot(
     location: str | None,
     resolver: str,
     purchase_order: str | None = None,
+    gtin: str | None = None,
 ) -> Lot:
     """Record a received lot in quarantine. Idempotent on the lot number; a clash is refused.
-    `purchase_order`: our purchase order the receipt line delivers, when the ERP names it."""
+    `purchase_order`: our purchase order the receipt line delivers, when the ERP names it; `gtin`: the item's
+    GTIN as the supplier labels it (recorded on the item when it has none: a GTIN belongs to one item)."""
     existing = (await session.execute(select(Lot).where(Lot.number == lot))).scalar()
     if existing is not None:
         if existing.receipt != receipt:
@@ -160,7 +162,7 @@ async def receive_lot(
                 "its own lot number"
             )
         return existing
-    it = await upsert_item(session, item, uom=uom)
+    it = await upsert_item(session, item, uom=uom, gtin=gtin)
     sup = await upsert_supplier(session, supplier)
     row = Lot(
         number=lot, kind="material", item_id=it.id, supplier_id=sup.id, supplier_lot=supplier_lot,

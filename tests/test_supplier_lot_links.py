@@ -24,11 +24,11 @@ def _gtin() -> str:
 
 async def _receive(sessionmaker, *, supplier: str, supplier_lot: str, gtin: str | None) -> str:
     item, lot = f"BAR-{uuid.uuid4().hex[:8]}", f"R-{uuid.uuid4().hex[:8].upper()}"
-    async with sessionmaker() as s, s.begin():
-        await production.upsert_item(s, item, gtin=gtin)
+    async with sessionmaker() as s, s.begin():  # the receipt line names the supplier's GTIN of the item
         await production.receive_lot(s, work_order=None, receipt=f"PR-{lot}", received_at=None, lot=lot,
                                      supplier=supplier, item=item, supplier_lot=supplier_lot, heat_number=None,
-                                     quantity=5, uom="KG", certificate_ref=None, location=None, resolver=RESOLVER)
+                                     quantity=5, uom="KG", certificate_ref=None, location=None, resolver=RESOLVER,
+                                     gtin=gtin)
     return lot
 
 
