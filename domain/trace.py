@@ -771,14 +771,15 @@ def to_json(result: dict[str, Any]) -> bytes:
 
 
 async def backward_json(session: AsyncSession, code: str, *, resolver: str, reader: Any = None) -> bytes:
-    """backward()'s answer as JSON: what GET /api/trace/backward sends."""
+    """backward()'s answer as JSON (GET /api/trace/backward sends it with the unit's packing added:
+    trace_containers.backward_answer)."""
     return to_json(await backward(session, code, resolver=resolver, reader=reader, as_sent=True))
 
 
 async def forward_json(session: AsyncSession, *, resolver: str, kind: str = "lot", value: str | None = None,
                        since: datetime | None = None, until: datetime | None = None, reader: Any = None) -> bytes:
-    """forward()'s answer as JSON: what GET /api/trace/forward sends, less the containers the route adds
-    (api/routes/trace.py)."""
+    """forward()'s answer as JSON (GET /api/trace/forward sends it with the cases and pallets added:
+    trace_containers.forward_answer)."""
     return to_json(await forward(session, resolver=resolver, kind=kind, value=value, since=since, until=until,
                                  reader=reader))
 
