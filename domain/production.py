@@ -237,12 +237,20 @@ async def ensure_output_lot(session: AsyncSession, wo: WorkOrder, lot_number: st
 
 
 async def check_consumable(session: AsyncSession, consumed: list[tuple[str, float]]) -> list[Lot]:
-    """Refuse consumption of a lot that is not released or has too little left; names the lot."""
+    """Refuse consumption of a lot that is not released, has too little left, or is in an open recall's scope
+    (from the moment the recall records it, before its hold is set); names the lot. Each lot is locked (PostgreSQL:
+    FOR NO KEY UPDATE, the lock the consumption's own update takes), so a recall's hold waits for it or is seen."""
+    from domain import holds
+
     lots = []
     for number, qty in consumed:
-        lot = (await session.execute(select(Lot).where(Lot.number == number))).scalar()
+        lot = (await session.execute(select(Lot).where(Lot.number == number).with_for_update(of=Lot, key_share=True)
+                                     .execution_options(populate_existing=True))).scalar()
         if lot is None:
             raise InvalidInput(f"consumed lot {number!r} does not exist: check the lot number", field="consumed")
+        if recalls := await holds.recall_holds(session, lot.id):
+            raise Conflict(f"lot {number!r} is recalled ({', '.join(recalls)}) and may not be consumed until a "
+                           "reviewer releases it", field="consumed")
         if lot.status != LotStatus.released:
             raise Conflict(
                 f"lot {number!r} is {lot.status}, not released: only released lots may be consumed",

@@ -136,9 +136,11 @@ async def test_a_lot_shipped_between_the_scope_and_the_hold_is_not_held_and_its_
 
 
 async def test_a_lot_used_up_between_the_scope_and_the_hold_is_not_held(sessionmaker):
-    """A consumption does not look at recalls (only shipping does): a lot used up after the scope is not put on
-    hold (it is gone), and the lot it went into is held for what it has now, not what the scope saw."""
+    """A consumption after the scope is refused (the lot is recalled from the moment the scope records it). One
+    whose transaction checked just before the scope committed can still use the lot up: it is then not put on
+    hold (it is gone), and a lot still in stock is held for what it has now, not what the scope saw."""
     from activities.models import ConsumedLot, OperationReport
+    from core.errors import Conflict
     from domain import production
 
     plant = await build_plant(sessionmaker, ship=False)
@@ -147,22 +149,27 @@ async def test_a_lot_used_up_between_the_scope_and_the_hold_is_not_held(sessionm
     await _open(sessionmaker, number, "heat", plant.heats["M1"])
     assert (await recall_line(sessionmaker, number, a1)).action == "held"
     assert (await recall_line(sessionmaker, number, b1)).quantity == 20.0
+    with pytest.raises(Conflict) as refused:
+        async with sessionmaker() as s, s.begin():
+            t0, t1 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC), datetime(2026, 11, 21, 13, 0, tzinfo=UTC)
+            await production.record_operation(
+                s, work_order=f"WOB-{tag}", output_lot=b1, operation_name="Pressing", rework=False,
+                report=OperationReport(report_id=f"RB2-{tag}", seq=20, equipment="PRESS-09", operator="op-9",
+                                       shift="B", started_at=t0, ended_at=t1, parameters={"force_kn": 80},
+                                       consumed=[ConsumedLot(lot=a1, quantity=10)], good_quantity=5),
+                resolver=RESOLVER)
+    assert number in str(refused.value) and refused.value.field == "consumed"
+    # what a consumption racing the scope leaves: A1 used up, B1 with more in it than the scope saw
     async with sessionmaker() as s, s.begin():
-        t0, t1 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC), datetime(2026, 11, 21, 13, 0, tzinfo=UTC)
-        await production.record_operation(
-            s, work_order=f"WOB-{tag}", output_lot=b1, operation_name="Pressing", rework=False,
-            report=OperationReport(report_id=f"RB2-{tag}", seq=20, equipment="PRESS-09", operator="op-9", shift="B",
-                                   started_at=t0, ended_at=t1, parameters={"force_kn": 80},
-                                   consumed=[ConsumedLot(lot=a1, quantity=10)], good_quantity=5),
-            resolver=RESOLVER)
+        lot_a1, lot_b1 = await production.get_lot(s, a1), await production.get_lot(s, b1)
+        lot_a1.quantity_remaining = 0.0
+        await production.set_lot_status(s, lot_a1, "consumed", actor="test", why="consumed by a racing report")
+        lot_b1.quantity_remaining = 25.0
     acts = RecallActivities(sessionmaker, resolver=RESOLVER)
     lines = {x.lot: x for x in await acts.hold_recall_lots(RecallRef(number=number))}
     assert lines[a1].action == "none" and lines[a1].customers == []
-    assert lines[b1].action == "held"
-    async with sessionmaker() as s:
-        b1_left = (await s.execute(select(Lot.quantity_remaining).where(Lot.number == b1))).scalar_one()
-    assert lines[b1].quantity == b1_left != 20.0  # what the ERP is told to block: what is there now
-    assert await lot_status(sessionmaker, a1) != "on_hold"
+    assert lines[b1].action == "held" and lines[b1].quantity == 25.0  # what the ERP is told to block: what is there
+    assert await lot_status(sessionmaker, a1) == "consumed"
     assert await lot_status(sessionmaker, b1) == "on_hold"
     rl = await recall_line(sessionmaker, number, a1)
     assert (rl.action, rl.held_at) == ("none", None)
