@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
@@ -55,6 +55,14 @@ async def open_recall_covering(session: AsyncSession, *, suspect_kind: str, susp
     return None
 
 
+async def _lock_suspect(session: AsyncSession, suspect_kind: str, suspect: str) -> None:
+    """PostgreSQL: recalls of one suspect record their scopes one at a time (a transaction-level advisory lock on
+    the suspect). SQLite writers take turns anyway."""
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                              {"k": f"recall:{suspect_kind}:{suspect}"})
+
+
 async def open_recall(
     session: AsyncSession, *, number: str, workflow_id: str, suspect_kind: str, suspect: str,
     since: datetime | None, until: datetime | None, reason: str, requested_by: str, resolver: str,
@@ -65,6 +73,15 @@ async def open_recall(
     for whom it was started, is data in the entry."""
     row = (await session.execute(select(Recall).where(Recall.number == number))).scalar()
     if row is None:
+        # one recall per suspect, also for two started at the same moment (the API's check saw neither): the
+        # first to record its scope wins, the other stops here naming it
+        await _lock_suspect(session, suspect_kind, suspect)
+        other = await open_recall_covering(session, suspect_kind=suspect_kind, suspect=suspect, since=since,
+                                           until=until, except_number=number)
+        if other is not None:
+            raise Conflict(f"recall {other.number} already covers {suspect_kind} {suspect!r} (both were started at "
+                           f"the same moment): {number} records nothing; follow {other.number} at "
+                           f"/api/recalls/{other.number}", field="suspect")
         result = await forward(session, resolver=resolver, kind=suspect_kind, value=suspect, since=since,
                                until=until)
         row = Recall(number=number, workflow_id=workflow_id, suspect_kind=suspect_kind, suspect=suspect,

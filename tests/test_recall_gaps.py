@@ -363,3 +363,24 @@ async def test_the_recall_waits_for_the_customer_of_a_lot_that_shipped_while_it_
     assert await lot_status(sessionmaker, b1) == "shipped"
     if POSTGRES:
         await record_history(client, f"recall-{number}", "recall_late_ship_customer_waited_for")
+
+
+async def test_two_recalls_of_one_suspect_started_at_the_same_moment_record_one_scope(sessionmaker):
+    """The API refuses a second recall of a suspect an open recall covers, but two started at the same moment both
+    pass that check: the first to record its scope wins, the other records nothing and names it."""
+    from core.errors import Conflict
+
+    plant = await build_plant(sessionmaker, ship=False)
+    tag, heat = plant.tag, plant.heats["M1"]
+    first, second = f"RC-T1-{tag}", f"RC-T2-{tag}"
+    results = await asyncio.gather(_open(sessionmaker, first, "heat", heat), _open(sessionmaker, second, "heat", heat),
+                                   return_exceptions=True)
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 1 and isinstance(refused[0], Conflict), results
+    (loser,) = [n for n, r in zip((first, second), results, strict=True) if r is refused[0]]
+    (winner,) = {first, second} - {loser}
+    assert winner in str(refused[0]) and refused[0].field == "suspect"
+    async with sessionmaker() as s:
+        numbers = set((await s.execute(select(Recall.number).where(Recall.number.in_([first, second])))).scalars())
+    assert numbers == {winner}
+    assert (await recall_line(sessionmaker, winner, plant.lots["A1"])).action == "held"
