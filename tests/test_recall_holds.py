@@ -132,11 +132,11 @@ async def test_two_recalls_on_one_lot_release_only_with_the_last_and_tell_the_er
     await record_history(client, f"recall-{second}", "recall_last_release_unblocks_erp")
 
 
-async def _recall(sessionmaker, number: str, lot: str) -> None:
+async def _recall(sessionmaker, number: str, lot: str, kind: str = "lot") -> None:
     from domain import recall
 
     async with sessionmaker() as s, s.begin():
-        await recall.open_recall(s, number=number, workflow_id=f"recall-{number}", suspect_kind="lot", suspect=lot,
+        await recall.open_recall(s, number=number, workflow_id=f"recall-{number}", suspect_kind=kind, suspect=lot,
                                  since=None, until=None, reason="test", requested_by="qm-1", resolver=RESOLVER)
         await recall.hold_lots(s, number=number, resolver=RESOLVER)
 
@@ -164,7 +164,7 @@ async def test_the_last_release_restores_the_status_before_the_first_hold_and_a_
     a1, tag = plant.lots["A1"], plant.tag
     await _set_status(sessionmaker, a1, "quarantine")
     await _recall(sessionmaker, f"RC-Q1-{tag}", a1)
-    await _recall(sessionmaker, f"RC-Q2-{tag}", a1)
+    await _recall(sessionmaker, f"RC-Q2-{tag}", plant.heats["M1"], "heat")  # another suspect: A1 is made of M1
     first = await _decide(sessionmaker, f"RC-Q1-{tag}", a1)
     assert (first["status"], first["released"], first["erp_unblock"], first["still_held_by"]) == \
         ("on_hold", False, False, [f"recall RC-Q2-{tag}"])
