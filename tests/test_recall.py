@@ -148,8 +148,10 @@ async def test_recall_holds_the_cases_and_pallets_in_stock_until_their_lots_are_
     r = await api.post("/api/recalls", json={"number": number, "suspect_kind": "heat", "suspect": plant.heats["M1"],
                                              "reason": "cracks in heat", "requested_by": "qm-1"})
     assert r.status_code == 202, r.text
+    # held, and the recall waiting for decisions (the ERP blocks and the list of held boxes come first)
     rec = await wait_recall(api, number, lambda x: bool(x["record"]["containers"])
-                            and all(c["held_at"] for c in x["record"]["containers"]), "container holds")
+                            and all(c["held_at"] for c in x["record"]["containers"])
+                            and (x["status"] or {}).get("stage") == "notifying", "container holds")
     boxes = {c["code"]: c for c in rec["record"]["containers"]}
     assert set(boxes) == {path[case], path[pallet]}
     for code in (case, pallet):
