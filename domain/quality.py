@@ -186,6 +186,12 @@ async def record_results(
 # --- NCR ---------------------------------------------------------------------------------------------
 
 
+def _held_quantity(lot: Lot) -> float:
+    """The quantity an NCR's hold and outcome apply to: what is left of the lot (the whole lot when nothing is
+    recorded as left, e.g. a lot still being produced)."""
+    return lot.quantity_remaining if lot.quantity_remaining and lot.quantity_remaining > 0 else lot.quantity
+
+
 async def get_ncr(session: AsyncSession, number: str) -> Ncr:
     ncr = (await session.execute(select(Ncr).where(Ncr.number == number))).scalar()
     if ncr is None:
@@ -220,7 +226,7 @@ async def open_ncr(
     await record_event(
         session, key=f"hold:{number}", event_type="ObjectEvent", biz_step="holding",
         disposition="non_conformant",
-        quantity_list=[{"epcClass": lot_class_uri(lot_row, resolver), "quantity": lot_row.quantity}],
+        quantity_list=[{"epcClass": lot_class_uri(lot_row, resolver), "quantity": _held_quantity(lot_row)}],
         biz_transactions=[("testres", hub_uri("ncr", number))],
         lot=lot_row, work_order_id=wo_id,
     )
@@ -390,6 +396,7 @@ async def apply_disposition(
     row = await get_ncr(session, ncr)
     lot_row: Lot = await get_lot(session, lot)
     reason = row.decisions[-1].reason if row.decisions else ""
+    affected = _held_quantity(lot_row)  # what the outcome applies to (before a write-off sets it to 0)
     if outcome in ("dismiss", "use_as_is") and await _kept_on_hold(session, lot_row, ncr=ncr, outcome=outcome,
                                                                     reason=reason):
         # not released: no `conformant` event either (the lot keeps the disposition its holder gave it); the last
@@ -432,7 +439,7 @@ async def apply_disposition(
         session, key=f"disposition:{ncr}", event_type="ObjectEvent",
         biz_step="destroying" if outcome == "scrap" else "holding" if outcome == "rework" else "inspecting",
         action="DELETE" if outcome == "scrap" else "OBSERVE", disposition=disp,
-        quantity_list=[{"epcClass": lot_class_uri(lot_row, resolver), "quantity": lot_row.quantity}],
+        quantity_list=[{"epcClass": lot_class_uri(lot_row, resolver), "quantity": affected}],
         biz_transactions=[("testres", hub_uri("ncr", ncr))],
         persistent_disposition={"unset": ["non_conformant"]} if outcome in ("dismiss", "use_as_is") else None,
         extensions={"ncrOutcome": outcome},

@@ -92,3 +92,22 @@ async def test_shipping_and_receiving_events_carry_their_business_transactions(h
     assert sorted(e["certificationInfo"] for e in plain) == sorted(
         f"urn:tracehub:certificate:CERT-{h}" for h in plant.heats.values())
     assert "certificationInfo" not in received[0]
+
+
+async def test_an_ncrs_hold_and_scrap_events_count_what_is_left_of_the_lot(hub: httpx.AsyncClient,  # noqa: F811
+                                                                           sessionmaker):
+    """M3 was received as 50 and 20 went into B1: its NCR holds, and scraps, the 30 that are left (not 50)."""
+    from domain import quality
+
+    plant = await build_plant(sessionmaker)
+    m3, ncr = plant.lots["M3"], f"NCR-Q-{plant.tag}"
+    async with sessionmaker() as s, s.begin():
+        await quality.open_ncr(s, number=ncr, workflow_id=f"ncr-{ncr}", work_order=None, lot=m3, inspection=None,
+                               description="seam in the bar", resolver=RESOLVER)
+    async with sessionmaker() as s, s.begin():
+        await quality.record_decision(s, ncr=ncr, decision_id=f"{ncr}-D1", action="scrap", reviewer="t-mrb",
+                                      role="mrb_engineering", reason="seam", rework_operation=None, new_state="closed")
+        await quality.apply_disposition(s, ncr=ncr, lot=m3, outcome="scrap", resolver=RESOLVER)
+    got = {e["bizStep"]: e for e in await events(hub, EQ_bizTransaction_testres=f"urn:tracehub:ncr:{ncr}")}
+    assert [q["quantity"] for q in got["holding"]["quantityList"]] == [30.0]
+    assert [q["quantity"] for q in got["destroying"]["quantityList"]] == [30.0]
