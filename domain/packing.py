@@ -323,7 +323,9 @@ async def ship_container(session: AsyncSession, *, code: str, shipment: str, act
     await record_event(session, key=f"ship-container:{c.code}:{shipment}", event_type="ObjectEvent",
                        biz_step="shipping", disposition="in_transit", event_time=at,
                        epc_list=[epc(c.code, resolver)],
-                       biz_transactions=[("desadv", hub_uri("shipment", shipment))],
+                       # as the lot's shipping event: the customer's order (our sales order) and the despatch advice
+                       biz_transactions=[*([("po", hub_uri("salesorder", sh.sales_order))] if sh.sales_order else []),
+                                         ("desadv", hub_uri("shipment", shipment))],
                        destination_list=[{"type": "owning_party", "destination": hub_uri("customer", sh.customer)}])
     await audit(session, actor=actor, action="container.shipped", entity="container", key=c.code,
                 changes=diff(before, {"status": c.status, "shipment": shipment, "code_state": "shipped"},

@@ -66,6 +66,12 @@ async def test_backward_from_a_unit_names_its_case_pallet_shipment_and_customer(
     p = await packed_plant(hub, sessionmaker)
     plant, units, case, other, pallet = p["plant"], p["units"], p["cases"][0], p["cases"][1], p["pallet"]
     dn, customer = await ship(hub, sessionmaker, plant, pallet)
+    # the pallet's shipping event names the customer's order (our sales order) and the despatch advice, as the lot's
+    r = await hub.get("/epcis/events", params={"EQ_bizTransaction_desadv": f"urn:tracehub:shipment:{dn}",
+                                               "EQ_bizStep": "shipping"})
+    (box_event,) = [e for e in r.json()["epcisBody"]["queryResults"]["resultsBody"]["eventList"] if e.get("epcList")]
+    assert {(b["type"], b["bizTransaction"]) for b in box_event["bizTransactionList"]} == {
+        ("po", f"urn:tracehub:salesorder:SO-P-{plant.tag}"), ("desadv", f"urn:tracehub:shipment:{dn}")}
 
     r = await hub.get(f"/api/trace/backward/{units[0]}")
     assert r.status_code == 200, r.text
