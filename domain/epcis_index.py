@@ -146,7 +146,7 @@ def _pg(session: AsyncSession) -> bool:
     return session.bind.dialect.name == "postgresql"
 
 
-def _among(session: AsyncSession, col: Any, values: list[Any]) -> Any:
+def among(session: AsyncSession, col: Any, values: list[Any]) -> Any:
     """`col IN (values)`; on PostgreSQL as `= ANY(array)`, one parameter however many values (a captured
     document looks up hundreds of identifiers at once)."""
     if _pg(session):
@@ -199,7 +199,7 @@ async def ensure_nodes(session: AsyncSession, uris: Iterable[str], *, classes: s
     for i in range(0, len(wl), step):
         for nid, uri, lot_id in (await session.execute(
                 select(TraceNode.id, TraceNode.uri, TraceNode.lot_id)
-                .where(_among(session, TraceNode.uri, wl[i:i + step])))).all():
+                .where(among(session, TraceNode.uri, wl[i:i + step])))).all():
             found[uri] = nid
             if lot_id is None and uri in lots:
                 missing_lot.append(uri)
@@ -263,7 +263,7 @@ async def _received_with(session: AsyncSession, supplier_lots: list[str]) -> dic
     out: dict[str, list[tuple[int, int | None, str | None]]] = {}
     for lot_id, supplier_lot, supplier_id, gtin in (await session.execute(
             select(Lot.id, Lot.supplier_lot, Lot.supplier_id, Item.gtin).join(Item, Item.id == Lot.item_id)
-            .where(Lot.kind == "material", _among(session, Lot.supplier_lot, supplier_lots)))).all():
+            .where(Lot.kind == "material", among(session, Lot.supplier_lot, supplier_lots)))).all():
         out.setdefault(supplier_lot, []).append((lot_id, supplier_id, gtin))
     return out
 
@@ -399,7 +399,7 @@ async def withdrawn(session: AsyncSession, event_ids: Iterable[str]) -> set[str]
     step = len(ids) if _pg(session) else 500
     for i in range(0, len(ids), step):
         for eid, reason, corrective in (await session.execute(select(D.event_id, D.reason, D.corrective_event_ids)
-                                        .where(_among(session, D.event_id, ids[i:i + step]),
+                                        .where(among(session, D.event_id, ids[i:i + step]),
                                                D.reason.in_((DID_NOT_OCCUR, INCORRECT_DATA))))).all():
             if reason == DID_NOT_OCCUR:
                 out.add(eid)
@@ -408,7 +408,7 @@ async def withdrawn(session: AsyncSession, event_ids: Iterable[str]) -> set[str]
     wanted = sorted({c for cs in corrected.values() for c in cs})
     if wanted:
         stored = set((await session.execute(select(EpcisEvent.event_id).where(
-            _among(session, EpcisEvent.event_id, wanted)))).scalars())
+            among(session, EpcisEvent.event_id, wanted)))).scalars())
         out |= {eid for eid, cs in corrected.items() if stored.intersection(cs)}
     return out
 

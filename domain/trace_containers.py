@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain import gs1, packing, trace
 from domain.codes import canonical as code_value
 from domain.epcis_ids import canonical
+from domain.epcis_index import among
 from domain.models import Lot, Shipment
 from domain.models_codes import Container, Containment, UsedCode
 from domain.models_trace import Recall, RecallContainer
@@ -44,13 +45,6 @@ def _batches(session: AsyncSession, values: list[Any]) -> list[list[Any]]:
     if session.bind.dialect.name == "postgresql":
         return [values]
     return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
-
-
-def _among(session: AsyncSession, col: Any, values: list[Any]) -> Any:
-    """`col IN (values)`; on PostgreSQL `= ANY(array)`: one parameter, one plan, however many values."""
-    if session.bind.dialect.name == "postgresql":
-        return col == any_(bindparam(None, values, type_=ARRAY(col.type)))
-    return col.in_(values)
 
 
 def container_code(code: str) -> str | None:
@@ -89,7 +83,7 @@ async def _held_by(session: AsyncSession, boxes: Iterable[Container]) -> dict[st
     for batch in _batches(session, codes):
         rows = (await session.execute(
             select(RecallContainer.code, Recall.number).join(Recall, Recall.id == RecallContainer.recall_id)
-            .where(_among(session, RecallContainer.code, batch), RecallContainer.action == "held",
+            .where(among(session, RecallContainer.code, batch), RecallContainer.action == "held",
                    RecallContainer.held_at.is_not(None), RecallContainer.released_at.is_(None))
             .order_by(Recall.id))).all()
         for code, number in rows:
@@ -126,7 +120,7 @@ async def _lot_numbers(session: AsyncSession, ids: set[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     ids_ = sorted(ids)
     for batch in _batches(session, ids_):
-        out.update((await session.execute(select(Lot.id, Lot.number).where(_among(session, Lot.id, batch)))).all())
+        out.update((await session.execute(select(Lot.id, Lot.number).where(among(session, Lot.id, batch)))).all())
     return out
 
 
@@ -157,7 +151,7 @@ async def backward_container(session: AsyncSession, container: Container, *, que
     units = inside["units"]
     for batch in _batches(session, units):
         lot_of_unit.update((await session.execute(select(UsedCode.value, UsedCode.lot_id).where(
-            _among(session, UsedCode.value, batch), UsedCode.lot_id.is_not(None)))).all())
+            among(session, UsedCode.value, batch), UsedCode.lot_id.is_not(None)))).all())
     numbers = await _lot_numbers(session, set(lot_of_unit.values()))
 
     def annotate(node: dict[str, Any]) -> dict[str, Any]:
@@ -204,7 +198,7 @@ async def containers_of_lots(session: AsyncSession, lot_numbers: list[str]) -> l
             select(Lot.number, Containment.parent)
             .join(UsedCode, (UsedCode.lot_id == Lot.id) & (UsedCode.level == "unit"))
             .join(Containment, (Containment.child == UsedCode.value) & Containment.unpacked_at.is_(None))
-            .where(_among(session, Lot.number, batch)))).all()
+            .where(among(session, Lot.number, batch)))).all()
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for lot, parent in rows:
         counts[parent][lot] += 1
@@ -219,7 +213,7 @@ async def containers_of_lots(session: AsyncSession, lot_numbers: list[str]) -> l
         links: list[tuple[str, str]] = []
         for batch in _batches(session, children):
             links += (await session.execute(select(Containment.child, Containment.parent).where(
-                _among(session, Containment.child, batch), Containment.unpacked_at.is_(None)))).all()
+                among(session, Containment.child, batch), Containment.unpacked_at.is_(None)))).all()
         nxt: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for child, parent in links:
             parent_of[child] = parent
@@ -234,7 +228,7 @@ async def containers_of_lots(session: AsyncSession, lot_numbers: list[str]) -> l
     boxes: dict[str, Container] = {}
     for batch in _batches(session, codes):
         boxes.update((c.code, c) for c in (await session.execute(select(Container).where(
-            _among(session, Container.code, batch)))).scalars())
+            among(session, Container.code, batch)))).scalars())
     ships = await _customers(session, {c.shipment for c in boxes.values() if c.shipment})
     held = await _held_by(session, boxes.values())
     out = []
