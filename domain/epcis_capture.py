@@ -31,9 +31,9 @@ from domain.epcis_ids import canonical, gcp_of_urn, vocab_term
 from domain.epcis_index import (
     IndexRows,
     bulk_insert,
-    corrected_by,
     index_rows,
     retract_lineage,
+    retracted_by_new_events,
     withdrawn,
     write_index,
 )
@@ -202,7 +202,7 @@ async def store_events(session: AsyncSession, events: list[dict[str, Any]],
             # an event declared did_not_occur (or corrected) before it arrived here does not stay in the genealogy,
             # and an event that corrects an incorrect_data declaration replaces the event it corrects
             ids = [r["event_id"] for r in rows]
-            await retract_lineage(session, await withdrawn(session, ids) | await corrected_by(session, ids))
+            await retract_lineage(session, await retracted_by_new_events(session, ids))
     if decls:
         existing_d = set((await session.execute(
             select(EpcisErrorDeclaration.event_id, EpcisErrorDeclaration.declaration_time)

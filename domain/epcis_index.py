@@ -146,6 +146,16 @@ def _pg(session: AsyncSession) -> bool:
     return session.bind.dialect.name == "postgresql"
 
 
+def batches(session: AsyncSession, values: list[Any], size: int = 500) -> list[list[Any]]:
+    """`values` in the batches one statement takes with `among`: all at once on PostgreSQL (one array
+    parameter), `size` at a time elsewhere (SQLite's limit on bound parameters)."""
+    if not values:
+        return []
+    if _pg(session):
+        return [values]
+    return [values[i:i + size] for i in range(0, len(values), size)]
+
+
 def among(session: AsyncSession, col: Any, values: list[Any]) -> Any:
     """`col IN (values)`; on PostgreSQL as `= ANY(array)`, one parameter however many values (a captured
     document looks up hundreds of identifiers at once)."""
@@ -195,11 +205,10 @@ async def ensure_nodes(session: AsyncSession, uris: Iterable[str], *, classes: s
     found: dict[str, int] = {}
     missing_lot: list[str] = []
     wl = list(wanted)
-    step = len(wl) if _pg(session) else 500
-    for i in range(0, len(wl), step):
+    for batch in batches(session, wl):
         for nid, uri, lot_id in (await session.execute(
                 select(TraceNode.id, TraceNode.uri, TraceNode.lot_id)
-                .where(among(session, TraceNode.uri, wl[i:i + step])))).all():
+                .where(among(session, TraceNode.uri, batch)))).all():
             found[uri] = nid
             if lot_id is None and uri in lots:
                 missing_lot.append(uri)
@@ -387,19 +396,34 @@ async def withdrawn(session: AsyncSession, event_ids: Iterable[str]) -> set[str]
     """Those of the events that are out of the genealogy: declared `did_not_occur`, or declared
     `incorrect_data` with a corrective event (correctiveEventIDs) that is stored here."""
     ids = list(set(event_ids))
-    if not ids:
+    if not ids or not await _any_retracting(session):
         return set()
+    return await _withdrawn(session, ids)
+
+
+async def _any_retracting(session: AsyncSession) -> bool:
+    """Whether any declaration can take an event out of the genealogy: usually none at all, and one cheap look
+    then saves probing for every captured event."""
     D = EpcisErrorDeclaration
-    # usually there is no such declaration at all: one cheap look instead of probing for every captured event
-    if (await session.execute(select(D.id).where(D.reason.in_((DID_NOT_OCCUR, INCORRECT_DATA))).limit(1))).first() \
-            is None:
+    return (await session.execute(select(D.id).where(D.reason.in_((DID_NOT_OCCUR, INCORRECT_DATA))).limit(1))
+            ).first() is not None
+
+
+async def retracted_by_new_events(session: AsyncSession, event_ids: list[str]) -> set[str]:
+    """What newly stored events take out of the genealogy: themselves, if declared `did_not_occur` (or
+    `incorrect_data` with a corrective event here) before they arrived, and the events they correct."""
+    if not event_ids or not await _any_retracting(session):
         return set()
+    return await _withdrawn(session, list(set(event_ids))) | await _corrected_by(session, event_ids)
+
+
+async def _withdrawn(session: AsyncSession, ids: list[str]) -> set[str]:
+    D = EpcisErrorDeclaration
     out: set[str] = set()
     corrected: dict[str, list[str]] = {}
-    step = len(ids) if _pg(session) else 500
-    for i in range(0, len(ids), step):
+    for batch in batches(session, ids):
         for eid, reason, corrective in (await session.execute(select(D.event_id, D.reason, D.corrective_event_ids)
-                                        .where(among(session, D.event_id, ids[i:i + step]),
+                                        .where(among(session, D.event_id, batch),
                                                D.reason.in_((DID_NOT_OCCUR, INCORRECT_DATA))))).all():
             if reason == DID_NOT_OCCUR:
                 out.add(eid)
@@ -421,7 +445,7 @@ async def _withdrawn_pks(session: AsyncSession, pks: set[int]) -> set[int]:
     return {by_id[e] for e in await withdrawn(session, by_id)}
 
 
-async def corrected_by(session: AsyncSession, event_ids: list[str]) -> set[str]:
+async def _corrected_by(session: AsyncSession, event_ids: list[str]) -> set[str]:
     """The events an `incorrect_data` declaration corrects with one of these (just stored) events."""
     new = set(event_ids)
     if not new:

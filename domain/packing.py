@@ -259,11 +259,12 @@ async def history(session: AsyncSession, code: str) -> list[dict[str, Any]]:
     return await history_of(session, (await lookup(session, code)).value)
 
 
-async def history_of(session: AsyncSession, value: str) -> list[dict[str, Any]]:
+async def history_of(session: AsyncSession, value: str, *, as_child: bool = False) -> list[dict[str, Any]]:
     """Every packing of a code given in the packing tables' form (`/00/{sscc}`, `/01/{gtin}/21/{serial}`), as
-    parent or child, in time order (history() without the code's lookup)."""
-    rows = (await session.execute(select(Containment).where(
-        or_(Containment.child == value, Containment.parent == value)).order_by(
+    parent or child (`as_child`: only those that packed it into something), in time order (history() without the
+    code's lookup)."""
+    which = Containment.child == value if as_child else or_(Containment.child == value, Containment.parent == value)
+    rows = (await session.execute(select(Containment).where(which).order_by(
         Containment.packed_at, Containment.id))).scalars().all()
     return [{"parent": r.parent, "child": r.child, "packed_at": r.packed_at.isoformat(),
              "unpacked_at": r.unpacked_at.isoformat() if r.unpacked_at else None,

@@ -55,8 +55,15 @@ async def upsert_supplier(session: AsyncSession, code: str) -> Supplier:
     return sup
 
 
-async def get_lot(session: AsyncSession, number: str) -> Lot:
-    lot = (await session.execute(select(Lot).where(Lot.number == number))).scalar()
+def _lot_by_number(number: str, *, lock: bool = False) -> Any:
+    """The lot; `lock`: locked and read again (PostgreSQL: FOR NO KEY UPDATE, the lock a change of the lot's status or
+    quantity takes; a recall that only records the lot in its scope, a key-share lock, is not held up by it)."""
+    q = select(Lot).where(Lot.number == number)
+    return q.with_for_update(of=Lot, key_share=True).execution_options(populate_existing=True) if lock else q
+
+
+async def get_lot(session: AsyncSession, number: str, *, lock: bool = False) -> Lot:
+    lot = (await session.execute(_lot_by_number(number, lock=lock))).scalar()
     if lot is None:
         raise NotFound(f"lot {number!r} does not exist: check the lot number", field="lot")
     return lot
@@ -238,14 +245,13 @@ async def ensure_output_lot(session: AsyncSession, wo: WorkOrder, lot_number: st
 
 async def check_consumable(session: AsyncSession, consumed: list[tuple[str, float]]) -> list[Lot]:
     """Refuse consumption of a lot that is not released, has too little left, or is in an open recall's scope
-    (from the moment the recall records it, before its hold is set); names the lot. Each lot is locked (PostgreSQL:
-    FOR NO KEY UPDATE, the lock the consumption's own update takes), so a recall's hold waits for it or is seen."""
+    (from the moment the recall records it, before its hold is set); names the lot. Each lot is locked
+    (_lot_by_number), so a recall's hold waits for the consumption or is seen by it."""
     from domain import holds
 
     lots = []
     for number, qty in consumed:
-        lot = (await session.execute(select(Lot).where(Lot.number == number).with_for_update(of=Lot, key_share=True)
-                                     .execution_options(populate_existing=True))).scalar()
+        lot = (await session.execute(_lot_by_number(number, lock=True))).scalar()
         if lot is None:
             raise InvalidInput(f"consumed lot {number!r} does not exist: check the lot number", field="consumed")
         if recalls := await holds.recall_holds(session, lot.id):

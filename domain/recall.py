@@ -507,9 +507,11 @@ async def _status_before_first_hold(session: AsyncSession, row: Recall, rl: Reca
     return earlier or LotStatus.released
 
 
-async def decision_effect(session: AsyncSession, row: Recall, rl: RecallLot, lot: Lot) -> dict[str, Any]:
+async def decision_effect(session: AsyncSession, row: Recall, rl: RecallLot, lot: Lot, *,
+                          holding: tuple[list[str], list[str]] | None = None) -> dict[str, Any]:
     """What a decision did, read back from the record (so a retried activity answers as the first did): whether the
-    lot left on_hold, whether the ERP's block is lifted, what still holds it, the quantity written off."""
+    lot left on_hold, whether the ERP's block is lifted, what still holds it, the quantity written off. `holding`:
+    the other recalls and the NCRs holding the lot, when the decision has just read them."""
     written_off = 0.0
     if rl.decision == "reject":
         entries = (await session.execute(
@@ -519,9 +521,12 @@ async def decision_effect(session: AsyncSession, row: Recall, rl: RecallLot, lot
                           if c.get("why") == _written_off_why(row.number))
     # the ERP's block is the recalls' (an NCR's hold is not sent to the ERP): lifted when no other recall holds the
     # lot, even while an NCR still holds it in the hub
-    other_recalls = await holds.recall_holds(session, lot.id, except_recall=row.number)
-    still = (holds.named(other_recalls, await holds.ncr_holds(session, lot.id))
-             if lot.status == LotStatus.on_hold else [])
+    if holding is not None:
+        other_recalls, ncrs = holding
+    else:
+        other_recalls = await holds.recall_holds(session, lot.id, except_recall=row.number)
+        ncrs = await holds.ncr_holds(session, lot.id) if lot.status == LotStatus.on_hold else []
+    still = holds.named(other_recalls, ncrs) if lot.status == LotStatus.on_hold else []
     return {"lot": lot.number, "item": lot.item.code, "uom": lot.uom, "decision": rl.decision, "status": lot.status,
             "released": rl.decision == "release" and lot.status in (LotStatus.released, LotStatus.quarantine),
             "erp_unblock": rl.decision == "release" and not other_recalls
@@ -560,12 +565,17 @@ async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: 
         decision, reviewer, role, reason, utcnow()
     before = lot_row.status
     still: list[str] = []
+    holding: tuple[list[str], list[str]] | None = None  # what else holds the lot, once read (decision_effect too)
     event = True
     if decision == "release":
+        if lot_row.status == LotStatus.on_hold:
+            holding = (await holds.recall_holds(session, lot_row.id, except_recall=number),
+                       await holds.ncr_holds(session, lot_row.id))
+            still = holds.named(*holding)
         if lot_row.status != LotStatus.on_hold:
             # rejected (another recall), scrapped or sent to rework (an NCR) since: that stands, nothing to lift
             event = False
-        elif still := await holds.holders(session, lot_row.id, except_recall=number):
+        elif still:
             # no `available` event either: the lot is not available, and keeps its `recalled` disposition
             event = False
         else:
@@ -609,7 +619,7 @@ async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: 
                                content=decision_content(number, lot=lot, decision=decision, reviewer=reviewer,
                                                         role=role, reason=reason))
     await session.flush()
-    return await decision_effect(session, row, rl, lot_row)
+    return await decision_effect(session, row, rl, lot_row, holding=holding)
 
 
 async def close(session: AsyncSession, *, number: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from domain import holds
 from domain.audit import audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.inspection_triggers import check_shipment
-from domain.models import Lot, Ncr, Shipment, ShipmentLine, utcnow
+from domain.models import Ncr, Shipment, ShipmentLine, utcnow
 from domain.production import get_lot, get_work_order, set_lot_status
 
 
@@ -23,13 +23,10 @@ async def ship_lot(
     if existing is not None:
         return existing
     wo = await get_work_order(session, work_order)
-    lot_row = await get_lot(session, lot)
+    # locked (PostgreSQL): a recall holding it meanwhile waits for this shipment, or this shipment sees its hold
+    # (a recall's scope and holds are other transactions)
+    lot_row = await get_lot(session, lot, lock=True)
     await check_shipment(session, work_order=work_order, lot=lot)  # outgoing inspection, open NCRs
-    # the lot locked and read again (PostgreSQL): a recall holding it meanwhile waits for this shipment, or this
-    # shipment sees its hold (a recall's scope and holds are other transactions). FOR NO KEY UPDATE, the lock the
-    # shipment's own update takes: a recall that only records the lot in its scope (a key-share lock) is not held up
-    lot_row = (await session.execute(select(Lot).where(Lot.id == lot_row.id).with_for_update(of=Lot, key_share=True)
-                                     .execution_options(populate_existing=True))).scalar_one()
     # a recall's hold ends only by a reviewer's decision on it: whatever the lot's status says, it does not ship
     if recalls := await holds.recall_holds(session, lot_row.id):
         raise Conflict(f"lot {lot!r} is held by recall {', '.join(recalls)} and cannot ship: a reviewer's release "

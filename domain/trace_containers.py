@@ -28,23 +28,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain import gs1, packing, trace
 from domain.codes import canonical as code_value
 from domain.epcis_ids import canonical
-from domain.epcis_index import among
+from domain.epcis_index import among, batches
 from domain.models import Lot, Shipment
 from domain.models_codes import Container, Containment, UsedCode
 from domain.models_trace import Recall, RecallContainer
 
 log = logging.getLogger(__name__)
-
-_CHUNK = 500  # SQLite: values per IN list (PostgreSQL takes them all as one array parameter)
-
-
-def _batches(session: AsyncSession, values: list[Any]) -> list[list[Any]]:
-    """`values` in the batches one statement takes: all at once on PostgreSQL, _CHUNK at a time on SQLite."""
-    if not values:
-        return []
-    if session.bind.dialect.name == "postgresql":
-        return [values]
-    return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
 
 
 def container_code(code: str) -> str | None:
@@ -80,7 +69,7 @@ async def _held_by(session: AsyncSession, boxes: Iterable[Container]) -> dict[st
     first; one query for all of them, none when no box is on hold."""
     codes = sorted({c.code for c in boxes if c.status == packing.ON_HOLD})
     out: dict[str, list[str]] = defaultdict(list)
-    for batch in _batches(session, codes):
+    for batch in batches(session, codes):
         rows = (await session.execute(
             select(RecallContainer.code, Recall.number).join(Recall, Recall.id == RecallContainer.recall_id)
             .where(among(session, RecallContainer.code, batch), RecallContainer.action == "held",
@@ -119,7 +108,7 @@ def sscc(code: str) -> str | None:
 async def _lot_numbers(session: AsyncSession, ids: set[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     ids_ = sorted(ids)
-    for batch in _batches(session, ids_):
+    for batch in batches(session, ids_):
         out.update((await session.execute(select(Lot.id, Lot.number).where(among(session, Lot.id, batch)))).all())
     return out
 
@@ -149,7 +138,7 @@ async def backward_container(session: AsyncSession, container: Container, *, que
     inside = await packing.contents(session, container.code)
     lot_of_unit: dict[str, int] = {}
     units = inside["units"]
-    for batch in _batches(session, units):
+    for batch in batches(session, units):
         lot_of_unit.update((await session.execute(select(UsedCode.value, UsedCode.lot_id).where(
             among(session, UsedCode.value, batch), UsedCode.lot_id.is_not(None)))).all())
     numbers = await _lot_numbers(session, set(lot_of_unit.values()))
@@ -193,7 +182,7 @@ async def containers_of_lots(session: AsyncSession, lot_numbers: list[str]) -> l
         return []
     # the units of these lots packed now, with the box each is in: one statement (per batch)
     rows: list[tuple[str, str]] = []
-    for batch in _batches(session, lot_numbers):
+    for batch in batches(session, lot_numbers):
         rows += (await session.execute(
             select(Lot.number, Containment.parent)
             .join(UsedCode, (UsedCode.lot_id == Lot.id) & (UsedCode.level == "unit"))
@@ -211,7 +200,7 @@ async def containers_of_lots(session: AsyncSession, lot_numbers: list[str]) -> l
             break
         children = list(carried)
         links: list[tuple[str, str]] = []
-        for batch in _batches(session, children):
+        for batch in batches(session, children):
             links += (await session.execute(select(Containment.child, Containment.parent).where(
                 among(session, Containment.child, batch), Containment.unpacked_at.is_(None)))).all()
         nxt: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -226,7 +215,7 @@ async def containers_of_lots(session: AsyncSession, lot_numbers: list[str]) -> l
         return []
     codes = sorted(counts)
     boxes: dict[str, Container] = {}
-    for batch in _batches(session, codes):
+    for batch in batches(session, codes):
         boxes.update((c.code, c) for c in (await session.execute(select(Container).where(
             among(session, Container.code, batch)))).scalars())
     ships = await _customers(session, {c.shipment for c in boxes.values() if c.shipment})
@@ -287,7 +276,7 @@ async def unit_packing(session: AsyncSession, unit: str) -> dict[str, Any]:
         if box in seen:  # a cycle in bad data cannot loop
             break
         seen.add(box)
-        up = [r for r in await packing.history_of(session, box) if r["child"] == box and _overlaps(r, lo, hi)]
+        up = [r for r in await packing.history_of(session, box, as_child=True) if _overlaps(r, lo, hi)]
         if not up:
             break
         r = up[-1]  # the newest, if the box was repacked while the unit was inside
