@@ -530,6 +530,15 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool, as_se
     keyed: list[tuple[int, str, dict[str, Any], dict[str, Any]]] = []
     lot_uri = _lot_uris()
     consumed, shipped = LotStatus.consumed, LotStatus.shipped
+    prefixes: dict[str, str] = {}
+
+    def unit_prefix(gtin: str) -> str:  # a GTIN's unit Digital Link prefix, worked out once per trace
+        p = prefixes.get(gtin)
+        if p is None:
+            p = prefixes[gtin] = f"{resolver}/01/{gtin}/21/"
+        return p
+    # forward: each lot as the answer's summary reads it (_forward_answer), in the nodes' order
+    summarise = not up
     hists = raw["hists"] if full else None
     fragment, loads = orjson.Fragment, orjson.loads
     for (lot_id, number, kind, status, qty, remaining, uom, slot, heat, cert, receipt, loc, concession, item_id,
@@ -553,17 +562,18 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool, as_se
             where = _where(status, remaining, loc, shipments)
         # units: counted per lot, one entry per serial block (never one per unit)
         if blocks is None:
+            n_units = 0
             u: dict[str, Any] = {"count": 0, "blocks": []}
         else:
             n_units = 0
             ublocks = []
+            upfx = unit_prefix(gtin) if gtin else None
             for first_seq, count in blocks:
-                first, last = f"{first_seq:0{SERIAL_WIDTH}d}", f"{first_seq + count - 1:0{SERIAL_WIDTH}d}"
+                # serials are SERIAL_WIDTH (12) digits wide
+                first, last = f"{first_seq:012d}", f"{first_seq + count - 1:012d}"
                 n_units += count
-                ublocks.append({"first": first, "last": last, "count": count,
-                                "first_uri": f"{resolver}/01/{gtin}/21/{first}",
-                                "last_uri": f"{resolver}/01/{gtin}/21/{last}"} if gtin else
-                               {"first": first, "last": last, "count": count})
+                ublocks.append({"first": first, "last": last, "count": count, "first_uri": upfx + first,
+                                "last_uri": upfx + last} if upfx else {"first": first, "last": last, "count": count})
             u = {"count": n_units, "blocks": ublocks}
         node = {"node": "lot", "id": number, "uri": lot_uri(number, gtin), "kind": kind, "item": item, "gtin": gtin,
                 "status": status, "quantity": qty, "quantity_remaining": remaining, "uom": uom, "supplier": supplier,
@@ -594,7 +604,8 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool, as_se
             n_ops = n_ins = 0
             ncr_names = ""
         node["level"] = level
-        keyed.append((level, number, node, {
+        keyed.append((level, number, node, (number, item, uom, status, remaining, n_units, shipments) if summarise
+                      else None, {
             "level": level, "node": "lot", "id": number, "kind": kind, "item": item, "status": status, "where": where,
             "quantity": qty, "uom": uom, "units": u["count"], "supplier": supplier, "supplier_lot": slot,
             "heat_number": heat, "certificate_ref": cert, "concession": concession, "customers": customers,
@@ -602,14 +613,18 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool, as_se
     for nid, uri, kind in raw["ext"]:
         label[nid] = uri
         level = depth.get(nid, 0)
-        keyed.append((level, uri, *_ext_rows(uri, kind, level, ext_events.get(uri, []))))
+        node, row = _ext_rows(uri, kind, level, ext_events.get(uri, []))
+        keyed.append((level, uri, node, None, row))
     keyed.sort(key=_BY_LEVEL)
     # walk rows are (reached, from): backward reaches parents, forward children
     if up:
         edges = [{"from": label[r], "to": label[f], "via": via} for r, f, via in raw["edges"]]
     else:
         edges = [{"from": label[f], "to": label[r], "via": via} for r, f, via in raw["edges"]]
-    return {"nodes": [k[2] for k in keyed], "edges": edges, "flat": [k[3] for k in keyed]}
+    g = {"nodes": [k[2] for k in keyed], "edges": edges, "flat": [k[4] for k in keyed]}
+    if summarise:
+        g["lots"] = [k[3] for k in keyed if k[3] is not None]
+    return g
 
 
 async def _backward_graph(session: AsyncSession, code: str, *, resolver: str, reader: Any = None,
@@ -714,9 +729,7 @@ async def forward(session: AsyncSession, lot_number: str | None = None, *, resol
     if not raw["starts"]:
         raise _no_start(kind, value, since)
     g = _assemble(raw, up=False, resolver=resolver, full=False)
-    return _forward_answer(kind, value, since, until, g, (
-        (n["id"], n["item"], n["uom"], n["status"], n["quantity_remaining"], n["units"]["count"], n["shipments"])
-        for n in g["nodes"] if n["node"] == "lot"))
+    return _forward_answer(kind, value, since, until, g, g.pop("lots"))
 
 
 def _forward_answer(kind: str, value: str, since: datetime | None, until: datetime | None, g: dict[str, Any],
@@ -726,12 +739,13 @@ def _forward_answer(kind: str, value: str, since: datetime | None, until: dateti
     customers: dict[str, dict[str, Any]] = {}
     n_lots = units = 0
     in_stock, on_hold, shipped = [], [], []
+    stock, held = (LotStatus.released, LotStatus.quarantine), LotStatus.on_hold
     for number, item, uom, status, remaining, n_units, shipments in lots:
         n_lots += 1
         units += n_units
-        if status in (LotStatus.released, LotStatus.quarantine) and remaining > 1e-9:
+        if status in stock and remaining > 1e-9:
             in_stock.append(number)
-        elif status == LotStatus.on_hold:
+        elif status == held:
             on_hold.append(number)
         if not shipments:
             continue
