@@ -39,7 +39,7 @@ from activities.models_connectors import (
 from connectors.base import Connector
 from connectors.errors import ConnectorConfigError, DeviceRejected
 from connectors.registry import connector_class
-from connectors.soap import flatten
+from connectors.soap.values import flatten
 from core.errors import InvalidInput, NotFound
 from domain import devices
 from domain.endpoints import find_endpoint
