@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, ChildWorkflowError
 from temporalio.workflow import ActivityCancellationType
@@ -64,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.issue_codes import IssueCodesWorkflow
     from workflows.nonconformance import NonconformanceWorkflow
     from workflows.policies import DB_RETRY, DB_TIMEOUT, ERP_RETRY, ERP_TIMEOUT
+    from workflows.work_order_models import PendingInspection, WorkOrderResult, WorkOrderStatus
 
 # Changes of the command sequence since the recorded histories (tests/histories): each is taken only by
 # work orders whose input names endpoints for it, so every other work order runs exactly as before.
@@ -81,46 +81,6 @@ PATCH_GATE_SIGNAL = "gate-signal-v1"
 # the final inspection is opened from the item's versioned plan at `final` when it has one (its limits, sample
 # sizes and severities, and the version kept with the result); the work order's own final_plan otherwise
 PATCH_FINAL_PLAN = "final-plan-v1"
-
-
-class PendingInspection(BaseModel):
-    number: str
-    kind: str
-    lot: str
-
-
-class WorkOrderStatus(BaseModel):
-    number: str
-    stage: str
-    waiting_for: list[str] = Field(default_factory=list)
-    pending_inspections: list[PendingInspection] = Field(default_factory=list)
-    expected_operation: int | None = None
-    open_ncrs: list[str] = Field(default_factory=list)
-    ncrs: list[str] = Field(default_factory=list)
-    material_lots: dict[str, str] = Field(default_factory=dict)
-    output_lot: str
-    good_quantity: int = 0
-    scrap_quantity: int = 0
-    codes: IssueCodesResult | None = None
-    shipment: str | None = None
-    last_error: str | None = None
-    result: str | None = None
-    certificates: dict[str, str] = Field(default_factory=dict, description="lot -> certificate verdict")
-    process_values: dict[str, float | int | str | bool] = Field(default_factory=dict)
-    deviations: list[str] = Field(default_factory=list)
-    equipment_states: dict[str, str] = Field(default_factory=dict)
-    inspection_triggers: InspectionTriggers | None = None
-    shipment_gate: list[str] = Field(default_factory=list, description="why the shipment is held, if it is")
-
-
-class WorkOrderResult(BaseModel):
-    number: str
-    status: str  # completed | completed_short
-    output_lot: str
-    good_quantity: int
-    scrap_quantity: int
-    shipment: str | None
-    ncrs: list[str]
 
 
 @workflow.defn
