@@ -82,13 +82,25 @@ def _company_prefixes(ev: dict[str, Any]) -> set[str]:
     return out
 
 
+def _upsert(session: AsyncSession) -> Any:
+    if session.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    return upsert
+
+
 async def _learn(session: AsyncSession, prefixes: dict[str, str], gcps: set[str]) -> None:
     if prefixes:
+        # every (prefix, IRI) binding is kept: another partner's IRI for a known prefix is a second row, not lost
+        # (the events themselves keep their own document's bindings: epcis_event.namespaces); one query per document
+        pairs = {(p[:64], i[:300]) for p, i in prefixes.items()}
         known = set((await session.execute(
-            select(EpcisNamespace.prefix).where(EpcisNamespace.prefix.in_(list(prefixes))))).scalars())
-        new = [{"prefix": p[:64], "iri": i[:300]} for p, i in prefixes.items() if p not in known]
-        if new:
-            await session.execute(insert(EpcisNamespace), new)
+            select(EpcisNamespace.prefix, EpcisNamespace.iri)
+            .where(EpcisNamespace.prefix.in_(sorted({p for p, _ in pairs}))))).all())
+        new = [{"prefix": p, "iri": i, "legacy": False} for p, i in sorted(pairs - known)]
+        if new:  # a concurrent capture may have learnt the same binding meanwhile: that is no conflict
+            await session.execute(_upsert(session)(EpcisNamespace).on_conflict_do_nothing(), new)
     if gcps:
         known = set((await session.execute(
             select(Gs1CompanyPrefix.prefix).where(Gs1CompanyPrefix.prefix.in_(list(gcps))))).scalars())
@@ -142,13 +154,13 @@ async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]], docs
         r["id"] = k
     try:
         async with session.begin_nested():
-            await bulk_insert(session, EpcisEvent.__table__, rows, encoded=("document",))
+            await bulk_insert(session, EpcisEvent.__table__, rows, encoded=("document", "namespaces"))
         return len(pairs), index_rows([(r["id"], d, prefixes) for r, d in pairs])
     except (IntegrityError, UniqueViolation):
         stored = await _stored_ids(session, [r["event_id"] for r in rows])
         keep = [(r, d) for r, d in pairs if r["event_id"] not in stored]
         if keep:
-            await bulk_insert(session, EpcisEvent.__table__, [r for r, _ in keep], encoded=("document",))
+            await bulk_insert(session, EpcisEvent.__table__, [r for r, _ in keep], encoded=("document", "namespaces"))
         return len(keep), index_rows([(r["id"], d, prefixes) for r, d in keep])
 
 
@@ -174,7 +186,7 @@ async def store_events(session: AsyncSession, events: list[dict[str, Any]],
             decls.append({"event_id": doc["eventID"][:200], "declaration_time": _utc(decl["declarationTime"]),
                           "reason": vocab_term("errorReason", decl["reason"])[:200] if decl.get("reason") else None,
                           "corrective_event_ids": list(decl.get("correctiveEventIDs") or []),
-                          "record_time": now, "document": doc})
+                          "record_time": now, "document": doc, "namespaces": dict(prefixes) or None})
             continue
         if doc["eventID"] in seen:
             continue
@@ -194,6 +206,11 @@ async def store_events(session: AsyncSession, events: list[dict[str, Any]],
         docs.append(doc)
     stored = dup = 0
     if rows:
+        # each event keeps its document's prefixes (one JSON text for the whole document on PostgreSQL's COPY)
+        ns = dict(prefixes) or None
+        ns_value = (orjson.dumps(ns).decode() if ns is not None else None) if pg else ns
+        for r in rows:
+            r["namespaces"] = ns_value
         n, ix = await _insert_events(session, rows, docs, prefixes)
         dup += len(rows) - n
         if n:
@@ -233,14 +250,17 @@ async def _identity_violations(session: AsyncSession, events: list[Any],
                 if isinstance(ev, dict) and ev.get("errorDeclaration") and ev.get("eventID")}
     if not decl_ids:
         return out
-    originals = {r.event_id: r.document for r in (await session.execute(
-        select(EpcisEvent.event_id, EpcisEvent.document).where(EpcisEvent.event_id.in_(list(decl_ids))))).all()}
+    originals = {r.event_id: (r.document, r.namespaces) for r in (await session.execute(
+        select(EpcisEvent.event_id, EpcisEvent.document, EpcisEvent.namespaces)
+        .where(EpcisEvent.event_id.in_(list(decl_ids))))).all()}
     for eid, i in decl_ids.items():
-        orig = originals.get(eid)
-        if orig is None:
+        if eid not in originals:
             continue
+        orig, orig_ns = originals[eid]
+        # the original's extension keys mean what its own document bound them to (before 0023: as this one does)
+        orig_ctx = {**prefixes, "hub": "https://ns.tracehub.example/epcis/", **(orig_ns or {})}
         mine = {k: v for k, v in events[i].items() if k not in ("errorDeclaration", "recordTime", "@context")}
-        if event_hash(mine, prefixes) != event_hash(orig, {**prefixes, "hub": "https://ns.tracehub.example/epcis/"}):
+        if event_hash(mine, prefixes) != event_hash(orig, orig_ctx):
             out.append(Violation(i, "errorDeclaration", "an error declaration must repeat the retracted event "
                                  "exactly (every field but errorDeclaration and recordTime)", eid))
     return out

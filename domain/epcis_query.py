@@ -106,21 +106,51 @@ def _int(name: str, v: Any) -> int:
     return n
 
 
-async def _namespaces(session: AsyncSession, declared: dict[str, str]) -> dict[str, str]:
-    rows = dict((await session.execute(select(EpcisNamespace.prefix, EpcisNamespace.iri))).all())
-    return {"cbvmda": "urn:epcglobal:cbv:mda:", "hub": HUB_NS, **rows, **declared}
+class _Namespaces:
+    """The prefixes a query's parameters may use: those its GS1-Extensions header declares, then each prefix
+    that captured documents bound to one IRI only. A prefix bound to two IRIs (two partners' `ex:`) is ambiguous
+    unless the header declares it: extension fields are indexed by IRI + local name, so a guess would silently
+    match the wrong partner's fields."""
+
+    def __init__(self, known: dict[str, set[str]], declared: dict[str, str]) -> None:
+        self.ns = {p: next(iter(iris)) for p, iris in known.items() if len(iris) == 1}
+        self.ns.update(declared)
+        self.ambiguous = {p: sorted(iris) for p, iris in known.items() if len(iris) > 1 and p not in declared}
+
+    def check(self, name: str, curie: str) -> None:
+        if curie.startswith(("http://", "https://", "urn:")) or ":" not in curie:
+            return
+        prefix = curie.split(":", 1)[0]
+        if prefix in self.ambiguous:
+            raise QueryParameterException(
+                f"{name}: prefix {prefix!r} is ambiguous: captured documents bound it to "
+                f"{' and '.join(self.ambiguous[prefix])}; declare the one you mean in the GS1-Extensions header "
+                f"({prefix}=<namespace IRI>) or write the field's full IRI", field=name)
+
+    def iri(self, name: str, curie: str) -> str:
+        if curie.startswith(("http://", "https://", "urn:")):
+            return curie
+        if ":" not in curie:
+            raise QueryParameterException(f"{name}: {curie!r} is not a namespaced field; write prefix:field",
+                                          field=name)
+        self.check(name, curie)
+        prefix, local = curie.split(":", 1)
+        if prefix not in self.ns:
+            raise QueryParameterException(f"{name}: prefix {prefix!r} is not known; declare it in the "
+                                          "GS1-Extensions header (prefix=namespace)", field=name)
+        return self.ns[prefix] + local
+
+    def attr(self, name: str, attr: str) -> str:
+        """A master-data attribute id in full (`cbvmda:` and the known prefixes expand; anything else as given)."""
+        self.check(name, attr)
+        return attr_iri(attr, self.ns)
 
 
-def _iri(name: str, curie: str, ns: dict[str, str]) -> str:
-    if curie.startswith(("http://", "https://", "urn:")):
-        return curie
-    if ":" not in curie:
-        raise QueryParameterException(f"{name}: {curie!r} is not a namespaced field; write prefix:field", field=name)
-    prefix, local = curie.split(":", 1)
-    if prefix not in ns:
-        raise QueryParameterException(f"{name}: prefix {prefix!r} is not known; declare it in the GS1-Extensions "
-                                      "header (prefix=namespace)", field=name)
-    return ns[prefix] + local
+async def _namespaces(session: AsyncSession, declared: dict[str, str]) -> _Namespaces:
+    known: dict[str, set[str]] = {"cbvmda": {"urn:epcglobal:cbv:mda:"}, "hub": {HUB_NS}}
+    for prefix, iri in (await session.execute(select(EpcisNamespace.prefix, EpcisNamespace.iri))).all():
+        known.setdefault(prefix, set()).add(iri)
+    return _Namespaces(known, declared)
 
 
 def _epc_filter(name: str, roles: tuple[str, ...], values: list[str]) -> Any:
@@ -163,7 +193,7 @@ async def build(session: AsyncSession, params: dict[str, Any], *,
     decl_only = False
     record: list[tuple[str, datetime]] = []
     ctl: dict[str, Any] = {}
-    ns: dict[str, str] | None = None
+    ns: _Namespaces | None = None
     for name, raw in params.items():
         if name in _CONTROL:
             continue
@@ -195,12 +225,14 @@ async def build(session: AsyncSession, params: dict[str, Any], *,
             q = q.where(col.in_(sorted(await descendants(session, vtype, vals))))
         elif m := re.fullmatch(r"HASATTR_(readPoint|bizLocation)", name):
             col, vtype = _LOCATION[m.group(1)]
+            ns = ns if ns is not None else await _namespaces(session, declared_ns or {})
             q = q.where(col.in_(select(EpcisVocabularyAttribute.element_id).where(
                 EpcisVocabularyAttribute.vtype == vtype, EpcisVocabularyAttribute.attr.in_(
-                    [attr_iri(v, await _namespaces(session, declared_ns or {})) for v in vals]))))
+                    [ns.attr(name, v) for v in vals]))))
         elif m := re.fullmatch(r"EQ_ATTR_(readPoint|bizLocation)_(.+)", name):
             col, vtype = _LOCATION[m.group(1)]
-            attr = attr_iri(m.group(2), await _namespaces(session, declared_ns or {}))
+            ns = ns if ns is not None else await _namespaces(session, declared_ns or {})
+            attr = ns.attr(name, m.group(2))
             q = q.where(col.in_(select(EpcisVocabularyAttribute.element_id).where(
                 EpcisVocabularyAttribute.vtype == vtype, EpcisVocabularyAttribute.attr == attr,
                 EpcisVocabularyAttribute.value.in_(vals))))
@@ -245,7 +277,7 @@ async def build(session: AsyncSession, params: dict[str, Any], *,
                                               "query top-level or ILMD extension fields", field=name)
             ns = ns if ns is not None else await _namespaces(session, declared_ns or {})
             kind = "ilmd" if m.group(2) else "ext"
-            field_name = f"{kind}:{_iri(name, m.group(3), ns)}"
+            field_name = f"{kind}:{ns.iri(name, m.group(3))}"
             q = q.where(_field_filter(field_name, vals if m.group(1) == "EQ" else None))
         else:
             raise QueryParameterException(
@@ -341,10 +373,12 @@ async def run(session: AsyncSession, params: dict[str, Any], *, declared_ns: dic
         select(EpcisErrorDeclaration).where(EpcisErrorDeclaration.id.in_(d_pks)))).scalars()} if d_pks else {}
     fmt = await _formatter(session, epc_format, own_prefixes)
     events: list[dict[str, Any]] = []
+    bindings: list[dict[str, Any] | None] = []
     for r in page:
         row = originals[r.pk] if r.kind == 0 else declarations[r.pk]
         events.append(fmt({**row.document, "recordTime": _z(row.record_time)}))
-    doc = query_document("SimpleEventQuery", events)
+        bindings.append(row.namespaces)
+    doc = await _with_contexts(session, query_document("SimpleEventQuery", events), bindings)
     return doc, (_token(offset + limit, fp) if more else None)
 
 
@@ -396,18 +430,88 @@ def query_document(name: str, events: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def add_contexts(session: AsyncSession, doc: dict[str, Any]) -> dict[str, Any]:
-    """Declare in the answer's @context every extension prefix its events use."""
-    used: set[str] = set()
-    for ev in doc["epcisBody"]["queryResults"]["resultsBody"]["eventList"]:
-        for k in list(ev) + list(ev.get("ilmd") or {}):
-            if ":" in k and not k.startswith(("http", "urn:", "@")):
-                used.add(k.split(":", 1)[0])
-    used -= {"hub", "cbvmda", "gs1", "epcis", "cbv"}
-    if used:
-        rows = dict((await session.execute(
-            select(EpcisNamespace.prefix, EpcisNamespace.iri).where(EpcisNamespace.prefix.in_(used)))).all())
-        doc["@context"][1].update(rows)
+# prefixes the EPCIS JSON-LD context itself defines: an answer never redeclares them (protected terms)
+_CONTEXT_PREFIXES = frozenset({"cbvmda", "gs1", "epcis", "cbv"})
+_FULL = ("http://", "https://", "urn:", "@")
+
+
+def _key_prefixes(obj: Any, out: set[str]) -> None:
+    """The prefixes of the compact keys in an event, at any depth (extension fields, ILMD, their members,
+    sensor and location extensions)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if ":" in k and not k.startswith(_FULL):
+                out.add(k.split(":", 1)[0])
+            if isinstance(v, (dict, list)):
+                _key_prefixes(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            if isinstance(v, (dict, list)):
+                _key_prefixes(v, out)
+
+
+def _renamed(obj: Any, rename: dict[str, str]) -> Any:
+    """The event with the keys of the renamed prefixes rewritten (`ex:temp` -> `ex_1:temp`), at any depth."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if ":" in k and not k.startswith(_FULL):
+                prefix, local = k.split(":", 1)
+                if prefix in rename:
+                    k = f"{rename[prefix]}:{local}"
+            out[k] = _renamed(v, rename) if isinstance(v, (dict, list)) else v
+        return out
+    if isinstance(obj, list):
+        return [_renamed(v, rename) if isinstance(v, (dict, list)) else v for v in obj]
+    return obj
+
+
+async def _with_contexts(session: AsyncSession, doc: dict[str, Any],
+                         bindings: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Declare in the answer's @context each extension prefix its events use, with the IRI the event's own
+    document bound it to (`bindings[i]`: epcis_event.namespaces; None for an event recorded before migration
+    0023, which reads with the bindings the hub had then, and for the hub's own events).
+
+    The usual answer keeps every prefix as captured. When two events in one answer use one prefix for different
+    IRIs (two partners' `ex:`), the first in the answer keeps it and the other IRI gets a free prefix of its own
+    (`ex_1`, `ex_2`...), with that event's keys renamed, so the answer stays correct JSON-LD: every key expands
+    to the IRI its partner meant."""
+    events = doc["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    used: list[set[str]] = []
+    for ev in events:
+        u: set[str] = set()
+        _key_prefixes(ev, u)
+        used.append(u - _CONTEXT_PREFIXES)
+    taken = set().union(*used) if used else set()
+    legacy: dict[str, str] = {}
+    if any(b is None and u - {"hub"} for b, u in zip(bindings, used, strict=True)):
+        legacy = dict((await session.execute(select(EpcisNamespace.prefix, EpcisNamespace.iri)
+                                             .where(EpcisNamespace.legacy.is_(True)))).all())
+    ctx: dict[str, str] = doc["@context"][1]
+    name_of: dict[tuple[str, str], str] = {}
+    for i, (ev, ns, prefixes) in enumerate(zip(events, bindings, used, strict=True)):
+        rename: dict[str, str] = {}
+        for prefix in sorted(prefixes):
+            if ns is None:
+                iri = HUB_NS if prefix == "hub" else legacy.get(prefix)
+            else:
+                iri = ns.get(prefix) or (HUB_NS if prefix == "hub" else None)
+            if iri is None:
+                continue  # a prefix nobody declared: left as stored, as before
+            name = name_of.get((prefix, iri))
+            if name is None:
+                name = prefix
+                if ctx.get(prefix, iri) != iri:
+                    n = 1
+                    while f"{prefix}_{n}" in ctx or f"{prefix}_{n}" in taken:
+                        n += 1
+                    name = f"{prefix}_{n}"
+                ctx[name] = iri
+                name_of[(prefix, iri)] = name
+            if name != prefix:
+                rename[prefix] = name
+        if rename:
+            events[i] = _renamed(ev, rename)
     return doc
 
 
@@ -487,22 +591,41 @@ async def get_event(session: AsyncSession, event_id: str, *, epc_format: str,
     if row is None and not decls:
         raise NotFound(f"no event has eventID {event_id!r}", field="eventID")
     fmt = await _formatter(session, epc_format, own_prefixes)
-    events = ([fmt({**row.document, "recordTime": _z(row.record_time)})] if row else []) + \
-        [fmt({**d.document, "recordTime": _z(d.record_time)}) for d in decls]
-    return await add_contexts(session, query_document("SimpleEventQuery", events))
+    rows = ([row] if row else []) + list(decls)
+    events = [fmt({**r.document, "recordTime": _z(r.record_time)}) for r in rows]
+    return await _with_contexts(session, query_document("SimpleEventQuery", events), [r.namespaces for r in rows])
 
 
 # --- named queries -------------------------------------------------------------------------------------
 
 
-async def create_named(session: AsyncSession, name: str, query: dict[str, Any]) -> EpcisNamedQuery:
+_EXT_PARAM = re.compile(r"(?:EQ_ATTR_(?:readPoint|bizLocation)_|(?:EQ|EXISTS)_(?:ILMD_)?)([A-Za-z_][\w.-]*):(?!//).+")
+
+
+def _param_prefixes(params: dict[str, Any]) -> set[str]:
+    """The namespace prefixes a query's extension and master-data parameters use."""
+    out = set()
+    for name, raw in params.items():
+        if m := _EXT_PARAM.fullmatch(name):
+            out.add(m.group(1))
+        elif re.fullmatch(r"HASATTR_(readPoint|bizLocation)", name):
+            out |= {v.split(":", 1)[0] for v in _values(raw) if ":" in v and not v.startswith(_FULL)}
+    return out - {"urn", "http", "https"}
+
+
+async def create_named(session: AsyncSession, name: str, query: dict[str, Any], *,
+                       declared_ns: dict[str, str] | None = None) -> EpcisNamedQuery:
+    """A named query; its extension prefixes are bound now (the request's GS1-Extensions header, else the one
+    binding the hub knows), like its other parameters: running it later means the same."""
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,120}", name or ""):
         raise QueryParameterException("name: use 1-120 letters, digits, . _ or -", field="name")
     if await session.get(EpcisNamedQuery, name) is not None:
         raise ResourceAlreadyExistsException(f"a query named {name!r} exists: choose another name or delete it first",
                                              field="name")
-    await build(session, query)  # refuse a query that would not run
-    row = EpcisNamedQuery(name=name, query=query)
+    await build(session, query, declared_ns=declared_ns)  # refuse a query that would not run
+    used = _param_prefixes(query)
+    ns = (await _namespaces(session, declared_ns or {})).ns if used else {}
+    row = EpcisNamedQuery(name=name, query=query, namespaces={p: ns[p] for p in sorted(used) if p in ns} or None)
     session.add(row)
     await session.flush()
     return row

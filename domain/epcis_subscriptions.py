@@ -196,8 +196,8 @@ async def pending(session: AsyncSession, sub_id: str, *, lag: timedelta, batch: 
     token: str | None = None
     while True:
         page = dict(params, nextPageToken=token) if token else params
-        doc, token = await epcis_query.run(session, page, epc_format=row.epc_format)
-        doc = await epcis_query.add_contexts(session, doc)
+        doc, token = await epcis_query.run(session, page, epc_format=row.epc_format,  # with its @context
+                                           declared_ns=named.namespaces)
         results = doc["epcisBody"]["queryResults"]
         results["queryName"] = row.query_name
         results["subscriptionID"] = row.id

@@ -110,6 +110,7 @@ class EpcisErrorDeclaration(Base):
     corrective_event_ids: Mapped[list[Any]] = mapped_column(default=list)
     record_time: Mapped[datetime] = mapped_column(default=utcnow)
     document: Mapped[dict[str, Any]] = mapped_column()
+    namespaces: Mapped[dict[str, Any] | None] = mapped_column()  # as EpcisEvent.namespaces
 
 
 class EpcisCaptureJob(Base):
@@ -130,6 +131,10 @@ class EpcisNamedQuery(Base):
     name: Mapped[str] = mapped_column(String(120), primary_key=True)
     query: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the IRIs its extension parameters' prefixes meant when it was created (GS1-Extensions header, else the one
+    # known binding), so a partner binding the prefix to another IRI later does not change what it matches;
+    # NULL: created before migration 0023 (read at run time)
+    namespaces: Mapped[dict[str, Any] | None] = mapped_column()
 
 
 class EpcisSubscription(Base):
@@ -154,11 +159,17 @@ class EpcisSubscription(Base):
 
 
 class EpcisNamespace(Base):
-    """Extension namespace prefixes seen in captured @contexts (to read `EQ_prefix:field` queries)."""
+    """Every binding of an extension prefix seen in captured @contexts: one row per (prefix, IRI), so two
+    partners that use one prefix for different namespaces are both here. Reads `EQ_prefix:field` queries whose
+    prefix the GS1-Extensions header does not declare (a prefix with one IRI; two make it ambiguous).
+
+    `legacy`: the binding the hub knew before migration 0023, when the first IRI captured for a prefix was the
+    only one kept; events stored before then (namespaces NULL) are read with these."""
 
     __tablename__ = "epcis_namespace"
     prefix: Mapped[str] = mapped_column(String(64), primary_key=True)
-    iri: Mapped[str] = mapped_column(String(300))
+    iri: Mapped[str] = mapped_column(String(300), primary_key=True)
+    legacy: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Gs1CompanyPrefix(Base):

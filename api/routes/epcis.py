@@ -264,13 +264,15 @@ def _params(request: Request) -> dict[str, Any]:
     return out
 
 
-async def _answer(session: SessionDep, request: Request, params: dict[str, Any], name: str | None) -> Response:
+async def _answer(session: SessionDep, request: Request, params: dict[str, Any], name: str | None,
+                  frozen_ns: dict[str, Any] | None = None) -> Response:
+    """`frozen_ns`: a named query's prefix bindings from its creation, which a header cannot change."""
     fmt = _epc_format(request)
-    doc, token = await epcis_query.run(session, params, declared_ns=_declared_ns(request), epc_format=fmt,
+    declared = {**_declared_ns(request), **(frozen_ns or {})}
+    doc, token = await epcis_query.run(session, params, declared_ns=declared, epc_format=fmt,
                                        own_prefixes=_own_prefixes(request))
     if name:
         doc["epcisBody"]["queryResults"]["queryName"] = name
-    doc = await epcis_query.add_contexts(session, doc)
     headers = {**_limits(), "GS1-EPC-Format": fmt}
     if token:
         nxt = {k: v for k, v in request.query_params.multi_items() if k != "nextPageToken"}
@@ -320,7 +322,8 @@ async def create_query(request: Request, session: SessionDep) -> Response:
     if not isinstance(body, dict) or not isinstance(body.get("query", {}), dict) or "name" not in body:
         return problem("QueryValidationException", 'send {"name": "...", "query": {"EQ_bizStep": ["shipping"]}}',
                        field="body")
-    row = await epcis_query.create_named(session, str(body["name"]), body.get("query") or {})
+    row = await epcis_query.create_named(session, str(body["name"]), body.get("query") or {},
+                                         declared_ns=_declared_ns(request))
     return JSONResponse({"name": row.name, "query": row.query}, status_code=201,
                         headers={"Location": f"/epcis/queries/{row.name}", **_limits()})
 
@@ -408,4 +411,4 @@ async def run_query(name: str, request: Request, session: SessionDep) -> Respons
                                f"{', '.join(sorted(row.query)) or 'none'}); only perPage and nextPageToken may be "
                                "given here. Query GET /epcis/events with the parameters, or create another named "
                                "query", field=k)
-    return await _answer(session, request, params, name)
+    return await _answer(session, request, params, name, row.namespaces)
