@@ -21,6 +21,8 @@ from activities.recall_models import (
     RecallInput,
     RecallLotLine,
     RecallLotRef,
+    RecallReackInput,
+    RecallReackResult,
     RecallRef,
     RecallResult,
     RecallScope,
@@ -107,6 +109,15 @@ class RecallActivities(TransactionalActivities):
 
     @activity.defn
     @translated
+    async def reopen_recall_acknowledgements(self, inp: RecallReackInput) -> RecallReackResult:
+        """Set aside the acknowledgements recorded before the hold added shipments to those customers' notices (kept
+        in the audit trail and the report) and ask them again; returns who is asked again."""
+        async with self.tx() as s:
+            return RecallReackResult(customers=await recall.reopen_acknowledgements(
+                s, number=inp.number, customers=inp.customers))
+
+    @activity.defn
+    @translated
     async def decide_recall_lot(self, inp: RecallDecisionInput) -> RecallDecisionEffect:
         """Record the decision and its electronic signature in one transaction; returns what it did to the lot (a
         retry after a commit answers the same, read back from the record)."""
@@ -128,4 +139,5 @@ class RecallActivities(TransactionalActivities):
 
     def all(self) -> list[Any]:
         return [self.open_recall, self.hold_recall_lots, self.mark_recall_erp_blocked, self.acknowledge_recall,
-                self.decide_recall_lot, self.close_recall, self.recall_held_containers, self.decide_recall_container]
+                self.decide_recall_lot, self.close_recall, self.recall_held_containers, self.decide_recall_container,
+                self.reopen_recall_acknowledgements]

@@ -157,6 +157,20 @@ class RecallAck(RecallAckCreate):
 
 
 
+class RecallReackInput(Model):
+    """reopen_recall_acknowledgements' input: the customers who had acknowledged when the hold added shipments to
+    their notices."""
+
+    number: str
+    customers: list[str]
+
+
+class RecallReackResult(Model):
+    """The customers asked to acknowledge again (their acknowledgement came before the shipments were added)."""
+
+    customers: list[str] = Field(default_factory=list)
+
+
 class RecallLotDecision(ReviewerDecision):
     """A reviewer's decision on a held lot."""
 
@@ -180,6 +194,10 @@ class RecallStatus(Model):
         default_factory=list, description="held cases and pallets that only a reviewer's decision on the box itself "
                                           "can release (their recalled lots shipped, were used up or rejected)")
     container_decisions: dict[str, str] = Field(default_factory=dict)
+    acknowledgements_reopened: dict[str, int] = Field(
+        default_factory=dict, description="customers whose notice gained shipments after they acknowledged: how many "
+                                          "of their acknowledgements were set aside (kept in the record's "
+                                          "`earlier_acknowledgements`); each is asked to acknowledge again")
 
 
 class RecallResult(Model):

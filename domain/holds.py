@@ -36,6 +36,25 @@ async def recall_holds(session: AsyncSession, lot_id: int, *, except_recall: str
     return list((await session.execute(q)).scalars())
 
 
+async def recalled_lots(session: AsyncSession, lot_numbers: list[str]) -> dict[str, dict[str, Any]]:
+    """Of these lots, the ones a recall holds or rejected: by lot number, the lot's status in the record, the open
+    recalls that hold it (recall_holds' rule), oldest first, and the recalls that rejected it. One query, for a
+    status page that lists a work order's material."""
+    if not lot_numbers:
+        return {}
+    rows = (await session.execute(
+        select(Lot.number, Lot.status, Recall.number, Recall.status, RecallLot.decision)
+        .join(RecallLot, RecallLot.lot_id == Lot.id).join(Recall, Recall.id == RecallLot.recall_id)
+        .where(Lot.number.in_(lot_numbers), RecallLot.action == "held").order_by(Recall.id))).all()
+    out: dict[str, dict[str, Any]] = {}
+    for lot, status, recall, recall_status, decision in rows:
+        holding = decision is None and recall_status != "closed"
+        if holding or decision == "reject":
+            entry = out.setdefault(lot, {"status": status, "recalls": [], "rejected_by": []})
+            entry["recalls" if holding else "rejected_by"].append(recall)
+    return out
+
+
 async def ncr_holds(session: AsyncSession, lot_id: int, *, except_ncr: str | None = None) -> list[str]:
     """The numbers of the NCRs on the lot still waiting for a decision, oldest first."""
     q = (select(Ncr.number).where(Ncr.lot_id == lot_id, Ncr.state.in_(NCR_HOLDING_STATES), Ncr.closed_at.is_(None))

@@ -127,6 +127,7 @@ async def scope(session: AsyncSession, number: str) -> dict[str, Any]:
     )).all()
     lot_lines = {lot.number: (rl.action, rl.decision) for rl, lot in lots}
     box_decisions = await _container_decisions(session, number) if boxes else {}
+    earlier = await _earlier_acknowledgements(session, number) if notices else {}
     return {
         "number": row.number, "status": row.status, "suspect_kind": row.suspect_kind, "suspect": row.suspect,
         "reason": row.reason,
@@ -136,7 +137,9 @@ async def scope(session: AsyncSession, number: str) -> dict[str, Any]:
                   "decision_reason": rl.decision_reason} for rl, lot in lots],
         "customers": [{"customer": n.customer, "quantity": n.quantity, "shipments": n.shipments,
                        "acknowledged_at": n.acknowledged_at.isoformat() if n.acknowledged_at else None,
-                       "acknowledged_by": n.acknowledged_by, "note": n.note} for n in notices],
+                       "acknowledged_by": n.acknowledged_by, "note": n.note,
+                       # acknowledgements set aside because the notice gained shipments after them, oldest first
+                       "earlier_acknowledgements": earlier.get(n.customer, [])} for n in notices],
         # pallets first, then cases
         "containers": [{"code": rc.code, "level": rc.level, "action": rc.action, "status_before": rc.status_before,
                         "status": status, "lots": rc.lots, "units": rc.units,
@@ -483,6 +486,68 @@ async def acknowledge(session: AsyncSession, *, number: str, customer: str, by: 
         await session.flush()
         await audit(session, actor=actor, action="recall.acknowledged", entity="recall", key=number,
                     changes={"customer": customer, "acknowledged_by": by, "note": note})
+
+
+ACK_REOPENED = "recall.acknowledgement_reopened"
+
+
+async def _recall_entries(session: AsyncSession, number: str, *actions: str) -> list[Any]:
+    """The recall's audit entries of these actions, oldest first: rows of (seq, at, action, changes)."""
+    return list((await session.execute(
+        select(AuditLog.seq, AuditLog.at, AuditLog.action, AuditLog.changes)
+        .where(AuditLog.entity == "recall", AuditLog.entity_key == number, AuditLog.action.in_(actions))
+        .order_by(AuditLog.seq))).all())
+
+
+async def _earlier_acknowledgements(session: AsyncSession, number: str) -> dict[str, list[dict[str, Any]]]:
+    """By customer, the acknowledgements a later shipment in the notice set aside (recall.acknowledgement_reopened)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for _, at, _, c in await _recall_entries(session, number, ACK_REOPENED):
+        out.setdefault(c["customer"], []).append(
+            {**c["earlier_acknowledgement"], "reopened_at": at.isoformat(), "shipments_added": c["shipments_added"]})
+    return out
+
+
+async def reopen_acknowledgements(session: AsyncSession, *, number: str, customers: list[str],
+                                  actor: str = "workflow") -> list[str]:
+    """Ask again the customers whose notice gained shipments after they acknowledged (the hold found lots that
+    shipped to them between the scope and the hold, and their acknowledgement had been recorded before that).
+
+    The earlier acknowledgement is kept: the `recall.acknowledgement_reopened` entry holds it (who, when, the note)
+    with the shipments added since, and the notice lists it under `earlier_acknowledgements`; the notice's own
+    acknowledgement is cleared until the customer acknowledges again. Which came first is the audit chain's order
+    (`recall.acknowledged` against `recall.scope_changed`): an acknowledgement recorded after the shipment was
+    added covers it and stays. Returns the customers asked again; a repeated call (a retry) asks nobody twice."""
+    row = await get_recall(session, number)
+    entries = await _recall_entries(session, number, "recall.acknowledged", "recall.scope_changed")
+    reopened: list[str] = []
+    for customer in dict.fromkeys(customers):
+        n = (await session.execute(select(RecallNotice).where(RecallNotice.recall_id == row.id,
+                                                              RecallNotice.customer == customer))).scalar()
+        if n is None:
+            raise NotFound(f"recall {number} has no customer {customer!r} to notify", field="customer")
+        if n.acknowledged_at is None:
+            continue  # not acknowledged, or asked again already (a retry)
+        acked = max((seq for seq, _, action, c in entries
+                     if action == "recall.acknowledged" and c.get("customer") == customer), default=None)
+        added = [(seq, c) for seq, _, action, c in entries if action == "recall.scope_changed"
+                 and customer in (c.get("customers") or []) and (acked is None or seq > acked)]
+        if not added:
+            continue  # acknowledged after the shipments were added: it covers them
+        earlier = {"acknowledged_at": n.acknowledged_at.isoformat(), "acknowledged_by": n.acknowledged_by,
+                   "note": n.note}
+        shipments_added = [{"lot": c["lot"], "quantity": (c.get("shipped_since_scope") or {}).get(customer)}
+                           for _, c in added]
+        n.acknowledged_at, n.acknowledged_by, n.note = None, None, None
+        await session.flush()
+        lots = ", ".join(x["lot"] for x in shipments_added)
+        await audit(session, actor=actor, action=ACK_REOPENED, entity="recall", key=number,
+                    changes=diff(earlier, {"acknowledged_at": None, "acknowledged_by": None, "note": None},
+                                 customer=customer, earlier_acknowledgement=earlier, shipments_added=shipments_added,
+                                 why=f"the notice gained shipments of lot {lots} after {customer} acknowledged: "
+                                     "a new acknowledgement is needed"))
+        reopened.append(customer)
+    return reopened
 
 
 def decision_content(number: str, *, lot: str, decision: str, reviewer: str, role: str, reason: str) -> dict[str, Any]:

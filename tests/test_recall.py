@@ -54,6 +54,7 @@ async def test_recall_by_heat_holds_blocks_notifies_and_closes(api: httpx.AsyncC
     assert plant.lots["M3"] not in lots  # another heat: not in scope
     assert rec["record"]["customers"] == [{
         "customer": customer, "quantity": 20.0, "acknowledged_at": None, "acknowledged_by": None, "note": None,
+        "earlier_acknowledgements": [],
         "shipments": [{"shipment": f"DN-{plant.tag}", "sales_order": f"SO-{plant.tag}",
                        "shipped_at": rec["record"]["customers"][0]["shipments"][0]["shipped_at"],
                        "lots": [{"lot": plant.lots["B1"], "item": f"ASSY-{plant.tag}", "quantity": 20.0,

@@ -29,6 +29,8 @@ with workflow.unsafe.imports_passed_through():
         RecallLotDecision,
         RecallLotLine,
         RecallLotRef,
+        RecallReackInput,
+        RecallReackResult,
         RecallRef,
         RecallResult,
         RecallScope,
@@ -46,6 +48,9 @@ PATCH_LATE_SHIP = "recall-late-ship-v1"
 # held cases and pallets that no lot decision can release (their lots had shipped, were used up or were rejected)
 # take a reviewer's decision of their own, and the recall waits for it
 PATCH_CONTAINER_DECISION = "recall-container-decision-v1"
+# a customer who acknowledged while the recall was holding, and whose notice the hold then added shipments to, is
+# asked again (the earlier acknowledgement is kept in the record), and the recall waits for the new one
+PATCH_REACK = "recall-reack-v1"
 
 
 def workflow_id(number: str) -> str:
@@ -71,6 +76,10 @@ class RecallWorkflow:
         # the cases and pallets held (PATCH_CONTAINER_DECISION; None: a recall started before it, boxes unknown)
         self.boxes: list[RecallContainerLine] | None = None
         self.box_decided: dict[str, str] = {}
+        # acknowledgements whose activity is running, customers being asked again, and how often each was (PATCH_REACK)
+        self.acking: set[str] = set()
+        self.reopening: set[str] = set()
+        self.reopened: dict[str, int] = {}
 
     @workflow.run
     async def run(self, inp: RecallInput) -> RecallResult:
@@ -88,6 +97,11 @@ class RecallWorkflow:
         if workflow.patched(PATCH_LATE_SHIP):
             for line in lines:
                 self.late_customers += [c for c in line.customers if c not in self.late_customers]
+            # customers who acknowledged during the hold and whose notices it added shipments to: asked again
+            # (only when there are any, so a recall without them records no marker)
+            again = [c for c in dict.fromkeys(c for line in lines for c in line.customers) if c in self.acked]
+            if again and workflow.patched(PATCH_REACK):
+                await self._ask_again(inp.number, again)
         for line in self.held:
             self.activity_wait = f"ERP: block lot {line.lot} (retried until the ERP answers)"
             await workflow.execute_activity(
@@ -116,6 +130,22 @@ class RecallWorkflow:
         self.stage = "closed"
         return result
 
+    async def _ask_again(self, number: str, customers: list[str]) -> None:
+        """Set aside the acknowledgements recorded before the hold added shipments to these customers' notices and
+        wait for new ones. An acknowledgement still being recorded finishes first, so the record decides which came
+        first; meanwhile a new acknowledgement from them is refused (try again)."""
+        self.reopening.update(customers)
+        self.activity_wait = f"hub: asking {', '.join(customers)} to acknowledge again (shipments added to the notice)"
+        await workflow.wait_condition(lambda: not self.acking.intersection(customers))
+        result = await workflow.execute_activity(
+            "reopen_recall_acknowledgements", RecallReackInput(number=number, customers=customers),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=RecallReackResult)
+        for c in result.customers:
+            self.acked.discard(c)
+            self.reopened[c] = self.reopened.get(c, 0) + 1
+        self.reopening.difference_update(customers)
+        self.activity_wait = None
+
     def _customers(self) -> list[str]:
         scoped = [c.customer for c in self.scope.customers] if self.scope else []
         return scoped + [c for c in self.late_customers if c not in scoped]
@@ -140,9 +170,13 @@ class RecallWorkflow:
         """A customer acknowledged the recall notification."""
         assert self.inp is not None
         self.acked.add(ack.customer)
-        await workflow.execute_activity(
-            "acknowledge_recall", RecallAckInput(number=self.inp.number, ack=ack),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+        self.acking.add(ack.customer)  # (no command: what _ask_again waits for)
+        try:
+            await workflow.execute_activity(
+                "acknowledge_recall", RecallAckInput(number=self.inp.number, ack=ack),
+                start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+        finally:
+            self.acking.discard(ack.customer)
         return self.status()
 
     @acknowledge.validator
@@ -154,6 +188,9 @@ class RecallWorkflow:
             names = ", ".join(self._customers()) or "none"
             raise ApplicationError(f"{number}: {ack.customer!r} received nothing in scope (customers: {names})",
                                    type="NotFound")
+        if ack.customer in self.reopening:
+            raise ApplicationError(f"{number}: {ack.customer}'s notice has gained shipments since its acknowledgement "
+                                   "and is being reopened: acknowledge again in a moment", type="Conflict")
         if ack.customer in self.acked:
             raise ApplicationError(f"{number}: {ack.customer} has already acknowledged", type="Conflict")
 
@@ -283,5 +320,5 @@ class RecallWorkflow:
             held=[h.lot for h in self.held], decided=dict(self.decided), customers=self._customers(),
             acknowledged=sorted(self.acked), still_held_by=dict(self.still_held_by),
             containers=[b.code for b in self.boxes or []], containers_waiting=self._boxes_waiting(),
-            container_decisions=dict(self.box_decided),
+            container_decisions=dict(self.box_decided), acknowledgements_reopened=dict(self.reopened),
         )

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -16,7 +17,7 @@ from api.deps import ReadSessionDep, TemporalDep
 from api.routes.erp import workflow_id
 from api.security import PrincipalDep
 from core.errors import Conflict, InvalidInput
-from domain import inspection_triggers, production
+from domain import holds, inspection_triggers, production
 from domain.models import WorkOrder
 from workflows.work_order import WorkOrderStatus, WorkOrderWorkflow
 
@@ -89,7 +90,24 @@ async def get_work_order(number: str, session: ReadSessionDep, client: TemporalD
     wo = await production.find_work_order(session, number)
     if wo is None and live.get("workflow") == "not found":
         await production.get_work_order(session, number)  # raises NotFound with the message
+    if live.get("status"):
+        await _recalled_material(session, live["status"])
     return {"record": _record(wo) if wo else None, **live}
+
+
+async def _recalled_material(session: AsyncSession, status: dict[str, Any]) -> None:
+    """The workflow's own view of its material lots (released once IQC passed) does not see a recall's hold or
+    reject, which are records of their own (the workflow takes no command for them): such a lot shows its status in
+    the record, `material_recalls` names the recalls holding it, and in production the status says why a report
+    consuming it is refused."""
+    found = await holds.recalled_lots(session, list(status.get("material_lots") or {}))
+    status["material_recalls"] = {lot: x["recalls"] for lot, x in sorted(found.items()) if x["recalls"]}
+    for lot, x in sorted(found.items()):
+        status["material_lots"][lot] = x["status"]
+        if x["recalls"] and status.get("stage") == "production":
+            status["waiting_for"].append(
+                f"reviewer: recall {', '.join(x['recalls'])} holds material lot {lot}: it may not be consumed until "
+                "a reviewer releases it on the recall")
 
 
 @router.post("/{number}/operations", status_code=202, summary="Report an operation (MES or operator)")
