@@ -44,6 +44,7 @@ from connectors.errors import ConnectorConfigError, ConnectorError
 from connectors.mqtt import MqttConnector
 from connectors.mqtt.connector import Message, MqttConfig
 from core.errors import Conflict, InvalidInput
+from core.values import non_finite_at
 from domain import devices, mes, production
 from domain.endpoints import list_endpoints
 
@@ -83,6 +84,10 @@ def _transient(exc: BaseException) -> bool:
 MES_ACTOR = "mes"  # the audit actor of what the MES bridge delivers (it has no login of its own)
 
 
+# NaN / Infinity: Python's JSON parser reads them as numbers, Temporal's JSON cannot carry them (core/values.py)
+_NON_FINITE = "{}: NaN and Infinity are not numbers JSON allows: send a finite number"
+
+
 class MesIntake:
     """Validates one MES message and delivers it to its work order's workflow (transport aside)."""
 
@@ -98,6 +103,8 @@ class MesIntake:
         if not isinstance(number, str) or not number:
             raise Rejected("work_order: missing or not a string; name the work order the report is for",
                            field="work_order", message_id=rid)
+        if (bad := non_finite_at(body)) is not None:
+            raise Rejected(_NON_FINITE.format(bad), field=bad, work_order=number, message_id=rid)
         try:
             report = OperationReport.model_validate(body)
         except ValidationError as exc:
@@ -148,6 +155,10 @@ class MesIntake:
     async def equipment_state(self, body: dict[str, Any], *, source: str = "mqtt") -> str:
         """`body`: an EquipmentStateReport (its work_order routes it). Returns signalled | recorded | duplicate."""
         eid = body.get("event_id") if isinstance(body.get("event_id"), str) else None
+        if (bad := non_finite_at(body)) is not None:
+            wo = body.get("work_order")
+            raise Rejected(_NON_FINITE.format(bad), field=bad, work_order=wo if isinstance(wo, str) else None,
+                           message_id=eid)
         try:
             report = EquipmentStateReport.model_validate(body)
         except ValidationError as exc:

@@ -7,7 +7,8 @@ it runs before routing and authentication: a client declaring a gigabyte is refu
 
 `refuse_nul_characters`: an app-wide dependency that refuses the NUL character (U+0000) in a path or query
 parameter or in a JSON body, naming where it is (422). PostgreSQL text cannot hold it: without this check the
-driver's error surfaced as a 500 from every route that stores or looks up what it was sent.
+driver's error surfaced as a 500 from every route that stores or looks up what it was sent. It refuses NaN and
+Infinity in a JSON body the same way (422 naming the field).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from fastapi import Request
 
 from core.errors import InvalidInput
+from core.values import non_finite_at
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -157,13 +159,22 @@ async def refuse_nul_characters(request: Request) -> None:
 async def refuse_nul_in_body(request: Request) -> None:
     if "json" in request.headers.get("content-type", ""):
         raw = await request.body()  # FastAPI reads a JSON body whole anyway; the size limit bounds it
-        if b"\\u0000" in raw:  # JSON text can only carry NUL escaped; no escape, nothing to parse
+        nul = b"\\u0000" in raw  # JSON text can only carry NUL escaped; no escape, nothing to parse
+        # NaN, Infinity and -Infinity are not JSON, but Python's parser (FastAPI's) takes them as numbers: a
+        # measurement or quantity sent so was accepted, then could not travel to its workflow (Temporal's JSON
+        # has no such numbers) and was dropped after a 202. Only a body holding the words is parsed to look.
+        non_finite = b"NaN" in raw or b"Infinity" in raw
+        if nul or non_finite:
             try:
                 doc = json.loads(raw)
             except ValueError:
                 return  # not JSON: the route says so in its own words
-            if (found := _nul_at(doc, "")) is not None:
+            if nul and (found := _nul_at(doc, "")) is not None:
                 raise _refuse_nul(found or "body")
+            if non_finite and (found := non_finite_at(doc)) is not None:
+                raise InvalidInput(f"{found or 'body'}: NaN and Infinity are not numbers JSON allows: send a finite "
+                                   "number (or null where the field may be empty)", field=found or "body")
+
 
 
 async def read_bounded(request: Request, limit: int) -> bytes | None:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 import pytest_asyncio
 
 from api.main import create_app
@@ -152,3 +153,35 @@ async def test_numbers_past_what_the_database_holds_are_refused_as_input(small: 
 async def test_the_resolver_says_why_in_json_too(small: httpx.AsyncClient):
     r = await small.get("/01/09506000134352/21/NEVER-ISSUED", headers={"accept": "application/json"})
     assert r.status_code == 404 and r.json()["status"] == "unknown" and r.json()["detail"]
+
+
+async def test_nan_and_infinity_are_refused_naming_the_field(small: httpx.AsyncClient):
+    # Python's JSON parser reads NaN / Infinity as numbers; JSON has none, and Temporal's payloads cannot carry them:
+    # a receipt or a measurement sent so was accepted with a 202, then dropped on its way to the workflow
+    ctype = {"content-type": "application/json"}
+    body = (b'{"event_id": "E-NAN-1", "type": "purchase_receipt.submitted", "purchase_receipt": {"number": "PR-NAN",'
+            b' "supplier": "S", "lots": [{"lot": "M-NAN", "item": "STEEL", "quantity": Infinity, "uom": "KG"}]}}')
+    assert_names(await small.post("/api/erp/events", content=body, headers=ctype), "purchase_receipt.lots.0.quantity")
+    r = await small.post("/api/inspections/IQC-1/results", headers=ctype,
+                         content=b'{"results": [{"name": "od", "values": [1.0, -Infinity]}]}')
+    assert_names(r, "results.0.values.1")
+    r = await small.post("/api/inspections/IQC-1/results", headers=ctype,
+                         content=b'{"results": [{"name": "od", "values": [NaN]}]}')
+    assert_names(r, "results.0.values.0")
+    # the words inside a string are text, not numbers: the body reaches the route (which answers for itself)
+    r = await small.post("/api/codes/pack", headers=ctype,
+                         content=b'{"parent": "NaN-Infinity", "children": ["Infinity"], "actor": "a"}')
+    assert r.status_code != 422 or "NaN and Infinity" not in r.text, r.text
+
+
+async def test_the_mes_bridge_refuses_nan_naming_the_field():
+    from activities.mes import MesIntake, Rejected
+
+    intake = MesIntake(None, None)  # type: ignore[arg-type]  # refused before any database or Temporal call
+    with pytest.raises(Rejected) as e:
+        await intake.operation_report({"work_order": "WO-1", "report_id": "R-1", "seq": 10,
+                                       "parameters": {"temperature_c": float("nan")}})
+    assert e.value.field == "parameters.temperature_c" and "NaN" in str(e.value)
+    with pytest.raises(Rejected) as e:
+        await intake.equipment_state({"event_id": "E-1", "work_order": "WO-1", "readings": [float("inf")]})
+    assert e.value.field == "readings.0"
