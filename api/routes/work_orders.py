@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from temporalio.api.enums.v1 import EventType, PendingActivityState
-from temporalio.client import Client
+from temporalio.api.enums.v1 import EventType, PendingActivityState, TimeoutType
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.models import OperationProgress, OperationReport, ShipmentRequest
 from api.deps import ReadSessionDep, TemporalDep
 from api.routes.erp import workflow_id
 from api.security import PrincipalDep
-from core.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput, NotFound
 from domain import holds, inspection_triggers, production
 from domain.models import WorkOrder
 from workflows.work_order import WorkOrderStatus, WorkOrderWorkflow
+from workflows.work_order_models import RetryRequest
 
 router = APIRouter(prefix="/api/work-orders", tags=["work orders"])
 
@@ -199,6 +202,41 @@ async def request_shipment(number: str, req: ShipmentRequest, session: ReadSessi
             "status_url": f"/api/work-orders/{number}"}
 
 
+class RetryIn(BaseModel):
+    reason: str | None = Field(default=None, max_length=500, description="what was fixed (kept in the audit)")
+
+
+@router.post("/{number}/retry", summary="Retry what the work order waits on after a refusal (admins; audited)",
+             responses={409: {"description": "the work order waits on no refusal, or has finished"}})
+async def retry_work_order(number: str, request: Request, session: ReadSessionDep, client: TemporalDep,
+                           principal: PrincipalDep,
+                           body: Annotated[RetryIn | None, Body()] = None) -> JSONResponse:
+    """The ERP refused a document, or the shipment was refused: once the cause is fixed, the work order tries the
+    refused step again (a document the ERP already took is not taken twice)."""
+    wo = await production.find_work_order(session, number)
+    wf_id = wo.workflow_id if wo else workflow_id(number)
+    await session.commit()  # no transaction held across the Temporal round trip
+    reason = body.reason if body else None
+    try:
+        retried = await client.get_workflow_handle(wf_id).execute_update(
+            WorkOrderWorkflow.retry, RetryRequest(requested_by=principal.subject, reason=reason))
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        msg = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
+        raise Conflict(msg, field="number") from exc
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            if wo is None:
+                raise NotFound(f"work order {number!r} does not exist: check the number", field="number") from exc
+            raise Conflict(f"work order {number} has no running workflow: nothing to retry", field="number") from exc
+        if "completed" in exc.message or exc.status == RPCStatusCode.FAILED_PRECONDITION:
+            raise Conflict(f"work order {number} has finished: nothing to retry", field="number") from exc
+        raise
+    async with request.app.state.sessionmaker() as s, s.begin():
+        await production.record_retry(s, number, actor=principal.subject, retried=retried, reason=reason)
+    return JSONResponse({"work_order": number, "retried": retried, "status_url": f"/api/work-orders/{number}"})
+
+
 _LABELS = {
     "WORKFLOW_EXECUTION_STARTED": "workflow started",
     "WORKFLOW_EXECUTION_COMPLETED": "workflow completed",
@@ -218,14 +256,21 @@ _LABELS = {
     "CHILD_WORKFLOW_EXECUTION_STARTED": "child workflow started",
     "CHILD_WORKFLOW_EXECUTION_COMPLETED": "child workflow completed",
     "CHILD_WORKFLOW_EXECUTION_FAILED": "child workflow failed",
+    "CHILD_WORKFLOW_EXECUTION_TERMINATED": "child workflow terminated",
+    "CHILD_WORKFLOW_EXECUTION_CANCELED": "child workflow cancelled",
+    "CHILD_WORKFLOW_EXECUTION_TIMED_OUT": "child workflow timed out",
     "WORKFLOW_TASK_FAILED": "workflow task failed",
 }
+_CHILD_ENDS = ("CHILD_WORKFLOW_EXECUTION_STARTED", "CHILD_WORKFLOW_EXECUTION_COMPLETED",
+               "CHILD_WORKFLOW_EXECUTION_FAILED", "CHILD_WORKFLOW_EXECUTION_TERMINATED",
+               "CHILD_WORKFLOW_EXECUTION_CANCELED", "CHILD_WORKFLOW_EXECUTION_TIMED_OUT")
 _QUIET = {"WORKFLOW_TASK_SCHEDULED", "WORKFLOW_TASK_STARTED", "WORKFLOW_TASK_COMPLETED"}
 
 
 async def timeline(client: Client, wf_id: str, *, include_workflow_tasks: bool = False) -> list[dict[str, Any]]:
     history = await client.get_workflow_handle(wf_id).fetch_history()
     scheduled: dict[int, str] = {}
+    updates: dict[str, str] = {}
     timers: dict[int, str] = {}
     children: dict[int, str] = {}
     out = []
@@ -252,7 +297,13 @@ async def timeline(client: Client, wf_id: str, *, include_workflow_tasks: bool =
             row["activity"] = scheduled.get(a.scheduled_event_id)
             row["failure"] = a.failure.message
         elif name == "ACTIVITY_TASK_TIMED_OUT":
-            row["activity"] = scheduled.get(e.activity_task_timed_out_event_attributes.scheduled_event_id)
+            a = e.activity_task_timed_out_event_attributes
+            row["activity"] = scheduled.get(a.scheduled_event_id)
+            if a.HasField("failure"):
+                row["failure"] = a.failure.message
+                if a.failure.HasField("timeout_failure_info"):
+                    row["timeout"] = TimeoutType.Name(a.failure.timeout_failure_info.timeout_type) \
+                        .removeprefix("TIMEOUT_TYPE_").lower()
         elif name == "TIMER_STARTED":
             a = e.timer_started_event_attributes
             timers[e.event_id] = a.timer_id
@@ -265,13 +316,18 @@ async def timeline(client: Client, wf_id: str, *, include_workflow_tasks: bool =
         elif name == "WORKFLOW_EXECUTION_UPDATE_ACCEPTED":
             a = e.workflow_execution_update_accepted_event_attributes
             row["update"] = a.accepted_request.input.name
+            updates[a.accepted_request.meta.update_id or a.protocol_instance_id] = a.accepted_request.input.name
+        elif name == "WORKFLOW_EXECUTION_UPDATE_COMPLETED":
+            a = e.workflow_execution_update_completed_event_attributes
+            row["update"] = updates.get(a.meta.update_id)
+            if a.outcome.HasField("failure"):
+                row["failure"] = a.outcome.failure.message
         elif name == "START_CHILD_WORKFLOW_EXECUTION_INITIATED":
             a = e.start_child_workflow_execution_initiated_event_attributes
             children[e.event_id] = a.workflow_id
             row["child"] = a.workflow_id
             row["workflow_type"] = a.workflow_type.name
-        elif name in ("CHILD_WORKFLOW_EXECUTION_STARTED", "CHILD_WORKFLOW_EXECUTION_COMPLETED",
-                      "CHILD_WORKFLOW_EXECUTION_FAILED"):
+        elif name in _CHILD_ENDS:
             attrs = getattr(e, e.WhichOneof("attributes"))
             row["child"] = attrs.workflow_execution.workflow_id
             if name == "CHILD_WORKFLOW_EXECUTION_FAILED":
@@ -298,9 +354,51 @@ async def get_history(number: str, session: ReadSessionDep, client: TemporalDep,
         if exc.status == RPCStatusCode.NOT_FOUND:
             await production.get_work_order(session, number)
         raise
-    result: dict[str, Any] = {"work_order": number, "workflow_id": wf_id, "events": events}
+    result: dict[str, Any] = {"work_order": number, "workflow_id": wf_id, "events": events,
+                              "pending": await pending(client, wf_id)}
     if include_children:
-        result["children"] = {c: await timeline(client, c) for c in
-                              dict.fromkeys(e["child"] for e in events if e.get("child"))}
+        # children of children too (a work order's code issuance, an NCR's follow-ups), each once
+        result["children"], result["children_pending"] = {}, {}
+        todo = list(dict.fromkeys(e["child"] for e in events if e.get("child")))
+        while todo and len(result["children"]) < _MAX_CHILDREN:
+            c = todo.pop(0)
+            if c in result["children"]:
+                continue
+            result["children"][c] = child_events = await timeline(client, c)
+            if (waiting := await pending(client, c)):
+                result["children_pending"][c] = waiting
+            todo += [e["child"] for e in child_events if e.get("child") and e["child"] not in result["children"]]
     return result
+
+
+_MAX_CHILDREN = 200  # a history page stays readable (and bounded) however many children a workflow started
+
+
+async def pending(client: Client, wf_id: str) -> list[dict[str, Any]]:
+    """What the workflow's history cannot show yet: its activities running or waiting to retry, with the attempt,
+    the last error and when the next attempt is due (Temporal records an activity's attempts in the history only
+    once it ends, so during an outage the history alone says no more than "activity scheduled")."""
+    try:
+        desc = await client.get_workflow_handle(wf_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return []
+        raise
+    out = []
+    for pa in desc.raw_description.pending_activities:
+        item: dict[str, Any] = {
+            "activity": pa.activity_type.name, "activity_id": pa.activity_id, "attempt": pa.attempt,
+            "state": PendingActivityState.Name(pa.state).removeprefix("PENDING_ACTIVITY_STATE_").lower()}
+        if pa.maximum_attempts:
+            item["maximum_attempts"] = pa.maximum_attempts
+        if pa.HasField("last_failure"):
+            item["last_failure"] = pa.last_failure.message
+        if pa.HasField("last_started_time"):
+            item["last_started"] = pa.last_started_time.ToDatetime().isoformat() + "Z"
+        if pa.HasField("last_attempt_complete_time"):
+            item["last_attempt_ended"] = pa.last_attempt_complete_time.ToDatetime().isoformat() + "Z"
+        if pa.HasField("next_attempt_schedule_time"):
+            item["next_attempt"] = pa.next_attempt_schedule_time.ToDatetime().isoformat() + "Z"
+        out.append(item)
+    return out
 
