@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
 from domain.audit import audit
-from domain.models import Ncr, utcnow
+from domain.models import Ncr, NcrDecisionRecord, utcnow
 from domain.models_ncr import Capa, DefectCode, NcrContainment, NcrReview
 
 SEVERITIES = ("critical", "major", "minor")
@@ -22,6 +22,9 @@ SEVERITY_RANK = {"minor": 0, "major": 1, "critical": 2}
 # the 6M of the Ishikawa diagram ("mother nature" named environment)
 ROOT_CAUSE_CATEGORIES = ("man", "machine", "method", "material", "measurement", "environment")
 FINAL_STATES = ("closed", "dismissed")
+DISPOSITION_ACTIONS = ("rework", "scrap", "use_as_is", "return_to_supplier")
+# what a disposition's signature covers of the NCR (domain.quality.decision_content): frozen once one is recorded
+CLASSIFICATION = ("severity", "defect_codes", "quantity_affected")
 REVIEW_ROLES = ["qa_supervisor", "quality_manager"]
 MRB_ROLES = ["mrb_production", "mrb_engineering", "quality_manager"]
 
@@ -112,16 +115,35 @@ def _snapshot(rev: NcrReview) -> dict[str, Any]:
             "due_at": _iso(rev.due_at)}
 
 
+async def lock_ncr(session: AsyncSession, ncr: Ncr) -> None:
+    """Serialise a change of the NCR's classification with the recording of a decision that signs it
+    (PostgreSQL row lock until the transaction ends; SQLite's writers queue anyway)."""
+    await session.execute(select(Ncr.id).where(Ncr.id == ncr.id).with_for_update())
+
+
+async def _signed_disposition(session: AsyncSession, ncr: Ncr) -> NcrDecisionRecord | None:
+    """The first disposition decided on the NCR (read after lock_ncr: one committed meanwhile counts)."""
+    return (await session.execute(
+        select(NcrDecisionRecord).where(NcrDecisionRecord.ncr_id == ncr.id,
+                                        NcrDecisionRecord.action.in_(DISPOSITION_ACTIONS))
+        .order_by(NcrDecisionRecord.id).limit(1))).scalar()
+
+
 async def update_ncr(session: AsyncSession, number: str, *, actor: str, fields: dict[str, Any]) -> tuple[Ncr, bool]:
     """Change severity, defect codes, quantity affected or the CAPA link. Returns the NCR and whether the
-    severity changed (its workflow then re-times its reminder and escalation)."""
+    severity changed (its workflow then re-times its reminder and escalation).
+
+    Once a disposition is decided, its signature covers the severity, defect codes and quantity affected
+    (domain.quality.decision_content): they are frozen from then on; the CAPA link may still change."""
     ncr = await _ncr(session, number)
+    await lock_ncr(session, ncr)
     rev = await review_of(session, ncr)
     before = _snapshot(rev)
     final = ncr.state in FINAL_STATES
-    if final and {"severity", "defect_codes", "quantity_affected"} & set(fields):
+    if final and set(CLASSIFICATION) & set(fields):
         raise Conflict(f"NCR {number} is {ncr.state}: its severity, defect codes and quantity are history; "
-                       "only the root cause and the CAPA link may still be completed")
+                       "only the root cause and the CAPA link may still be completed",
+                       field=next(f for f in CLASSIFICATION if f in fields))
     if "quantity_affected" in fields:
         q = fields["quantity_affected"]
         if q is not None and q > ncr.lot.quantity:
@@ -151,8 +173,17 @@ async def update_ncr(session: AsyncSession, number: str, *, actor: str, fields: 
                                field="capa")
             rev.capa_id = capa.id
             rev.capa = capa
-    await session.flush()
     after = _snapshot(rev)
+    # after the changes, so a severity raised by a defect code's default counts too (a field sent with its current
+    # value changes nothing and passes); the caller's transaction rolls the changes back on the refusal
+    changed = [f for f in CLASSIFICATION if after[f] != before[f]]
+    if changed and (signed := await _signed_disposition(session, ncr)) is not None:
+        raise Conflict(
+            f"{changed[0]}: NCR {number}'s disposition {signed.action} ({signed.decision_id}) was signed by "
+            f"{signed.reviewer} over its severity, defect codes and quantity affected as they were; they cannot "
+            "change after it (the signature would no longer hold). Record what you found in the root cause or a "
+            "containment action, or open a new NCR", field=changed[0])
+    await session.flush()
     if after != before:
         await audit(session, actor=actor, action="ncr.updated", entity="ncr", key=number,
                     changes={"before": {k: v for k, v in before.items() if after[k] != v},
@@ -242,7 +273,9 @@ def waits(ncr: Ncr, *, stage_iqc: bool = False) -> tuple[str | None, list[str]]:
         signed = {d.role for d in after if d.action == "use_as_is"}
         if signed and after[-1].action == "use_as_is":
             missing = sorted({"mrb_production", "mrb_engineering"} - signed)
-            return f"material review board: use_as_is needs the signature of {', '.join(missing)} too", missing
+            signers = sorted({d.reviewer for d in after if d.action == "use_as_is"})
+            return (f"material review board: use_as_is needs the signature of {', '.join(missing)} too, "
+                    f"from another person than {', '.join(signers)}"), missing
         return "material review board: disposition (rework, scrap, use_as_is, return_to_supplier)", MRB_ROLES
     if s == "disposition":
         return f"system: carrying out {ncr.disposition} (lot status, ERP)", ["system"]

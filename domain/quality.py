@@ -14,6 +14,7 @@ from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import (
     CharacteristicResult,
+    EpcisEvent,
     Inspection,
     Lot,
     LotStatus,
@@ -23,6 +24,7 @@ from domain.models import (
     utcnow,
 )
 from domain.models_identity import User
+from domain.models_trace import EpcisEventKey
 from domain.production import get_lot, set_lot_status
 from domain.signatures import is_valid, record_signature, signatures_for
 
@@ -241,13 +243,47 @@ async def open_ncr(
     return ncr
 
 
-DISPOSITION_ACTIONS = ("rework", "scrap", "use_as_is", "return_to_supplier")
+DISPOSITION_ACTIONS = ncr_review.DISPOSITION_ACTIONS
+# decisions whose signature also covers the NCR's classification (severity, defect codes, quantity affected): a
+# disposition, and what comes once the classification is frozen (verify) or final (dismiss). A confirm or review
+# signature does not: the NCR is classified after it is confirmed, in the MRB.
+COVERS_CLASSIFICATION = (*DISPOSITION_ACTIONS, "dismiss", "verify")
+# signatures of NCR decisions: version 1 (no `content_version` key; signed before the NCR's content was covered)
+# holds the decision only; version 2 also what was signed about the NCR (`signed_ncr`)
+DECISION_CONTENT_VERSION = 2
 
 
-def decision_content(ncr: str, rec: NcrDecisionRecord) -> dict[str, Any]:
-    """What a reviewer's signature covers: changing any of it afterwards invalidates the signature."""
-    return {"ncr": ncr, "decision_id": rec.decision_id, "action": rec.action, "reviewer": rec.reviewer,
-            "role": rec.role, "reason": rec.reason, "rework_operation": rec.rework_operation}
+def ncr_signed_fields(lot: str, rev: Any) -> dict[str, Any]:
+    """What a decision's signature says about its NCR: the lot, and the classification as it is now (`rev`: the
+    NCR's review row or anything with its severity, defect_codes and quantity_affected; None: not classified)."""
+    return {"lot": lot, "severity": rev.severity if rev is not None else None,
+            "defect_codes": list(rev.defect_codes or []) if rev is not None else [],
+            "quantity_affected": rev.quantity_affected if rev is not None else None}
+
+
+def decision_content(ncr: str, rec: Any, signed_ncr: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a reviewer's signature covers: changing any of it afterwards invalidates the signature.
+
+    Without `signed_ncr`: version 1, the decision only (how signatures were made before version 2; kept so they
+    are still checked against what they covered). With it (ncr_signed_fields): version 2, also the NCR's lot and,
+    for COVERS_CLASSIFICATION decisions, its severity, defect codes and quantity affected."""
+    content = {"ncr": ncr, "decision_id": rec.decision_id, "action": rec.action, "reviewer": rec.reviewer,
+               "role": rec.role, "reason": rec.reason, "rework_operation": rec.rework_operation}
+    if signed_ncr is None:
+        return content
+    covered = signed_ncr if rec.action in COVERS_CLASSIFICATION else {"lot": signed_ncr["lot"]}
+    return {**content, "content_version": DECISION_CONTENT_VERSION, "signed_ncr": covered}
+
+
+def content_version(signed: Any) -> int:
+    """The version of a stored signature's content (1: before the NCR's content was covered)."""
+    return int(signed.get("content_version", 1)) if isinstance(signed, dict) else 1
+
+
+def decision_content_now(ncr: str, rec: Any, signed: Any, signed_ncr_now: dict[str, Any]) -> dict[str, Any]:
+    """The content a stored signature is checked against: the decision and NCR as they are now, in the form the
+    signature was made in (`signed`: the stored content)."""
+    return decision_content(ncr, rec, signed_ncr_now if content_version(signed) >= 2 else None)
 
 
 async def record_decision(
@@ -261,6 +297,9 @@ async def record_decision(
     if existing is not None:
         return existing
     row = await get_ncr(session, ncr)
+    # the classification this decision signs is the one committed now: a PATCH of the NCR waits for this
+    # transaction (and is then refused once a disposition is recorded; ncr_review.update_ncr takes the same lock)
+    await ncr_review.lock_ncr(session, row)
     rec = NcrDecisionRecord(decision_id=decision_id, ncr_id=row.id, action=action, reviewer=reviewer, role=role,
                             reason=reason, rework_operation=rework_operation)
     session.add(rec)
@@ -285,22 +324,60 @@ async def record_decision(
                          **diff(before_fields, {"state": row.state, "disposition": row.disposition,
                                                 "closed_at": row.closed_at.isoformat() if row.closed_at else None})})
     if signature is not None:
+        # a decision that covers the classification makes sure the NCR has its review row now (an NCR opened
+        # before the review states gets it on first use), so the row appearing later does not change what it signed
+        rev = await (ncr_review.review_of(session, row) if action in COVERS_CLASSIFICATION
+                     else ncr_review.find_review(session, row))
         await record_signature(session, signer=signature.signer, signer_name=signature.signer_name, role=role,
                                meaning=signature.meaning, entity="ncr_decision", key=decision_id,
-                               content=decision_content(ncr, rec))
+                               content=decision_content(ncr, rec, ncr_signed_fields(row.lot.number, rev)))
     return rec
 
 
 async def decision_signatures(session: AsyncSession, ncr: Ncr) -> dict[str, dict[str, Any]]:
-    """The signature of each decision of an NCR, with whether it is still valid."""
+    """The signature of each decision of an NCR, with whether it is still valid: checked against the decision and
+    the NCR (lot, classification) as they are now, in the content version the signature was made in."""
     out: dict[str, dict[str, Any]] = {}
+    now: dict[str, Any] | None = None
     for d in ncr.decisions:
         for sig in await signatures_for(session, "ncr_decision", d.decision_id):
+            if now is None:
+                now = ncr_signed_fields(ncr.lot.number, await ncr_review.find_review(session, ncr))
             out[d.decision_id] = {"signer": sig.signer, "signer_name": sig.signer_name, "role": sig.role,
                                   "meaning": sig.meaning, "signed_at": sig.signed_at.isoformat(),
                                   "content_hash": sig.content_hash,
-                                  "valid": is_valid(sig, decision_content(ncr.number, d))}
+                                  "content_version": content_version(sig.content),
+                                  "valid": is_valid(sig, decision_content_now(ncr.number, d, sig.content, now))}
     return out
+
+
+_DISPOSED = {"scrap": "written off", "return_to_supplier": "returned to the supplier",
+             "use_as_is": "released under concession", "rework": "sent back for rework"}
+
+
+async def disposed_quantity(session: AsyncSession, ncr: Ncr) -> dict[str, Any] | None:
+    """The quantity the NCR's disposition was carried out on, from the event that recorded it (None until then).
+
+    A disposition applies to what is left of the whole lot (apply_disposition): the hub does not split a lot, so a
+    scrap writes off the remaining lot even when `quantity_affected` is smaller; the answer says so."""
+    if ncr.disposition not in _DISPOSED:
+        return None
+    doc = (await session.execute(
+        select(EpcisEvent.document).join(EpcisEventKey, EpcisEventKey.event_pk == EpcisEvent.id)
+        .where(EpcisEventKey.key == f"disposition:{ncr.number}"))).scalar()
+    quantities = (doc or {}).get("quantityList") or []
+    if not quantities:
+        return None
+    quantity = float(quantities[0]["quantity"])
+    rev = await ncr_review.find_review(session, ncr)
+    affected = rev.quantity_affected if rev else None
+    lot = ncr.lot
+    note = f"{quantity:g} {lot.uom} of lot {lot.number} {_DISPOSED[ncr.disposition]}: what was left of the whole lot"
+    if affected is not None and affected < quantity:
+        note += (f"; quantity_affected ({affected:g}) is what was found nonconforming, and a disposition applies to "
+                 "the lot, not a part of it")
+    return {"action": ncr.disposition, "lot": lot.number, "quantity": quantity, "uom": lot.uom,
+            "quantity_affected": affected, "note": note}
 
 
 async def record_notice(session: AsyncSession, *, ncr: str, notice: str, to_role: str | None = None) -> None:

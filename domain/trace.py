@@ -659,14 +659,19 @@ async def _sign_decisions(session: AsyncSession, nodes: list[dict[str, Any]]) ->
     ncrs = [x for n in nodes if n["node"] == "lot" and isinstance(n.get("ncrs"), list) for x in n["ncrs"]]
     if not ncrs:
         return
-    from domain.quality import decision_content  # domain.quality imports much of the domain: only when needed
+    # domain.quality imports much of the domain: only when needed
+    from domain.models_ncr import NcrReview
+    from domain.quality import decision_content_now, ncr_signed_fields
 
     d, s = NcrDecisionRecord, Signature
     rows = (await session.execute(
         select(Ncr.number.label("ncr"), d.decision_id, d.action, d.reviewer, d.role, d.reason, d.rework_operation,
                d.decided_at, s.id.label("sig_id"), s.signer, s.signer_name, s.role.label("sig_role"), s.meaning,
-               s.signed_at, s.content_hash, s.content)
+               s.signed_at, s.content_hash, s.content, Lot.number.label("lot"), NcrReview.severity,
+               NcrReview.defect_codes, NcrReview.quantity_affected, NcrReview.id.label("review_id"))
         .join(d, d.ncr_id == Ncr.id)
+        .join(Lot, Lot.id == Ncr.lot_id)
+        .outerjoin(NcrReview, NcrReview.ncr_id == Ncr.id)
         .outerjoin(s, (s.entity == "ncr_decision") & (s.entity_key == d.decision_id))
         .where(Ncr.number.in_({x["number"] for x in ncrs})).order_by(Ncr.id, d.id, s.id))).all()
     # per NCR, its decisions in the order the trace lists them (by id), each with its signatures
@@ -678,7 +683,9 @@ async def _sign_decisions(session: AsyncSession, nodes: list[dict[str, Any]]) ->
         if r.sig_id is not None:
             dec[1].append({"signer": r.signer, "signer_name": r.signer_name, "role": r.sig_role,
                            "meaning": r.meaning, "signed_at": _iso(r.signed_at),
-                           "valid": is_valid(r, decision_content(r.ncr, r))})
+                           # checked against the decision and its NCR now, in the form it was signed in
+                           "valid": is_valid(r, decision_content_now(
+                               r.ncr, r, r.content, ncr_signed_fields(r.lot, r if r.review_id is not None else None)))})
     for x in ncrs:
         decisions, known = x["decisions"], list(recorded.get(x["number"], {}).values())
         if len(known) != len(decisions):

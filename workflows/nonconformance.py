@@ -99,6 +99,9 @@ class NonconformanceWorkflow:
         self.escalated = False
         self.opened = False
         self.concession: dict[str, str] = {}  # role -> reviewer who signed use_as_is so far
+        # use_as_is signatures accepted but not yet in `concession` (their handler waits for its first await): the
+        # validator of a second update in the same activation sees them too
+        self.signing: list[tuple[str, str]] = []
         # review states (PATCH_REVIEW)
         self.v2 = False
         self.severity: Severity | None = None
@@ -307,8 +310,13 @@ class NonconformanceWorkflow:
     @workflow.update
     async def decide(self, d: NcrDecision) -> NcrStatus:
         """A reviewer's decision; the validator has already refused what is not allowed."""
+        signing = (d.role.value, d.reviewer)
+        if d.action == NcrAction.use_as_is:
+            self.signing.append(signing)  # before the first await: see _validate_decide
         # an update can arrive in the workflow's very first activation, before run() has its input
         await workflow.wait_condition(lambda: self.inp is not None)
+        if d.action == NcrAction.use_as_is:
+            self.signing.remove(signing)
         assert self.inp is not None
         d = d.model_copy(update={"decision_id": f"{self.inp.ncr}-D{len(self.decisions) + 1}"})
         # change state before awaiting, so a concurrent update is validated against the new state
@@ -367,11 +375,21 @@ class NonconformanceWorkflow:
             raise ApplicationError(
                 f"{ncr}: role {d.role.value} may not {d.action.value}; it needs one of: {roles}", type="Forbidden"
             )
-        if d.action == NcrAction.use_as_is and d.role.value in self.concession:
-            missing = sorted(CONCESSION_SIGNERS - set(self.concession))
-            raise ApplicationError(
-                f"{ncr}: use_as_is is already signed for {d.role.value} by {self.concession[d.role.value]}; "
-                f"it needs the signature of {', '.join(missing)}", type="Conflict")
+        if d.action == NcrAction.use_as_is:
+            signed = {**self.concession, **dict(self.signing)}  # role -> reviewer
+            missing = sorted(CONCESSION_SIGNERS - set(signed))
+            # the two-person rule: the board's two signatures come from two people, even when one login holds
+            # both MRB roles
+            first = next((role for role, who in signed.items() if who == d.reviewer), None)
+            if first is not None:
+                raise ApplicationError(
+                    f"{ncr}: {d.reviewer} already signed use_as_is as {first}; the concession still needs the "
+                    f"signature of {', '.join(missing)}, and a second person must give it (one person may not "
+                    "sign for both production and engineering)", type="Conflict")
+            if d.role.value in signed:
+                raise ApplicationError(
+                    f"{ncr}: use_as_is is already signed for {d.role.value} by {signed[d.role.value]}; "
+                    f"it needs the signature of {', '.join(missing)}", type="Conflict")
         if d.action == NcrAction.return_to_supplier and self.inp and self.inp.stage != "iqc":
             raise ApplicationError(f"{ncr}: return_to_supplier is only for received material (IQC NCRs)",
                                    type="Conflict")
@@ -389,7 +407,8 @@ class NonconformanceWorkflow:
             waiting = "QA supervisor: confirm into MRB or dismiss"
         elif self.state == NcrState.mrb and self.concession:
             missing = sorted(CONCESSION_SIGNERS - set(self.concession))
-            waiting = f"material review board: use_as_is needs the signature of {', '.join(missing)} too"
+            waiting = (f"material review board: use_as_is needs the signature of {', '.join(missing)} too, "
+                       f"from another person than {', '.join(sorted(set(self.concession.values())))}")
             roles = missing
         elif self.state == NcrState.mrb:
             waiting = "material review board: disposition (rework, scrap, use_as_is" + (

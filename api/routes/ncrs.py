@@ -128,7 +128,8 @@ def _read(n: Ncr, signatures: dict[str, dict[str, Any]] | None = None) -> dict[s
 async def _full(session: Any, ncr: Ncr) -> dict[str, Any]:
     rev = await ncr_review.find_review(session, ncr)
     return {**_read(ncr, await quality.decision_signatures(session, ncr)),
-            **await ncr_review.review_fields(session, ncr, rev)}
+            **await ncr_review.review_fields(session, ncr, rev),
+            "disposed": await quality.disposed_quantity(session, ncr)}
 
 
 @router.get("/api/ncrs", summary="List NCRs (overdue=true: past their due time and not closed)")
@@ -210,7 +211,7 @@ async def create_defect_code(body: DefectCodeCreate, session: SessionDep, princi
 
 @router.post("/api/ncrs/{number}/decisions", summary="A reviewer's decision, validated by the NCR's workflow")
 async def post_decision(number: str, body: NcrDecisionRequest, session: SessionDep, client: TemporalDep,
-                        principal: PrincipalDep) -> JSONResponse:
+                        principal: PrincipalDep, read: ReadSessionDep) -> JSONResponse:
     row = (await session.execute(select(Ncr).where(Ncr.number == number))).scalar()
     if row is None:
         raise NotFound(f"NCR {number!r} does not exist: list open NCRs at GET /api/ncrs?state=open",
@@ -249,5 +250,9 @@ async def post_decision(number: str, body: NcrDecisionRequest, session: SessionD
         if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION) or "completed" in exc.message:
             raise Conflict(f"NCR {number} is already decided and closed ({row.state}): no further decisions") from exc
         raise
-    return JSONResponse(st.model_dump(mode="json"), status_code=200)
+    out = st.model_dump(mode="json")
+    if st.disposition is not None and st.disposition.value in ncr_review.DISPOSITION_ACTIONS:
+        # what the disposition was carried out on (the workflow answers once it is, in the database)
+        out["disposed"] = await quality.disposed_quantity(read, await quality.get_ncr(read, number))
+    return JSONResponse(out, status_code=200)
 
