@@ -234,3 +234,42 @@ async def test_two_signatures_of_one_person_in_one_workflow_task_get_one(api: ht
         st = await handle.query(NonconformanceWorkflow.status)
         assert st.state == "mrb" and [d.action for d in st.decisions] == ["confirm", "use_as_is"], st
         await handle.terminate("test done")
+
+
+async def test_two_dispositions_in_one_workflow_task_get_one(api: httpx.AsyncClient, client, settings, sessionmaker,
+                                                             wo_number):
+    """Scrap and rework from two board members reach the NCR's workflow in the same activation: the second one's
+    validator sees the first decision's state, and refuses it (before, both were accepted and recorded)."""
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from activities.models import NcrAction, NcrDecision, NonconformanceInput, ReviewerRole
+    from worker import build_worker
+    from workflows.nonconformance import NonconformanceWorkflow
+
+    await final_ncr(api, wo_number)
+    queue, number = f"ncr-race2-{wo_number}", f"NCR-RACE2-{wo_number}"
+    quiet = settings.model_copy(update={"worker": settings.worker.model_copy(update={"max_cached_workflows": 0})})
+    async with build_worker(client, quiet, sessionmaker, task_queue=queue):
+        handle = await client.start_workflow(
+            NonconformanceWorkflow.run, NonconformanceInput(
+                ncr=number, work_order=wo_number, lot=f"{wo_number}-L1", inspection=f"{wo_number}-race2",
+                stage="final", description="bore oversize"),
+            id=f"ncr-race2-{wo_number}", task_queue=queue)
+        st = await handle.execute_update(NonconformanceWorkflow.decide, NcrDecision(
+            action=NcrAction.confirm, reviewer="t-qa_supervisor", role=ReviewerRole.qa_supervisor, reason="confirmed"))
+        assert st.state == "mrb"
+    decisions = [NcrDecision(action=NcrAction.scrap, reviewer="t-mrb-p", role=ReviewerRole.mrb_production,
+                             reason="cracked"),
+                 NcrDecision(action=NcrAction.rework, reviewer="t-mrb-e", role=ReviewerRole.mrb_engineering,
+                             reason="regrind", rework_operation=20)]
+    sent = [asyncio.create_task(handle.execute_update(NonconformanceWorkflow.decide, d)) for d in decisions]
+    await asyncio.sleep(1.5)  # both admitted by the server, waiting for a worker
+    assert not any(t.done() for t in sent)
+    async with build_worker(client, quiet, sessionmaker, task_queue=queue):
+        answers = await asyncio.wait_for(asyncio.gather(*sent, return_exceptions=True), 60)
+        refused = [a for a in answers if isinstance(a, WorkflowUpdateFailedError)]
+        assert len(refused) == 1, answers
+        assert "is not allowed" in str(refused[0].cause), refused[0].cause
+        st = await handle.query(NonconformanceWorkflow.status)
+        assert [d.action for d in st.decisions][0] == "confirm" and len(st.decisions) == 2, st.decisions
+        await handle.terminate("test done")

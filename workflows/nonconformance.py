@@ -313,8 +313,11 @@ class NonconformanceWorkflow:
         signing = (d.role.value, d.reviewer)
         if d.action == NcrAction.use_as_is:
             self.signing.append(signing)  # before the first await: see _validate_decide
-        # an update can arrive in the workflow's very first activation, before run() has its input
-        await workflow.wait_condition(lambda: self.inp is not None)
+        # an update can arrive in the workflow's very first activation, before run() has its input. Only then is
+        # there anything to wait for: awaiting a condition already true still yields, and an update arriving in the
+        # same activation would be validated against the state before this decision (two dispositions accepted)
+        if self.inp is None:
+            await workflow.wait_condition(lambda: self.inp is not None)
         if d.action == NcrAction.use_as_is:
             self.signing.remove(signing)
         assert self.inp is not None
