@@ -10,11 +10,23 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from activities.models_connectors import MaterialSpec, ProcessParameter
+from domain.gs1 import check_digit_problem
 
 _CODE = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"
+
+
+def _gtin_check_digit(value: str | None, info: ValidationInfo) -> str | None:
+    """A GTIN from the ERP with a wrong check digit is refused where it enters (the API's 422 names the field, the
+    ERP poll names the work order), before an item keeps it and its codes fail at issuance.
+
+    Only in python mode, which is how the API and the ERP poll validate. Temporal decodes a running workflow's
+    input and signals from JSON (`validate_json`): a work order accepted before this check must still replay."""
+    if value is not None and info.mode == "python" and (problem := check_digit_problem(value)):
+        raise ValueError(problem)
+    return value
 
 
 class Model(BaseModel):
@@ -102,6 +114,8 @@ class ReceivedLot(Model):
     gtin: str | None = Field(default=None, pattern=r"^\d{14}$",
                              description="the item's GTIN-14 as the supplier labels it, when the ERP knows it: a "
                                          "supplier's EPCIS events for this lot then join it by trade item")
+
+    _gtin = field_validator("gtin")(_gtin_check_digit)
 
 
 class PurchaseReceipt(Model):
@@ -197,6 +211,8 @@ class WorkOrderInput(Model):
     timing: Timing = Field(default_factory=Timing)
     material_specs: list[MaterialSpec] = Field(
         default_factory=list, description="materials whose supplier certificate is checked at intake")
+
+    _gtin = field_validator("gtin")(_gtin_check_digit)
 
     @field_validator("routing")
     @classmethod

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
@@ -71,8 +72,14 @@ async def _alert(session: AsyncSession, kind: str, code: str, pool: CodePool | N
 async def upload(session: AsyncSession, *, number: str, upload_id: str, used: list[dict[str, Any]],
                  resolver: str, actor: str = PLACEHOLDER_ACTOR) -> dict[str, Any]:
     """The codes a line used while offline, each with its time and lot. Idempotent on `upload_id`.
-    Flags duplicates, codes outside the pool and codes used after the pool was revoked."""
-    pool = await get_pool(session, number)
+    Flags duplicates, codes outside the pool and codes used after the pool was revoked.
+
+    Uploads to one pool are serialised by a lock on the pool's row (PostgreSQL; SQLite serialises every writer):
+    a second upload of the same code, or a resent upload id, sent while the first is still open waits for it and
+    then sees its codes, so it gets its duplicate alert (or `duplicate_upload`) rather than a unique-index error."""
+    pool = (await session.execute(select(CodePool).where(CodePool.number == number).with_for_update())).scalar()
+    if pool is None:
+        pool = await get_pool(session, number)  # raises NotFound
     prior = (await session.execute(select(PoolUpload).where(PoolUpload.upload_id == upload_id))).scalar()
     if prior is not None:
         alerts = (await session.execute(select(CodeAlert).where(CodeAlert.pool_id == pool.id))).scalars().all()
@@ -88,8 +95,11 @@ async def upload(session: AsyncSession, *, number: str, upload_id: str, used: li
     for i, u in enumerate(used):
         code, used_at, lot_no = u["code"], u["used_at"], u.get("lot")
         info = await lookup(session, code)
-        if info.status == "unknown" or info.view is None:
-            alerts.append(await _alert(session, "outside_pool", code, pool, reason="never issued",
+        if info.status == "ambiguous":  # a house code other items' blocks hold too: this pool's block is meant
+            info = next((c for c in info.candidates or [] if c.view and c.view.block.id == block.id), info)
+        if info.status in ("unknown", "ambiguous") or info.view is None:
+            why = info.reason if info.status == "ambiguous" else "never issued"
+            alerts.append(await _alert(session, "outside_pool", code, pool, reason=why,
                                        used_at=used_at.isoformat(), line=pool.line))
             continue
         if info.view.block.id != block.id:
@@ -109,25 +119,34 @@ async def upload(session: AsyncSession, *, number: str, upload_id: str, used: li
             if lot is None:
                 raise InvalidInput(f"used[{i}].lot {lot_no!r} does not exist: check the lot number",
                                    field=f"used[{i}].lot")
+            if lot.item_id != info.view.item.id:
+                raise InvalidInput(f"used[{i}].lot {lot_no!r} is a lot of item {lot.item.code!r}, not of item "
+                                   f"{info.view.item.code!r} whose codes pool {number} holds: give the lot the code "
+                                   "was printed for", field=f"used[{i}].lot")
             lots[lot_no] = lot
-        if info.used is not None:
-            first = info.used
-            first_lot = (await session.get(Lot, first.lot_id)).number if first.lot_id else None  # type: ignore
-            dup = await _alert(
-                session, "duplicate", info.value, pool, used_at=used_at.isoformat(), line=pool.line,
-                lot=lot_no, first_used_at=first.used_at.isoformat(), first_line=first.line, first_lot=first_lot)
-            # one code on two things: the lot that got the second copy is held under an NCR (the caller starts
-            # its review workflow; the number is kept here, in the upload's transaction)
-            if lot_no or first_lot:
-                dup.ncr = f"NCR-DUP-{dup.id}"
-                await session.flush()
-            alerts.append(dup)
-            continue
-        session.add(UsedCode(value=info.value, block_id=block.id, seq=info.seq, level=info.view.rule.level,
-                             state="commissioned", lot_id=lot.id if lot else None, pool_id=pool.id,
-                             line=pool.line, used_at=used_at))
-        await session.flush()
-        accepted.append(info.value)
+        first = info.used
+        if first is None:
+            # ON CONFLICT: a packer (or anything else) that marked the code used in a transaction still open when we
+            # looked is waited for; once it committed the code is a duplicate like any other, not an error
+            ins = (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)(UsedCode)
+            inserted = (await session.execute(ins.values(
+                value=info.value, block_id=block.id, seq=info.seq, level=info.view.rule.level, state="commissioned",
+                lot_id=lot.id if lot else None, pool_id=pool.id, line=pool.line, used_at=used_at,
+            ).on_conflict_do_nothing(index_elements=[UsedCode.value]).returning(UsedCode.id))).scalar()
+            if inserted is not None:
+                accepted.append(info.value)
+                continue
+            first = (await session.execute(select(UsedCode).where(UsedCode.value == info.value))).scalar_one()
+        first_lot = (await session.get(Lot, first.lot_id)).number if first.lot_id else None  # type: ignore
+        dup = await _alert(
+            session, "duplicate", info.value, pool, used_at=used_at.isoformat(), line=pool.line,
+            lot=lot_no, first_used_at=first.used_at.isoformat(), first_line=first.line, first_lot=first_lot)
+        # one code on two things: the lot that got the second copy is held under an NCR (the caller starts
+        # its review workflow; the number is kept here, in the upload's transaction)
+        if lot_no or first_lot:
+            dup.ncr = f"NCR-DUP-{dup.id}"
+            await session.flush()
+        alerts.append(dup)
     session.add(PoolUpload(upload_id=upload_id, pool_id=pool.id, count=len(accepted)))
     await session.flush()
     if accepted:

@@ -40,7 +40,8 @@ class _Part(BaseModel):
 
 class Literal_(_Part):
     kind: Literal["literal"]
-    text: str = Field(min_length=1, max_length=20)
+    # long enough for an item code (64) in a house code; a GS1 serial's parts are held to 20 characters in all
+    text: str = Field(min_length=1, max_length=80)
 
 
 class DatePart(_Part):
@@ -713,10 +714,75 @@ def namespace_of(spec: RuleSpec, *, item_code: str, level: str, gtin: str | None
     return f"house:{item_code}:{level}"
 
 
-def default_spec(level: str, gtin: str | None) -> RuleSpec:
-    """What the hub issues when an item has no rule: GTIN + 12-digit serial (units), else a house code."""
+# The default house rule before house codes were made unique across items: every item's codes were `U` + the
+# same 12-digit sequence, each item counting from 1, so two items printed the same texts. Rule versions of this
+# spec that the hub saved itself are replaced by the item's own default at the next issuance (codes.current_rule).
+LEGACY_HOUSE_DEFAULT = {"segments": [{"kind": "literal", "text": "U"},
+                                     {"kind": "sequence", "charset": "numeric", "width": 12, "order": "sequential",
+                                      "start": 1}]}
+
+
+def default_spec(level: str, gtin: str | None, item_code: str) -> RuleSpec:
+    """What the hub issues when an item has no rule: GTIN + 12-digit serial (units), else a house code
+    `<level letter>-<item code>-<12-digit sequence>`. The item code makes the text the item's own: two items'
+    default codes of one length have their item codes at the same place, so they never read the same."""
     if gtin and level == "unit":
         return RuleSpec(elements=[Element(ai="01", value=gtin), Element(
             ai="21", segments=[SequencePart(kind="sequence", width=12, start=1)])])
-    return RuleSpec(segments=[Literal_(kind="literal", text=level[0].upper()),
+    return RuleSpec(segments=[Literal_(kind="literal", text=f"{level[0].upper()}-{item_code}-"),
                               SequencePart(kind="sequence", width=12, start=1)])
+
+
+# --- house codes of different code spaces must never read the same ------------------------------------------
+# A house code has no GTIN or company prefix to keep it apart from other items' codes: only its text does. Two
+# house rules in different namespaces (items or levels) could print the same text unless some position can never
+# hold the same character in both. The test is conservative: it compares per-position character classes (literal
+# characters, digits, 0-9A-Z, anything for a line code) and treats a lot as any text of any length.
+
+_DIGITS = frozenset("0123456789")
+_ALNUM = frozenset(gs1.ALNUM36)
+_LOT = "lot"  # marks a part of any length
+CharClass = frozenset[str] | None  # None: any character
+
+
+def _house_shape(spec: RuleSpec) -> list[CharClass | str]:
+    out: list[CharClass | str] = []
+    for s in spec.segments or []:
+        if isinstance(s, Literal_ | PlantPart):
+            out += [frozenset(c) for c in (s.text if isinstance(s, Literal_) else s.code)]
+        elif isinstance(s, DatePart):
+            out += [_DIGITS] * DATE_FORMATS[s.format]
+        elif isinstance(s, LinePart):
+            out += [None] * s.width
+        elif isinstance(s, LotPart):
+            out.append(_LOT)
+        elif isinstance(s, SequencePart):
+            out += [_DIGITS if s.charset == "numeric" else _ALNUM] * s.width
+        elif isinstance(s, CheckPart):
+            out.append(_DIGITS if s.algorithm == "gs1_mod10" else _ALNUM)
+    return out
+
+
+def _meet(a: CharClass | str, b: CharClass | str) -> bool:
+    return a is None or b is None or bool(a & b)  # type: ignore[operator]
+
+
+def _all_meet(a: list[Any], b: list[Any]) -> bool:
+    return all(_meet(x, y) for x, y in zip(a, b, strict=True))
+
+
+def house_codes_could_meet(a: RuleSpec, b: RuleSpec) -> bool:
+    """Whether a code of house rule `a` could read the same as a code of house rule `b` (conservative)."""
+    sa, sb = _house_shape(a), _house_shape(b)
+    if _LOT not in sa and _LOT not in sb:
+        return len(sa) == len(sb) and _all_meet(sa, sb)
+    if _LOT in sa and _LOT not in sb:
+        sa, sb = sb, sa  # sa fixed, sb variable (or both variable)
+    head_b, tail_b = sb[:sb.index(_LOT)], sb[len(sb) - sb[::-1].index(_LOT):]
+    if _LOT not in sa:
+        if len(sa) < len(sb):  # every lot is at least one character
+            return False
+        return _all_meet(sa[:len(head_b)], head_b) and _all_meet(sa[len(sa) - len(tail_b):], tail_b)
+    head_a, tail_a = sa[:sa.index(_LOT)], sa[len(sa) - sa[::-1].index(_LOT):]
+    n, m = min(len(head_a), len(head_b)), min(len(tail_a), len(tail_b))
+    return _all_meet(head_a[:n], head_b[:n]) and _all_meet(tail_a[len(tail_a) - m:], tail_b[len(tail_b) - m:])

@@ -25,6 +25,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 from domain import gs1
 from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.code_rules import (
+    LEGACY_HOUSE_DEFAULT,
     LEVELS,
     BoundRule,
     CompiledRule,
@@ -32,6 +33,7 @@ from domain.code_rules import (
     Rendered,
     RuleSpec,
     default_spec,
+    house_codes_could_meet,
     namespace_of,
     parse_spec,
     validate_spec,
@@ -193,6 +195,10 @@ async def save_rule(session: AsyncSession, *, item: str, level: str, spec: dict[
             f"version {p.version} ({p.level}) of this code space has a {pwidth or 'variable'}-character serial "
             f"with another structure, so a new code could repeat an issued one: keep the structure of the "
             f"sequence part or change its total length", field="spec")
+    if ns.startswith("house:") and (clash := await house_clash(session, parsed, ns)) is not None:
+        raise Conflict(f"the codes of this rule could read the same as those of {clash}, and a code must name "
+                       f"one thing: give the rule a literal of its own (for instance the item code {it.code!r}) or "
+                       "another length", field="spec")
     prior = (await session.execute(select(CodeRule).where(CodeRule.item_id == it.id, CodeRule.level == level)
                                    .order_by(CodeRule.version.desc()).limit(1))).scalar()
     last = prior.version if prior is not None else None
@@ -205,6 +211,25 @@ async def save_rule(session: AsyncSession, *, item: str, level: str, spec: dict[
                 changes=diff(None if prior is None else {"version": prior.version, "spec": prior.spec},
                              {"version": rule.version, "spec": rule.spec}, version=rule.version, spec=rule.spec))
     return rule
+
+
+async def house_clash(session: AsyncSession, spec: RuleSpec, namespace: str) -> str | None:
+    """The first house rule version of another code space (another item, or another level) whose codes could read
+    the same as codes of `spec`, as "item 'X' (unit rule version 2)"; None if there is none. Every version counts:
+    the codes issued under old versions keep their meaning."""
+    rows = (await session.execute(
+        select(CodeRule, Item.code).join(Item, Item.id == CodeRule.item_id)
+        .where(CodeRule.namespace.like("house:%"), CodeRule.namespace != namespace)
+        .order_by(CodeRule.id))).all()
+    for rule, item_code in rows:
+        if house_codes_could_meet(spec, RuleSpec.model_validate(rule.spec)):
+            return f"item {item_code!r} ({rule.level} rule version {rule.version})"
+    return None
+
+
+def _legacy_house_default(rule: CodeRule) -> bool:
+    return (rule.level == "unit" and rule.namespace.startswith("house:") and rule.created_by == "system"
+            and RuleSpec.model_validate(rule.spec) == RuleSpec.model_validate(LEGACY_HOUSE_DEFAULT))
 
 
 async def _check_package_gtin(session: AsyncSession, it: Item, level: str, gtin: str) -> None:
@@ -226,12 +251,16 @@ async def _check_package_gtin(session: AsyncSession, it: Item, level: str, gtin:
 async def current_rule(session: AsyncSession, item: Item, level: str, *, create_default: bool = True) -> CodeRule:
     rule = (await session.execute(select(CodeRule).where(CodeRule.item_id == item.id, CodeRule.level == level)
                                   .order_by(CodeRule.version.desc()).limit(1))).scalar()
-    if rule is None:
+    legacy = rule is not None and create_default and _legacy_house_default(rule)
+    if rule is None or legacy:
         if not create_default or level != "unit":
             raise NotFound(f"item {item.code!r} has no {level} code rule: save one first "
                            f"(POST /api/codes/rules)", field="level")
-        rule = await save_rule(session, item=item.code, level=level,
-                               spec=default_spec(level, item.gtin).model_dump(exclude_none=True))
+        # no rule yet, or the hub's own house default from before house codes were unique across items: then the
+        # item's own house default (a new version in the same code space: blocks issued under the old version
+        # keep it, and the counter goes on), still a house code even if the item has a GTIN since
+        spec = default_spec(level, None if legacy else item.gtin, item.code)
+        rule = await save_rule(session, item=item.code, level=level, spec=spec.model_dump(exclude_none=True))
     return rule
 
 
@@ -291,7 +320,22 @@ async def issue_block(
         return existing
     if count < 1:
         raise InvalidInput(f"count must be at least 1, got {count}", field="count")
+    if lot is not None and lot.item_id != rule.item_id:
+        owner = await session.get(Item, rule.item_id)
+        raise InvalidInput(f"lot {lot.number!r} is a lot of item {lot.item.code!r}, not of item "
+                           f"{owner.code if owner else rule.item_id!r}: give a lot of the item the codes are for",
+                           field="lot")
     c = compiled(rule, gtin)
+    if line is not None:
+        for ai in ("21", "10"):
+            if any(getattr(t, "name", None) == "line" for t in c.fields.get(ai, ())) and \
+                    (p := gs1.cset82_problem(line)):
+                raise InvalidInput(f"line {line!r} cannot go into GS1 AI {ai} ({gs1.AIS[ai][0]}): {p}; give a line "
+                                   "code of letters, digits and - . / _", field="line")
+    if c.scheme == "house" and (clash := await house_clash(session, c.spec, rule.namespace)) is not None:
+        # a rule saved before house codes were checked across items: issuing would print another item's texts
+        raise Conflict(f"the codes of this rule (version {rule.version}) could read the same as those of {clash}: "
+                       "save a new version of the rule with a literal of its own before issuing", field="item")
     # bind once now: a block whose lot, line or dates the rule cannot carry is refused before it exists
     ctx = IssueContext(lot=lot.number if lot else None, line=line, production_date=production_date,
                        expiry_date=expiry_date, gtin=gtin)
@@ -436,7 +480,8 @@ async def issue_for_lot(
 
 @dataclass
 class CodeInfo:
-    """What the hub knows of a code: `status` is issued, voided, returned or unknown."""
+    """What the hub knows of a code: `status` is issued, voided, returned, unknown or ambiguous (house codes that
+    blocks of more than one item hold, printed before house codes were unique across items: `candidates`)."""
 
     value: str
     status: str
@@ -448,6 +493,7 @@ class CodeInfo:
     # read with the code's state when asked (`lookup(..., with_lot_facts=True)`), for `lot` if it is this lot:
     # (lot id, number of inspections, status of the last one, line of the lot's work order)
     lot_facts: tuple[int, int, str | None, str | None] | None = None
+    candidates: list[CodeInfo] | None = None
 
     @property
     def index(self) -> int | None:
@@ -460,6 +506,19 @@ def canonical(elements: dict[str, str]) -> str | None:
     if "01" in elements and "21" in elements:
         return f"/01/{elements['01']}/21/{elements['21']}"
     return None
+
+
+def _key_elements(code: str) -> dict[str, str]:
+    elements = gs1.parse_digital_link(code) if "/" in code else {}
+    if elements and "00" not in elements and "01" not in elements:
+        return {}  # no GS1 key: a house code (an item code in it may hold "/10/" and the like)
+    return elements
+
+
+def code_key(code: str) -> str:
+    """The text `lookup` and the used-code rows know a code by (a Digital Link URI as its canonical path)."""
+    elements = _key_elements(code)
+    return (canonical(elements) or code) if elements else code
 
 
 async def _block_of(session: AsyncSession, namespace: str, seq: int) -> SerialBlock | None:
@@ -497,7 +556,7 @@ async def lookup(session: AsyncSession, code: str, *, with_lot_facts: bool = Fal
     Rule versions and blocks come from the caches once read; what changes (used code, voided or returned
     ranges, the lot and its item) is read in one statement. `with_lot_facts` adds the lot's inspections and
     its work order's line to that statement (`CodeInfo.lot_facts`)."""
-    elements = gs1.parse_digital_link(code) if "/" in code else {}
+    elements = _key_elements(code)
     value = canonical(elements) if elements else code
     if value is None:
         return CodeInfo(code, "unknown", reason="not a unit, case or pallet code (needs 01+21 or 00)")
@@ -515,7 +574,7 @@ async def lookup(session: AsyncSession, code: str, *, with_lot_facts: bool = Fal
                             reason="not a valid SSCC (18 digits with a correct check digit)")
         key, target = "sscc:%", s
     else:
-        key, target = "house:%", code
+        return await _lookup_house(session, code, with_lot_facts)
     tried: set[int] = set()
     # a cached list may be stale: before saying "unknown", ask the database once more
     for fresh in (False, True) if key in _rules_of else (True,):
@@ -528,6 +587,26 @@ async def lookup(session: AsyncSession, code: str, *, with_lot_facts: bool = Fal
                 return info
     return CodeInfo(value, "unknown", used=await _used(session, value),
                     reason="no block of any rule version holds this code")
+
+
+async def _lookup_house(session: AsyncSession, code: str, with_lot_facts: bool) -> CodeInfo:
+    """A house code: every house rule version is asked (fresh: a version another process saved counts), since
+    the text alone says nothing of its item. Codes printed before house codes were unique across items may be
+    held by blocks of two items: then the answer is `ambiguous` with both, never a guess."""
+    found: list[CodeInfo] = []
+    for rule in await _candidate_rules(session, "house:%", fresh=True):
+        info = await _lookup_in(session, rule, code, code, with_lot_facts)
+        if info is not None and all(f.view.block.id != info.view.block.id for f in found):  # type: ignore[union-attr]
+            found.append(info)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        return CodeInfo(code, "unknown", used=await _used(session, code),
+                        reason="no block of any rule version holds this code")
+    names = ", ".join(f"item {f.view.item.code!r} (block {f.view.block.id})" for f in found)  # type: ignore[union-attr]
+    return CodeInfo(code, "ambiguous", used=found[0].used, candidates=found,
+                    reason=f"this house code was issued for more than one item: {names}; it cannot say which "
+                           "thing it is on, so relabel those things")
 
 
 async def _used(session: AsyncSession, value: str) -> UsedCode | None:
@@ -708,6 +787,8 @@ async def resolve(session: AsyncSession, code: str) -> tuple[Lot, str | None]:
         if lot is not None:
             return lot, None
     info = await lookup(session, code)
+    if info.status == "ambiguous":
+        raise Conflict(f"code {code!r}: {info.reason}", field="code")
     if info.status in ("issued", "voided") and info.lot is not None:
         return info.lot, code
     legacy = await _legacy_resolve(session, elements)

@@ -7,12 +7,12 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
 from domain.audit import audit, diff
-from domain.codes import CodeInfo, lookup
+from domain.codes import CodeInfo, code_key, lookup
 from domain.events import hub_uri, record_event
 from domain.models import EpcisEvent, Lot, LotStatus, Shipment, utcnow
 from domain.models_codes import Container, Containment, UsedCode
@@ -109,6 +109,19 @@ def _named(operator: str | None) -> dict[str, str]:
     return {"operator": operator} if operator else {}
 
 
+async def _lock_codes(session: AsyncSession, codes: list[str]) -> None:
+    """Serialise packers of the same codes until their transactions end: a second packer of a unit waits for the
+    first, then sees its containment and is refused ("unpack it first") instead of failing on the unique index.
+    PostgreSQL: transaction-scoped advisory locks, taken in one order so two packers never wait for each other.
+    SQLite needs none: every writing transaction begins IMMEDIATE, so writers run one at a time."""
+    if session.bind.dialect.name != "postgresql":
+        return
+    keys = sorted({int.from_bytes(hashlib.sha256(f"code:{code_key(c)}".encode()).digest()[:8], "big", signed=True)
+                   for c in codes})
+    for k in keys:
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": k})
+
+
 async def pack(session: AsyncSession, *, parent: str, children: list[str], actor: str, resolver: str,
                at: datetime | None = None, read_point: str | None = None,
                operator: str | None = None) -> dict[str, Any]:
@@ -118,6 +131,7 @@ async def pack(session: AsyncSession, *, parent: str, children: list[str], actor
     if not children:
         raise InvalidInput("give at least one child code to pack", field="children")
     at = at or utcnow()
+    await _lock_codes(session, [parent, *children])
     p = await _issued(session, parent, "parent")
     assert p.view is not None
     if p.view.rule.level == "unit":

@@ -202,6 +202,10 @@ async def lookup_code(code: str, session: SessionDep) -> dict[str, Any]:
                 "level": info.view.rule.level, "lot": info.lot.number if info.lot else None,
                 "state": info.used.state if info.used else "issued"}
         out["parent"] = await packing.parent_of(session, info.value)
+    if info.candidates:  # ambiguous: every block that holds the code, none chosen
+        out["candidates"] = [{"item": c.view.item.code, "level": c.view.rule.level, "rule_version": c.view.rule.version,
+                              "block": c.view.block.id, "index": c.index, "lot": c.lot.number if c.lot else None}
+                             for c in info.candidates if c.view is not None]
     return out
 
 

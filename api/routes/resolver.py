@@ -17,8 +17,9 @@ from sqlalchemy import select
 
 from api.deps import ReadSessionDep
 from domain import gs1
-from domain.code_scans import ScanResult, scan, scan_cached
-from domain.models import Inspection, Item, Lot
+from domain.code_scans import COARSE_DEGREES, ScanResult, scan, scan_cached
+from domain.models import Inspection, Item, Lot, utcnow
+from domain.models_codes import CodeAlert, CodeScan
 
 router = APIRouter(tags=["resolver"])
 log = logging.getLogger(__name__)
@@ -167,17 +168,36 @@ async def resolve_sscc(sscc: str, request: Request, session: ReadSessionDep) -> 
     return await _scan(request, session, {"00": sscc})
 
 
+def _record_lot_scan(request: Request, elements: dict[str, str], res: ScanResult) -> None:
+    """A lot scan goes on record as unit and SSCC scans do (`domain.code_scans.scan`): a CodeScan row, and for a lot
+    never made under the GTIN a `scan_unknown` alert. No travel check: one lot code is on many things at once."""
+    recorder = request.app.state.scan_recorder
+    lat, lon = _coarse(request)
+    if lat is not None and lon is not None:
+        lat, lon = round(lat, COARSE_DEGREES), round(lon, COARSE_DEGREES)
+    code, at = "/" + "/".join(f"{k}/{v}" for k, v in elements.items()), utcnow()
+    if res.status != "genuine":
+        recorder.add(CodeAlert, {"kind": f"scan_{res.status}", "code": code, "details": {"reason": res.reason},
+                                 "pool_id": None, "created_at": at})
+    recorder.add(CodeScan, {"code": code, "scanned_at": at, "lat": lat, "lon": lon, "outcome": res.status,
+                            "suspicious": res.suspicious, "reason": res.reason})
+
+
 @router.get("/01/{gtin}/10/{lot}", summary="Resolve a lot (GTIN and batch)")
 async def resolve_lot(gtin: str, lot: str, request: Request, session: ReadSessionDep) -> Response:
+    elements = {"01": gtin, "10": lot}
     row = (await session.execute(select(Lot).join(Item, Item.id == Lot.item_id).where(
         Lot.number == lot, Item.gtin == gtin))).scalar() if not gs1.check_digit_problem(gtin) else None
     if row is None:
-        return _respond(request, {"01": gtin, "10": lot},
-                        ScanResult("unknown", True, "this lot was never made under this GTIN", {}))
+        res = ScanResult("unknown", True, "this lot was never made under this GTIN", {})
+        _record_lot_scan(request, elements, res)
+        return _respond(request, elements, res)
     statuses = (await session.execute(select(Inspection.status).where(Inspection.lot_id == row.id)
                                       .order_by(Inspection.id))).scalars().all()
     facts = {"product": row.item.name or row.item.code, "item": row.item.code, "gtin": gtin, "lot": row.number,
              "level": "lot", "production_date": row.created_at.date().isoformat(), "made_at": row.location,
              "inspections": {"count": len(statuses), "passed": bool(statuses) and statuses[-1] == "passed"
                              and row.status in ("released", "shipped", "consumed")}}
-    return _respond(request, {"01": gtin, "10": lot}, ScanResult("genuine", False, None, facts))
+    res = ScanResult("genuine", False, None, facts)
+    _record_lot_scan(request, elements, res)
+    return _respond(request, elements, res)
