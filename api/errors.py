@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -18,6 +20,8 @@ from connectors.errors import (
     ProtocolError,
 )
 from core.errors import Conflict, Forbidden, HubError, InvalidInput, NotFound, Unauthorized
+
+log = logging.getLogger(__name__)
 
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Unauthorized: 401, Forbidden: 403}
 # ApplicationError types raised by workflow update validators
@@ -63,6 +67,12 @@ def field_of(request: Request, message: str) -> str | None:
     return None
 
 
+def _constraint(exc: IntegrityError) -> str | None:
+    """The name of the constraint that refused the write, when the driver says (PostgreSQL does)."""
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "constraint_name", None) if diag is not None else None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(HubError)
     async def _hub_error(request: Request, exc: HubError) -> JSONResponse:
@@ -100,6 +110,26 @@ def install(app: FastAPI) -> None:
         errors = [{"field": _loc(e["loc"]), "problem": _problem(e)} for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['problem']}" for e in errors)
         return JSONResponse({"error": "InvalidInput", "detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
+        # the domain checks before it writes; a constraint still refusing means another request wrote the same
+        # record between the check and the write (a race), and this one's transaction was rolled back
+        log.warning("%s %s: refused by a database constraint (%s)", request.method, request.url.path,
+                    _constraint(exc) or type(exc.orig).__name__)
+        which = _constraint(exc)
+        return JSONResponse({"error": "Conflict", "detail": (
+            "another request wrote the same record at the same moment"
+            + (f" (constraint {which})" if which else "")
+            + "; nothing of this request was stored: send it again, and it is checked against what is there now")},
+            status_code=409)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("%s %s: database not reachable: %s", request.method, request.url.path, exc.orig)
+        return JSONResponse({"error": "DatabaseUnavailable",
+                             "detail": "the database is not reachable; nothing was changed: send the request again "
+                                       "shortly"}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RPCError)
     async def _rpc(_: Request, exc: RPCError) -> JSONResponse:
