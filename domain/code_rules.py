@@ -569,8 +569,10 @@ def _segment_problems(segs: list[Any], where: str, *, allowed: str) -> list[str]
             body_alnum &= all(c in gs1.ALNUM36 for c in text)
         elif isinstance(s, SequencePart):
             body_numeric &= s.charset == "numeric"
-            if s.order == "sequential" and s.start >= s.width and s.start >= 10 ** s.width:
-                problems.append(f"{name}: start {s.start} does not fit in {s.width} characters")
+            radix = 10 if s.charset == "numeric" else 36
+            if s.order == "sequential" and s.start >= radix ** s.width:
+                problems.append(f"{name}: start {s.start} does not fit in {s.width} {s.charset} characters "
+                                f"(at most {radix ** s.width - 1})")
         elif isinstance(s, LotPart | LinePart):
             body_numeric = body_alnum = False
         elif isinstance(s, CheckPart):

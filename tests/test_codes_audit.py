@@ -415,3 +415,22 @@ async def test_a_pool_code_packed_while_its_upload_runs_becomes_a_duplicate_not_
     r = await task
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == 0 and [a["kind"] for a in r.json()["alerts"]] == ["duplicate"]
+
+
+def test_a_sequence_start_fits_in_its_own_characters():
+    """An alphanumeric sequence holds 36^width values: its start was checked against 10^width (and a start below
+    the width was never checked at all)."""
+    from core.errors import InvalidInput
+    from domain import code_rules
+
+    def spec(charset: str, start: int) -> code_rules.RuleSpec:
+        return code_rules.parse_spec({"segments": [{"kind": "literal", "text": "Q"}, {
+            "kind": "sequence", "width": 3, "charset": charset, "start": start}]})
+
+    code_rules.validate_spec(spec("alphanumeric", 1000), level="unit", gtin=None)  # "0RS": fits in 3 of 0-9A-Z
+    code_rules.validate_spec(spec("alphanumeric", 36 ** 3 - 1), level="unit", gtin=None)
+    code_rules.validate_spec(spec("numeric", 999), level="unit", gtin=None)
+    for charset, start in (("alphanumeric", 36 ** 3), ("numeric", 1000)):
+        with pytest.raises(InvalidInput) as e:
+            code_rules.validate_spec(spec(charset, start), level="unit", gtin=None)
+        assert f"start {start} does not fit in 3 {charset} characters" in str(e.value)
