@@ -122,6 +122,11 @@ async def _lock_codes(session: AsyncSession, codes: list[str]) -> None:
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": k})
 
 
+# lots whose units may not be packed, and why (in words for the refusal)
+_NOT_PACKABLE = {LotStatus.on_hold: "on hold (an NCR is open)", LotStatus.rejected: "rejected",
+                 LotStatus.quarantine: "in quarantine (not released)"}
+
+
 async def pack(session: AsyncSession, *, parent: str, children: list[str], actor: str, resolver: str,
                at: datetime | None = None, read_point: str | None = None,
                operator: str | None = None) -> dict[str, Any]:
@@ -158,17 +163,25 @@ async def pack(session: AsyncSession, *, parent: str, children: list[str], actor
                                "units go into cases, cases onto pallets", field="children")
         if c.view.rule.level == "unit":
             lot = c.lot
-            if lot is not None and lot.status in (LotStatus.on_hold, LotStatus.rejected, LotStatus.quarantine):
-                why = {"on_hold": "on hold (an NCR is open)", "rejected": "rejected",
-                       "quarantine": "in quarantine (not released)"}[lot.status]
-                raise Conflict(f"unit {c.value} is of lot {lot.number}, which is {why}: it may not be packed "
-                               "until the lot is released", field="children")
+            if lot is not None and lot.status in _NOT_PACKABLE:
+                raise Conflict(f"unit {c.value} is of lot {lot.number}, which is {_NOT_PACKABLE[lot.status]}: it "
+                               "may not be packed until the lot is released", field="children")
         else:
             child_container = await _container(session, c)
             if child_container.status == "shipped":
                 raise Conflict(f"{c.view.rule.level} {c.value} has shipped: it cannot be packed again",
                                field="children")
             await _refuse_held(session, child_container, "packed", "children")
+            # a case whose units' lot went on hold (or was rejected) after it was packed stays where it is
+            held = (await session.execute(
+                select(Lot.number, Lot.status, UsedCode.value)
+                .join(UsedCode, (UsedCode.lot_id == Lot.id) & (UsedCode.level == "unit"))
+                .join(Containment, (Containment.child == UsedCode.value) & Containment.unpacked_at.is_(None))
+                .where(Containment.parent == c.value, Lot.status.in_(list(_NOT_PACKABLE))).limit(1))).first()
+            if held is not None:
+                raise Conflict(f"{c.view.rule.level} {c.value} holds unit {held[2]} of lot {held[0]}, which is "
+                               f"{_NOT_PACKABLE[held[1]]}: it may not be packed onto a pallet until the lot is "
+                               "released (or the unit is unpacked)", field="children")
         open_row = (await session.execute(select(Containment).where(
             Containment.child == c.value, Containment.unpacked_at.is_(None)))).scalar()
         if open_row is not None:

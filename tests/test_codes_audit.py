@@ -434,3 +434,32 @@ def test_a_sequence_start_fits_in_its_own_characters():
         with pytest.raises(InvalidInput) as e:
             code_rules.validate_spec(spec(charset, start), level="unit", gtin=None)
         assert f"start {start} does not fit in 3 {charset} characters" in str(e.value)
+
+
+async def test_a_case_holding_units_of_a_lot_now_on_hold_is_not_packed_onto_a_pallet(codes_api, sessionmaker):
+    """Units checked when they went into the case; their lot went on hold afterwards: the case stays off pallets
+    until the lot is released (or the units are unpacked)."""
+    item, _ = await make_item(sessionmaker)
+    lot = await make_lot(sessionmaker, item)
+    for level, ext in (("case", "5"), ("pallet", "6")):
+        assert (await codes_api.post("/api/codes/rules", json={"item": item, "level": level, "spec": {
+            "elements": [{"ai": "00", "extension": ext, "company_prefix": "4012345"}]}})).status_code == 201
+    units = (await codes_api.post("/api/codes/blocks", json={"key": f"{item}-u", "item": item, "count": 2,
+                                                             "lot": lot})).json()
+    case = (await codes_api.post("/api/codes/blocks", json={"key": f"{item}-c", "item": item, "level": "case",
+                                                            "count": 1})).json()
+    pallet = (await codes_api.post("/api/codes/blocks", json={"key": f"{item}-p", "item": item, "level": "pallet",
+                                                              "count": 1})).json()
+    u0 = (await code_of(codes_api, units, 0))["code"]
+    c0, p0 = (await code_of(codes_api, case, 0))["code"], (await code_of(codes_api, pallet, 0))["code"]
+    assert (await codes_api.post("/api/codes/pack", json={"parent": c0, "children": [u0], "actor": "p"})).status_code \
+        == 200
+    async with sessionmaker() as s, s.begin():
+        (await s.execute(select(Lot).where(Lot.number == lot))).scalar_one().status = LotStatus.on_hold
+    r = await codes_api.post("/api/codes/pack", json={"parent": p0, "children": [c0], "actor": "fork"})
+    assert r.status_code == 409 and f"lot {lot}" in r.json()["detail"] and "on hold" in r.json()["detail"], r.text
+    assert r.json()["field"] == "children"
+    async with sessionmaker() as s, s.begin():
+        (await s.execute(select(Lot).where(Lot.number == lot))).scalar_one().status = LotStatus.released
+    r = await codes_api.post("/api/codes/pack", json={"parent": p0, "children": [c0], "actor": "fork"})
+    assert r.status_code == 200, r.text
