@@ -482,6 +482,9 @@ class CompleteWorkOrderInput(Model):
     status: str
     good_quantity: int
     scrap_quantity: int
+    # what the ERP was told, or why not, by document (the completion's audit entry keeps it); empty before
+    # wo-erp-reject-wait-v1
+    erp: dict[str, str] = Field(default_factory=dict)
 
 
 class StageInput(Model):

@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput, NotFound
-from domain import production, quality_plans, sampling
+from domain import holds, production, quality_plans, sampling
 from domain.audit import audit, diff
 from domain.models import Inspection, Lot, LotEdge, Ncr
 from domain.models_inspection import InspectionAttachment, InspectionSampling, WorkOrderInspection
@@ -300,6 +300,9 @@ async def shipment_problems(session: AsyncSession, *, work_order: str, lot: str)
     for n in open_ncrs:
         where = "the lot" if n.lot_id == lot_row.id else f"consumed lot {names[n.lot_id]}"
         problems.append(f"NCR {n.number} is open ({n.state}) on {where}")
+    # a recall's hold ends only by a reviewer's decision on the recall (ship_lot refuses the lot until then)
+    for r in await holds.recall_holds(session, lot_row.id):
+        problems.append(f"recall {r} holds the lot: a reviewer's release decision on the recall lets it ship")
     return problems
 
 

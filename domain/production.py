@@ -81,6 +81,44 @@ async def get_work_order(session: AsyncSession, number: str) -> WorkOrder:
     return wo
 
 
+async def check_release(
+    session: AsyncSession, *, number: str, item: str, gtin: str | None, output_lot: str,
+    receipts: list[Any] = (),
+) -> None:
+    """What create_work_order and the intake would refuse, checked before the work order's workflow starts, so a
+    refused release starts nothing and stores nothing (a corrected resend is then a release, not a duplicate).
+    Conflict naming the event's field (`work_order.<field>`); read-only."""
+    wo = await find_work_order(session, number)
+    it = (await session.execute(select(Item).where(Item.code == item))).scalar()
+    if gtin and (it is None or not it.gtin):
+        try:
+            await _refuse_gtin_of_another_item(session, gtin, item)
+        except Conflict as exc:
+            raise Conflict(f"work_order.gtin: {exc.message}", field="work_order.gtin") from None
+    lot = (await session.execute(select(Lot).where(Lot.number == output_lot))).scalar()
+    if lot is not None and (wo is None or lot.work_order_id != wo.id or lot.kind != "output"):
+        owner = (await session.execute(select(WorkOrder.number).where(WorkOrder.id == lot.work_order_id))).scalar() \
+            if lot.work_order_id is not None else None
+        what = f"the output lot of work order {owner}" if owner and lot.kind == "output" else \
+            f"a {lot.kind} lot" + (f" of work order {owner}" if owner else "")
+        raise Conflict(f"work_order.output_lot: lot {output_lot!r} already exists as {what}: give this work order "
+                       "its own output lot number (output_lot)", field="work_order.output_lot")
+    for i, r in enumerate(receipts):
+        for j, line in enumerate(r.lots):
+            field = f"work_order.receipts[{i}].lots[{j}]"
+            got = (await session.execute(select(Lot).where(Lot.number == line.lot))).scalar()
+            if got is not None and got.receipt != r.receipt:
+                raise Conflict(f"{field}.lot: lot {line.lot!r} was already received"
+                               + (f" on receipt {got.receipt!r}" if got.receipt else f" as a {got.kind} lot")
+                               + ": give this receipt line its own lot number", field=f"{field}.lot")
+            mat = (await session.execute(select(Item).where(Item.code == line.item))).scalar()
+            if line.gtin and (mat is None or not mat.gtin):
+                try:
+                    await _refuse_gtin_of_another_item(session, line.gtin, line.item)
+                except Conflict as exc:
+                    raise Conflict(f"{field}.gtin: {exc.message}", field=f"{field}.gtin") from None
+
+
 async def create_work_order(
     session: AsyncSession,
     *,
@@ -351,8 +389,10 @@ async def record_operation(
 
 
 async def complete_work_order(
-    session: AsyncSession, number: str, *, status: str, good_quantity: int, scrap_quantity: int
+    session: AsyncSession, number: str, *, status: str, good_quantity: int, scrap_quantity: int,
+    erp: dict[str, str] | None = None,
 ) -> WorkOrder:
+    """`erp`: what the ERP was told, or why not, by document (kept in the completion's audit entry)."""
     wo = await get_work_order(session, number)
     if wo.completed_at is None:
         before = {"status": wo.status, "stage": wo.stage, "good": wo.good_quantity, "scrap": wo.scrap_quantity}
@@ -364,6 +404,14 @@ async def complete_work_order(
         await session.flush()
         await audit(session, actor="workflow", action="work_order.completed", entity="work_order", key=number,
                     changes={"status": status, "good": good_quantity, "scrap": scrap_quantity,
+                             **({"erp": dict(erp)} if erp else {}),
                              **diff(before, {"status": status, "stage": "done", "good": good_quantity,
                                              "scrap": scrap_quantity})})
     return wo
+
+
+async def record_retry(session: AsyncSession, number: str, *, actor: str, retried: list[str],
+                       reason: str | None) -> None:
+    """Audit an admin's retry of what a work order waited on after a refusal."""
+    await audit(session, actor=actor, action="work_order.retry", entity="work_order", key=number,
+                changes={"retried": list(retried), **({"reason": reason} if reason else {})})

@@ -26,11 +26,11 @@ async def ship_lot(
     # locked (PostgreSQL): a recall holding it meanwhile waits for this shipment, or this shipment sees its hold
     # (a recall's scope and holds are other transactions)
     lot_row = await get_lot(session, lot, lock=True)
-    await check_shipment(session, work_order=work_order, lot=lot)  # outgoing inspection, open NCRs
     # a recall's hold ends only by a reviewer's decision on it: whatever the lot's status says, it does not ship
     if recalls := await holds.recall_holds(session, lot_row.id):
         raise Conflict(f"lot {lot!r} is held by recall {', '.join(recalls)} and cannot ship: a reviewer's release "
                        "decision on the recall lets it go", field="lot")
+    await check_shipment(session, work_order=work_order, lot=lot)  # outgoing inspection, open NCRs
     if lot_row.status != "released":
         open_ncrs = (
             await session.execute(select(Ncr.number).where(Ncr.lot_id == lot_row.id, Ncr.closed_at.is_(None)))

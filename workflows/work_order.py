@@ -63,7 +63,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.issue_codes import IssueCodesWorkflow
     from workflows.nonconformance import NonconformanceWorkflow
     from workflows.policies import DB_RETRY, DB_TIMEOUT, ERP_RETRY, ERP_TIMEOUT
-    from workflows.work_order_models import PendingInspection, WorkOrderResult, WorkOrderStatus
+    from workflows.work_order_models import PendingInspection, RetryRequest, WorkOrderResult, WorkOrderStatus
 
 # Changes of the command sequence since the recorded histories (tests/histories): each is taken only by
 # work orders whose input names endpoints for it, so every other work order runs exactly as before.
@@ -81,6 +81,18 @@ PATCH_GATE_SIGNAL = "gate-signal-v1"
 # the final inspection is opened from the item's versioned plan at `final` when it has one (its limits, sample
 # sizes and severities, and the version kept with the result); the work order's own final_plan otherwise
 PATCH_FINAL_PLAN = "final-plan-v1"
+# a refusal never fails the work order: a release refused by start_work_order (a GTIN of another item, an output lot
+# of another work order, found only after the API's checks) waits for a corrected work_order.released or an admin
+# retry; a document the ERP refuses (Manufacture entry, Delivery Note) waits for an admin retry; a shipment refused
+# (a recall holds the lot) waits, checked again every timing.shipment_gate_recheck or on an admin retry
+PATCH_RELEASE_WAIT = "wo-release-refusal-wait-v1"
+PATCH_ERP_REJECT_WAIT = "wo-erp-reject-wait-v1"
+PATCH_SHIP_WAIT = "wo-ship-recall-gate-v1"
+# a scrapped order (no good unit) sends no Manufacture entry of quantity 0 (ERPNext refuses it: "Qty is mandatory")
+PATCH_NO_ZERO_MFG = "wo-no-zero-manufacture-v1"
+# an operation report or purchase receipt whose recording was refused is no longer "seen": a corrected resend with
+# the same id is recorded
+PATCH_REFUSED_ID = "wo-refused-id-resend-v1"
 
 
 @workflow.defn
@@ -122,13 +134,35 @@ class WorkOrderWorkflow:
         self.progress: dict[int, int] = {}
         self.gate: list[str] = []
         self.gate_signals = 0  # recheck_shipment_gate signals received (PATCH_GATE_SIGNAL)
+        # refusals waiting for a fix (key -> what was refused and why), admin retries, a corrected release
+        self.needs_retry: dict[str, str] = {}
+        self.retry_requests = 0
+        self.corrected_order: WorkOrderInput | None = None
+        self.erp_documents: dict[str, str] = {}
 
     # --- entry --------------------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, order: WorkOrderInput) -> WorkOrderResult:
         self.order = order
-        await self._db("start_work_order", StartWorkOrderInput(order=order, workflow_id=workflow.info().workflow_id))
+        while True:
+            try:
+                await self._db("start_work_order",
+                               StartWorkOrderInput(order=order, workflow_id=workflow.info().workflow_id))
+                break
+            except ActivityError as err:
+                if not workflow.patched(PATCH_RELEASE_WAIT):
+                    raise
+                field = _field(err) or "number"
+                field = field if field.startswith("work_order.") else f"work_order.{field}"
+                problem = await self._wait_for_retry(
+                    "release", f"release of work order {order.number} refused ({field}): {_message(err)}",
+                    f"send work_order.released for {order.number} again with {field} corrected (or fix the record it "
+                    "conflicts with)", corrected=True)
+                if self.corrected_order is not None:
+                    order = self.order = self.corrected_order
+                    self.corrected_order = None
+                self._clear_error(problem)
         if workflow.patched(PATCH_TRIGGERS):
             triggers = await self._db("inspection_triggers", InspectionTriggersInput(
                 work_order=order.number, item=order.item, routing=order.routing), result_type=InspectionTriggers)
@@ -197,14 +231,24 @@ class WorkOrderWorkflow:
                                         "uom": c["uom"], "s_warehouse": "Stores", "is_finished_item": 0}
                                        for c in consumed]}),
                         "ERP: material consumption of the work order")
+                    self.erp_documents[f"{order.number}-CONS"] = "sent"
                 except ActivityError as err:
                     self.last_error = f"ERP refused the material consumption {order.number}-CONS: {_message(err)}"
-        await self._erp(ErpNotice(
-            doctype="Stock Entry", name=f"{order.number}-MFG",
-            doc={"stock_entry_type": "Manufacture", "work_order": order.number,
-                 "items": [{"item_code": order.item, "batch_no": order.lot_number, "qty": self.good,
-                            "is_finished_item": 1}],
-                 "scrap_qty": self.scrap}), "ERP: completion of the work order")
+                    self.erp_documents[f"{order.number}-CONS"] = f"refused: {_message(err)}"
+        mfg = f"{order.number}-MFG"
+        if self.good <= 0 and workflow.patched(PATCH_NO_ZERO_MFG):
+            # nothing good was made: a Manufacture entry needs a finished quantity above 0 (ERPNext refuses qty 0)
+            self.erp_documents[mfg] = (
+                f"not sent: no good unit was made (good 0, scrap {self.scrap}), and a Manufacture entry of quantity 0 "
+                "is refused by the ERP; the material consumed went as its own entry, and what an NCR scrapped is "
+                "written off by the NCR's scrap entry")
+        else:
+            await self._erp_until_sent(ErpNotice(
+                doctype="Stock Entry", name=mfg,
+                doc={"stock_entry_type": "Manufacture", "work_order": order.number,
+                     "items": [{"item_code": order.item, "batch_no": order.lot_number, "qty": self.good,
+                                "is_finished_item": 1}],
+                     "scrap_qty": self.scrap}), "ERP: completion of the work order")
 
         if not scrapped and self.good > 0:
             # 5. codes for the lot and each unit
@@ -230,7 +274,8 @@ class WorkOrderWorkflow:
 
         status = "completed" if self.good >= order.quantity else "completed_short"
         await self._db("complete_work_order", CompleteWorkOrderInput(
-            work_order=order.number, status=status, good_quantity=self.good, scrap_quantity=self.scrap))
+            work_order=order.number, status=status, good_quantity=self.good, scrap_quantity=self.scrap,
+            erp=dict(self.erp_documents)))
         self.stage = "done"
         self.result = status
         intake.cancel()
@@ -251,15 +296,30 @@ class WorkOrderWorkflow:
         await workflow.wait_condition(lambda: self.ship_request is not None)
         req = self.ship_request
         assert req is not None
-        if self.triggers is not None:
-            await self._shipment_gate(req)
-        self.activity_wait = "database: recording the shipment"
-        shipped_qty = await workflow.execute_activity(
-            "ship", ShipInput(work_order=order.number, lot=order.lot_number, request=req),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=float,
-        )
+        while True:
+            if self.triggers is not None:
+                await self._shipment_gate(req)
+            self.activity_wait = "database: recording the shipment"
+            try:
+                shipped_qty = await workflow.execute_activity(
+                    "ship", ShipInput(work_order=order.number, lot=order.lot_number, request=req),
+                    start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=float,
+                )
+                break
+            except ActivityError as err:
+                if not workflow.patched(PATCH_SHIP_WAIT):
+                    raise
+                self.activity_wait = None
+                # checked again (the gate first) every shipment_gate_recheck, or at once on an admin retry
+                recheck = order.timing.shipment_gate_recheck
+                await self._wait_for_retry(
+                    "shipment", f"shipment {req.shipment} of lot {order.lot_number} refused: {_message(err)}",
+                    f"it is tried again every {recheck.total_seconds():g} s once what holds the lot lets it go",
+                    timeout=recheck)
+        if self.last_error is not None and self.last_error.startswith(f"shipment {req.shipment} of lot"):
+            self.last_error = None
         self.shipment = req.shipment
-        await self._erp(ErpNotice(
+        await self._erp_until_sent(ErpNotice(
             doctype="Delivery Note", name=req.shipment,
             doc={"customer": req.customer, "against_sales_order": req.sales_order, "work_order": order.number,
                  "carrier": req.carrier, "tracking_number": req.tracking_number,
@@ -442,6 +502,29 @@ class WorkOrderWorkflow:
         if self.ship_request is None:
             self.ship_request = req
 
+    @workflow.signal
+    def correct_release(self, order: WorkOrderInput) -> None:
+        """A corrected work_order.released for this number, while its release waits after a refusal (the API
+        delivers it only then); ignored otherwise."""
+        assert self.order is not None
+        if "release" in self.needs_retry and order.number == self.order.number:
+            self.corrected_order = order
+
+    @workflow.update
+    def retry(self, req: RetryRequest) -> list[str]:
+        """An admin retries what the work order waits on after a refusal, once its cause is fixed; returns what
+        is retried."""
+        self.retry_requests += 1
+        return list(self.needs_retry.values())
+
+    @retry.validator
+    def _retry_allowed(self, req: RetryRequest) -> None:
+        assert self.order is not None
+        if not self.needs_retry:
+            raise ApplicationError(
+                f"work order {self.order.number} waits on no refusal (stage {self.stage}): there is nothing to retry",
+                {"field": "number"}, type="Conflict")
+
     @workflow.query
     def status(self) -> WorkOrderStatus:
         assert self.order is not None
@@ -455,6 +538,8 @@ class WorkOrderWorkflow:
             certificates=dict(self.certificates), process_values=dict(self.process_values),
             deviations=list(self.deviations), equipment_states=dict(self.equipment),
             inspection_triggers=self.triggers, shipment_gate=list(self.gate),
+            needs_retry=list(self.needs_retry.values()),
+            release_refused=self.needs_retry.get("release"), erp_documents=dict(self.erp_documents),
         )
 
     def _waiting_for(self) -> list[str]:
@@ -462,6 +547,8 @@ class WorkOrderWorkflow:
         if self.activity_wait:
             w.append(self.activity_wait)
         w.extend(self.waits.values())
+        if "release" in self.needs_retry:  # nothing else is waited for before the release is recorded
+            return w
         if self.stage == "material_intake" and not self.material and not self.receipts:
             w.append("ERP: purchase receipt of material for this work order")
         elif self.stage == "material_intake" and self.material and "released" not in self.material.values() \
@@ -497,6 +584,50 @@ class WorkOrderWorkflow:
             activity, arg, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY, result_type=result_type
         )
 
+    async def _wait_for_retry(self, key: str, problem: str, todo: str, *, timeout: timedelta | None = None,
+                              corrected: bool = False) -> str:
+        """A refusal: the status names it (last_error, waiting_for, needs_retry) and the work order waits for an
+        admin retry (the `retry` update), a corrected release (`corrected`), or `timeout`. Returns the problem."""
+        assert self.order is not None
+        self.last_error = problem
+        self.needs_retry[key] = problem
+        self.waits[key] = (f"admin: {problem}. To do: {todo}; then retry it "
+                           f"(POST /api/work-orders/{self.order.number}/retry)")
+        seen = self.retry_requests
+        try:
+            await workflow.wait_condition(
+                lambda: self.retry_requests != seen or (corrected and self.corrected_order is not None),
+                timeout=timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self.waits.pop(key, None)
+            self.needs_retry.pop(key, None)
+        return problem
+
+    def _clear_error(self, problem: str) -> None:
+        if self.last_error == problem:
+            self.last_error = None
+
+    async def _erp_until_sent(self, notice: ErpNotice, what: str) -> None:
+        """Send the document; a refusal (not an outage: that is retried by the policy) waits for an admin retry
+        after the cause is fixed, instead of failing the work order. The ERP takes a resent document once."""
+        while True:
+            try:
+                await self._erp(notice, what)
+                self.erp_documents[notice.name] = "sent"
+                return
+            except ActivityError as err:
+                if not workflow.patched(PATCH_ERP_REJECT_WAIT):
+                    raise
+                message = _message(err)
+                self.erp_documents[notice.name] = f"refused: {message}"
+                problem = await self._wait_for_retry(
+                    f"erp:{notice.name}",
+                    f"the ERP refused {notice.doctype} {notice.name} ({what.removeprefix('ERP: ')}): {message}",
+                    "correct what the ERP names (its master data, stock or settings)")
+                self._clear_error(problem)
+
     async def _erp(self, notice: ErpNotice, what: str) -> None:
         self.activity_wait = f"{what} (retried until the ERP answers)"
         try:
@@ -520,6 +651,8 @@ class WorkOrderWorkflow:
             except ActivityError as err:
                 self.last_error = f"purchase receipt {receipt.receipt} refused: {_message(err)}"
                 self.receipts.pop(0)
+                if workflow.patched(PATCH_REFUSED_ID):
+                    self.seen_receipts.discard(receipt.receipt)  # a corrected resend with this id is recorded
                 continue
             self.receipts.pop(0)
             for line, number in zip(receipt.lots, numbers, strict=True):
@@ -699,6 +832,8 @@ class WorkOrderWorkflow:
                 except ActivityError as err:
                     self.last_error = f"operation report {report.report_id} refused: {_message(err)}"
                     del self.reports[op.seq]
+                    if workflow.patched(PATCH_REFUSED_ID):
+                        self.seen_reports.discard(report.report_id)  # a corrected resend with this id is recorded
             del self.reports[op.seq]
             self.expected_op = None
             self.last_error = None
@@ -808,4 +943,13 @@ class WorkOrderWorkflow:
 def _message(err: BaseException) -> str:
     cause = err.cause if isinstance(err, (ActivityError, ChildWorkflowError)) else None
     return str(cause or err)
+
+
+def _field(err: BaseException) -> str | None:
+    """The field a refused activity named (core.errors ... field=), if any."""
+    cause = err.cause if isinstance(err, ActivityError) else None
+    if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
+        field = cause.details[0].get("field")
+        return str(field) if field else None
+    return None
 

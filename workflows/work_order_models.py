@@ -39,6 +39,22 @@ class WorkOrderStatus(BaseModel):
     equipment_states: dict[str, str] = Field(default_factory=dict)
     inspection_triggers: InspectionTriggers | None = None
     shipment_gate: list[str] = Field(default_factory=list, description="why the shipment is held, if it is")
+    needs_retry: list[str] = Field(
+        default_factory=list, description="refusals the work order waits on: fix what each names, then an admin "
+                                          "retries (POST /api/work-orders/{number}/retry)")
+    release_refused: str | None = Field(
+        default=None, description="why the release was refused inside the workflow: a corrected work_order.released "
+                                  "for the same number is taken by this run")
+    erp_documents: dict[str, str] = Field(
+        default_factory=dict, description="document -> sent, refused (why), or not sent (why)")
+
+
+class RetryRequest(BaseModel):
+    """An admin's retry of what a work order waits on after a refusal (the ERP refused a document, the shipment
+    was refused), once its cause is fixed."""
+
+    requested_by: str = Field(min_length=1, max_length=120)
+    reason: str | None = Field(default=None, max_length=500)
 
 
 class WorkOrderResult(BaseModel):

@@ -8,7 +8,7 @@ signature is refused (401) and logged, and its body is never processed.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from temporalio.client import Client
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -27,7 +28,8 @@ from api.limits import refuse_nul_in_body
 from connectors.erpnext import verify_webhook
 from connectors.errors import ConnectorConfigError
 from connectors.registry import connector_class
-from core.errors import NotFound, Unauthorized
+from core.errors import Conflict, NotFound, Unauthorized
+from domain import production
 from domain.endpoints import find_endpoint
 from domain.models import ErpEvent
 from workflows.work_order import WorkOrderWorkflow
@@ -137,6 +139,46 @@ async def _signal(client: Client, number: str, signal: str, arg: object) -> None
         raise
 
 
+def _read_session(request: Request) -> AsyncSession:
+    state = request.app.state
+    return (getattr(state, "read_sessionmaker", None) or state.sessionmaker)()
+
+
+async def _run_state(client: Client, wf_id: str) -> str:
+    """The work order's latest run: none, running, completed, or ended otherwise (failed, terminated...)."""
+    try:
+        desc = await client.get_workflow_handle(wf_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return "none"
+        raise
+    status = desc.status
+    if status == WorkflowExecutionStatus.RUNNING:
+        return "running"
+    if status in (WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.CONTINUED_AS_NEW):
+        return "completed"
+    return "ended"
+
+
+async def _waits_for_release(client: Client, wf_id: str) -> bool:
+    """Does the run wait for a corrected release (its first step refused the release)?"""
+    try:
+        st = await client.get_workflow_handle(wf_id).query(WorkOrderWorkflow.status,
+                                                           rpc_timeout=timedelta(seconds=10))
+    except Exception:  # noqa: BLE001 - no answer (closed run, no worker yet): it waits for none
+        return False
+    return bool(st.release_refused)
+
+
+async def _deliver_correction(client: Client, wf_id: str, order: WorkOrderInput) -> bool:
+    """A run whose release was refused inside the workflow waits for a corrected release: give it this one.
+    False when the run waits for none (a plain duplicate)."""
+    if not await _waits_for_release(client, wf_id):
+        return False
+    await client.get_workflow_handle(wf_id).signal(WorkOrderWorkflow.correct_release, order)
+    return True
+
+
 @router.post(
     "/events", status_code=202, response_model=Accepted,
     summary="Receive an ERP event (work order released, purchase receipt posted, shipment requested)",
@@ -151,21 +193,39 @@ async def post_erp_event(
         number = event.work_order.number
         # NCR durations per severity from the settings, unless the event chose its own (kept in the input)
         event.work_order.timing = event.work_order.timing.with_defaults(settings.ncr.table())
-        await _remember(request, event, event.event_type, number)
         wf_id = workflow_id(number)
+        order = event.work_order
+        # what the workflow's first step would refuse, checked before anything is stored or started: a refused
+        # release leaves nothing behind, so its corrected resend is a release, not a duplicate
         try:
+            async with _read_session(request) as s:
+                await production.check_release(s, number=number, item=order.item, gtin=order.gtin,
+                                               output_lot=order.lot_number, receipts=order.receipts)
+        except Conflict:
+            # a resend of a work order already under way (or done) is a duplicate whatever changed since; a run
+            # that waits for a corrected release is told nothing it would refuse again
+            state = await _run_state(client, wf_id)
+            if state not in ("running", "completed") or (state == "running" and await _waits_for_release(client, wf_id)):
+                raise
+        await _remember(request, event, event.event_type, number)
+        try:
+            # one run per number; a new one only after a run failed or was terminated (an operator ended it): the
+            # work order is released again. Concurrent copies still start exactly one run.
             await client.start_workflow(
-                WorkOrderWorkflow.run, event.work_order, id=wf_id, task_queue=settings.temporal.task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                WorkOrderWorkflow.run, order, id=wf_id, task_queue=settings.temporal.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             )
             started = True
         except WorkflowAlreadyStartedError:
             started = False
+        corrected = not started and await _deliver_correction(client, wf_id, order)
         # exactly one start succeeds, whatever the number of concurrent or later copies
-        duplicate = not started
+        duplicate = not started and not corrected
         msg = (f"work order {number} was already accepted (workflow {wf_id}); nothing new was started"
-               if duplicate else f"work order {number} accepted: workflow {wf_id} started")
+               if duplicate else
+               f"corrected release of work order {number} delivered: workflow {wf_id} goes on with it" if corrected
+               else f"work order {number} accepted: workflow {wf_id} started")
     else:
         number = event.work_order
         first = await _remember(request, event, event.event_type, number)

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.api.enums.v1 import EventType, PendingActivityState, TimeoutType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.models import OperationProgress, OperationReport, ShipmentRequest
 from api.deps import ReadSessionDep, TemporalDep
 from api.routes.erp import workflow_id
 from api.security import PrincipalDep
-from core.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput, NotFound
 from domain import holds, inspection_triggers, production
 from domain.models import WorkOrder
 from workflows.work_order import WorkOrderStatus, WorkOrderWorkflow
+from workflows.work_order_models import RetryRequest
 
 router = APIRouter(prefix="/api/work-orders", tags=["work orders"])
 
@@ -197,6 +200,41 @@ async def request_shipment(number: str, req: ShipmentRequest, session: ReadSessi
             f"the work order is in stage {st.stage}: the lot ships when it is finished, after its outgoing "
             "inspection (if its plan requires one) and with no NCR open on it",
             "status_url": f"/api/work-orders/{number}"}
+
+
+class RetryIn(BaseModel):
+    reason: str | None = Field(default=None, max_length=500, description="what was fixed (kept in the audit)")
+
+
+@router.post("/{number}/retry", summary="Retry what the work order waits on after a refusal (admins; audited)",
+             responses={409: {"description": "the work order waits on no refusal, or has finished"}})
+async def retry_work_order(number: str, request: Request, session: ReadSessionDep, client: TemporalDep,
+                           principal: PrincipalDep,
+                           body: Annotated[RetryIn | None, Body()] = None) -> JSONResponse:
+    """The ERP refused a document, or the shipment was refused: once the cause is fixed, the work order tries the
+    refused step again (a document the ERP already took is not taken twice)."""
+    wo = await production.find_work_order(session, number)
+    wf_id = wo.workflow_id if wo else workflow_id(number)
+    await session.commit()  # no transaction held across the Temporal round trip
+    reason = body.reason if body else None
+    try:
+        retried = await client.get_workflow_handle(wf_id).execute_update(
+            WorkOrderWorkflow.retry, RetryRequest(requested_by=principal.subject, reason=reason))
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        msg = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
+        raise Conflict(msg, field="number") from exc
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            if wo is None:
+                raise NotFound(f"work order {number!r} does not exist: check the number", field="number") from exc
+            raise Conflict(f"work order {number} has no running workflow: nothing to retry", field="number") from exc
+        if "completed" in exc.message or exc.status == RPCStatusCode.FAILED_PRECONDITION:
+            raise Conflict(f"work order {number} has finished: nothing to retry", field="number") from exc
+        raise
+    async with request.app.state.sessionmaker() as s, s.begin():
+        await production.record_retry(s, number, actor=principal.subject, retried=retried, reason=reason)
+    return JSONResponse({"work_order": number, "retried": retried, "status_url": f"/api/work-orders/{number}"})
 
 
 _LABELS = {
