@@ -7,6 +7,7 @@ RetryPolicy, a rejection fails the step with the peer's message."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.base import TransactionalActivities
 from activities.errors import translated
-from activities.models import PurchaseReceipt, ShipmentRequest, WorkOrderInput
+from activities.models import PurchaseReceipt, WorkOrderInput
 from activities.models_connectors import (
     CertificateResult,
     EquipmentStateReport,
@@ -45,6 +46,7 @@ from domain import devices
 from domain.endpoints import find_endpoint
 
 WORK_ORDER_WORKFLOW = "WorkOrderWorkflow"
+log = logging.getLogger("tracehub.erp.poll")
 
 
 class ConnectorActivities(TransactionalActivities):
@@ -80,16 +82,19 @@ class ConnectorActivities(TransactionalActivities):
                 readings = await conn.read_many([p.point for p in params])
             async with self.tx() as s:
                 for p, r in zip(params, readings, strict=True):
-                    ok = p.judge(r.value)
                     unit = p.unit or r.unit
-                    await devices.record_reading(
+                    row = await devices.record_reading(
                         s, work_order=inp.work_order, seq=inp.seq, run=inp.run, parameter=p.name, phase=inp.phase,
                         sample=0, endpoint=endpoint, point=p.point, value=r.value, unit=unit, lower=p.lower,
-                        upper=p.upper, in_window=ok, at=r.at)
-                    result.values.append(ProcessValue(parameter=p.name, value=r.value, unit=unit, in_window=ok))
+                        upper=p.upper, in_window=p.judge(r.value), at=r.at)
+                    # a retried attempt reads the equipment again, but the value of record is the one stored
+                    # first: that one is judged and reported, never the newer one the database did not keep
+                    value, unit = _stored_value(row), row.unit
+                    ok = p.judge(value)
+                    result.values.append(ProcessValue(parameter=p.name, value=value, unit=unit, in_window=ok))
                     if ok is False:
-                        result.deviations.append(_deviation(p, r.value, unit, f"at the {inp.phase} of operation "
-                                                                           f"{inp.seq}"))
+                        result.deviations.append(_deviation(p, value, unit, f"at the {inp.phase} of operation "
+                                                                         f"{inp.seq}"))
         return result
 
     @activity.defn
@@ -120,18 +125,19 @@ class ConnectorActivities(TransactionalActivities):
                 if due > now:
                     await asyncio.sleep((due - now).total_seconds())
                 reading = (await conn.read_many([p.point]))[0]
-                ok = p.judge(reading.value)
                 unit = p.unit or reading.unit
                 async with self.tx() as s:
-                    await devices.record_reading(
+                    row = await devices.record_reading(
                         s, work_order=inp.work_order, seq=inp.seq, run=inp.run, parameter=p.name, phase="during",
                         sample=index, endpoint=p.endpoint, point=p.point, value=reading.value, unit=unit,
-                        lower=p.lower, upper=p.upper, in_window=ok, at=reading.at)
-                summary.add(reading.value)
+                        lower=p.lower, upper=p.upper, in_window=p.judge(reading.value), at=reading.at)
+                    value, unit = _stored_value(row), row.unit  # a sample stored before stands, as in read_process
+                ok = p.judge(value)
+                summary.add(value)
                 index += 1
                 activity.heartbeat(index)
                 if ok is False:
-                    return summary.result(p, _deviation(p, reading.value, unit,
+                    return summary.result(p, _deviation(p, value, unit,
                                                         f"during operation {inp.seq} (sample {index - 1})"))
         return summary.result(p, None)
 
@@ -197,13 +203,19 @@ class ConnectorActivities(TransactionalActivities):
     async def poll_erp(self, inp: PollErpInput) -> PollErpResult:
         """Read work orders and purchase receipts new or changed since the last poll, start a work order's
         workflow or signal it a receipt. Duplicates are harmless across polls: the ERP inbox keys each
-        document version, workflow ids are business keys (REJECT_DUPLICATE), receipts are signalled once."""
+        document version, workflow ids are business keys (REJECT_DUPLICATE), receipts are signalled once.
+
+        As Frappe lists: the list asks for `name` and `modified` only (a list never carries child tables),
+        and each changed document is then read in full. Each document stands on its own: one that cannot
+        become a work order or a receipt is recorded as a rejected ERP event naming the field and what to fix
+        (`GET /api/endpoints/{endpoint}/rejected`), and the watermark moves past it; the ERP's next change
+        of it is a new version, which the next poll reads again. An outage still fails the poll (retried)."""
         client = activity.client()
         task_queue = inp.task_queue or activity.info().task_queue
         result = PollErpResult()
         conn = await self.connector(inp.endpoint)
-        read_all = getattr(conn, "read_all", None)
-        if read_all is None:
+        read_changed = getattr(conn, "read_changed", None)
+        if read_changed is None:
             raise ConnectorConfigError(f"endpoint {inp.endpoint!r} ({conn.kind}) cannot be polled for ERPNext "
                                        "documents: use an erpnext endpoint", field="kind")
         async with conn:
@@ -212,28 +224,53 @@ class ConnectorActivities(TransactionalActivities):
                 since_pr = await devices.poll_watermark(s, inp.endpoint, "Purchase Receipt")
             # >= the watermark: documents modified in the same instant as the last one are seen again and
             # recognised by the inbox, rather than missed
-            wos = await read_all("Work Order", filters=[["modified", ">=", since_wo], ["docstatus", "=", 1]],
-                                 order_by="modified asc")
-            for doc in wos:
+            for row in await read_changed("Work Order", since_wo, filters=[["docstatus", "=", 1]]):
                 result.seen += 1
-                receipts = await read_all("Purchase Receipt", filters=[["custom_work_order", "=", doc["name"]]])
-                await self._poll_work_order(client, inp.endpoint, task_queue, doc, receipts, result)
+                doc = await conn.read("Work Order", name=row["name"])
+                if doc is not None:  # None: deleted since it was listed
+                    receipts = []
+                    for r in await conn.read_all("Purchase Receipt", fields=["name"],
+                                                 filters=[["custom_work_order", "=", row["name"]]]):
+                        full = await conn.read("Purchase Receipt", name=r["name"])
+                        if full is not None:
+                            receipts.append(full)
+                    try:
+                        await self._poll_work_order(client, inp.endpoint, task_queue, doc, receipts, result)
+                    except InvalidInput as exc:
+                        await self._reject(inp.endpoint, "Work Order", doc, str(doc.get("name") or row["name"]),
+                                           exc, result)
                 async with self.tx() as s:
-                    await devices.advance_watermark(s, inp.endpoint, "Work Order", doc["modified"])
-            prs = await read_all("Purchase Receipt", filters=[["modified", ">=", since_pr]], order_by="modified asc")
-            for doc in prs:
+                    await devices.advance_watermark(s, inp.endpoint, "Work Order", row["modified"])
+            for row in await read_changed("Purchase Receipt", since_pr):
                 result.seen += 1
-                await self._poll_receipt(client, inp.endpoint, doc, result)
+                doc = await conn.read("Purchase Receipt", name=row["name"])
+                if doc is not None:
+                    try:
+                        await self._poll_receipt(client, inp.endpoint, doc, result)
+                    except InvalidInput as exc:
+                        await self._reject(inp.endpoint, "Purchase Receipt", doc,
+                                           str(doc.get("custom_work_order") or doc.get("name") or row["name"]),
+                                           exc, result)
                 async with self.tx() as s:
-                    await devices.advance_watermark(s, inp.endpoint, "Purchase Receipt", doc["modified"])
+                    await devices.advance_watermark(s, inp.endpoint, "Purchase Receipt", row["modified"])
         return result
+
+    async def _reject(self, endpoint: str, doctype: str, doc: dict[str, Any], key: str, exc: InvalidInput,
+                      result: PollErpResult) -> None:
+        """Record a document the poll cannot use, once per version: a rejected event in the ERP inbox."""
+        name, modified = str(doc.get("name")), str(doc.get("modified"))
+        log.warning("ERP %s %s %s (modified %s) rejected: %s", endpoint, doctype, name, modified, exc.message)
+        async with self.tx() as s:
+            await devices.remember_erp_event(
+                s, event_id=f"poll:{endpoint}:{doctype}:{name}:{modified}", event_type=REJECTED[doctype], key=key,
+                workflow_id=f"work-order-{key}",
+                payload={"source": "poll", "endpoint": endpoint, "doctype": doctype, "document": name,
+                         "modified": modified, "field": exc.field, "reason": exc.message})
+        result.rejected.append(f"{doctype} {name}")
 
     async def _poll_work_order(self, client: Client, endpoint: str, task_queue: str, doc: dict[str, Any],
                                receipts: list[dict[str, Any]], result: PollErpResult) -> None:
-        try:
-            order = WorkOrderInput.model_validate(work_order_from_erpnext(doc, receipts))
-        except (ValidationError, KeyError, TypeError) as exc:
-            raise InvalidInput(f"ERP work order {doc.get('name')!r} cannot become a work order: {exc}") from exc
+        order = erp_input(WorkOrderInput, "Work Order", doc, receipts, lambda: work_order_from_erpnext(doc, receipts))
         wf_id = f"work-order-{order.number}"
         # start first, remember after: a start that failed on an outage is tried again by the next attempt,
         # and a start that succeeded twice cannot happen (the id is the business key, REJECT_DUPLICATE)
@@ -261,11 +298,11 @@ class ConnectorActivities(TransactionalActivities):
         number = doc.get("custom_work_order")
         if not number:
             return
-        receipt = PurchaseReceipt.model_validate(receipt_from_erpnext(doc))
         event_id = f"poll:{endpoint}:Purchase Receipt:{doc['name']}:{doc['modified']}"
         async with self.sm() as s:
             if await devices.erp_event_seen(s, event_id):
                 return
+        receipt = erp_input(PurchaseReceipt, "Purchase Receipt", doc, [doc], lambda: receipt_from_erpnext(doc))
         try:
             await client.get_workflow_handle(f"work-order-{number}").signal("receive_material", receipt)
         except RPCError as exc:
@@ -312,6 +349,12 @@ class _Summary:
                                    maximum=max(self.values) if self.values else None)
 
 
+def _stored_value(row: Any) -> Any:
+    """The value a process reading row keeps: as read (raw), or its number."""
+    raw = row.raw if isinstance(row.raw, dict) else {}
+    return raw.get("value", row.value)
+
+
 def _str(v: Any) -> str | None:
     return None if v is None else str(v)
 
@@ -342,29 +385,84 @@ def judge_certificate(values: dict[str, Any], spec: Any) -> list[str]:
 
 def work_order_from_erpnext(doc: dict[str, Any], receipts: list[dict[str, Any]]) -> dict[str, Any]:
     """An ERPNext Work Order (operations child table, custom fields) and its Purchase Receipts as the
-    hub's work order input."""
+    hub's work order input (validated by WorkOrderInput, whose errors `erp_input` names by ERPNext field)."""
+    ops = doc.get("operations") or []
     wo: dict[str, Any] = {
-        "number": doc["name"], "item": doc["production_item"], "item_name": doc.get("item_name"),
-        "gtin": doc.get("custom_gtin"), "quantity": int(doc["qty"]), "uom": doc.get("stock_uom") or "EA",
+        "number": doc.get("name"), "item": doc.get("production_item"), "item_name": doc.get("item_name"),
+        "gtin": doc.get("custom_gtin"), "quantity": doc.get("qty"), "uom": doc.get("stock_uom") or "EA",
         "line": doc.get("custom_line"),
-        "routing": [{"seq": op.get("custom_seq") or op["idx"] * 10, "name": op["operation"],
-                     "equipment": op.get("workstation")} for op in doc.get("operations") or []],
+        "routing": [{"seq": op.get("custom_seq") or (op.get("idx") or i + 1) * 10, "name": op.get("operation"),
+                     "equipment": op.get("workstation")} if isinstance(op, dict) else op
+                    for i, op in enumerate(ops if isinstance(ops, list) else [ops])],
         "receipts": [receipt_from_erpnext(r) for r in receipts],
     }
     if doc.get("sales_order") and doc.get("custom_customer") and doc.get("custom_delivery_note"):
-        wo["shipment"] = ShipmentRequest(shipment=doc["custom_delivery_note"], sales_order=doc["sales_order"],
-                                         customer=doc["custom_customer"],
-                                         carrier=doc.get("custom_carrier")).model_dump()
+        wo["shipment"] = {"shipment": doc["custom_delivery_note"], "sales_order": doc["sales_order"],
+                          "customer": doc["custom_customer"], "carrier": doc.get("custom_carrier")}
     return {k: v for k, v in wo.items() if v is not None}
 
 
 def receipt_from_erpnext(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"receipt": doc["name"], "lots": [
-        {"lot": it["batch_no"], "supplier": doc["supplier"], "item": it["item_code"],
-         "supplier_lot": it.get("custom_supplier_lot") or it["batch_no"], "heat_number": it.get("custom_heat_number"),
-         "quantity": it["qty"], "uom": it.get("stock_uom") or "EA", "certificate_ref": it.get("custom_certificate_ref"),
-         "purchase_order": it.get("purchase_order")}
-        for it in doc.get("items") or []]}
+    items = doc.get("items") or []
+    return {"receipt": doc.get("name"), "lots": [
+        {"lot": it.get("batch_no"), "supplier": doc.get("supplier"), "item": it.get("item_code"),
+         "supplier_lot": it.get("custom_supplier_lot") or it.get("batch_no"),
+         "heat_number": it.get("custom_heat_number"), "quantity": it.get("qty"), "uom": it.get("stock_uom") or "EA",
+         "certificate_ref": it.get("custom_certificate_ref"), "purchase_order": it.get("purchase_order")}
+        if isinstance(it, dict) else it for it in (items if isinstance(items, list) else [items])]}
+
+
+REJECTED = {"Work Order": "work_order.rejected", "Purchase Receipt": "purchase_receipt.rejected"}
+# the hub's input fields and the ERPNext fields they come from
+_WO_FIELDS = {"number": "name", "item": "production_item", "item_name": "item_name", "gtin": "custom_gtin",
+              "quantity": "qty", "uom": "stock_uom", "line": "custom_line", "routing": "operations",
+              "receipts": "Purchase Receipt", "shipment": "custom_delivery_note"}
+_OP_FIELDS = {"seq": "custom_seq", "name": "operation", "equipment": "workstation"}
+_LOT_FIELDS = {"lot": "batch_no", "supplier": "supplier", "item": "item_code", "supplier_lot": "custom_supplier_lot",
+               "heat_number": "custom_heat_number", "quantity": "qty", "uom": "stock_uom",
+               "certificate_ref": "custom_certificate_ref", "purchase_order": "purchase_order"}
+_SHIP_FIELDS = {"shipment": "custom_delivery_note", "sales_order": "sales_order", "customer": "custom_customer",
+                "carrier": "custom_carrier"}
+
+
+def erpnext_field(doctype: str, loc: tuple[Any, ...], receipts: list[dict[str, Any]]) -> str:
+    """Where in the ERP a validation error's location is: the DocType, document and field to fix."""
+    def receipt_field(r: dict[str, Any], rest: tuple[Any, ...]) -> str:
+        where = f"Purchase Receipt {r.get('name')}"
+        if rest[:1] == ("lots",) and len(rest) >= 3 and isinstance(rest[1], int):
+            sub = rest[2]
+            if sub == "supplier":
+                return f"{where}: supplier"
+            return f"{where}: items row {rest[1] + 1}: {_LOT_FIELDS.get(sub, sub)}"
+        if rest[:1] == ("lots",):
+            return f"{where}: items"
+        return f"{where}: {'name' if rest[:1] == ('receipt',) else (rest[0] if rest else 'document')}"
+
+    if doctype == "Purchase Receipt":
+        return receipt_field(receipts[0] if receipts else {}, loc)
+    head = loc[0] if loc else None
+    if head == "routing" and len(loc) >= 3 and isinstance(loc[1], int):
+        return f"Work Order: operations row {loc[1] + 1}: {_OP_FIELDS.get(loc[2], loc[2])}"
+    if head == "receipts" and len(loc) >= 2 and isinstance(loc[1], int) and loc[1] < len(receipts):
+        return receipt_field(receipts[loc[1]], loc[2:])
+    if head == "shipment" and len(loc) >= 2:
+        return f"Work Order: {_SHIP_FIELDS.get(loc[1], loc[1])}"
+    return f"Work Order: {_WO_FIELDS.get(head, head) if head is not None else 'document'}"
+
+
+def erp_input(model: type[Any], doctype: str, doc: dict[str, Any], receipts: list[dict[str, Any]],
+              build: Any) -> Any:
+    """The hub's input made from an ERP document, or InvalidInput naming the ERPNext field and what to fix."""
+    try:
+        return model.model_validate(build())
+    except ValidationError as exc:
+        problems = [(erpnext_field(doctype, tuple(e["loc"]), receipts), e["msg"]) for e in exc.errors()]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        problems = [(f"{doctype}: document", f"{type(exc).__name__}: {exc}")]
+    detail = "; ".join(f"{where}: {msg}" for where, msg in problems)
+    raise InvalidInput(f"ERP {doctype} {doc.get('name')!r} (modified {doc.get('modified')}) cannot be used: {detail}. "
+                       "Correct it in the ERP: the next poll reads the changed document again",
+                       field=problems[0][0])
 
 
 def build_connector_activities(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Any]:

@@ -67,6 +67,9 @@ class HubActivities(TransactionalActivities):
     async def start_work_order(self, inp: StartWorkOrderInput) -> None:
         o = inp.order
         async with self.tx() as s:
+            # what the API checked before starting (the receipts aside: each is refused on its own), again: a
+            # conflict that arrived since is refused here, naming the field, and the workflow waits for a correction
+            await production.check_release(s, number=o.number, item=o.item, gtin=o.gtin, output_lot=o.lot_number)
             await production.create_work_order(
                 s, number=o.number, workflow_id=inp.workflow_id, item=o.item, item_name=o.item_name, gtin=o.gtin,
                 quantity=o.quantity, uom=o.uom, line=o.line, due_date=o.due_date,
@@ -264,21 +267,28 @@ class HubActivities(TransactionalActivities):
     async def complete_work_order(self, inp: CompleteWorkOrderInput) -> None:
         async with self.tx() as s:
             await production.complete_work_order(s, inp.work_order, status=inp.status,
-                                                 good_quantity=inp.good_quantity, scrap_quantity=inp.scrap_quantity)
+                                                 good_quantity=inp.good_quantity, scrap_quantity=inp.scrap_quantity,
+                                                 erp=inp.erp)
 
     @activity.defn
     @translated
     async def notify_erp(self, notice: ErpNotice) -> None:
-        """Push a document to the ERP endpoint; a document that already exists there counts as done."""
+        """Push a document to the ERP endpoint once: `notice.name` is the hub's key of the document. A connector
+        with `write_once(doctype, doc, key)` (ERPNext: the key in its hub key field, looked up before creating,
+        since the ERP names documents itself) makes a retry after a lost answer find the first document; any
+        other connector gets the key as `name`, and an existing document of that name counts as done."""
         async with self.sm() as s:
             ep = (await s.execute(select(Endpoint).where(Endpoint.name == self.erp_endpoint))).scalar()
         if ep is None:
             raise NotFound(f"no endpoint named {self.erp_endpoint!r}: create it (POST /api/endpoints) "
                            "or run `tracehub migrate` to seed the default")
-        doc: dict[str, Any] = {"name": notice.name, **notice.doc}
         conn = await self._erp_connector(ep.kind, ep.config)
+        write_once = getattr(conn, "write_once", None)
         try:
-            answer = await conn.write(notice.doctype, doc)
+            if write_once is not None:
+                answer = await write_once(notice.doctype, dict(notice.doc), notice.name)
+            else:
+                answer = await conn.write(notice.doctype, {"name": notice.name, **notice.doc})
         except ConnectorError:
             await self._drop_erp(conn)  # the next attempt connects afresh
             raise

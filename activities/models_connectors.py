@@ -151,6 +151,7 @@ class PollErpResult(_Model):
     started: list[str] = Field(default_factory=list)
     signalled: list[str] = Field(default_factory=list)
     seen: int = 0
+    rejected: list[str] = Field(default_factory=list, description="documents recorded as rejected (DocType name)")
 
 
 class EquipmentStateReport(_Model):

@@ -79,6 +79,8 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     # progress of a running operation (patrol inspections every N units) and shipment requests
     ("POST", "/api/work-orders/{number}/operations/{seq}/progress"): frozenset({"operator", "mes"}),
     ("POST", "/api/work-orders/{number}/shipment"): frozenset({"erp", "operator"}),
+    # retry after a refusal (the ERP refused a document, the shipment was refused): admins, audited
+    ("POST", "/api/work-orders/{number}/retry"): ADMIN,
     # inspection plans, acceptance sampling (ISO 2859-1) and SPC
     ("POST", "/api/quality/plans"): frozenset({"quality_manager", "qa_supervisor", "admin"}) | QE,
     ("GET", "/api/quality/plans/{item}/{operation}"): READERS | {"gauge", "mes"},
@@ -134,6 +136,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/endpoints/{name}/check"): ENGINEERING,
     ("GET", "/api/endpoints/{name}/discover"): ENGINEERING,
     ("GET", "/api/endpoints/{name}/read"): ENGINEERING | {"quality_manager"},
+    ("GET", "/api/endpoints/{name}/rejected"): ENGINEERING | {"auditor"},
     # codes, labels, packing, offline pools
     ("POST", "/api/codes/rules"): ENGINEERING | {"quality_manager"},
     ("GET", "/api/codes/rules/{item}/{level}"): READERS | {"printer"},

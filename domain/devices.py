@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -133,6 +133,33 @@ async def remember_erp_event(session: AsyncSession, *, event_id: str, event_type
     except IntegrityError:
         return False
     return True
+
+
+# the inbox's event types of ERP documents a poll could not use (activities/connectors.py poll_erp)
+REJECTED_ERP_EVENTS = ("work_order.rejected", "purchase_receipt.rejected")
+
+
+async def erp_rejections(session: AsyncSession, endpoint: str, *, limit: int = 50,
+                         offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+    """The ERP documents polling `endpoint` rejected, newest first, each with the field to fix and whether a
+    later version of the same document has since been taken (`resolved`)."""
+    where = (ErpEvent.event_type.in_(REJECTED_ERP_EVENTS),
+             ErpEvent.event_id.startswith(f"poll:{endpoint}:", autoescape=True))
+    total = (await session.execute(select(func.count()).select_from(ErpEvent).where(*where))).scalar_one()
+    rows = (await session.execute(select(ErpEvent).where(*where).order_by(ErpEvent.id.desc())
+                                  .limit(limit).offset(offset))).scalars().all()
+    out = []
+    for r in rows:
+        p = r.payload or {}
+        taken = (await session.execute(select(func.count()).select_from(ErpEvent).where(
+            ErpEvent.id > r.id, ErpEvent.event_type.not_in(REJECTED_ERP_EVENTS),
+            ErpEvent.event_id.startswith(f"poll:{endpoint}:{p.get('doctype')}:{p.get('document')}:",
+                                         autoescape=True)))).scalar_one()
+        out.append({"event_id": r.event_id, "event_type": r.event_type, "doctype": p.get("doctype"),
+                    "document": p.get("document"), "modified": p.get("modified"), "work_order": r.business_key,
+                    "field": p.get("field"), "reason": p.get("reason"), "received_at": r.received_at.isoformat(),
+                    "resolved": taken > 0})
+    return total, out
 
 
 async def record_equipment_state(session: AsyncSession, *, event_id: str, equipment: str, state: str,

@@ -1,13 +1,20 @@
 """A loopback ERP simulator in the shape of ERPNext (Frappe REST), for the demo and the tests.
 
 - `/api/resource/{DocType}` (list with limit_start / limit_page_length, get, create) with
-  `Authorization: token key:secret`; a duplicate `name` answers 409 like Frappe's DuplicateEntryError.
+  `Authorization: token key:secret`. A create is named as Frappe names it: a client's `name` is dropped
+  (no DocType here is named by prompt) and the DocType's autoname gives it (a naming series such as
+  MAT-STE-.YYYY.-, a field such as Batch's batch_id, or a hash). A second document with the name of an
+  existing one answers 409 (DuplicateEntryError); a value of a Unique field (the hub's `custom_hub_key`, as
+  the README's ERPNext setup makes it) that another document has answers 417 (UniqueValidationError).
+- Errors answer as Frappe's do: `exc_type` (the exception class), `exception` and `_server_messages`.
 - `/sim/work-orders` releases work orders: it stores them and sends the hub the ERP events
   (work_order.released with its purchase receipt), as a real ERP's webhooks would.
 - Documents are kept in a JSON file when `state_file` is given, so a restart keeps them.
 - Webhooks are signed as ERPNext signs them when `webhook_secret` is given: base64 HMAC-SHA256 of the
   body in `X-Frappe-Webhook-Signature`.
-- Lists take `fields`, `filters` and `order_by` as Frappe does; every document has `modified`, so an
+- Lists take `fields`, `filters` and `order_by` as Frappe does: only `name` unless `fields` asks for more,
+  `["*"]` for every field of the document itself, never child tables (`items`, `operations`: GET the document
+  for those), newest `modified` first unless `order_by` says otherwise. Every document has `modified`, so an
   ERP without webhooks can be polled for new and changed documents. PUT changes a document.
 - `/sim/faults` makes the ERP answer 503 for a while (an outage that is not a refused connection).
 """
@@ -35,6 +42,15 @@ DOCTYPES = ["Work Order", "Purchase Receipt", "Batch", "Stock Entry", "Delivery 
             "Supplier", "Customer"]
 # fields Frappe would refuse a document without (417 MandatoryError)
 MANDATORY = {"Delivery Note": ["customer"], "Stock Entry": ["stock_entry_type"], "Purchase Receipt": ["supplier"]}
+# how each DocType names a new document (its autoname, as ERPNext ships it); any other DocType: a hash
+AUTONAME = {
+    "Work Order": "naming_series:MFG-WO-.YYYY.-", "Purchase Receipt": "naming_series:MAT-PRE-.YYYY.-",
+    "Stock Entry": "naming_series:MAT-STE-.YYYY.-", "Delivery Note": "naming_series:MAT-DN-.YYYY.-",
+    "Sales Order": "naming_series:SAL-ORD-.YYYY.-", "Batch": "field:batch_id", "Item": "field:item_code",
+    "Customer": "field:customer_name", "Supplier": "field:supplier_name",
+}
+# Custom Fields with Unique set (the hub's idempotency key, README "ERPNext setup")
+UNIQUE_FIELDS = ("custom_hub_key",)
 
 
 class ReleaseRequest(BaseModel):
@@ -78,30 +94,92 @@ def _matches(doc: dict[str, Any], flt: list[Any]) -> bool:
         return have not in value
     if op == "like":
         return isinstance(have, str) and value.strip("%") in have
+    if op == "not like":
+        return not (isinstance(have, str) and value.strip("%") in have)
+    if op == "is":
+        return (have not in (None, "")) == (value == "set")
     if have is None:
         return False
     return {">": have > value, ">=": have >= value, "<": have < value, "<=": have <= value}[op]
 
 
+class FrappeError(Exception):
+    """An error answered as Frappe answers it (status, exception class, message)."""
+
+    def __init__(self, status: int, exc_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.exc_type, self.message = status, exc_type, message
+
+
 class Store:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *, missing_fields: tuple[str, ...] = ()) -> None:
         self.path = path
+        self.missing_fields = frozenset(missing_fields)
         self.docs: dict[str, dict[str, dict[str, Any]]] = {}
+        self.series: dict[str, int] = {}  # naming series prefix -> last number (found again from names)
         if path and path.exists():
             self.docs = json.loads(path.read_text())
 
     def put(self, doctype: str, doc: dict[str, Any], *, exist_ok: bool = False) -> dict[str, Any]:
+        """Store a document under the name it has: the ERP's own records (the simulator's releases)."""
         bucket = self.docs.setdefault(doctype, {})
-        name = doc.get("name") or f"{doctype[:3].upper()}-{len(bucket) + 1:05d}"
+        name = doc.get("name") or self.new_name(doctype, doc)
         if name in bucket:
             if exist_ok:
                 return bucket[name]
-            raise HTTPException(409, {"exc_type": "DuplicateEntryError", "message": f"{doctype} {name} exists"})
+            raise FrappeError(409, "DuplicateEntryError", f"{doctype} {name} already exists")
         stamp = now_iso()
         doc = {"docstatus": 1, **doc, "name": name, "doctype": doctype, "creation": stamp, "modified": stamp}
         bucket[name] = doc
         self.save()
         return doc
+
+    def insert(self, doctype: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """A create through the REST API, as Frappe's insert does it: the client's `name` is dropped and the
+        DocType's autoname names the document; a Unique field's value another document has is refused."""
+        doc = {k: v for k, v in doc.items()
+               if k not in ("name", "doctype", "creation", "modified") and k not in self.missing_fields}
+        bucket = self.docs.get(doctype, {})
+        for field in UNIQUE_FIELDS:
+            value = doc.get(field)
+            if value not in (None, "") and any(d.get(field) == value for d in bucket.values()):
+                raise FrappeError(417, "UniqueValidationError", f"{field} must be unique: {doctype} with "
+                                                                 f"{field} {value!r} exists")
+        name = self.new_name(doctype, doc)
+        return self.put(doctype, {**doc, "name": name})
+
+    def new_name(self, doctype: str, doc: dict[str, Any]) -> str:
+        autoname = AUTONAME.get(doctype, "hash")
+        if autoname.startswith("field:"):
+            field = autoname.removeprefix("field:")
+            name = str(doc.get(field) or "").strip()
+            if not name:
+                raise FrappeError(417, "MandatoryError", f"{doctype}: {field} is required (it names the document)")
+            return name
+        if autoname.startswith("naming_series:"):
+            pattern = str(doc.get("naming_series") or autoname.removeprefix("naming_series:"))
+            doc["naming_series"] = pattern
+            return self._next_in_series(doctype, pattern)
+        return secrets.token_hex(5)  # Frappe's hash naming: 10 hex characters
+
+    def _next_in_series(self, doctype: str, pattern: str) -> str:
+        """PREFIX-.YYYY.-.##### as Frappe expands it: dotted parts are date codes or the counter's digits."""
+        now = datetime.now(UTC)
+        parts = pattern.split(".")
+        if not any(p and set(p) == {"#"} for p in parts):
+            parts.append("#####")
+        prefix, digits = "", 5
+        for part in parts:
+            if part and set(part) == {"#"}:
+                digits = len(part)
+                break
+            prefix += {"YYYY": f"{now:%Y}", "YY": f"{now:%y}", "MM": f"{now:%m}", "DD": f"{now:%d}"}.get(part, part)
+        if prefix not in self.series:
+            numbers = [int(n[len(prefix):]) for n in self.docs.get(doctype, {})
+                       if n.startswith(prefix) and n[len(prefix):].isdigit()]
+            self.series[prefix] = max(numbers, default=0)
+        self.series[prefix] += 1
+        return f"{prefix}{self.series[prefix]:0{digits}d}"
 
     def save(self) -> None:
         if self.path:
@@ -111,15 +189,56 @@ class Store:
             tmp.replace(self.path)
 
 
+def _frappe_error(status: int, exc_type: str, message: str) -> JSONResponse:
+    return JSONResponse({"exc_type": exc_type, "exception": f"frappe.exceptions.{exc_type}: {message}",
+                         "_server_messages": json.dumps([json.dumps({"message": message})])}, status_code=status)
+
+
+def _list_fields(docs: list[dict[str, Any]], fields: str | None) -> list[dict[str, Any]]:
+    """What a Frappe list returns of each document: `name` unless asked; `*` is the document's own fields
+    (columns), never its child tables."""
+    try:
+        wanted = json.loads(fields) if fields else ["name"]
+    except ValueError as exc:
+        raise FrappeError(417, "DataError", f"fields is not JSON: {exc}") from exc
+    if not isinstance(wanted, list) or not all(isinstance(f, str) for f in wanted):
+        raise FrappeError(417, "DataError", "fields must be a JSON array of fieldnames")
+    out = []
+    for d in docs:
+        row: dict[str, Any] = {}
+        for f in wanted:
+            if f == "*":
+                row.update({k: v for k, v in d.items() if not isinstance(v, list)})
+            elif isinstance(d.get(f), list):
+                raise FrappeError(417, "DataError", f"Field not permitted in query: {f} (a child table: GET the "
+                                                    "document for it)")
+            else:
+                row[f] = d.get(f)
+        out.append(row)
+    return out
+
+
 def create_app(
     *, api_key: str = "tracehub", api_secret: str = "simulator-secret", hub_url: str = "http://127.0.0.1:8000",
-    state_file: Path | None = None, webhook_secret: str | None = None,
+    state_file: Path | None = None, webhook_secret: str | None = None, missing_fields: tuple[str, ...] = (),
 ) -> FastAPI:
+    """`missing_fields`: fields this site's DocTypes do not have (a site without the hub's custom field):
+    a create drops them, as Frappe drops fields a DocType does not define."""
     app = FastAPI(title="ERP simulator (ERPNext-shaped)")
-    store = Store(state_file)
+    store = Store(state_file, missing_fields=missing_fields)
     lock = asyncio.Lock()
     fault: dict[str, Any] = {}
     app.state.store = store
+
+    @app.exception_handler(FrappeError)
+    async def frappe_error(request: Request, exc: FrappeError) -> JSONResponse:
+        return _frappe_error(exc.status, exc.exc_type, exc.message)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if isinstance(exc.detail, dict) and "exc_type" in exc.detail:
+            return _frappe_error(exc.status_code, exc.detail["exc_type"], str(exc.detail.get("message", "")))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     @app.middleware("http")
     async def outage(request: Request, call_next: Any) -> Any:
@@ -167,19 +286,19 @@ def create_app(
         try:
             flts = json.loads(filters) if filters else []
             if isinstance(flts, dict):
-                flts = [[k, "=", v] for k, v in flts.items()]
+                flts = [[k, *v] if isinstance(v, list) else [k, "=", v] for k, v in flts.items()]
+            asked = [f[-3] for f in flts] + (json.loads(fields) if fields else [])
             docs = [d for d in docs if all(_matches(d, f) for f in flts)]
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise HTTPException(417, {"exc_type": "ValidationError", "message": f"bad filters: {exc}"}) from exc
-        if order_by:
-            key, _, direction = order_by.strip().partition(" ")
-            docs.sort(key=lambda d: (d.get(key) is None, d.get(key) or ""), reverse=direction.lower() == "desc")
+        unknown = [f for f in asked if f in store.missing_fields]
+        if unknown:  # the database has no such column: MariaDB's error, which Frappe answers with 500
+            raise FrappeError(500, "OperationalError", f"(1054, \"Unknown column 'tab{doctype}.{unknown[0]}' in "
+                                                       "'where clause'\")")
+        key, _, direction = (order_by or "modified desc").strip().partition(" ")
+        docs.sort(key=lambda d: (d.get(key) is None, d.get(key) or ""), reverse=direction.lower() == "desc")
         end = None if limit_page_length == 0 else limit_start + limit_page_length
-        docs = docs[limit_start:end]
-        wanted = json.loads(fields) if fields else ["*"]  # Frappe lists only `name` by default; we list all
-        if "*" not in wanted:
-            docs = [{k: d.get(k) for k in wanted} for d in docs]
-        return {"data": docs}
+        return {"data": _list_fields(docs[limit_start:end], fields)}
 
     @app.get("/api/resource/{doctype}/{name}")
     async def get_doc(doctype: str, name: str, authorization: str | None = Header(default=None)) -> dict:
@@ -202,7 +321,7 @@ def create_app(
         if doctype == "Stock Entry":
             check_stock_entry(store, doc)
         async with lock:
-            doc = store.put(doctype, doc)
+            doc = store.insert(doctype, doc)
         return {"data": doc}
 
     @app.put("/api/resource/{doctype}/{name}")
@@ -249,7 +368,11 @@ def create_app(
         return {"released": numbers, "hub": results}
 
     @app.get("/sim/documents")
-    async def documents() -> dict:
+    async def documents(doctype: str | None = None) -> dict:
+        """The simulator's own view (not Frappe's API): every DocType's names, or every document of one
+        DocType in full."""
+        if doctype is not None:
+            return {"data": list(store.docs.get(doctype, {}).values())}
         return {k: list(v) for k, v in store.docs.items()}
 
     return app
@@ -361,7 +484,7 @@ def erpnext_documents(event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]
                        "custom_certificate_ref": lot.get("certificate_ref")} for i, lot in enumerate(lots)],
         }))
         for lot in lots:
-            out.append(("Batch", {"name": lot["lot"], "item": lot["item"], "supplier": lot["supplier"],
+            out.append(("Batch", {"name": lot["lot"], "batch_id": lot["lot"], "item": lot["item"], "supplier": lot["supplier"],
                                   "reference_doctype": "Purchase Receipt", "reference_name": r["receipt"],
                                   "custom_heat_number": lot.get("heat_number")}))
     return out

@@ -45,6 +45,8 @@ class PlcSim:
         self.map = {r["name"]: Register.model_validate(r) for r in PLC_MAP}
         self._server: Any = None
         self._drift: asyncio.Task[None] | None = None
+        # a Modbus exception code every request is answered with (a busy PLC, an unreachable gateway target)
+        self.answer_exception: int | None = None
 
     async def start(self) -> PlcSim:
         from pymodbus.constants import ExcCodes
@@ -55,6 +57,8 @@ class PlcSim:
 
         async def range_check(function_code: int, start: int, address: int, count: int,
                               registers: list[int], values: Any) -> ExcCodes | None:
+            if self.answer_exception is not None:
+                return ExcCodes(self.answer_exception)
             # like a PLC's interlock: a write of an out-of-range setpoint is refused, not stored
             if (values and function_code in (6, 16) and address <= spindle < address + count
                     and values[spindle - address] > SPINDLE_MAX_RPM):
@@ -119,6 +123,7 @@ class OvenSim:
         self.port = 0
         self.server: Any = None
         self.nodes: dict[str, Any] = {}
+        self._held: dict[str, Any] = {}  # values of nodes set to a bad status (set_quality)
         self.ns = 0
         self._drift: asyncio.Task[None] | None = None
 
@@ -169,6 +174,22 @@ class OvenSim:
 
     async def get(self, name: str) -> Any:
         return await self.nodes[name].read_value()
+
+    async def set_quality(self, name: str, status: str = "Good") -> None:
+        """Give a node's value an OPC UA status code, as a server does when it loses its device (for example
+        BadNoCommunication or BadWaitingForInitialData); "Good" gives it its value back."""
+        from asyncua import ua
+
+        node = self.nodes[name]
+        if status == "Good":
+            held = self._held.pop(name, None)
+            if held is not None:
+                await self.server.write_attribute_value(node.nodeid, ua.DataValue(held))
+            return
+        if name not in self._held:  # a server hides the value while its status is bad: keep it to give back
+            self._held[name] = (await node.read_data_value()).Value
+        await self.server.write_attribute_value(
+            node.nodeid, ua.DataValue(self._held[name], StatusCode=ua.StatusCode(getattr(ua.StatusCodes, status))))
 
     def endpoint_config(self, **extra: Any) -> dict[str, Any]:
         return {"url": self.url, "timeout_s": 3, "namespace_uri": OVEN_NS, "nodes": [

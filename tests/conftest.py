@@ -132,11 +132,26 @@ class ErpSim:
             self.thread.join(10)
             self.server = None
 
-    def documents(self, doctype: str) -> dict:
-        r = httpx.get(f"{self.url}/api/resource/{doctype}", params={"limit_page_length": 0},
-                      headers={"Authorization": "token tracehub:simulator-secret"})
+    def all_documents(self, doctype: str) -> list[dict]:
+        """Every document of the DocType in full, from the simulator's own view (a Frappe list never has
+        child tables)."""
+        r = httpx.get(f"{self.url}/sim/documents", params={"doctype": doctype})
         r.raise_for_status()
-        return {d["name"]: d for d in r.json()["data"]}
+        return r.json()["data"]
+
+    def keyed(self, doctype: str, key: str) -> list[dict]:
+        """The documents the hub wrote under its key `key` (custom_hub_key): more than one is a doubled document."""
+        return [d for d in self.all_documents(doctype) if d.get("custom_hub_key") == key]
+
+    def documents(self, doctype: str) -> dict:
+        """The DocType's documents by the hub's key (the ERP names them itself), or by name for documents the
+        hub did not write. A hub key held by two documents fails the test: a write was doubled."""
+        out: dict = {}
+        for d in self.all_documents(doctype):
+            key = d.get("custom_hub_key") or d["name"]
+            assert key not in out, f"the ERP holds {doctype} {key} twice: {out[key]['name']} and {d['name']}"
+            out[key] = d
+        return out
 
 
 @pytest.fixture(scope="session")

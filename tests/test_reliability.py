@@ -127,4 +127,4 @@ async def test_worker_killed_mid_work_order_completes_exactly_once(db_url, clien
         assert await count(EpcisEvent, EpcisEvent.work_order_id == wo.id) == 7  # receive, 2 inspect, 2 ops, commission, ship
         assert await count(AuditLog, AuditLog.entity_key == wo_number,
                            AuditLog.action == "operation.recorded") == 2
-    assert list(erp_sim.documents("Delivery Note")).count(f"DN-{wo_number}") == 1
+    assert len(erp_sim.keyed("Delivery Note", f"DN-{wo_number}")) == 1

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from api.deps import SessionDep
+from api.deps import ReadSessionDep, SessionDep
 from connectors.base import CheckResult, Connector, Point, Reading
 from connectors.errors import ConnectorConfigError
 from connectors.registry import connector_class, connectors
 from core.errors import InvalidInput
+from domain import devices
 from domain import endpoints as service
 from domain.models import Endpoint
 
@@ -165,3 +166,12 @@ async def read_endpoint(name: str, session: SessionDep,
     async with conn:
         readings = await conn.read_many(point)
     return ReadingsRead(endpoint=name, readings=readings)
+
+
+@router.get("/endpoints/{name}/rejected",
+            summary="ERP documents this endpoint's polling could not use, with the field to fix (newest first)")
+async def erp_rejections(name: str, session: ReadSessionDep, limit: int = Query(50, ge=1, le=500),
+                         offset: int = Query(0, ge=0, le=2**31)) -> dict[str, Any]:
+    await service.get_endpoint(session, name)  # 404 naming the endpoint when there is none
+    total, items = await devices.erp_rejections(session, name, limit=limit, offset=offset)
+    return {"endpoint": name, "total": total, "items": items}

@@ -1,5 +1,12 @@
 """ERP over REST in the shape of ERPNext (Frappe): /api/resource/{DocType}, `token key:secret` auth,
-paged lists (limit_start, limit_page_length), and HMAC-SHA256 webhook signatures."""
+paged lists (limit_start, limit_page_length), and HMAC-SHA256 webhook signatures.
+
+Idempotent writes: Frappe names a new document itself (naming series such as MAT-STE-.YYYY.-, a field,
+or a hash) and discards a `name` the client sends unless the DocType's autoname is "prompt". So the hub
+cannot key its documents by name. It keys them by a field ERPNext keeps: a custom field (default
+`custom_hub_key`, Data, Unique) on every DocType the hub writes, a one-time setup of the ERPNext site.
+`write_once` looks the key up before it posts, and a retry after a timeout, a lost answer or a killed
+worker finds the document the first attempt created instead of creating a second one."""
 
 from __future__ import annotations
 
@@ -7,11 +14,12 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import AnyHttpUrl, Field, SecretStr
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
 from connectors.base import Connector, ConnectorConfig, Point
 from connectors.errors import (
@@ -22,6 +30,8 @@ from connectors.errors import (
     ProtocolError,
 )
 
+_FIELDNAME = re.compile(r"[a-z][a-z0-9_]*")  # a Frappe fieldname (Custom Fields get the custom_ prefix)
+
 
 class ErpnextConfig(ConnectorConfig):
     base_url: AnyHttpUrl = Field(title="Base URL", description="ERP site URL, e.g. https://erp.example.com")
@@ -30,10 +40,23 @@ class ErpnextConfig(ConnectorConfig):
     timeout_s: float = Field(default=10.0, gt=0, le=300, title="Timeout (s)", description="per request")
     page_length: int = Field(default=100, ge=1, le=1000, title="Page length",
                              description="documents per page when listing (limit_page_length)")
+    hub_key_field: str = Field(
+        default="custom_hub_key", min_length=1, max_length=140, title="Hub key field",
+        description="the field of each document the hub writes (Stock Entry, Delivery Note, Purchase Receipt, ...) "
+                    "that keeps the hub's idempotency key: a Custom Field (type Data, Unique) added once on the "
+                    "ERPNext site; the hub looks it up before every create, so a retry never makes a second document")
     webhook_secret: SecretStr | None = Field(
         default=None, title="Webhook secret",
         description="the ERPNext webhook's secret: incoming events must carry its HMAC-SHA256 signature "
                     "(X-Frappe-Webhook-Signature); unset accepts unsigned events (development only)")
+
+    @field_validator("hub_key_field")
+    @classmethod
+    def _fieldname(cls, v: str) -> str:
+        if not _FIELDNAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not an ERPNext fieldname: lower-case letters, digits and underscores, "
+                             "starting with a letter (e.g. custom_hub_key)")
+        return v
 
 
 def webhook_signature(secret: str, body: bytes) -> str:
@@ -48,8 +71,18 @@ def verify_webhook(secret: str, body: bytes, signature: str | None) -> bool:
     return hmac.compare_digest(webhook_signature(secret, body), signature.strip())
 
 
+def _exc_type(resp: httpx.Response) -> str | None:
+    """Frappe's exception class of an error answer (its `exc_type`), when the body says."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    exc_type = body.get("exc_type") if isinstance(body, dict) else None
+    return exc_type if isinstance(exc_type, str) else None
+
+
 class ErpnextConnector(Connector):
-    """Reads and writes ERPNext documents. `write` is idempotent on the document's `name`."""
+    """Reads and writes ERPNext documents. `write_once` is idempotent on the hub's key (`hub_key_field`)."""
 
     kind = "erpnext"
     title = "ERPNext (REST)"
@@ -94,8 +127,9 @@ class ErpnextConnector(Connector):
                 f"ERP refused the credentials ({resp.status_code}): check the endpoint's api_key and api_secret",
                 field="api_secret")
         if resp.status_code == 429 or resp.status_code >= 500:
-            raise ConnectorUnavailable(f"ERP at {self.base_url} answered {resp.status_code} on {method} {path}: "
-                                       "will retry")
+            said = " ".join(resp.text[:200].split())
+            raise ConnectorUnavailable(f"ERP at {self.base_url} answered {resp.status_code} on {method} {path}"
+                                       f"{f' ({said})' if said else ''}: will retry")
         return resp
 
     async def _check(self) -> str:
@@ -138,19 +172,80 @@ class ErpnextConnector(Connector):
                 return out
 
     async def write(self, resource: str, data: Any) -> Any:
-        """Create a document; an existing document of the same name counts as done (safe retries)."""
+        """Create a document. One carrying the hub key field (`hub_key_field`) is created once (`write_once`);
+        otherwise an existing document of the same name (409, for DocTypes named by a field or by prompt)
+        counts as done."""
+        if not isinstance(data, dict):
+            raise DeviceRejected(f"ERP {resource}: a document is a JSON object, not {type(data).__name__}")
+        key = data.get(self.config.hub_key_field)
+        if key:
+            return await self.write_once(resource, data, str(key))
         resp = await self._request("POST", f"/api/resource/{quote(resource)}", json=data)
-        if resp.status_code == 409:
-            return await self.read(resource, name=data.get("name")) if data.get("name") else None
+        if resp.status_code == 409 and data.get("name"):
+            return await self.read(resource, name=data["name"])
         if resp.status_code >= 400:
             raise DeviceRejected(f"ERP refused {resource} {data.get('name', '')}: {resp.status_code} {resp.text[:300]}")
         return self._json(resp).get("data")
+
+    async def find_by_key(self, resource: str, key: str) -> dict[str, Any] | None:
+        """The document of `resource` whose hub key field is `key` (its name and key), or None. The oldest one
+        if the ERP holds several (made before the key was looked up)."""
+        field = self.config.hub_key_field
+        try:
+            rows = await self.read(resource, filters=[[field, "=", key]], fields=["name", field],
+                                   order_by="creation asc", limit_page_length=1)
+        except (DeviceRejected, ConnectorUnavailable) as exc:
+            # a DocType without the field: Frappe's query fails on the unknown column (HTTP 500, or 417)
+            if isinstance(exc, ConnectorUnavailable) and "unknown column" not in exc.message.lower():
+                raise
+            raise ConnectorConfigError(
+                f"ERP refused looking up {resource} by {field!r} ({exc.message}): add the Custom Field {field} "
+                f"(type Data, Unique) to {resource} in ERPNext (see README, ERPNext setup), or set hub_key_field "
+                "to the field that exists", field="hub_key_field") from None
+        if not isinstance(rows, list):
+            raise ProtocolError(f"ERP answered a {type(rows).__name__} for the list of {resource}")
+        return rows[0] if rows else None
+
+    async def write_once(self, resource: str, data: dict[str, Any], key: str) -> Any:
+        """Create the document keyed `key` unless the ERP has it already; either way answer the ERP's
+        document. Frappe names the document itself (a client `name` is dropped), so the key travels in
+        `hub_key_field` and is looked up before the POST. Two attempts racing past the lookup: the field's
+        Unique constraint refuses the second (UniqueValidationError), which is then looked up again."""
+        field = self.config.hub_key_field
+        found = await self.find_by_key(resource, key)
+        if found is not None:
+            return await self.read(resource, name=found["name"]) or found
+        doc = {k: v for k, v in data.items() if k != "name"}
+        doc[field] = key
+        resp = await self._request("POST", f"/api/resource/{quote(resource)}", json=doc)
+        if resp.status_code == 409 or (resp.status_code == 417 and _exc_type(resp) == "UniqueValidationError"):
+            found = await self.find_by_key(resource, key)
+            if found is not None:
+                return await self.read(resource, name=found["name"]) or found
+        if resp.status_code >= 400:
+            raise DeviceRejected(f"ERP refused {resource} {key}: {resp.status_code} {resp.text[:300]}")
+        created = self._json(resp).get("data")
+        if isinstance(created, dict) and created.get(field) != key:
+            # Frappe drops fields a DocType does not have: without the custom field every retry would create
+            # another document, so stop here (the one just created is named in the message)
+            raise ConnectorConfigError(
+                f"ERP {resource} has no field {field!r}: it created {created.get('name')!r} without the hub's key "
+                f"{key!r}. Add the Custom Field {field} (type Data, Unique) to {resource} in ERPNext (see README, "
+                f"ERPNext setup), or set hub_key_field to the field that exists", field="hub_key_field")
+        return created
 
     async def update(self, resource: str, name: str, data: dict[str, Any]) -> Any:
         resp = await self._request("PUT", f"/api/resource/{quote(resource)}/{quote(name, safe='')}", json=data)
         if resp.status_code >= 400:
             raise DeviceRejected(f"ERP refused updating {resource} {name}: {resp.status_code} {resp.text[:300]}")
         return self._json(resp).get("data")
+
+    async def read_changed(self, resource: str, since: str, *, filters: list[Any] | None = None
+                           ) -> list[dict[str, Any]]:
+        """The name and `modified` of every document of `resource` modified at or after `since`, oldest first.
+        A list call returns only the fields it asks for and never child tables: fetch each in full (`read`)."""
+        return await self.read_all(resource, fields=["name", "modified"],
+                                   filters=[["modified", ">=", since], *(filters or [])], order_by="modified asc")
 
     @staticmethod
     def _json(resp: httpx.Response) -> dict[str, Any]:

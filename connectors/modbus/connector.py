@@ -1,7 +1,8 @@
 """PLCs over Modbus TCP (pymodbus): a register map turns registers into typed, named readings.
 
-A Modbus exception response is a rejection (DeviceRejected); a refused or dropped connection or a
-timeout is transient (ConnectorUnavailable).
+A Modbus exception response is a rejection (DeviceRejected), except the ones that say "not now" (5
+acknowledge, 6 server device busy, 10 gateway path unavailable, 11 gateway target failed to respond):
+those, a refused or dropped connection and a timeout are transient (ConnectorUnavailable).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ EXCEPTION_NAMES = {
     5: "acknowledge", 6: "server device busy", 8: "memory parity error", 10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
+# exception codes that mean "not now", not "no": the same request succeeds later (the device finished a long
+# command, is no longer busy, or the gateway reaches it again)
+TRANSIENT_EXCEPTIONS = frozenset({5, 6, 10, 11})
 MAX_REGISTERS_PER_READ = 125  # the protocol's limit for function codes 3 and 4
 
 
@@ -245,6 +249,10 @@ class ModbusConnector(Connector):
     def _translate(self, exc: BaseException | Any) -> ConnectorError:
         if isinstance(exc, ExceptionResponse):
             name = EXCEPTION_NAMES.get(exc.exception_code, "unknown exception")
+            if exc.exception_code in TRANSIENT_EXCEPTIONS:
+                return ConnectorUnavailable(f"{self.where} answered Modbus exception {exc.exception_code} ({name}) "
+                                            f"to function {exc.function_code & 0x7F}: the device or gateway is not "
+                                            "ready; will retry")
             return DeviceRejected(f"{self.where} answered Modbus exception {exc.exception_code} ({name}) to "
                                   f"function {exc.function_code & 0x7F}: check the register map's addresses")
         if isinstance(exc, (ConnectionException, ModbusIOException, OSError, asyncio.TimeoutError, TimeoutError)):

@@ -42,6 +42,11 @@ _UNKNOWN = {"BadNodeIdUnknown", "BadNodeIdInvalid", "BadNoMatch", "BadBrowseName
 _REFUSED_CREDENTIALS = {"BadUserAccessDenied", "BadIdentityTokenInvalid", "BadIdentityTokenRejected",
                         "BadSecurityChecksFailed", "BadCertificateInvalid", "BadCertificateUntrusted",
                         "BadSecurityPolicyRejected", "BadSecurityModeRejected", "BadCertificateUriInvalid"}
+# the server or its device cannot answer now; the same request succeeds later: retried, never a rejection
+_TRANSIENT = {"BadTimeout", "BadServerNotConnected", "BadConnectionClosed", "BadSecureChannelClosed",
+              "BadCommunicationError", "BadTooManySessions", "BadServerHalted", "BadNotConnected",
+              "BadNoCommunication", "BadWaitingForInitialData", "BadServerTooBusy", "BadResourceUnavailable",
+              "BadSessionIdInvalid", "BadSessionClosed", "BadShutdown", "BadRequestTimeout"}
 
 
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
@@ -307,10 +312,19 @@ class OpcuaConnector(Connector):
 
     async def read_many(self, names: list[str]) -> list[Reading]:
         nodes = [await self._node(n) for n in names]
-        values = await self._guard(self.client.read_values(nodes))
+        results = await self._guard(self.client.read_attributes(nodes, ua.AttributeIds.Value))
         now = datetime.now(UTC)
-        return [Reading(name=n, value=_scalar(v), unit=self._specs[n][1].unit, at=now,
-                        address=node.nodeid.to_string()) for n, node, v in zip(names, nodes, values, strict=True)]
+        for dv in results:
+            # a value of bad quality (no communication with the device, no value yet) is not a reading: its status
+            # code is the error (transient ones are retried), never a None stored as if it were read
+            if dv.StatusCode is not None and dv.StatusCode.is_bad():
+                try:
+                    dv.StatusCode.check()  # raises the UaStatusCodeError named after the code
+                except UaStatusCodeError as exc:
+                    raise self._translate(exc) from exc
+        return [Reading(name=n, value=_scalar(dv.Value.Value if dv.Value is not None else None),
+                        unit=self._specs[n][1].unit, at=now, address=node.nodeid.to_string())
+                for n, node, dv in zip(names, nodes, results, strict=True)]
 
     async def read(self, resource: str, **params: Any) -> Reading:
         return (await self.read_many([resource]))[0]
@@ -325,6 +339,8 @@ class OpcuaConnector(Connector):
         try:
             await node.write_value(ua.DataValue(ua.Variant(data, vtype)))
         except UaStatusCodeError as exc:
+            if type(exc).__name__ in _TRANSIENT:
+                raise self._translate(exc) from exc
             # on a write, "access denied" is the machine refusing this value or node, not bad credentials
             raise DeviceRejected(f"OPC UA server {self.config.url} refused writing {data!r} to {resource}: "
                                  f"{type(exc).__name__}") from exc
@@ -365,8 +381,7 @@ class OpcuaConnector(Connector):
                 return ConnectorConfigError(f"{where} refused the client's identity or certificate ({name}): "
                                             "check security_mode, certificate, private_key, username and password",
                                             field="security_mode")
-            if name in ("BadTimeout", "BadServerNotConnected", "BadConnectionClosed", "BadSecureChannelClosed",
-                        "BadCommunicationError", "BadTooManySessions", "BadServerHalted"):
+            if name in _TRANSIENT:
                 return ConnectorUnavailable(f"{where}: {name}; will retry")
             return DeviceRejected(f"{where} refused: {name}: {exc}")
         if isinstance(exc, (OSError, asyncio.TimeoutError, TimeoutError, ConnectionError)):

@@ -53,10 +53,11 @@ class TestErpnextContract(ConnectorContract):
     def peer_holds(self, erp_sim) -> dict[str, Any]:
         held = {}
         for i in range(2):
-            doc = {"name": f"B-{uuid.uuid4().hex[:8]}", "item": "BAR-42CRMO4", "custom_heat_number": f"H{i}"}
+            doc = {"batch_id": f"B-{uuid.uuid4().hex[:8]}", "item": "BAR-42CRMO4", "custom_heat_number": f"H{i}"}
             r = httpx.post(f"{erp_sim.url}/api/resource/Batch", json=doc, headers=AUTH)
             assert r.status_code == 200, r.text
-            held[doc["name"]] = doc
+            assert r.json()["data"]["name"] == doc["batch_id"]  # a Batch is named by its batch_id
+            held[doc["batch_id"]] = doc
         return held
 
     @pytest.fixture
@@ -75,7 +76,7 @@ async def test_paged_list_reads_every_document_once(erp_sim):
     tag = uuid.uuid4().hex[:6]
     async with httpx.AsyncClient(base_url=erp_sim.url, headers=AUTH) as raw:
         for i in range(23):
-            (await raw.post("/api/resource/Batch", json={"name": f"P-{tag}-{i:02d}", "item": tag})).raise_for_status()
+            (await raw.post("/api/resource/Batch", json={"batch_id": f"P-{tag}-{i:02d}", "item": tag})).raise_for_status()
     async with ErpnextConnector(erp_config(erp_sim.url, page_length=5)) as conn:
         docs = await conn.read_all("Batch", filters=[["item", "=", tag]], fields=["name", "item"],
                                    order_by="name asc")
@@ -83,12 +84,15 @@ async def test_paged_list_reads_every_document_once(erp_sim):
     assert all(set(d) == {"name", "item"} for d in docs)
 
 
-async def test_a_duplicate_write_counts_as_done(erp_sim):
-    name = f"SE-{uuid.uuid4().hex[:6]}"
+async def test_a_keyed_write_counts_a_second_copy_as_done(erp_sim):
+    key = f"SE-{uuid.uuid4().hex[:6]}"
     async with ErpnextConnector(erp_config(erp_sim.url)) as conn:
-        first = await conn.write("Stock Entry", {"name": name, "stock_entry_type": "Manufacture"})
-        again = await conn.write("Stock Entry", {"name": name, "stock_entry_type": "Manufacture"})
-    assert first["name"] == again["name"] == name
+        first = await conn.write_once("Stock Entry", {"stock_entry_type": "Manufacture"}, key)
+        again = await conn.write_once("Stock Entry", {"stock_entry_type": "Manufacture"}, key)
+        # the key in the hub key field goes the same way through write
+        third = await conn.write("Stock Entry", {"stock_entry_type": "Manufacture", "custom_hub_key": key})
+    assert first["name"] == again["name"] == third["name"] and first["name"].startswith("MAT-STE-")
+    assert first["custom_hub_key"] == key and len(erp_sim.keyed("Stock Entry", key)) == 1
 
 
 async def test_503_is_transient_and_the_call_succeeds_after(erp_sim):

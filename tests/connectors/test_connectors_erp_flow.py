@@ -98,8 +98,8 @@ async def test_erp_answering_503_for_a_while_is_waited_for_and_nothing_doubles(a
             await raw.delete(f"{erp_sim.url}/sim/faults")
     done = await wait_done(api, wo_number, timeout=90)
     assert done["status"]["result"] == "completed"
-    assert list(erp_sim.documents("Stock Entry")).count(f"{wo_number}-MFG") == 1
-    assert list(erp_sim.documents("Delivery Note")).count(f"DN-{wo_number}") == 1
+    assert len(erp_sim.keyed("Stock Entry", f"{wo_number}-MFG")) == 1
+    assert len(erp_sim.keyed("Delivery Note", f"DN-{wo_number}")) == 1
 
 
 # --- polling an ERP without webhooks ------------------------------------------------------------------------
