@@ -271,5 +271,5 @@ async def test_two_dispositions_in_one_workflow_task_get_one(api: httpx.AsyncCli
         assert len(refused) == 1, answers
         assert "is not allowed" in str(refused[0].cause), refused[0].cause
         st = await handle.query(NonconformanceWorkflow.status)
-        assert [d.action for d in st.decisions][0] == "confirm" and len(st.decisions) == 2, st.decisions
+        assert st.decisions[0].action == "confirm" and len(st.decisions) == 2, st.decisions
         await handle.terminate("test done")

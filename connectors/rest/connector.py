@@ -43,6 +43,20 @@ class Resource(ConnectorConfig):
     fields: dict[str, str] = Field(default_factory=dict, title="Field map",
                                    description="hub field -> dotted source field; empty: documents as they come")
     writable: bool = Field(default=False, title="Writable", description="may the hub create documents here")
+    doctype: str | None = Field(
+        default=None, max_length=80, title="Hub document",
+        description="the hub's ERP notice this resource receives when the endpoint is the hub's ERP: Stock Entry, "
+                    "Delivery Note, Batch Hold or Purchase Receipt (sent in ERPNext's shape; `fields` renames them)")
+    key_field: str | None = Field(
+        default=None, max_length=120, title="Key field",
+        description="dotted field of the created document that keeps the hub's key of it; with it, the hub looks "
+                    "the key up before creating, so a retried notice never creates a second document")
+    key_param: str | None = Field(
+        default=None, max_length=80, title="Key parameter",
+        description="list query parameter that filters by the key field (default: the key field's name)")
+    idempotency_header: str | None = Field(
+        default="Idempotency-Key", max_length=80, title="Idempotency header",
+        description="request header carrying the hub's key on create (for ERPs that honour one); empty: none")
 
 
 class RestConfig(ConnectorConfig):
@@ -136,11 +150,17 @@ class RestConnector(Connector):
         return resp
 
     def _resource(self, name: str) -> Resource:
+        """A resource by its name, or by the hub document it receives (`doctype`: the hub's ERP notices are named
+        as ERPNext names them, e.g. 'Stock Entry')."""
         for r in self.config.resources:
             if r.name == name:
                 return r
-        raise ConnectorConfigError(f"no resource named {name!r} in this endpoint; known: "
-                                   f"{[r.name for r in self.config.resources]}", field="resources")
+        for r in self.config.resources:
+            if r.doctype == name:
+                return r
+        raise ConnectorConfigError(f"no resource named {name!r} in this endpoint (nor one whose doctype is "
+                                   f"{name!r}); known: {[r.name for r in self.config.resources]}. As the hub's "
+                                   "ERP, give each notice a writable resource with its doctype", field="resources")
 
     async def _check(self) -> str:
         resp = await self._request("GET", self.config.health_path)
@@ -206,6 +226,51 @@ class RestConnector(Connector):
             return None  # it exists already: a retried create counts as done
         if resp.status_code >= 400:
             raise DeviceRejected(f"{self.base_url} refused creating {r.name}: {resp.status_code} {resp.text[:300]}")
+        return self._map(r, pick(self._json(resp), r.item_key))
+
+    async def find_by_key(self, r: Resource, key: str) -> Any:
+        """The document of `r` whose key field holds `key`, mapped; None when the ERP has none."""
+        assert r.key_field
+        param = r.key_param or r.key_field.rsplit(".", 1)[-1]
+        resp = await self._request("GET", r.path, params={param: key})
+        if resp.status_code == 404:
+            return None
+        if resp.status_code >= 400:
+            raise DeviceRejected(f"{self.base_url} refused looking up {r.name} by {param}={key!r}: "
+                                 f"{resp.status_code} {resp.text[:200]}")
+        items = pick(self._json(resp), r.items_key)
+        if not isinstance(items, list):
+            raise ProtocolError(f"{self.base_url}{r.path}: no list at {r.items_key!r} in the answer: check items_key")
+        # only a document that really holds the key counts (an ERP that ignores the parameter lists everything)
+        found = next((d for d in items if str(pick(d, r.key_field)) == key), None)
+        return None if found is None else self._map(r, found)
+
+    async def write_once(self, resource: str, data: dict[str, Any], key: str) -> Any:
+        """Create the hub's document keyed `key` (an ERP notice: `resource` is its doctype or a resource name)
+        unless the ERP has it already. The key goes in the resource's key field (looked up first) and in its
+        idempotency header; without a key field, an ERP answering 409 for a repeated key is what keeps a retry
+        from creating a second document."""
+        r = self._resource(resource)
+        if not r.writable:
+            raise ConnectorConfigError(f"resource {r.name} is not writable: set writable true", field="resources")
+        if r.key_field and (found := await self.find_by_key(r, key)) is not None:
+            return found
+        body = place(r.fields, {k: v for k, v in data.items() if k != "name"})
+        if r.key_field:
+            node = body
+            *steps, last = r.key_field.split(".")
+            for step in steps:
+                node = node.setdefault(step, {})
+            node[last] = key
+        headers = {r.idempotency_header: key} if r.idempotency_header else None
+        resp = await self._request("POST", r.path, json=body, headers=headers)
+        if resp.status_code == 409:
+            if r.key_field and (found := await self.find_by_key(r, key)) is not None:
+                return found
+            return None  # it exists already: a retried create counts as done
+        if resp.status_code >= 400:
+            raise DeviceRejected(f"{self.base_url} refused creating {r.name} {key}: {resp.status_code} "
+                                 f"{resp.text[:300]}")
         return self._map(r, pick(self._json(resp), r.item_key))
 
     def _translate(self, exc: BaseException) -> ConnectorError:
