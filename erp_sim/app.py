@@ -146,7 +146,8 @@ class Store:
                 raise FrappeError(417, "UniqueValidationError", f"{field} must be unique: {doctype} with "
                                                                  f"{field} {value!r} exists")
         name = self.new_name(doctype, doc)
-        return self.put(doctype, {**doc, "name": name})
+        # a REST create is a draft (docstatus 0) unless the client submits it (docstatus 1), as in Frappe
+        return self.put(doctype, {**doc, "docstatus": doc.get("docstatus", 0), "name": name})
 
     def new_name(self, doctype: str, doc: dict[str, Any]) -> str:
         autoname = AUTONAME.get(doctype, "hash")

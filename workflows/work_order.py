@@ -99,7 +99,9 @@ PATCH_REFUSED_ID = "wo-refused-id-resend-v1"
 class WorkOrderWorkflow:
     def __init__(self) -> None:
         self.order: WorkOrderInput | None = None
-        self.stage = "material_intake"
+        # "starting" until the work order is recorded (start_work_order): a status read before then must not say
+        # material_intake while the record does not exist yet (a report sent on the strength of it was refused)
+        self.stage = "starting"
         self.activity_wait: str | None = None
         self.receipts: list[PurchaseReceipt] = []
         self.seen_receipts: set[str] = set()

@@ -33,6 +33,10 @@ from connectors.errors import (
 _FIELDNAME = re.compile(r"[a-z][a-z0-9_]*")  # a Frappe fieldname (Custom Fields get the custom_ prefix)
 
 
+# the DocTypes the hub creates that ERPNext submits (stock and deliveries move only once submitted)
+SUBMITTABLE = frozenset({"Stock Entry", "Delivery Note", "Purchase Receipt"})
+
+
 class ErpnextConfig(ConnectorConfig):
     base_url: AnyHttpUrl = Field(title="Base URL", description="ERP site URL, e.g. https://erp.example.com")
     api_key: str = Field(min_length=1, title="API key", description="the API user's key")
@@ -45,6 +49,11 @@ class ErpnextConfig(ConnectorConfig):
         description="the field of each document the hub writes (Stock Entry, Delivery Note, Purchase Receipt, ...) "
                     "that keeps the hub's idempotency key: a Custom Field (type Data, Unique) added once on the "
                     "ERPNext site; the hub looks it up before every create, so a retry never makes a second document")
+    submit: bool = Field(
+        default=True, title="Submit documents",
+        description="create the hub's stock entries, delivery notes and purchase returns submitted (docstatus 1), so "
+                    "stock moves at once; false: as drafts that a person submits in ERPNext (a REST create is a "
+                    "draft unless it says otherwise)")
     webhook_secret: SecretStr | None = Field(
         default=None, title="Webhook secret",
         description="the ERPNext webhook's secret: incoming events must carry its HMAC-SHA256 signature "
@@ -217,6 +226,8 @@ class ErpnextConnector(Connector):
             return await self.read(resource, name=found["name"]) or found
         doc = {k: v for k, v in data.items() if k != "name"}
         doc[field] = key
+        if self.config.submit and resource in SUBMITTABLE:
+            doc.setdefault("docstatus", 1)  # Frappe's REST insert makes a draft unless told to submit
         resp = await self._request("POST", f"/api/resource/{quote(resource)}", json=doc)
         if resp.status_code == 409 or (resp.status_code == 417 and _exc_type(resp) == "UniqueValidationError"):
             found = await self.find_by_key(resource, key)

@@ -119,6 +119,19 @@ async def test_notify_erp_retried_creates_one_document(erp_sim, seeded, sessionm
         await env.run(acts.notify_erp, notice)
     docs = erp_sim.keyed("Delivery Note", key)
     assert len(docs) == 1 and docs[0]["customer"] == "Customer A" and docs[0]["name"].startswith("MAT-DN-")
+    assert docs[0]["docstatus"] == 1  # submitted: a REST create is otherwise a draft that moves no stock
+
+
+async def test_documents_are_drafts_when_the_endpoint_says_so(erp_sim):
+    key = f"DN-{uuid.uuid4().hex[:8]}"
+    doc = {"customer": "Customer A", "items": [{"item_code": "SHAFT-25", "qty": 5}]}
+    async with ErpnextConnector(erp_config(erp_sim.url, submit=False)) as conn:
+        await conn.write_once("Delivery Note", doc, key)
+    assert erp_sim.keyed("Delivery Note", key)[0]["docstatus"] == 0
+    # what is not a stock document is created as it is sent (a Batch is no submittable DocType)
+    async with ErpnextConnector(erp_config(erp_sim.url)) as conn:
+        batch = await conn.write_once("Batch", {"batch_id": f"B-{key}", "item": "SHAFT-25"}, f"B-{key}")
+    assert batch.get("docstatus", 0) == 0
 
 
 async def test_two_attempts_racing_past_the_lookup_still_make_one_document(erp_sim):
