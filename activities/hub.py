@@ -41,7 +41,7 @@ from activities.models import (
 )
 from activities.ncr_signals import signal_reinspected
 from activities.recall import RecallActivities
-from connectors.errors import ConnectorConfigError, ConnectorError
+from connectors.errors import ConnectorConfigError, ConnectorUnavailable, ProtocolError
 from connectors.registry import connector_class
 from core.errors import NotFound
 from domain import codes, inspection_triggers, production, quality, quality_plans, shipping, spc_warnings
@@ -61,6 +61,10 @@ class HubActivities(TransactionalActivities):
         # client (tens of ms of CPU), and a work order sends several documents
         self._erp: tuple[str, Any] | None = None
         self._erp_lock = asyncio.Lock()
+        # ERP calls in flight per connector (by id): a connector replaced or dropped is closed only once the
+        # calls still using it are done (closing it under them failed them with "the client has been closed")
+        self._erp_users: dict[int, int] = {}
+        self._erp_retired: dict[int, Any] = {}
 
     @activity.defn
     @translated
@@ -289,9 +293,11 @@ class HubActivities(TransactionalActivities):
                 answer = await write_once(notice.doctype, dict(notice.doc), notice.name)
             else:
                 answer = await conn.write(notice.doctype, {"name": notice.name, **notice.doc})
-        except ConnectorError:
-            await self._drop_erp(conn)  # the next attempt connects afresh
+        except (ConnectorUnavailable, ProtocolError):
+            await self._drop_erp(conn)  # the connection may be broken: the next attempt connects afresh
             raise
+        finally:
+            await self._release_erp(conn)
         if notice.doctype == "Purchase Receipt" and notice.doc.get("is_return") and notice.doc.get("remarks"):
             # an NCR's purchase return, acknowledged: its supplier return is now erp_notified (a retry after a
             # lost completion finds the document already there, which counts as done, and changes nothing)
@@ -300,9 +306,13 @@ class HubActivities(TransactionalActivities):
                 await erp_acknowledged(s, ncr=str(notice.doc["remarks"]), document=str(document or notice.name))
 
     async def _erp_connector(self, kind: str, config: dict[str, Any]) -> Any:
+        """The ERP endpoint's connector, shared by the calls in flight; each call gives it back with
+        _release_erp."""
         key = kind + json.dumps(config, sort_keys=True, default=str)
         async with self._erp_lock:
-            return await self._erp_connector_locked(key, kind, config)
+            conn = await self._erp_connector_locked(key, kind, config)
+            self._erp_users[id(conn)] = self._erp_users.get(id(conn), 0) + 1
+            return conn
 
     async def _erp_connector_locked(self, key: str, kind: str, config: dict[str, Any]) -> Any:
         if self._erp is not None and self._erp[0] == key:
@@ -314,14 +324,30 @@ class HubActivities(TransactionalActivities):
         conn = cls(config)
         await conn.__aenter__()
         old, self._erp = self._erp, (key, conn)
-        if old is not None:
-            await old[1].__aexit__(None, None, None)
+        if old is not None:  # the endpoint's config changed: the old connector goes once its calls are done
+            await self._retire_erp(old[1])
         return conn
 
-    async def _drop_erp(self, conn: Any) -> None:
-        if self._erp is not None and self._erp[1] is conn:
-            self._erp = None
+    async def _retire_erp(self, conn: Any) -> None:
+        if self._erp_users.get(id(conn), 0) > 0:
+            self._erp_retired[id(conn)] = conn  # closed by the last call using it (_release_erp)
+        else:
+            self._erp_users.pop(id(conn), None)
             await conn.__aexit__(None, None, None)
+
+    async def _release_erp(self, conn: Any) -> None:
+        async with self._erp_lock:
+            left = self._erp_users.get(id(conn), 1) - 1
+            self._erp_users[id(conn)] = left
+            if left <= 0 and id(conn) in self._erp_retired:
+                del self._erp_retired[id(conn)], self._erp_users[id(conn)]
+                await conn.__aexit__(None, None, None)
+
+    async def _drop_erp(self, conn: Any) -> None:
+        async with self._erp_lock:
+            if self._erp is not None and self._erp[1] is conn:
+                self._erp = None
+                await self._retire_erp(conn)
 
     def all(self) -> list[Any]:
         return [

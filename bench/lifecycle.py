@@ -84,6 +84,8 @@ class BenchBareWorkflow:
 BARE_TASK_QUEUE = "bench-bare"
 HUB_TASK_QUEUE = "tracehub-bench"
 QUANTITY = 20
+# phase 1's release events, their ERP records stored in the simulator first (the drivers send these)
+EVENTS: dict[str, dict[str, Any]] = {}
 IN_SPEC_IQC = [{"characteristic": "hardness", "values": [30.1]}]
 OUT_SPEC_IQC = [{"characteristic": "hardness", "values": [35.0]}]
 IN_SPEC_FINAL = [{"characteristic": "outer diameter", "values": [25.0, 25.01, 24.99]}]
@@ -479,7 +481,8 @@ class HttpDriver(Driver):
         from erp_sim.app import release_event
 
         # 200: a re-sent event already accepted (after a 5xx)
-        await self._call("POST", "/api/erp/events", "erp", ok=(200, 202), body=release_event(number, QUANTITY))
+        await self._call("POST", "/api/erp/events", "erp", ok=(200, 202),
+                         body=EVENTS.get(number) or release_event(number, QUANTITY))
 
     async def wait_inspection(self, number: str, kind: str) -> str:
         st = await self._until(lambda: self._status(number),
@@ -548,7 +551,8 @@ class TemporalDriver(Driver):
 
         self.requests += 1
         await self.client.start_workflow(
-            "WorkOrderWorkflow", WorkOrderInput.model_validate(release_event(number, QUANTITY)["work_order"]),
+            "WorkOrderWorkflow",
+            WorkOrderInput.model_validate((EVENTS.get(number) or release_event(number, QUANTITY))["work_order"]),
             id=f"work-order-{number}", task_queue=HUB_TASK_QUEUE)
 
     async def wait_inspection(self, number: str, kind: str) -> str:
@@ -778,12 +782,21 @@ async def bench(args: argparse.Namespace) -> None:
         await bare_half(0)
 
         n = args.work_orders
+        # the ERP's own records of phase 1's work orders (Work Order, Purchase Receipt, Batch), as a real ERP has
+        # them before it sends the release: the hub's consumption entries then name batches the ERP knows
+        import httpx
+
+        from erp_sim.app import release_event
+
+        numbers = [f"LC-{i:05d}" for i in range(1, n + 1)]
+        EVENTS.update({x: release_event(x, QUANTITY) for x in numbers})
+        async with httpx.AsyncClient(base_url=erp_url, timeout=60) as erp:
+            (await erp.post("/sim/documents", json=[EVENTS[x] for x in numbers])).raise_for_status()
         log_load("before phase 1")
         log(f"phase 1: {n} work orders through the lifecycle, {args.concurrency} at a time, driver {driver.name}")
         driver.requests, driver.errors = 0, {}
         cpu0, w0 = children.cpu_seconds(), time.monotonic()
-        hub = await lifecycle_phase(driver, client, [f"LC-{i:05d}" for i in range(1, n + 1)], args.fail_every,
-                                    args.concurrency)
+        hub = await lifecycle_phase(driver, client, numbers, args.fail_every, args.concurrency)
         hub_requests = driver.requests
         children.log_cpu(cpu0, time.monotonic() - w0)
         children.check_alive()

@@ -368,6 +368,19 @@ def create_app(
             results = await asyncio.gather(*(send(n) for n in numbers))
         return {"released": numbers, "hub": results}
 
+    @app.post("/sim/documents")
+    async def remember(events: list[dict[str, Any]]) -> dict:
+        """Store the ERP's own records behind work_order.released events the caller sends the hub itself (its
+        Work Order, Purchase Receipts and their Batches), as an ERP has them before it sends the event: the hub's
+        consumption entries then name batches the ERP knows."""
+        async with lock:
+            n = 0
+            for ev in events:
+                for doctype, doc in erpnext_documents(ev):
+                    store.put(doctype, doc, exist_ok=True)
+                    n += 1
+        return {"stored": n}
+
     @app.get("/sim/documents")
     async def documents(doctype: str | None = None) -> dict:
         """The simulator's own view (not Frappe's API): every DocType's names, or every document of one

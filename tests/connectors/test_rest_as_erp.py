@@ -5,6 +5,7 @@ REST service on loopback that names its documents itself, as real ERPs do."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from typing import Any
@@ -31,8 +32,12 @@ def other_erp_app() -> Starlette:
     async def deliveries(request: Request) -> JSONResponse:
         if request.method == "GET":
             ref = request.query_params.get("external_ref")
+            if ref and ref.startswith("SLOW"):
+                await asyncio.sleep(1.0)  # a slow lookup: the call is in flight meanwhile
             return JSONResponse({"data": [d for d in docs if ref is None or d.get("external_ref") == ref]})
         body = await request.json()
+        if body.get("ship_to") == "DOWN":
+            return JSONResponse({"error": "service unavailable"}, status_code=503)
         state["headers"].append(request.headers.get("idempotency-key"))
         if not body.get("lines"):
             return JSONResponse({"error": "a delivery needs lines"}, status_code=422)
@@ -116,3 +121,31 @@ async def test_the_hubs_erp_notice_activity_uses_a_rest_endpoint_once(other_erp:
     await acts.notify_erp(notice)  # Temporal's retry of the activity
     await acts.notify_erp(notice)  # and a workflow replaying a notice it already sent
     assert len([d for d in other_erp.app.state.docs if d.get("external_ref") == key]) == 1
+
+
+async def test_one_call_failing_does_not_close_the_connection_under_the_others(other_erp: ThreadedServer,
+                                                                               sessionmaker, settings):
+    """The worker's ERP connector is shared by the notices in flight. One call failing on the connection (a 503)
+    makes the next attempt connect afresh, but the calls still using the old connection finish on it: closing it
+    under them failed them with "the client has been closed", which the work order took as a refusal."""
+    name = f"erp-rest-{uuid.uuid4().hex[:6]}"
+    async with sessionmaker() as s, s.begin():
+        await create_endpoint(s, name=name, kind="rest", config=config(other_erp.port), actor="test")
+    acts = HubActivities(sessionmaker, resolver=settings.resolver_base_url, erp_endpoint=name)
+    slow = f"SLOW-{uuid.uuid4().hex[:8]}"
+    in_flight = asyncio.create_task(acts.notify_erp(ErpNotice(doctype="Delivery Note", name=slow,
+                                                              doc=delivery(slow))))
+    await asyncio.sleep(0.3)  # its lookup is under way
+    with pytest.raises(Exception, match="503"):
+        await acts.notify_erp(ErpNotice(doctype="Delivery Note", name="DN-down",
+                                        doc={**delivery("DN-down"), "customer": "DOWN"}))
+    await in_flight  # finishes on its own connection
+    assert len([d for d in other_erp.app.state.docs if d.get("external_ref") == slow]) == 1
+    # a refusal is no connection problem: the connection stays, and the next notice goes out on it
+    ok = f"DN-{uuid.uuid4().hex[:8]}"
+    await acts.notify_erp(ErpNotice(doctype="Delivery Note", name=ok, doc=delivery(ok)))  # connects afresh
+    assert acts._erp is not None
+    conn = acts._erp[1]
+    with pytest.raises(Exception, match="a delivery needs lines"):
+        await acts.notify_erp(ErpNotice(doctype="Delivery Note", name="DN-nolines", doc={"customer": "C"}))
+    assert acts._erp is not None and acts._erp[1] is conn
