@@ -354,7 +354,7 @@ async def _local_credentials(s: Settings) -> tuple[dict[str, str], dict[str, tup
 
 # --- demo ----------------------------------------------------------------------------------------------
 
-STAGES = ["material_intake", "production", "final_inspection", "nonconformance_review", "erp_completion",
+STAGES = ["starting", "material_intake", "production", "final_inspection", "nonconformance_review", "erp_completion",
           "code_issuance",
           "shipment", "done"]
 
@@ -484,7 +484,8 @@ async def _demo(n: int, fail_rate: float, quantity: int, seed: int | None, hub_u
                         done.add(number)
                 counts = {st: 0 for st in STAGES}
                 for number in numbers:
-                    counts[plant.stage.get(number, "material_intake")] += 1
+                    st = plant.stage.get(number, "starting")
+                    counts[st] = counts.get(st, 0) + 1  # a stage this display does not list is counted, not shown
                 for st, task in bars.items():
                     progress.update(task, completed=counts[st])
                 progress.update(overall, completed=len(done))
