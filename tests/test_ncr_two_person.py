@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -195,29 +196,40 @@ async def test_a_signature_made_over_the_old_content_still_holds(api: httpx.Asyn
     assert trace_signatures(back, lot, ncr) == [("confirm", True), ("scrap", False)]
 
 
+async def _confirmed_ncr_off_queue(api: httpx.AsyncClient, client, settings, sessionmaker, wo_number: str,
+                                   tag: str) -> tuple[Any, Any]:
+    """An NCR's workflow on a task queue of its own, confirmed (state mrb), with no worker polling that queue any
+    more: updates sent now wait at the server and reach the workflow together, in one activation, once a worker
+    (the second value: settings without a sticky cache, so it takes the task at once) starts."""
+    from activities.models import NcrAction, NcrDecision, NonconformanceInput, ReviewerRole
+    from worker import build_worker
+    from workflows.nonconformance import NonconformanceWorkflow
+
+    await final_ncr(api, wo_number)  # a lot of its own for this NCR
+    queue = f"ncr-{tag}-{wo_number}"
+    quiet = settings.model_copy(update={"worker": settings.worker.model_copy(update={"max_cached_workflows": 0})})
+    async with build_worker(client, quiet, sessionmaker, task_queue=queue):
+        handle = await client.start_workflow(
+            NonconformanceWorkflow.run, NonconformanceInput(
+                ncr=f"NCR-{tag.upper()}-{wo_number}", work_order=wo_number, lot=f"{wo_number}-L1",
+                inspection=f"{wo_number}-{tag}", stage="final", description="bore oversize"),
+            id=queue, task_queue=queue)
+        st = await handle.execute_update(NonconformanceWorkflow.decide, NcrDecision(
+            action=NcrAction.confirm, reviewer="t-qa_supervisor", role=ReviewerRole.qa_supervisor, reason="confirmed"))
+        assert st.state == "mrb"
+    return handle, lambda: build_worker(client, quiet, sessionmaker, task_queue=queue)
+
+
 async def test_two_signatures_of_one_person_in_one_workflow_task_get_one(api: httpx.AsyncClient, client, settings,
                                                                          sessionmaker, wo_number):
     """Both updates reach the NCR's workflow in the same activation (sent while no worker polls its queue): the
     second one's validator runs before the first one's handler records the concession, and still refuses it."""
     from temporalio.client import WorkflowUpdateFailedError
 
-    from activities.models import NcrAction, NcrDecision, NonconformanceInput, ReviewerRole
-    from worker import build_worker
+    from activities.models import NcrAction, NcrDecision, ReviewerRole
     from workflows.nonconformance import NonconformanceWorkflow
 
-    await final_ncr(api, wo_number)  # a lot of its own for this NCR
-    queue, number = f"ncr-race-{wo_number}", f"NCR-RACE-{wo_number}"
-    # no sticky cache: a worker started later takes the workflow task from the queue at once
-    quiet = settings.model_copy(update={"worker": settings.worker.model_copy(update={"max_cached_workflows": 0})})
-    async with build_worker(client, quiet, sessionmaker, task_queue=queue):
-        handle = await client.start_workflow(
-            NonconformanceWorkflow.run, NonconformanceInput(
-                ncr=number, work_order=wo_number, lot=f"{wo_number}-L1", inspection=f"{wo_number}-race",
-                stage="final", description="bore oversize"),
-            id=f"ncr-race-{wo_number}", task_queue=queue)
-        st = await handle.execute_update(NonconformanceWorkflow.decide, NcrDecision(
-            action=NcrAction.confirm, reviewer="t-qa_supervisor", role=ReviewerRole.qa_supervisor, reason="confirmed"))
-        assert st.state == "mrb"
+    handle, worker = await _confirmed_ncr_off_queue(api, client, settings, sessionmaker, wo_number, "race")
 
     def concession(role: ReviewerRole) -> NcrDecision:
         return NcrDecision(action=NcrAction.use_as_is, reviewer="t-mrb-both", role=role, reason="concession C-9")
@@ -226,7 +238,7 @@ async def test_two_signatures_of_one_person_in_one_workflow_task_get_one(api: ht
             for role in (ReviewerRole.mrb_production, ReviewerRole.mrb_engineering)]
     await asyncio.sleep(1.5)  # both admitted by the server, waiting for a worker
     assert not any(t.done() for t in sent)
-    async with build_worker(client, quiet, sessionmaker, task_queue=queue):
+    async with worker():
         answers = await asyncio.gather(*sent, return_exceptions=True)
         refused = [a for a in answers if isinstance(a, WorkflowUpdateFailedError)]
         assert len(refused) == 1, answers
@@ -242,22 +254,10 @@ async def test_two_dispositions_in_one_workflow_task_get_one(api: httpx.AsyncCli
     validator sees the first decision's state, and refuses it (before, both were accepted and recorded)."""
     from temporalio.client import WorkflowUpdateFailedError
 
-    from activities.models import NcrAction, NcrDecision, NonconformanceInput, ReviewerRole
-    from worker import build_worker
+    from activities.models import NcrAction, NcrDecision, ReviewerRole
     from workflows.nonconformance import NonconformanceWorkflow
 
-    await final_ncr(api, wo_number)
-    queue, number = f"ncr-race2-{wo_number}", f"NCR-RACE2-{wo_number}"
-    quiet = settings.model_copy(update={"worker": settings.worker.model_copy(update={"max_cached_workflows": 0})})
-    async with build_worker(client, quiet, sessionmaker, task_queue=queue):
-        handle = await client.start_workflow(
-            NonconformanceWorkflow.run, NonconformanceInput(
-                ncr=number, work_order=wo_number, lot=f"{wo_number}-L1", inspection=f"{wo_number}-race2",
-                stage="final", description="bore oversize"),
-            id=f"ncr-race2-{wo_number}", task_queue=queue)
-        st = await handle.execute_update(NonconformanceWorkflow.decide, NcrDecision(
-            action=NcrAction.confirm, reviewer="t-qa_supervisor", role=ReviewerRole.qa_supervisor, reason="confirmed"))
-        assert st.state == "mrb"
+    handle, worker = await _confirmed_ncr_off_queue(api, client, settings, sessionmaker, wo_number, "race2")
     decisions = [NcrDecision(action=NcrAction.scrap, reviewer="t-mrb-p", role=ReviewerRole.mrb_production,
                              reason="cracked"),
                  NcrDecision(action=NcrAction.rework, reviewer="t-mrb-e", role=ReviewerRole.mrb_engineering,
@@ -265,7 +265,7 @@ async def test_two_dispositions_in_one_workflow_task_get_one(api: httpx.AsyncCli
     sent = [asyncio.create_task(handle.execute_update(NonconformanceWorkflow.decide, d)) for d in decisions]
     await asyncio.sleep(1.5)  # both admitted by the server, waiting for a worker
     assert not any(t.done() for t in sent)
-    async with build_worker(client, quiet, sessionmaker, task_queue=queue):
+    async with worker():
         answers = await asyncio.wait_for(asyncio.gather(*sent, return_exceptions=True), 60)
         refused = [a for a in answers if isinstance(a, WorkflowUpdateFailedError)]
         assert len(refused) == 1, answers
