@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import Request
 
 from core.errors import InvalidInput
-from core.values import non_finite_at
+from core.values import first_at, non_finite_at
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -125,18 +125,9 @@ async def _answer(send: Send, path: str, status: int, error: str, detail: str, *
     await send({"type": "http.response.body", "body": raw})
 
 
-def _nul_at(value: Any, path: str) -> str | None:
+def _nul_at(value: Any) -> str | None:
     """The dotted path of the first string (or key) holding a NUL character, if any."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for k, v in items:
-        here = f"{path}.{k}" if path else str(k)
-        if isinstance(k, str) and "\x00" in k:
-            return here
-        if (found := _nul_at(v, here)) is not None:
-            return found
-    return None
+    return first_at(value, lambda v: isinstance(v, str) and "\x00" in v)
 
 
 def _refuse_nul(field: str) -> InvalidInput:
@@ -169,7 +160,7 @@ async def refuse_nul_in_body(request: Request) -> None:
                 doc = json.loads(raw)
             except ValueError:
                 return  # not JSON: the route says so in its own words
-            if nul and (found := _nul_at(doc, "")) is not None:
+            if nul and (found := _nul_at(doc)) is not None:
                 raise _refuse_nul(found or "body")
             if non_finite and (found := non_finite_at(doc)) is not None:
                 raise InvalidInput(f"{found or 'body'}: NaN and Infinity are not numbers JSON allows: send a finite "

@@ -108,6 +108,19 @@ async def wait_done(api: httpx.AsyncClient, number: str, timeout: float = 40.0) 
     return await wait_status(api, number, lambda s: s["result"] is not None, timeout=timeout, what="completion")
 
 
+async def scrap_work_order(api: httpx.AsyncClient, number: str) -> tuple[str, dict]:
+    """Release the work order, pass IQC, run production, fail final inspection and scrap the lot through its NCR
+    (confirm, then one MRB signature); the NCR's number and the work order's final status."""
+    assert (await api.post("/api/erp/events", json=fast_release(number))).status_code == 202
+    await post_results(api, number, "iqc", IN_SPEC_IQC)
+    await run_production(api, number)
+    await post_results(api, number, "final", OUT_SPEC_FINAL)
+    ncr = await wait_ncr(api, number)
+    assert (await decide(api, ncr, "confirm", "qa_supervisor")).status_code == 200
+    assert (await decide(api, ncr, "scrap", "mrb_production", reason="cracked")).status_code == 200
+    return ncr, await wait_done(api, number)
+
+
 def new_gtin() -> str:
     """A fresh, valid GTIN-14 (a GTIN belongs to one item, so tests that make items need their own)."""
     import secrets

@@ -27,6 +27,7 @@ from domain.models import Lot, LotStatus
 from domain.models_codes import CodeAlert, CodeCounter, CodeRule, CodeScan, SerialBlock, UsedCode
 from domain.production import upsert_item
 from tests.helpers import SUPER_HEADERS
+from tests.test_codes import make_lot
 
 DOMAIN = "https://id.tracehub.example"
 
@@ -56,15 +57,6 @@ async def make_item(sessionmaker, *, gtin: str | None = "new") -> tuple[str, str
     async with sessionmaker() as s, s.begin():
         await upsert_item(s, code, name=f"Part {code}", gtin=g)
     return code, g
-
-
-async def make_lot(sessionmaker, item: str, status: str = LotStatus.released) -> str:
-    number = f"L-{uuid.uuid4().hex[:6].upper()}"
-    async with sessionmaker() as s, s.begin():
-        it = await codes.get_item(s, item)
-        s.add(Lot(number=number, kind="output", item_id=it.id, quantity=10, quantity_remaining=10,
-                  status=status, location="LINE-3"))
-    return number
 
 
 async def code_of(api, block: dict, i: int) -> dict:

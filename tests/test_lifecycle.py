@@ -19,6 +19,7 @@ from tests.helpers import (
     fast_release,
     post_results,
     run_production,
+    scrap_work_order,
     wait_done,
     wait_ncr,
 )
@@ -121,14 +122,7 @@ async def test_erp_event_to_shipment_with_ncr_then_trace_and_history(api: httpx.
 
 
 async def test_scrap_completes_short_and_nothing_ships(api: httpx.AsyncClient, erp_sim, wo_number):
-    assert (await api.post("/api/erp/events", json=fast_release(wo_number))).status_code == 202
-    await post_results(api, wo_number, "iqc", IN_SPEC_IQC)
-    await run_production(api, wo_number)
-    await post_results(api, wo_number, "final", OUT_SPEC_FINAL)
-    ncr = await wait_ncr(api, wo_number)
-    assert (await decide(api, ncr, "confirm", "qa_supervisor")).status_code == 200
-    assert (await decide(api, ncr, "scrap", "mrb_production", reason="cracked")).status_code == 200
-    done = await wait_done(api, wo_number)
+    ncr, done = await scrap_work_order(api, wo_number)
     assert done["status"]["result"] == "completed_short"
     assert done["status"]["shipment"] is None and done["status"]["scrap_quantity"] == 20
     fwd = (await api.get(f"/api/trace/forward/{wo_number}-L1")).json()

@@ -30,9 +30,7 @@ from tests.conftest import ErpSim
 from tests.helpers import (
     IN_SPEC_FINAL,
     IN_SPEC_IQC,
-    OUT_SPEC_FINAL,
     PASSWORD,
-    decide,
     fast_release,
     new_gtin,
     operation_report,
@@ -40,8 +38,8 @@ from tests.helpers import (
     report_operation,
     role_headers,
     run_production,
+    scrap_work_order,
     wait_done,
-    wait_ncr,
     wait_status,
 )
 from tests.test_lifecycle import record_history
@@ -180,14 +178,7 @@ async def test_a_release_refused_inside_the_workflow_waits_for_the_corrected_rel
 
 async def test_a_scrapped_order_sends_no_zero_manufacture_entry_and_says_why(
         api: httpx.AsyncClient, client: Client, erp_sim: ErpSim, sessionmaker, wo_number):
-    assert (await api.post("/api/erp/events", json=fast_release(wo_number))).status_code == 202
-    await post_results(api, wo_number, "iqc", IN_SPEC_IQC)
-    await run_production(api, wo_number)
-    await post_results(api, wo_number, "final", OUT_SPEC_FINAL)
-    ncr = await wait_ncr(api, wo_number)
-    assert (await decide(api, ncr, "confirm", "qa_supervisor")).status_code == 200
-    assert (await decide(api, ncr, "scrap", "mrb_production", reason="cracked")).status_code == 200
-    done = await wait_done(api, wo_number)
+    _, done = await scrap_work_order(api, wo_number)
     assert done["status"]["result"] == "completed_short" and done["status"]["good_quantity"] == 0
     # ERPNext refuses a Manufacture row of quantity 0: none was sent
     entries = await erp_docs(erp_sim, "Stock Entry", wo_number)
