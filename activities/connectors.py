@@ -224,10 +224,18 @@ class ConnectorActivities(TransactionalActivities):
                 since_pr = await devices.poll_watermark(s, inp.endpoint, "Purchase Receipt")
             # >= the watermark: documents modified in the same instant as the last one are seen again and
             # recognised by the inbox, rather than missed
+
+            async def handled(doctype: str, row: dict[str, Any]) -> bool:
+                # this version is in the ERP inbox already (taken, rejected, or a receipt that went in with its
+                # work order's start): no need to read it in full again (the watermark lists the last one again)
+                async with self.sm() as s:
+                    return await devices.erp_event_seen(
+                        s, f"poll:{inp.endpoint}:{doctype}:{row['name']}:{row['modified']}")
+
             for row in await read_changed("Work Order", since_wo, filters=[["docstatus", "=", 1]]):
                 result.seen += 1
-                doc = await conn.read("Work Order", name=row["name"])
-                if doc is not None:  # None: deleted since it was listed
+                doc = None if await handled("Work Order", row) else await conn.read("Work Order", name=row["name"])
+                if doc is not None:  # None: handled already, or deleted since it was listed
                     receipts = []
                     for r in await conn.read_all("Purchase Receipt", fields=["name"],
                                                  filters=[["custom_work_order", "=", row["name"]]]):
@@ -243,7 +251,8 @@ class ConnectorActivities(TransactionalActivities):
                     await devices.advance_watermark(s, inp.endpoint, "Work Order", row["modified"])
             for row in await read_changed("Purchase Receipt", since_pr):
                 result.seen += 1
-                doc = await conn.read("Purchase Receipt", name=row["name"])
+                doc = None if await handled("Purchase Receipt", row) else \
+                    await conn.read("Purchase Receipt", name=row["name"])
                 if doc is not None:
                     try:
                         await self._poll_receipt(client, inp.endpoint, doc, result)
@@ -412,7 +421,7 @@ def receipt_from_erpnext(doc: dict[str, Any]) -> dict[str, Any]:
         if isinstance(it, dict) else it for it in (items if isinstance(items, list) else [items])]}
 
 
-REJECTED = {"Work Order": "work_order.rejected", "Purchase Receipt": "purchase_receipt.rejected"}
+REJECTED = devices.REJECTED_ERP_EVENT
 # the hub's input fields and the ERPNext fields they come from
 _WO_FIELDS = {"number": "name", "item": "production_item", "item_name": "item_name", "gtin": "custom_gtin",
               "quantity": "qty", "uom": "stock_uom", "line": "custom_line", "routing": "operations",

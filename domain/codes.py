@@ -10,6 +10,7 @@ retried issue finds its block by its business key instead of carving a second on
 from __future__ import annotations
 
 import bisect
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import date
@@ -213,6 +214,19 @@ async def save_rule(session: AsyncSession, *, item: str, level: str, spec: dict[
     return rule
 
 
+# a saved house rule version's clash (or None), by (id, code space, spec): versions never change, and save_rule
+# refuses a new version that would clash with one, so the answer stays (the key guards against a reused id)
+_clash_of: dict[tuple[int, str, str], str | None] = {}
+
+
+async def rule_clash(session: AsyncSession, rule: CodeRule, spec: RuleSpec) -> str | None:
+    """house_clash for a saved rule version, worked out once per version (issuance asks before every block)."""
+    key = (rule.id, rule.namespace, json.dumps(rule.spec, sort_keys=True))
+    if key not in _clash_of:
+        _clash_of[key] = await house_clash(session, spec, rule.namespace)
+    return _clash_of[key]
+
+
 async def house_clash(session: AsyncSession, spec: RuleSpec, namespace: str) -> str | None:
     """The first house rule version of another code space (another item, or another level) whose codes could read
     the same as codes of `spec`, as "item 'X' (unit rule version 2)"; None if there is none. Every version counts:
@@ -332,7 +346,7 @@ async def issue_block(
                     (p := gs1.cset82_problem(line)):
                 raise InvalidInput(f"line {line!r} cannot go into GS1 AI {ai} ({gs1.AIS[ai][0]}): {p}; give a line "
                                    "code of letters, digits and - . / _", field="line")
-    if c.scheme == "house" and (clash := await house_clash(session, c.spec, rule.namespace)) is not None:
+    if c.scheme == "house" and (clash := await rule_clash(session, rule, c.spec)) is not None:
         # a rule saved before house codes were checked across items: issuing would print another item's texts
         raise Conflict(f"the codes of this rule (version {rule.version}) could read the same as those of {clash}: "
                        "save a new version of the rule with a literal of its own before issuing", field="item")
@@ -594,10 +608,17 @@ async def _lookup_house(session: AsyncSession, code: str, with_lot_facts: bool) 
     the text alone says nothing of its item. Codes printed before house codes were unique across items may be
     held by blocks of two items: then the answer is `ambiguous` with both, never a guess."""
     found: list[CodeInfo] = []
-    for rule in await _candidate_rules(session, "house:%", fresh=True):
-        info = await _lookup_in(session, rule, code, code, with_lot_facts)
-        if info is not None and all(f.view.block.id != info.view.block.id for f in found):  # type: ignore[union-attr]
-            found.append(info)
+    # the cached versions first, then (holding none of them) the database's: a version saved since by another
+    # process may hold it. A version saved since cannot make a held code ambiguous: save_rule refuses a house
+    # rule whose codes could read as another's
+    for fresh in (False, True) if "house:%" in _rules_of else (True,):
+        for rule in await _candidate_rules(session, "house:%", fresh=fresh):
+            info = await _lookup_in(session, rule, code, code, with_lot_facts)
+            if info is not None and all(f.view.block.id != info.view.block.id  # type: ignore[union-attr]
+                                        for f in found):
+                found.append(info)
+        if found:
+            break
     if len(found) == 1:
         return found[0]
     if not found:

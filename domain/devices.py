@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -136,7 +136,9 @@ async def remember_erp_event(session: AsyncSession, *, event_id: str, event_type
 
 
 # the inbox's event types of ERP documents a poll could not use (activities/connectors.py poll_erp)
-REJECTED_ERP_EVENTS = ("work_order.rejected", "purchase_receipt.rejected")
+# the ERP inbox's event type of a polled document the hub could not use, by DocType
+REJECTED_ERP_EVENT = {"Work Order": "work_order.rejected", "Purchase Receipt": "purchase_receipt.rejected"}
+REJECTED_ERP_EVENTS = tuple(REJECTED_ERP_EVENT.values())
 
 
 async def erp_rejections(session: AsyncSession, endpoint: str, *, limit: int = 50,
@@ -148,13 +150,18 @@ async def erp_rejections(session: AsyncSession, endpoint: str, *, limit: int = 5
     total = (await session.execute(select(func.count()).select_from(ErpEvent).where(*where))).scalar_one()
     rows = (await session.execute(select(ErpEvent).where(*where).order_by(ErpEvent.id.desc())
                                   .limit(limit).offset(offset))).scalars().all()
+    # a later version of each rejected document that was taken (one query for the page)
+    prefixes = {r.id: f"poll:{endpoint}:{(r.payload or {}).get('doctype')}:{(r.payload or {}).get('document')}:"
+                for r in rows}
+    later: list[tuple[int, str]] = []
+    if rows:
+        later = [tuple(x) for x in (await session.execute(select(ErpEvent.id, ErpEvent.event_id).where(
+            ErpEvent.id > min(prefixes), ErpEvent.event_type.not_in(REJECTED_ERP_EVENTS),
+            or_(*[ErpEvent.event_id.startswith(p, autoescape=True) for p in set(prefixes.values())])))).all()]
     out = []
     for r in rows:
         p = r.payload or {}
-        taken = (await session.execute(select(func.count()).select_from(ErpEvent).where(
-            ErpEvent.id > r.id, ErpEvent.event_type.not_in(REJECTED_ERP_EVENTS),
-            ErpEvent.event_id.startswith(f"poll:{endpoint}:{p.get('doctype')}:{p.get('document')}:",
-                                         autoescape=True)))).scalar_one()
+        taken = sum(1 for i, eid in later if i > r.id and eid.startswith(prefixes[r.id]))
         out.append({"event_id": r.event_id, "event_type": r.event_type, "doctype": p.get("doctype"),
                     "document": p.get("document"), "modified": p.get("modified"), "work_order": r.business_key,
                     "field": p.get("field"), "reason": p.get("reason"), "received_at": r.received_at.isoformat(),

@@ -120,7 +120,18 @@ class Store:
         if path and path.exists():
             self.docs = json.loads(path.read_text())
 
-    def put(self, doctype: str, doc: dict[str, Any], *, exist_ok: bool = False) -> dict[str, Any]:
+    def put_events(self, events: Any) -> int:
+        """Store the ERP's own records behind work_order.released events (erpnext_documents), the state file
+        written once; how many documents."""
+        n = 0
+        for ev in events:
+            for doctype, doc in erpnext_documents(ev):
+                self.put(doctype, doc, exist_ok=True, save=False)
+                n += 1
+        self.save()
+        return n
+
+    def put(self, doctype: str, doc: dict[str, Any], *, exist_ok: bool = False, save: bool = True) -> dict[str, Any]:
         """Store a document under the name it has: the ERP's own records (the simulator's releases)."""
         bucket = self.docs.setdefault(doctype, {})
         name = doc.get("name") or self.new_name(doctype, doc)
@@ -131,7 +142,8 @@ class Store:
         stamp = now_iso()
         doc = {"docstatus": 1, **doc, "name": name, "doctype": doctype, "creation": stamp, "modified": stamp}
         bucket[name] = doc
-        self.save()
+        if save:
+            self.save()
         return doc
 
     def insert(self, doctype: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -348,9 +360,7 @@ def create_app(
             numbers = [f"{req.prefix}{start + i}" for i in range(req.count)]
             events = {n: release_event(n, req.quantity, with_shipment=req.with_shipment,
                                        heat_prefix=req.heat_prefix, plant=req.plant) for n in numbers}
-            for ev in events.values():
-                for doctype, doc in erpnext_documents(ev):
-                    store.put(doctype, doc, exist_ok=True)
+            store.put_events(events.values())
         if req.notify == "none":
             return {"released": numbers, "hub": []}
         async with httpx.AsyncClient(base_url=hub_url, timeout=30) as client:
@@ -373,12 +383,12 @@ def create_app(
         """Store the ERP's own records behind work_order.released events the caller sends the hub itself (its
         Work Order, Purchase Receipts and their Batches), as an ERP has them before it sends the event: the hub's
         consumption entries then name batches the ERP knows."""
+        for i, ev in enumerate(events):
+            if not isinstance(ev.get("work_order"), dict) or not ev["work_order"].get("number"):
+                raise HTTPException(422, f"events[{i}].work_order: send work_order.released events "
+                                         "(erp_sim.app.release_event) with their work order")
         async with lock:
-            n = 0
-            for ev in events:
-                for doctype, doc in erpnext_documents(ev):
-                    store.put(doctype, doc, exist_ok=True)
-                    n += 1
+            n = store.put_events(events)
         return {"stored": n}
 
     @app.get("/sim/documents")

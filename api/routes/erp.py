@@ -170,10 +170,11 @@ async def _waits_for_release(client: Client, wf_id: str) -> bool:
     return bool(st.release_refused)
 
 
-async def _deliver_correction(client: Client, wf_id: str, order: WorkOrderInput) -> bool:
+async def _deliver_correction(client: Client, wf_id: str, order: WorkOrderInput, *,
+                              waits: bool | None = None) -> bool:
     """A run whose release was refused inside the workflow waits for a corrected release: give it this one.
-    False when the run waits for none (a plain duplicate)."""
-    if not await _waits_for_release(client, wf_id):
+    False when the run waits for none (a plain duplicate). `waits`: already asked in this request."""
+    if not (waits if waits is not None else await _waits_for_release(client, wf_id)):
         return False
     await client.get_workflow_handle(wf_id).signal(WorkOrderWorkflow.correct_release, order)
     return True
@@ -195,6 +196,7 @@ async def post_erp_event(
         event.work_order.timing = event.work_order.timing.with_defaults(settings.ncr.table())
         wf_id = workflow_id(number)
         order = event.work_order
+        waits: bool | None = None  # does the run wait for a corrected release (asked once, if at all)
         # what the workflow's first step would refuse, checked before anything is stored or started: a refused
         # release leaves nothing behind, so its corrected resend is a release, not a duplicate
         try:
@@ -205,7 +207,8 @@ async def post_erp_event(
             # a resend of a work order already under way (or done) is a duplicate whatever changed since; a run
             # that waits for a corrected release is told nothing it would refuse again
             state = await _run_state(client, wf_id)
-            if state not in ("running", "completed") or (state == "running" and await _waits_for_release(client, wf_id)):
+            waits = state == "running" and await _waits_for_release(client, wf_id)
+            if state not in ("running", "completed") or waits:
                 raise
         await _remember(request, event, event.event_type, number)
         try:
@@ -219,7 +222,7 @@ async def post_erp_event(
             started = True
         except WorkflowAlreadyStartedError:
             started = False
-        corrected = not started and await _deliver_correction(client, wf_id, order)
+        corrected = not started and await _deliver_correction(client, wf_id, order, waits=waits)
         # exactly one start succeeds, whatever the number of concurrent or later copies
         duplicate = not started and not corrected
         msg = (f"work order {number} was already accepted (workflow {wf_id}); nothing new was started"
