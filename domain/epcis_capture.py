@@ -70,6 +70,17 @@ def _utc(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("z", "Z"))
 
 
+def event_prefixes(ev: Any, prefixes: dict[str, str]) -> dict[str, str]:
+    """The prefix bindings in force for one event: its document's, overridden by those of the event's own
+    `@context` (EPCIS 2.0 JSON-LD allows one on each event; it binds prefixes for that event only). The
+    document's dict itself when the event has no context of its own (the usual case: nothing is copied)."""
+    own = ev.get("@context") if isinstance(ev, dict) else None
+    if own is None:
+        return prefixes
+    mine = context_prefixes(own)
+    return {**prefixes, **mine} if mine else prefixes
+
+
 def _company_prefixes(ev: dict[str, Any]) -> set[str]:
     out = set()
     ids = [x for f in _ID_FIELDS for x in ev.get(f) or []]
@@ -90,11 +101,11 @@ def _upsert(session: AsyncSession) -> Any:
     return upsert
 
 
-async def _learn(session: AsyncSession, prefixes: dict[str, str], gcps: set[str]) -> None:
-    if prefixes:
+async def _learn(session: AsyncSession, bindings: set[tuple[str, str]], gcps: set[str]) -> None:
+    if bindings:
         # every (prefix, IRI) binding is kept: another partner's IRI for a known prefix is a second row, not lost
         # (the events themselves keep their own document's bindings: epcis_event.namespaces); one query per document
-        pairs = {(p[:64], i[:300]) for p, i in prefixes.items()}
+        pairs = {(p[:64], i[:300]) for p, i in bindings}
         known = set((await session.execute(
             select(EpcisNamespace.prefix, EpcisNamespace.iri)
             .where(EpcisNamespace.prefix.in_(sorted({p for p, _ in pairs}))))).all())
@@ -111,7 +122,7 @@ async def _learn(session: AsyncSession, prefixes: dict[str, str], gcps: set[str]
 
 async def learn_company_prefixes(session: AsyncSession, prefixes: list[str] | tuple[str, ...] | set[str]) -> None:
     """Keep GS1 company prefixes (e.g. the plant's own, from settings) with those learned from captured URNs."""
-    await _learn(session, {}, {p for p in prefixes if p.isdigit() and 6 <= len(p) <= 12})
+    await _learn(session, set(), {p for p in prefixes if p.isdigit() and 6 <= len(p) <= 12})
 
 
 async def _stored_ids(session: AsyncSession, event_ids: list[str]) -> set[str]:
@@ -127,26 +138,27 @@ async def _stored_ids(session: AsyncSession, event_ids: list[str]) -> set[str]:
 
 
 async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]], docs: list[dict[str, Any]],
-                         prefixes: dict[str, str]) -> tuple[int, IndexRows]:
-    """Store the events not stored yet: (how many, their index rows, keyed by their primary keys).
+                         ctxs: list[dict[str, str]]) -> tuple[int, IndexRows]:
+    """Store the events not stored yet: (how many, their index rows, keyed by their primary keys). `ctxs`: each
+    event's prefix bindings (event_prefixes), in the order of `rows` and `docs`.
 
     PostgreSQL: the keys come from the table's sequence in one round trip and the rows go in with COPY, in a
     savepoint: a document of new events (the usual case) costs no lookup at all, and only when one of them is
     stored already (the unique eventID refuses the COPY) are the stored ones looked up and left out."""
-    pairs = list(zip(rows, docs, strict=True))
+    pairs = list(zip(rows, docs, ctxs, strict=True))
     if session.bind.dialect.name != "postgresql":
         stored = await _stored_ids(session, [r["event_id"] for r in rows])
-        keep = [(r, d) for r, d in pairs if r["event_id"] not in stored]
+        keep = [(r, d, c) for r, d, c in pairs if r["event_id"] not in stored]
         if keep:
-            await bulk_insert(session, EpcisEvent.__table__, [r for r, _ in keep])
+            await bulk_insert(session, EpcisEvent.__table__, [r for r, _, _ in keep])
             pk_of: dict[str, int] = {}
-            ids = [r["event_id"] for r, _ in keep]
+            ids = [r["event_id"] for r, _, _ in keep]
             for i in range(0, len(ids), 500):
                 pk_of.update((await session.execute(
                     select(EpcisEvent.event_id, EpcisEvent.id).where(EpcisEvent.event_id.in_(ids[i:i + 500])))).all())
-            for r, _ in keep:
+            for r, _, _ in keep:
                 r["id"] = pk_of[r["event_id"]]
-        return len(keep), index_rows([(r["id"], d, prefixes) for r, d in keep])
+        return len(keep), index_rows([(r["id"], d, c) for r, d, c in keep])
     keys = (await session.execute(
         text("SELECT nextval(pg_get_serial_sequence('epcis_event', 'id')) FROM generate_series(1, :n)"),
         {"n": len(rows)})).scalars()
@@ -155,30 +167,39 @@ async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]], docs
     try:
         async with session.begin_nested():
             await bulk_insert(session, EpcisEvent.__table__, rows, encoded=("document", "namespaces"))
-        return len(pairs), index_rows([(r["id"], d, prefixes) for r, d in pairs])
+        return len(pairs), index_rows([(r["id"], d, c) for r, d, c in pairs])
     except (IntegrityError, UniqueViolation):
         stored = await _stored_ids(session, [r["event_id"] for r in rows])
-        keep = [(r, d) for r, d in pairs if r["event_id"] not in stored]
+        keep = [(r, d, c) for r, d, c in pairs if r["event_id"] not in stored]
         if keep:
-            await bulk_insert(session, EpcisEvent.__table__, [r for r, _ in keep], encoded=("document", "namespaces"))
-        return len(keep), index_rows([(r["id"], d, prefixes) for r, d in keep])
+            await bulk_insert(session, EpcisEvent.__table__, [r for r, _, _ in keep],
+                              encoded=("document", "namespaces"))
+        return len(keep), index_rows([(r["id"], d, c) for r, d, c in keep])
 
 
 async def store_events(session: AsyncSession, events: list[dict[str, Any]],
                        prefixes: dict[str, str]) -> tuple[int, int]:
-    """Store validated events with their indexes and lineage; returns (stored, duplicates)."""
+    """Store validated events with their indexes and lineage; returns (stored, duplicates).
+
+    `prefixes`: the document's bindings; an event with its own `@context` is stored, hashed and indexed with
+    those overridden by its own (event_prefixes), and keeps them in its `namespaces`."""
     now = utcnow()
     pg = session.bind.dialect.name == "postgresql"
     rows: list[dict[str, Any]] = []
     docs: list[dict[str, Any]] = []
+    ctxs: list[dict[str, str]] = []
     decls: list[dict[str, Any]] = []
     gcps: set[str] = set()
     seen: set[str] = set()
+    bindings = set(prefixes.items())
     for ev in events:
+        ctx = event_prefixes(ev, prefixes)
+        if ctx is not prefixes:
+            bindings.update(ctx.items())
         if ev.get("eventID"):
             doc = {k: v for k, v in ev.items() if k not in _NOT_STORED}
         else:  # the hash leaves out recordTime and @context itself: one copy of the event, with its id in front
-            doc = {"type": ev["type"], "eventID": event_hash(ev, prefixes)}
+            doc = {"type": ev["type"], "eventID": event_hash(ev, ctx)}
             doc.update((k, v) for k, v in ev.items() if k not in _NOT_STORED and k != "type")
         gcps |= _company_prefixes(doc)
         decl = doc.get("errorDeclaration")
@@ -186,11 +207,12 @@ async def store_events(session: AsyncSession, events: list[dict[str, Any]],
             decls.append({"event_id": doc["eventID"][:200], "declaration_time": _utc(decl["declarationTime"]),
                           "reason": vocab_term("errorReason", decl["reason"])[:200] if decl.get("reason") else None,
                           "corrective_event_ids": list(decl.get("correctiveEventIDs") or []),
-                          "record_time": now, "document": doc, "namespaces": dict(prefixes) or None})
+                          "record_time": now, "document": doc, "namespaces": dict(ctx) or None})
             continue
         if doc["eventID"] in seen:
             continue
         seen.add(doc["eventID"])
+        ctxs.append(ctx)
         rows.append({
             "event_id": doc["eventID"][:200], "event_type": str(doc["type"])[:32], "event_time": _utc(doc["eventTime"]),
             "record_time": now, "action": doc.get("action"),
@@ -206,12 +228,16 @@ async def store_events(session: AsyncSession, events: list[dict[str, Any]],
         docs.append(doc)
     stored = dup = 0
     if rows:
-        # each event keeps its document's prefixes (one JSON text for the whole document on PostgreSQL's COPY)
-        ns = dict(prefixes) or None
-        ns_value = (orjson.dumps(ns).decode() if ns is not None else None) if pg else ns
-        for r in rows:
-            r["namespaces"] = ns_value
-        n, ix = await _insert_events(session, rows, docs, prefixes)
+        # each event keeps its document's prefixes (one JSON text for the whole document on PostgreSQL's COPY),
+        # an event with its own @context its own bindings
+        def encoded(ctx: dict[str, str]) -> Any:
+            ns = dict(ctx) or None
+            return (orjson.dumps(ns).decode() if ns is not None else None) if pg else ns
+
+        ns_value = encoded(prefixes)
+        for r, ctx in zip(rows, ctxs, strict=True):
+            r["namespaces"] = ns_value if ctx is prefixes else encoded(ctx)
+        n, ix = await _insert_events(session, rows, docs, ctxs)
         dup += len(rows) - n
         if n:
             await write_index(session, ix)
@@ -238,7 +264,7 @@ async def store_events(session: AsyncSession, events: list[dict[str, Any]],
             # an event that did not occur leaves the genealogy in this transaction; one with incorrect data stays
             # until a corrective event is here (now, or when it is captured: above), which replaces it
             await retract_lineage(session, await withdrawn(session, {d["event_id"] for d in new}))
-    await _learn(session, prefixes, gcps)
+    await _learn(session, bindings, gcps)
     return stored, dup
 
 
@@ -257,10 +283,11 @@ async def _identity_violations(session: AsyncSession, events: list[Any],
         if eid not in originals:
             continue
         orig, orig_ns = originals[eid]
+        ctx = event_prefixes(events[i], prefixes)  # the declaration's keys mean what its (event's) context binds
         # the original's extension keys mean what its own document bound them to (before 0023: as this one does)
-        orig_ctx = {**prefixes, "hub": "https://ns.tracehub.example/epcis/", **(orig_ns or {})}
+        orig_ctx = {**ctx, "hub": "https://ns.tracehub.example/epcis/", **(orig_ns or {})}
         mine = {k: v for k, v in events[i].items() if k not in ("errorDeclaration", "recordTime", "@context")}
-        if event_hash(mine, prefixes) != event_hash(orig, orig_ctx):
+        if event_hash(mine, ctx) != event_hash(orig, orig_ctx):
             out.append(Violation(i, "errorDeclaration", "an error declaration must repeat the retracted event "
                                  "exactly (every field but errorDeclaration and recordTime)", eid))
     return out

@@ -451,7 +451,7 @@ def _key_prefixes(obj: Any, out: set[str]) -> None:
 
 
 def _renamed(obj: Any, rename: dict[str, str]) -> Any:
-    """The event with the keys of the renamed prefixes rewritten (`ex:temp` -> `ex_1:temp`), at any depth."""
+    """The event with the keys of the renamed prefixes rewritten (`ex:temp` -> `ex-1:temp`), at any depth."""
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
@@ -473,9 +473,10 @@ async def _with_contexts(session: AsyncSession, doc: dict[str, Any],
     0023, which reads with the bindings the hub had then, and for the hub's own events).
 
     The usual answer keeps every prefix as captured. When two events in one answer use one prefix for different
-    IRIs (two partners' `ex:`), the first in the answer keeps it and the other IRI gets a free prefix of its own
-    (`ex_1`, `ex_2`...), with that event's keys renamed, so the answer stays correct JSON-LD: every key expands
-    to the IRI its partner meant."""
+    IRIs (two partners' `ex:`, or an event's own @context overriding its document's), the first in the answer
+    keeps it and the other IRI gets a free prefix of its own (`ex-1`, `ex-2`...), with that event's keys renamed,
+    so the answer stays correct JSON-LD that validates against the schema: every key expands to the IRI its
+    partner meant."""
     events = doc["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
     used: list[set[str]] = []
     for ev in events:
@@ -503,9 +504,10 @@ async def _with_contexts(session: AsyncSession, doc: dict[str, Any],
                 name = prefix
                 if ctx.get(prefix, iri) != iri:
                     n = 1
-                    while f"{prefix}_{n}" in ctx or f"{prefix}_{n}" in taken:
+                    # `-`, not `_`: a key is a URI (the schema's vocab-uri), and a scheme has no `_`
+                    while f"{prefix}-{n}" in ctx or f"{prefix}-{n}" in taken:
                         n += 1
-                    name = f"{prefix}_{n}"
+                    name = f"{prefix}-{n}"
                 ctx[name] = iri
                 name_of[(prefix, iri)] = name
             if name != prefix:

@@ -286,13 +286,18 @@ def _declared(key: str, prefixes: set[str]) -> bool:
 
 
 def rule_violations(events: list[Any], prefixes: set[str]) -> list[Violation]:
-    """The rules the schema cannot check (EPCIS_NOTES §1.2-1.4, §3)."""
+    """The rules the schema cannot check (EPCIS_NOTES §1.2-1.4, §3). `prefixes`: those the document's @context
+    declares; an event's own @context declares more for that event."""
+    from domain.epcis_hash import context_prefixes
+
     out: list[Violation] = []
-    known = prefixes | CONTEXT_PREFIXES
+    doc_known = prefixes | CONTEXT_PREFIXES
     for i, ev in enumerate(events):
         if not isinstance(ev, dict):
             continue
         eid = ev.get("eventID")
+        own = context_prefixes(ev["@context"]) if "@context" in ev else None
+        known = doc_known | own.keys() if own else doc_known
 
         def bad(field: str, message: str, i: int = i, eid: Any = eid) -> None:
             out.append(Violation(i, field, message, eid))
@@ -307,7 +312,8 @@ def rule_violations(events: list[Any], prefixes: set[str]) -> list[Violation]:
         for key in ev:
             if key not in EPCIS_TERMS and not key.startswith("@") and not _declared(key, known):
                 bad(key, f"extension field {key!r} is not namespaced by a prefix declared in @context: "
-                         "write it as prefix:name and declare the prefix")
+                         "write it as prefix:name and declare the prefix (in the document's @context or the "
+                         "event's own)")
         ilmd = ev.get("ilmd")
         if isinstance(ilmd, dict):
             for key in ilmd:

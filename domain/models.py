@@ -317,7 +317,8 @@ class EpcisEvent(Base):
     lot_id: Mapped[int | None] = mapped_column(ForeignKey("lot.id"), index=True)
     work_order_id: Mapped[int | None] = mapped_column(ForeignKey("work_order.id"), index=True)
     document: Mapped[dict[str, Any]] = mapped_column()
-    # the prefixes of the captured document's @context ({"acme": "https://..."}): the event's extension keys are
+    # the prefixes of the captured document's @context ({"acme": "https://..."}, with those of the event's own
+    # @context over them, when it has one): the event's extension keys are
     # stored as written (`acme:temp`), and a prefix means what its own document said, not what another partner's
     # did. NULL: recorded before migration 0023 (or by the hub itself): the bindings epcis_namespace marks legacy
     namespaces: Mapped[dict[str, Any] | None] = mapped_column()

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import InvalidInput, NotFound
 from domain.epcis_ids import GS1_DL, canonical, lot_of
+from domain.events import HUB_NS
 from domain.models import (
     CharacteristicResult,
     Code,
@@ -400,27 +401,99 @@ async def _fetch(session: AsyncSession, anchor: str, params: dict[str, Any], *, 
         raw = await _fetch_pg(session, anchor, params, up=up, full=full, reader=reader)
     else:
         raw = await _fetch_portable(session, anchor, params, up=up, full=full)
-    raw["declared"] = await _declarations(session, raw["events"])
+    raw["declared"], raw["namespaces"] = await _declarations(session, raw["events"], _used_prefixes(raw["events"]))
     return raw
 
 
-async def _declarations(session: AsyncSession, events: Any) -> dict[str, list[dict[str, Any]]]:
-    """The error declarations of the captured events a trace shows, by eventID (one query, only when the trace
-    reached identifiers known from captured events). A retracted event (did_not_occur) has left the lineage
+# prefixes the EPCIS JSON-LD context defines (protected: a captured document cannot rebind them)
+_CONTEXT_NS = {"cbvmda": "urn:epcglobal:cbv:mda:", "gs1": "https://gs1.org/voc/"}
+_FULL_KEY = ("http://", "https://", "urn:", "@")
+
+
+def _key_prefixes(obj: Any, out: set[str]) -> None:
+    """The prefixes of the compact keys (`ex:batch`) in a value, at any depth."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if ":" in k and not k.startswith(_FULL_KEY):
+                out.add(k.split(":", 1)[0])
+            if isinstance(v, (dict, list)):
+                _key_prefixes(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            if isinstance(v, (dict, list)):
+                _key_prefixes(v, out)
+
+
+def _used_prefixes(events: Any) -> dict[str, set[str]]:
+    """The prefixes of the keys each captured event a trace shows has in its ILMD and extension fields (what the
+    answer lists as `ilmd` and `extensions`), by eventID: only the events that have any. No database."""
+    out: dict[str, set[str]] = {}
+    seen: set[str] = set()
+    for _, _, event_id, _, _, _, d in events or ():
+        if event_id in seen:  # an event naming several of the trace's identifiers is listed with each
+            continue
+        seen.add(event_id)
+        used: set[str] = set()
+        for k, v in d.items():
+            if k == "ilmd" or (":" in k and not k.startswith("@")):
+                if k != "ilmd" and not k.startswith(_FULL_KEY):
+                    used.add(k.split(":", 1)[0])
+                if isinstance(v, (dict, list)):
+                    _key_prefixes(v, used)
+        if used:
+            out[event_id] = used
+    return out
+
+
+async def _declarations(session: AsyncSession, events: Any, used: dict[str, set[str]]) -> tuple[
+        dict[str, list[dict[str, Any]]], dict[str, dict[str, str]]]:
+    """The error declarations of the captured events a trace shows, by eventID, and the namespace IRIs of the
+    prefixes their ILMD and extension keys use (`used`), by eventID. One query, only when the trace reached
+    identifiers known from captured events; it reads the events' bindings (epcis_event.namespaces) too only when
+    one of them has prefixed keys (a second query only for events captured before migration 0023, which read
+    with the bindings the hub had then). A retracted event (did_not_occur) has left the lineage
     (domain/epcis_index.retract_lineage), but a node other events still name keeps it in its list: the
     declaration says it was retracted."""
     ids = list({e[2] for e in events}) if events else []
     if not ids:
-        return {}
+        return {}, {}
     from domain.models_trace import EpcisErrorDeclaration as D
 
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for event_id, at, reason, corrective in (await session.execute(
-            select(D.event_id, D.declaration_time, D.reason, D.corrective_event_ids)
-            .where(D.event_id.in_(ids)).order_by(D.declaration_time, D.id))).all():
-        out[event_id].append({"declaration_time": _iso(at), "reason": reason,
-                              "corrective_event_ids": corrective or []})
-    return out
+    cols = (D.event_id, D.declaration_time, D.reason, D.corrective_event_ids)
+    if not used:
+        for event_id, at, reason, corrective in (await session.execute(
+                select(*cols).where(D.event_id.in_(ids)).order_by(D.declaration_time, D.id))).all():
+            out[event_id].append({"declaration_time": _iso(at), "reason": reason,
+                                  "corrective_event_ids": corrective or []})
+        return out, {}
+    # the events' bindings with their declarations, if any (every event a trace shows is in epcis_event)
+    bindings: dict[str, dict[str, Any] | None] = {}
+    for event_id, ns, at, reason, corrective in (await session.execute(
+            select(EpcisEvent.event_id, EpcisEvent.namespaces, *cols[1:])
+            .outerjoin(D, D.event_id == EpcisEvent.event_id).where(EpcisEvent.event_id.in_(ids))
+            .order_by(D.declaration_time, D.id))).all():
+        bindings[event_id] = ns
+        if at is not None:
+            out[event_id].append({"declaration_time": _iso(at), "reason": reason,
+                                  "corrective_event_ids": corrective or []})
+    legacy: dict[str, str] = {}
+    if any(bindings.get(e) is None and p - {"hub"} - _CONTEXT_NS.keys() for e, p in used.items()):
+        from domain.models_trace import EpcisNamespace
+
+        legacy = dict((await session.execute(select(EpcisNamespace.prefix, EpcisNamespace.iri)
+                                             .where(EpcisNamespace.legacy.is_(True)))).all())
+    iris: dict[str, dict[str, str]] = {}
+    for event_id, prefixes in used.items():
+        ns = bindings.get(event_id)
+        known = legacy if ns is None else ns
+        mine = {}
+        for p in sorted(prefixes):
+            iri = _CONTEXT_NS.get(p) or known.get(p) or (HUB_NS if p == "hub" else None)
+            if iri is not None:  # a prefix nobody declared (not captured so) stays without one
+                mine[p] = iri
+        iris[event_id] = mine
+    return out, iris
 
 
 # --- the answer ----------------------------------------------------------------------------------------
@@ -475,9 +548,12 @@ _BY_LEVEL = itemgetter(0, 1)  # nodes by (level, label)
 
 def _ext_events(raw: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """The captured events of each identifier known from captured events only, as its node shows them, each with
-    its error declarations (`error_declarations`: empty unless the event was declared erroneous)."""
+    its error declarations (`error_declarations`: empty unless the event was declared erroneous) and the
+    namespace IRI of each prefix its `ilmd` and `extensions` keys use (`namespaces`: {prefix: IRI}, as the
+    event's own document bound it; two partners' `ex:` differ there)."""
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     declared = raw.get("declared") or {}
+    namespaces = raw.get("namespaces") or {}
     for uri, role, event_id, etype, step, at, d in raw["events"]:
         out[uri].append({
             "event_id": event_id, "type": etype, "biz_step": step, "role": role, "event_time": _iso(at),
@@ -485,6 +561,7 @@ def _ext_events(raw: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
             "biz_transactions": d.get("bizTransactionList"), "ilmd": d.get("ilmd"),
             "certification": d.get("certificationInfo"),
             "extensions": {k: v for k, v in d.items() if ":" in k and not k.startswith("@")},
+            "namespaces": namespaces.get(event_id, {}),
             "error_declarations": declared.get(event_id, [])})
     return out
 

@@ -1,7 +1,8 @@
 """EPCIS extension prefixes mean what each captured document bound them to: two partners that both write `ex:`
 for different namespaces get their fields back under their own IRI (JSON-LD and XML answers, single events),
 `EQ_`/`EXISTS_` filters match by IRI + local name through the GS1-Extensions header, a prefix bound to two IRIs
-without the header is a 400, and data stored before migration 0023 reads as it did. Runs on the suite's database
+without the header is a 400, an event's own @context binds prefixes for that event (over its document's), and
+data stored before migration 0023 reads as it did. Runs on the suite's database
 with the API in-process; the migration test builds a database of its own."""
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from sqlalchemy.engine import make_url
 from api.main import create_app
 from core.db import make_engine, make_sessionmaker
 from core.settings import DatabaseSettings, Settings
-from domain import epcis_capture, epcis_query
+from domain import epcis_capture, epcis_query, epcis_validate
+from domain.epcis_hash import event_hash
 from domain.epcis_query import QueryParameterException
 from domain.models import UTCDateTime
 from migrations import upgrade
@@ -122,19 +124,20 @@ async def test_each_partner_gets_its_fields_back_under_its_own_iri(hub: httpx.As
     # one answer, two bindings of one prefix: still correct JSON-LD, each key expands to its partner's IRI
     assert expanded(both) == [
         {f"{one}temp": "20", f"{one}probe": {f"{p}:id": "P1"}, f"ilmd/{one}batch": "B1"},
-        {f"{two}temp": "30", f"{two}probe": {f"{p}_1:id": "P2"}, f"ilmd/{two}batch": "B2"},
+        {f"{two}temp": "30", f"{two}probe": {f"{p}-1:id": "P2"}, f"ilmd/{two}batch": "B2"},
     ]
     ctx = both["@context"][1]
-    assert ctx[p] == one and ctx[f"{p}_1"] == two  # the first keeps the prefix, the second gets its own
+    assert ctx[p] == one and ctx[f"{p}-1"] == two  # the first keeps the prefix, the second gets its own
     second = both["epcisBody"]["queryResults"]["resultsBody"]["eventList"][1]
-    assert second[f"{p}_1:temp"] == "30" and f"{p}:temp" not in second
+    assert second[f"{p}-1:temp"] == "30" and f"{p}:temp" not in second
+    assert epcis_validate.validate(both) == []  # the renamed keys are URIs still (no `_` in a scheme)
     # the usual case is unchanged: an answer with one binding per prefix keeps the captured prefix
     for serial, iri, value in ((f"{t['tag']}1", one, "20"), (f"{t['tag']}2", two, "30")):
         alone = await answer(hub, {"MATCH_epc": f"urn:epc:id:sgtin:4012345.011111.{serial}"})
         ev = alone["epcisBody"]["queryResults"]["resultsBody"]["eventList"][0]
         assert ev[f"{p}:temp"] == value and ev["ilmd"] == {f"{p}:batch": value.replace("20", "B1").replace("30", "B2")}
         assert alone["@context"][1][p] == iri
-        assert f"{p}_1" not in alone["@context"][1]
+        assert f"{p}-1" not in alone["@context"][1]
 
 
 async def test_extension_filters_match_by_iri_through_the_header(hub: httpx.AsyncClient,
@@ -203,6 +206,80 @@ async def test_a_single_event_and_the_xml_answer_keep_the_partners_iri(hub: http
     ids = {(etree.QName(el).namespace, el.text) for el in root.iter() if isinstance(el.tag, str)
            and etree.QName(el).localname == "id" and etree.QName(el).namespace in (one, two)}
     assert ids == {(one, "P1"), (two, "P2")}
+
+
+# --- an event's own @context -------------------------------------------------------------------------------
+
+
+def _events(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return doc["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+
+
+async def test_an_events_own_context_binds_a_prefix_the_document_does_not(hub: httpx.AsyncClient):
+    tag = uuid.uuid4().hex[:8]
+    q, iri = f"q{tag}", f"https://own.example/{tag}/ns/"
+    po = f"PO-EVCTX-{tag}"
+    ev = observed(f"{tag}Q", 3, po, **{"@context": {q: iri}, f"{q}:temp": "21", f"{q}:probe": {f"{q}:id": "Q1"}},
+                  ilmd={f"{q}:batch": "QB"})
+    await capture(hub, document({}, ev))  # the document declares no prefix of its own
+    doc = await answer(hub, {"EQ_bizTransaction_po": f"urn:epcglobal:cbv:bt:4012345000054:{po}"})
+    assert expanded(doc) == [{f"{iri}temp": "21", f"{iri}probe": {f"{q}:id": "Q1"}, f"ilmd/{iri}batch": "QB"}]
+    assert epcis_validate.validate(doc) == []  # the answer is a valid EPCISQueryDocument, its prefixes declared
+    [got] = _events(doc)
+    assert "@context" not in got  # the answer's own @context declares it
+    # the fields are indexed under the event's IRI, and its id is the hash with its own bindings
+    assert [e["eventID"] for e in _events(await answer(hub, {f"EQ_{iri}temp": "21"}))] == [got["eventID"]]
+    assert [e["eventID"] for e in _events(await answer(hub, {f"EQ_ILMD_{q}:batch": "QB"}))] == [got["eventID"]]
+    own = {k: v for k, v in ev.items() if k != "@context"}
+    assert got["eventID"] == event_hash(own, {q: iri}) != event_hash(own, {})
+    r = await hub.get(f"/epcis/events/{quote(got['eventID'], safe='')}")
+    assert r.status_code == 200 and r.json()["@context"][1][q] == iri
+
+
+async def test_an_events_own_context_overrides_the_documents_binding(hub: httpx.AsyncClient):
+    tag = uuid.uuid4().hex[:8]
+    p, one, two = f"o{tag}", f"https://one.example/{tag}/doc/", f"https://two.example/{tag}/event/"
+    po = f"PO-OVR-{tag}"
+    po_urn = f"urn:epcglobal:cbv:bt:4012345000054:{po}"
+    e1 = observed(f"{tag}O1", 1, po, **{f"{p}:temp": "20"}, ilmd={f"{p}:batch": "B1"})
+    e2 = observed(f"{tag}O2", 2, po, **{"@context": [{p: two}], f"{p}:temp": "30"}, ilmd={f"{p}:batch": "B2"})
+    await capture(hub, document({p: one}, e1, e2))
+    both = await answer(hub, {"EQ_bizTransaction_po": po_urn})
+    # one answer, two bindings of one prefix: the event's own binding holds for it (the document's for the other)
+    assert expanded(both) == [{f"{one}temp": "20", f"ilmd/{one}batch": "B1"},
+                              {f"{two}temp": "30", f"ilmd/{two}batch": "B2"}]
+    assert epcis_validate.validate(both) == []
+    for ns, temp in ((one, "20"), (two, "30")):
+        doc = await answer(hub, {f"EXISTS_{p}:temp": "", "EQ_bizTransaction_po": po_urn},
+                           **{"GS1-Extensions": f"{p}={ns}"})
+        assert [f[f"{ns}temp"] for f in expanded(doc)] == [temp]
+    # XML: each event's element in its own namespace
+    r = await hub.get("/epcis/events", params={"EQ_bizTransaction_po": po_urn}, headers={"Accept": "application/xml"})
+    assert r.status_code == 200, r.text
+    temps = {(etree.QName(el).namespace, el.text) for el in etree.fromstring(r.content).iter()
+             if isinstance(el.tag, str) and etree.QName(el).localname == "temp"}
+    assert temps == {(one, "20"), (two, "30")}
+    # an error declaration repeats the event as its own context reads it: in a document binding the prefix to
+    # `one`, only with the event's own @context (two) is it the same event
+    eid = _events(both)[1]["eventID"]
+    decl = {**e2, "eventID": eid, "errorDeclaration": {"declarationTime": "2026-01-06T08:00:00Z",
+                                                       "reason": "incorrect_data"}}
+    bare = {k: v for k, v in decl.items() if k != "@context"}
+    r = await hub.post("/epcis/capture", json=document({p: one}, bare))
+    assert r.status_code == 202 and not r.json()["success"], r.text
+    [err] = r.json()["errors"]
+    assert err["field"] == "errorDeclaration" and "repeat the retracted event" in err["detail"]
+    await capture(hub, document({p: one}, decl))
+
+
+async def test_an_undeclared_prefix_is_refused_with_or_without_an_events_context(hub: httpx.AsyncClient):
+    tag = uuid.uuid4().hex[:8]
+    ev = observed(f"{tag}U", 4, f"PO-U-{tag}", **{"@context": {f"a{tag}": "https://a.example/ns/"},
+                                                   f"u{tag}:temp": "1"})
+    r = await hub.post("/epcis/capture", json=document({}, ev))
+    assert r.status_code == 202 and not r.json()["success"]
+    [err] = r.json()["errors"]
+    assert f"u{tag}:temp" in err["detail"] and "the event's own" in err["detail"]
 
 
 # --- migration 0023: data stored before it reads as it did --------------------------------------------------
