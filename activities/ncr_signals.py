@@ -2,6 +2,8 @@
 
 - `release_shipment_gates`: an NCR stopped holding its lot: the work orders whose shipment it may hold check
   their gate now.
+- `signal_shipment_gates`: a recall's hold on a lot ended (activities/recall.py): the work orders shipping it check
+  their gate now.
 - `signal_reinspected`: called by the activity that records an inspection's verdict, after its commit: the
   NCRs of that lot waiting for a re-inspection look now.
 
@@ -35,6 +37,12 @@ async def _signal_all(client: Client, workflow_ids: list[str], signal: str, *arg
             log.info("signal %s to %s not delivered (%s: %s); its poll will find the change", signal, wf_id,
                      type(exc).__name__, exc)
     return delivered
+
+
+async def signal_shipment_gates(workflow_ids: list[str], why: str) -> list[str]:
+    """Tell these work orders to check their shipment gate now (`why`: what stopped holding, `recall RC-1`). Only
+    from inside an activity (it uses the worker's client); a signal not delivered is logged and dropped."""
+    return await _signal_all(activity.client(), workflow_ids, GATE_SIGNAL, why) if workflow_ids else []
 
 
 async def signal_reinspected(sessionmaker: Any, *, lot_id: int, inspection: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -9,6 +10,7 @@ from temporalio import activity
 
 from activities.base import TransactionalActivities
 from activities.errors import translated
+from activities.ncr_signals import signal_shipment_gates
 from activities.recall_models import (
     CustomerNotice,
     CustomerShipment,
@@ -29,6 +31,8 @@ from activities.recall_models import (
 )
 from domain import recall
 from domain.audit import PLACEHOLDER_ACTOR
+
+log = logging.getLogger("tracehub.recall")
 
 
 def _scope(s: dict[str, Any]) -> RecallScope:
@@ -126,6 +130,7 @@ class RecallActivities(TransactionalActivities):
             effect = await recall.decide_lot(s, number=inp.number, lot=d.lot, decision=d.decision.value,
                                              reviewer=d.reviewer, role=d.role.value, reason=d.reason,
                                              resolver=self.resolver, signature=d.signature)
+        await self._wake_shipments(inp.number, [d.lot])  # committed: this recall no longer holds the lot
         return RecallDecisionEffect(**effect)
 
     @activity.defn
@@ -133,9 +138,24 @@ class RecallActivities(TransactionalActivities):
     async def close_recall(self, inp: RecallRef) -> RecallResult:
         async with self.tx() as s:
             r = await recall.close(s, number=inp.number)
+        await self._wake_shipments(inp.number, r["held"])  # closed: it holds none of its lots any more
         return RecallResult(number=r["number"], held=r["held"],
                             decisions={x["lot"]: x["decision"] for x in r["lots"] if x["decision"]},
                             customers=[c["customer"] for c in r["customers"]], shipped_quantity=r["shipped_quantity"])
+
+    async def _wake_shipments(self, number: str, lots: list[str]) -> list[str]:
+        """After a commit that ended this recall's hold on these lots: the work orders waiting to ship one of them
+        (at their shipment gate, or after a refused shipment) check now instead of at their next recheck. Never
+        raises: a work order finished or gone meanwhile, or Temporal briefly away, leaves the recheck as the
+        fallback, and the decision stands."""
+        try:
+            async with self.sm() as s:
+                ids = await recall.work_orders_shipping(s, lots)
+            return await signal_shipment_gates(ids, f"recall {number}")
+        except Exception as exc:  # noqa: BLE001 - the decision is recorded; the work order's recheck finds it
+            log.warning("recall %s: work orders shipping %s not signalled (%s: %s)", number, ", ".join(lots),
+                        type(exc).__name__, exc)
+            return []
 
     def all(self) -> list[Any]:
         return [self.open_recall, self.hold_recall_lots, self.mark_recall_erp_blocked, self.acknowledge_recall,

@@ -16,7 +16,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 from domain import holds
 from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
-from domain.models import AuditLog, Lot, LotStatus, Shipment, ShipmentLine, utcnow
+from domain.models import AuditLog, Lot, LotStatus, Shipment, ShipmentLine, WorkOrder, utcnow
 from domain.models_codes import Container
 from domain.models_trace import Recall, RecallContainer, RecallLot, RecallNotice
 from domain.packing import REJECTED as CONTAINER_REJECTED  # a box a reviewer rejected: it never ships
@@ -688,19 +688,44 @@ async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: 
 
 
 async def close(session: AsyncSession, *, number: str) -> dict[str, Any]:
-    """Close the recall and keep its report."""
+    """Close the recall and keep its report. The recall is closed first, so the report (read from the record) says
+    `closed`, with the closing time the record keeps."""
     row = await get_recall(session, number)
     if row.status != "closed":
+        row.status = "closed"
+        row.closed_at = utcnow()
+        await session.flush()
         report = await scope(session, number)
-        report["closed_at"] = utcnow().isoformat()
+        report["closed_at"] = row.closed_at.isoformat()
         report["held"] = [x["lot"] for x in report["lots"] if x["action"] == "held"]
         report["held_containers"] = [x["code"] for x in report["containers"] if x["action"] == "held"]
         report["shipped_quantity"] = sum(c["quantity"] for c in report["customers"])
         row.report = report
-        row.status = "closed"
-        row.closed_at = utcnow()
         await session.flush()
         await audit(session, actor="workflow", action="recall.closed", entity="recall", key=number,
                     changes={"held": report["held"], "customers": [c["customer"] for c in report["customers"]]})
-    assert row.report is not None
-    return row.report
+    report = closed_report(row)
+    assert report is not None
+    return report
+
+
+def closed_report(row: Recall) -> dict[str, Any] | None:
+    """The recall's close report, None while it is open. A report stored before close() closed the recall first says
+    `"status": "open"`: the answer takes the status and closing time from the record."""
+    if row.report is None:
+        return None
+    if row.closed_at is None or row.report.get("status") == row.status:
+        return row.report
+    return {**row.report, "status": row.status, "closed_at": row.closed_at.isoformat()}
+
+
+async def work_orders_shipping(session: AsyncSession, lots: list[str]) -> list[str]:
+    """The workflow ids of the open work orders at their shipment stage whose output lot is one of these lots: the
+    ones a recall's hold on the lot holds at their shipment gate (or whose shipment it refused)."""
+    if not lots:
+        return []
+    return list((await session.execute(
+        select(WorkOrder.workflow_id).join(Lot, Lot.work_order_id == WorkOrder.id)
+        .where(Lot.number.in_(lots), Lot.kind == "output", WorkOrder.stage == "shipment",
+               WorkOrder.completed_at.is_(None))
+        .distinct().order_by(WorkOrder.workflow_id))).scalars())

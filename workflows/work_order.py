@@ -88,6 +88,9 @@ PATCH_FINAL_PLAN = "final-plan-v1"
 PATCH_RELEASE_WAIT = "wo-release-refusal-wait-v1"
 PATCH_ERP_REJECT_WAIT = "wo-erp-reject-wait-v1"
 PATCH_SHIP_WAIT = "wo-ship-recall-gate-v1"
+# a refused shipment is tried again (the gate first) as soon as something that held the lot lets it go (a recall's
+# decision or close, an NCR: the recheck_shipment_gate signal), not only every timing.shipment_gate_recheck
+PATCH_SHIP_WAKE = "wo-ship-refused-wake-v1"
 # a scrapped order (no good unit) sends no Manufacture entry of quantity 0 (ERPNext refuses it: "Qty is mandatory")
 PATCH_NO_ZERO_MFG = "wo-no-zero-manufacture-v1"
 # an operation report or purchase receipt whose recording was refused is no longer "seen": a corrected resend with
@@ -302,6 +305,7 @@ class WorkOrderWorkflow:
             if self.triggers is not None:
                 await self._shipment_gate(req)
             self.activity_wait = "database: recording the shipment"
+            signals = self.gate_signals  # before the attempt: a release meanwhile ends the wait below at once
             try:
                 shipped_qty = await workflow.execute_activity(
                     "ship", ShipInput(work_order=order.number, lot=order.lot_number, request=req),
@@ -312,12 +316,16 @@ class WorkOrderWorkflow:
                 if not workflow.patched(PATCH_SHIP_WAIT):
                     raise
                 self.activity_wait = None
-                # checked again (the gate first) every shipment_gate_recheck, or at once on an admin retry
+                # checked again (the gate first) every shipment_gate_recheck, or at once on an admin retry, and
+                # (PATCH_SHIP_WAKE) when a recall or NCR that held the lot lets it go
                 recheck = order.timing.shipment_gate_recheck
+                wake = workflow.patched(PATCH_SHIP_WAKE)
+                when = (f"as soon as what holds the lot lets it go (a recall's release, an NCR's decision), and "
+                        f"every {recheck.total_seconds():g} s" if wake else
+                        f"every {recheck.total_seconds():g} s once what holds the lot lets it go")
                 await self._wait_for_retry(
                     "shipment", f"shipment {req.shipment} of lot {order.lot_number} refused: {_message(err)}",
-                    f"it is tried again every {recheck.total_seconds():g} s once what holds the lot lets it go",
-                    timeout=recheck)
+                    f"it is tried again {when}", timeout=recheck, woken_after=signals if wake else None)
         if self.last_error is not None and self.last_error.startswith(f"shipment {req.shipment} of lot"):
             self.last_error = None
         self.shipment = req.shipment
@@ -495,8 +503,9 @@ class WorkOrderWorkflow:
 
     @workflow.signal
     def recheck_shipment_gate(self, ncr: str) -> None:
-        """An NCR on the lot or on a lot consumed into it stopped holding: a held shipment checks its gate now.
-        Ignored by shipments held since before PATCH_GATE_SIGNAL."""
+        """An NCR on the lot or on a lot consumed into it stopped holding, or a recall ended its hold on the lot
+        (`ncr` then names the recall: `recall RC-1`): a held shipment checks its gate now, and a refused one is
+        tried again (PATCH_SHIP_WAKE). Ignored by shipments held since before PATCH_GATE_SIGNAL."""
         self.gate_signals += 1
 
     @workflow.signal
@@ -587,9 +596,10 @@ class WorkOrderWorkflow:
         )
 
     async def _wait_for_retry(self, key: str, problem: str, todo: str, *, timeout: timedelta | None = None,
-                              corrected: bool = False) -> str:
+                              corrected: bool = False, woken_after: int | None = None) -> str:
         """A refusal: the status names it (last_error, waiting_for, needs_retry) and the work order waits for an
-        admin retry (the `retry` update), a corrected release (`corrected`), or `timeout`. Returns the problem."""
+        admin retry (the `retry` update), a corrected release (`corrected`), a recheck_shipment_gate signal after
+        the `woken_after`-th, or `timeout`. Returns the problem."""
         assert self.order is not None
         self.last_error = problem
         self.needs_retry[key] = problem
@@ -598,7 +608,8 @@ class WorkOrderWorkflow:
         seen = self.retry_requests
         try:
             await workflow.wait_condition(
-                lambda: self.retry_requests != seen or (corrected and self.corrected_order is not None),
+                lambda: self.retry_requests != seen or (corrected and self.corrected_order is not None)
+                or (woken_after is not None and self.gate_signals != woken_after),
                 timeout=timeout)
         except TimeoutError:
             pass
