@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.base import TransactionalActivities
 from activities.errors import translated
-from activities.models import PurchaseReceipt, WorkOrderInput
+from activities.models import PurchaseReceipt, WorkOrderInput, released_work_order
 from activities.models_connectors import (
     CertificateResult,
     EquipmentStateReport,
@@ -42,6 +42,7 @@ from connectors.errors import ConnectorConfigError, DeviceRejected
 from connectors.registry import connector_class
 from connectors.soap.values import flatten
 from core.errors import InvalidInput, NotFound
+from core.settings import NcrSettings
 from domain import devices
 from domain.endpoints import find_endpoint
 
@@ -52,8 +53,12 @@ log = logging.getLogger("tracehub.erp.poll")
 class ConnectorActivities(TransactionalActivities):
     """Activities that open an endpoint's connector; built once per worker."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *,
+                 ncr_table: dict[str, Any] | None = None) -> None:
+        """`ncr_table`: the settings' NCR durations per severity (Settings.ncr.table()), which a polled release gets
+        as the webhook's does; None: the settings' defaults."""
         super().__init__(sessionmaker)
+        self.ncr_table = ncr_table if ncr_table is not None else NcrSettings().table()
 
     async def connector(self, endpoint: str) -> Connector:
         """The endpoint's connector (not yet open); a missing or invalid endpoint is a config error."""
@@ -280,6 +285,7 @@ class ConnectorActivities(TransactionalActivities):
     async def _poll_work_order(self, client: Client, endpoint: str, task_queue: str, doc: dict[str, Any],
                                receipts: list[dict[str, Any]], result: PollErpResult) -> None:
         order = erp_input(WorkOrderInput, "Work Order", doc, receipts, lambda: work_order_from_erpnext(doc, receipts))
+        order = released_work_order(order, self.ncr_table)  # the input the webhook's release builds
         wf_id = f"work-order-{order.number}"
         # start first, remember after: a start that failed on an outage is tried again by the next attempt,
         # and a start that succeeded twice cannot happen (the id is the business key, REJECT_DUPLICATE)
@@ -474,6 +480,7 @@ def erp_input(model: type[Any], doctype: str, doc: dict[str, Any], receipts: lis
                        field=problems[0][0])
 
 
-def build_connector_activities(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Any]:
-    return ConnectorActivities(sessionmaker).all()
+def build_connector_activities(sessionmaker: async_sessionmaker[AsyncSession], *,
+                               ncr_table: dict[str, Any] | None = None) -> list[Any]:
+    return ConnectorActivities(sessionmaker, ncr_table=ncr_table).all()
 

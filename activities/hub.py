@@ -231,12 +231,15 @@ class HubActivities(TransactionalActivities):
     @activity.defn
     @translated
     async def apply_disposition(self, inp: ApplyDispositionInput) -> dict[str, Any]:
-        """Apply the NCR outcome to its lot; returns what the ERP needs to hear of the lot."""
+        """Apply the NCR outcome to its lot; returns what the ERP needs to hear of the lot. `written_off`: what a
+        scrap or return took off the lot (what was left of it), which the ERP's entry writes off."""
         async with self.tx() as s:
             lot = await quality.apply_disposition(s, ncr=inp.ncr, lot=inp.lot, outcome=inp.outcome.value,
                                                   resolver=self.resolver)
+            gone = await quality.written_off(s, ncr=inp.ncr, lot=lot, outcome=inp.outcome.value)
             return {"lot": lot.number, "item": lot.item.code, "quantity": lot.quantity, "uom": lot.uom,
-                    "supplier": lot.supplier.code if lot.supplier else None, "receipt": lot.receipt}
+                    "supplier": lot.supplier.code if lot.supplier else None, "receipt": lot.receipt,
+                    "written_off": gone}
 
     @activity.defn
     @translated

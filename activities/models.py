@@ -227,6 +227,13 @@ class WorkOrderInput(Model):
         return self.output_lot or f"{self.number}-L1"
 
 
+def released_work_order(order: WorkOrderInput, ncr_table: dict[str, Any]) -> WorkOrderInput:
+    """The work order's workflow input from a release, as every release path builds it (the webhook, POST
+    /api/erp/events, and the ERP poll): the NCR durations per severity come from the settings' table
+    (HUB_NCR__..., Settings.ncr.table()) unless the release chose its own (`Timing.with_defaults`)."""
+    return order.model_copy(update={"timing": order.timing.with_defaults(ncr_table)})
+
+
 class ConsumedLot(Model):
     lot: str = Field(pattern=_CODE)
     quantity: float = Field(gt=0)
@@ -470,7 +477,10 @@ class ShipInput(Model):
 
 
 class ErpNotice(Model):
-    """Something the ERP must be told; `name` makes the push idempotent."""
+    """Something the ERP must be told. `name` is the hub's key of the document, not the ERP's name for it: ERPNext
+    names documents itself, so the connector keeps the key in the document's hub key field (`custom_hub_key`,
+    a Unique custom field) and looks it up before creating; that key is what makes the push idempotent. A
+    connector without such a field (generic REST) sends the key as the document's `name`."""
 
     doctype: str
     name: str

@@ -13,6 +13,7 @@ from domain import holds, ncr_review, supplier_returns
 from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import (
+    AuditLog,
     CharacteristicResult,
     EpcisEvent,
     Inspection,
@@ -464,6 +465,17 @@ async def _kept_on_hold(session: AsyncSession, lot_row: Lot, *, ncr: str, outcom
     await holds.keep_hold(session, lot_row, released_by=f"NCR {ncr}", still_held_by=still, actor="system", ncr=ncr,
                           outcome=outcome)
     return True
+
+
+async def written_off(session: AsyncSession, *, ncr: str, lot: Lot, outcome: str) -> float:
+    """What an NCR's scrap or return took off the lot: the quantity left that its outcome set to 0, read back from
+    the audit (`lot.quantity`), so a retried activity answers as the first did; 0 when nothing was left."""
+    entries = (await session.execute(
+        select(AuditLog.changes).where(AuditLog.entity == "lot", AuditLog.entity_key == lot.number,
+                                       AuditLog.action == "lot.quantity"))).scalars()
+    why = f"NCR {ncr}: {outcome}"
+    return sum(float((c.get("before") or {}).get("quantity_remaining") or 0) for c in entries
+               if isinstance(c, dict) and c.get("why") == why)
 
 
 async def apply_disposition(

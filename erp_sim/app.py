@@ -17,6 +17,14 @@
   for those), newest `modified` first unless `order_by` says otherwise. Every document has `modified`, so an
   ERP without webhooks can be polled for new and changed documents. PUT changes a document.
 - `/sim/faults` makes the ERP answer 503 for a while (an outage that is not a refused connection).
+- Batches are blocked as ERPNext blocks them: the Batch's `disabled` check (PUT /api/resource/Batch/{name},
+  `{"disabled": 1}`; an unknown batch answers 404). A stock entry row that takes a disabled batch from a warehouse
+  and a delivery note row of one are refused (417 ValidationError "Batch ... is disabled"). A Manufacture entry's
+  finished row makes its Batch when the ERP has none of that number (an Item set to create new batches), and
+  keeps one that exists as it is (a batch the hub blocked before it was made stays disabled).
+- `/sim/hold` (tests) stores the next create of a DocType (of one hub key) and holds its answer until released
+  (DELETE) or for `seconds`: the ERP has the document and the caller has no answer yet (a lost answer, or a
+  caller killed in the middle of its write); GET lists the answers held.
 """
 
 from __future__ import annotations
@@ -70,6 +78,12 @@ class FaultRequest(BaseModel):
     status: int = Field(default=503, ge=400, le=599)
     count: int | None = Field(default=None, ge=1, description="answer this many requests with `status`")
     seconds: float | None = Field(default=None, gt=0, description="or answer with `status` for this long")
+
+
+class HoldRequest(BaseModel):
+    doctype: str = Field(min_length=1, description="the DocType whose next create is held")
+    key: str | None = Field(default=None, description="only the create of this hub key (custom_hub_key)")
+    seconds: float = Field(default=60.0, gt=0, le=600, description="answer anyway after this long")
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -241,6 +255,9 @@ def create_app(
     store = Store(state_file, missing_fields=missing_fields)
     lock = asyncio.Lock()
     fault: dict[str, Any] = {}
+    # /sim/hold: creates to hold (armed, each taken by one create) and the answers held (with their release)
+    holds: list[HoldRequest] = []
+    held: list[dict[str, Any]] = []
     app.state.store = store
 
     @app.exception_handler(FrappeError)
@@ -277,6 +294,42 @@ def create_app(
     async def clear_fault() -> dict:
         fault.clear()
         return {"fault": None}
+
+    @app.post("/sim/hold")
+    async def arm_hold(req: HoldRequest) -> dict:
+        """Store the next create of `doctype` (with hub key `key`, if given) and hold its answer until DELETE
+        /sim/hold or for `seconds`."""
+        holds.append(req)
+        return {"hold": req.model_dump()}
+
+    @app.get("/sim/hold")
+    async def list_holds() -> dict:
+        return {"armed": [h.model_dump() for h in holds],
+                "held": [{k: v for k, v in h.items() if k != "release"} for h in held]}
+
+    @app.delete("/sim/hold")
+    async def release_holds() -> dict:
+        """Disarm every hold and send the answers held (to callers that may be gone)."""
+        holds.clear()
+        for h in held:
+            h["release"].set()
+        return {"released": len(held)}
+
+    async def hold_answer(doctype: str, doc: dict[str, Any]) -> None:
+        key = next((doc.get(f) for f in UNIQUE_FIELDS if doc.get(f)), None)
+        hold = next((h for h in holds if h.doctype == doctype and h.key in (None, key)), None)
+        if hold is None:
+            return
+        holds.remove(hold)
+        entry = {"doctype": doctype, "name": doc["name"], "key": key, "since": now_iso(),
+                 "release": asyncio.Event()}
+        held.append(entry)
+        try:
+            await asyncio.wait_for(entry["release"].wait(), hold.seconds)
+        except TimeoutError:
+            pass
+        finally:
+            held.remove(entry)
 
     def auth(authorization: str | None) -> None:
         if authorization != f"token {api_key}:{api_secret}":
@@ -333,8 +386,14 @@ def create_app(
                                       "message": f"{doctype}: value missing for {', '.join(missing)}"})
         if doctype == "Stock Entry":
             check_stock_entry(store, doc)
+        elif doctype == "Delivery Note":
+            check_delivery_note(store, doc)
         async with lock:
+            if doctype == "Stock Entry":
+                make_finished_batches(store, doc)
             doc = store.insert(doctype, doc)
+        if holds:
+            await hold_answer(doctype, doc)  # stored: only the answer waits
         return {"data": doc}
 
     @app.put("/api/resource/{doctype}/{name}")
@@ -346,6 +405,9 @@ def create_app(
             doc = store.docs.get(doctype, {}).get(name)
             if doc is None:
                 raise HTTPException(404, {"exc_type": "DoesNotExistError", "message": f"{doctype} {name} not found"})
+            if doctype == "Batch" and isinstance(changes, dict) and changes.get("disabled", 0) not in (0, 1):
+                raise HTTPException(417, {"exc_type": "ValidationError", "message": (
+                    f"Batch {name}: disabled is a Check field: 0 or 1, not {changes['disabled']!r}")})
             doc.update({k: v for k, v in changes.items() if k not in ("name", "doctype", "creation")})
             doc["modified"] = now_iso()
             store.save()
@@ -449,6 +511,34 @@ def check_stock_entry(store: Store, doc: dict[str, Any]) -> None:
         if batch.get("item") != row["item_code"]:
             refuse(f"Row {i}: Batch {batch_no} does not belong to Item {row['item_code']} "
                    f"(it is of {batch.get('item')})")
+        if batch.get("disabled"):
+            refuse(f"Row {i}: Batch {batch_no} is disabled: a disabled batch cannot be used in stock transactions "
+                   "(enable it on the Batch first)")
+
+
+def check_delivery_note(store: Store, doc: dict[str, Any]) -> None:
+    """Refuse a Delivery Note that delivers a disabled batch (417 ValidationError), as ERPNext does."""
+    items = doc.get("items")
+    if not isinstance(items, list):
+        return
+    batches = store.docs.get("Batch", {})
+    for i, row in enumerate(items, start=1):
+        batch = batches.get(row.get("batch_no")) if isinstance(row, dict) and row.get("batch_no") else None
+        if batch is not None and batch.get("disabled"):
+            raise HTTPException(417, {"exc_type": "ValidationError", "message": (
+                f"Row {i}: Batch {row['batch_no']} is disabled: a disabled batch cannot be used in stock "
+                "transactions (enable it on the Batch first)")})
+
+
+def make_finished_batches(store: Store, doc: dict[str, Any]) -> None:
+    """A Manufacture entry's finished row makes its Batch when none of that number exists, as ERPNext does for an
+    Item set to create new batches (named here by the row's batch_no)."""
+    if doc.get("stock_entry_type") != "Manufacture" or not isinstance(doc.get("items"), list):
+        return
+    for row in doc["items"]:
+        if isinstance(row, dict) and row.get("is_finished_item") and row.get("batch_no") and row.get("item_code"):
+            store.put("Batch", {"name": row["batch_no"], "batch_id": row["batch_no"], "item": row["item_code"],
+                                "reference_doctype": "Stock Entry", "docstatus": 0}, exist_ok=True, save=False)
 
 
 def release_event(number: str, quantity: int, *, with_shipment: bool = True, heat_prefix: str = "H",

@@ -29,7 +29,7 @@ from core.settings import DatabaseSettings, Settings, TemporalSettings
 from domain.endpoints import ensure_endpoint
 from erp_sim.app import create_app as create_erp_app
 from migrations import upgrade
-from tests.helpers import PASSWORD, ROLE_TOKENS, SUPER_HEADERS
+from tests.helpers import ERP_SIM, PASSWORD, ROLE_TOKENS, SUPER_HEADERS
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +143,21 @@ class ErpSim:
         """The documents the hub wrote under its key `key` (custom_hub_key): more than one is a doubled document."""
         return [d for d in self.all_documents(doctype) if d.get("custom_hub_key") == key]
 
+    def hold(self, doctype: str, key: str, seconds: float = 60.0) -> None:
+        """Store the next create of `doctype` under the hub's key `key` and hold its answer until `release` (or
+        for `seconds`): the caller is then in the middle of its write, which the ERP has already made."""
+        httpx.post(f"{self.url}/sim/hold", json={"doctype": doctype, "key": key, "seconds": seconds}).raise_for_status()
+
+    def held(self) -> list[dict]:
+        """The creates whose answers are held now (doctype, name, key)."""
+        r = httpx.get(f"{self.url}/sim/hold")
+        r.raise_for_status()
+        return r.json()["held"]
+
+    def release(self) -> None:
+        """Answer every held create (its caller may be gone) and disarm the holds not taken yet."""
+        httpx.delete(f"{self.url}/sim/hold").raise_for_status()
+
     def documents(self, doctype: str) -> dict:
         """The DocType's documents by the hub's key (the ERP names them itself), or by name for documents the
         hub did not write. A hub key held by two documents fails the test: a write was doubled."""
@@ -158,7 +173,9 @@ class ErpSim:
 def erp_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ErpSim]:
     sim = ErpSim(tmp_path_factory.mktemp("erp") / "erp.json")
     sim.start()
+    ERP_SIM["url"] = sim.url  # tests.helpers.fast_release stores each release's ERP records here first
     yield sim
+    ERP_SIM.pop("url", None)
     sim.stop()
 
 

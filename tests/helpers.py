@@ -29,9 +29,40 @@ IN_SPEC_FINAL = [{"characteristic": "outer diameter", "values": [25.0, 25.01, 24
 OUT_SPEC_FINAL = [{"characteristic": "outer diameter", "values": [25.0, 25.2, 24.99]}]
 
 
+# The ERP simulator's URL (filled by the session fixture `erp_sim` in conftest.py). A release the tests send
+# straight to the hub has its ERP records (Work Order, Purchase Receipt, Batches) stored there first, as an ERP has
+# them before it sends the event (bench/lifecycle.py does the same): the hub's consumption entries then name
+# batches the ERP knows.
+ERP_SIM: dict[str, str] = {}
+
+
+def remember_in_erp(*events: dict[str, Any]) -> None:
+    """Store the ERP's records behind these work_order.released events in the simulator (POST /sim/documents);
+    nothing when no simulator runs in this session. Idempotent: a document the simulator has is kept."""
+    url = ERP_SIM.get("url")
+    if url:
+        httpx.post(f"{url}/sim/documents", json=list(events), timeout=10).raise_for_status()
+
+
+def remember_batches(items: dict[str, str]) -> None:
+    """Store Batches (lot number -> item code) in the simulator, as the ERP has every lot the hub knows (received
+    with a purchase receipt, or made by a manufacture entry): for lots a test builds in the hub's database alone,
+    whose recall holds are sent to the ERP as the Batch's `disabled`. A batch the simulator has is kept."""
+    url = ERP_SIM.get("url")
+    if not url:
+        return
+    auth = {"Authorization": "token tracehub:simulator-secret"}
+    for lot, item in items.items():
+        r = httpx.post(f"{url}/api/resource/Batch", json={"batch_id": lot, "item": item}, headers=auth, timeout=10)
+        if r.status_code != 409:  # 409: the ERP has it
+            r.raise_for_status()
+
+
 def fast_release(number: str, quantity: int = 20, *, with_shipment: bool = True) -> dict[str, Any]:
+    """A work_order.released event with short NCR durations, its ERP records stored in the simulator first."""
     ev = release_event(number, quantity, with_shipment=with_shipment)
     ev["work_order"]["timing"] = {"ncr_reminder_after": 600, "ncr_escalate_after": 1200}
+    remember_in_erp(ev)
     return ev
 
 

@@ -79,6 +79,10 @@ async def test_erp_event_to_shipment_with_ncr_then_trace_and_history(api: httpx.
     # the ERP received the completion and the delivery note
     assert f"DN-{wo_number}" in erp_sim.documents("Delivery Note")
     assert f"{wo_number}-MFG" in erp_sim.documents("Stock Entry")
+    # the consumption entry names the batch the ERP received (fast_release stored the release's records in the
+    # simulator first): accepted once, not noted as refused
+    assert len(erp_sim.keyed("Stock Entry", f"{wo_number}-CONS")) == 1
+    assert done["status"]["erp_documents"][f"{wo_number}-CONS"] == "sent"
 
     # backward trace from a unit serial reaches the supplier, heat and certificate
     codes = done["status"]["codes"]

@@ -22,6 +22,7 @@ from tests.helpers import (
     decide,
     fast_release,
     post_results,
+    remember_in_erp,
     report_operation,
     role_headers,
     run_production,
@@ -290,6 +291,7 @@ async def test_settings_give_each_severity_its_durations(api: httpx.AsyncClient,
     from erp_sim.app import release_event
 
     ev = release_event(wo_number, 20, with_shipment=False)  # no timing: the settings' table (HUB_NCR__...)
+    remember_in_erp(ev)  # the ERP's records of the release, as fast_release stores them
     assert (await api.post("/api/erp/events", json=ev)).status_code == 202
     await post_results(api, wo_number, "iqc", OUT_SPEC_IQC)
     ncr = await wait_ncr(api, wo_number)

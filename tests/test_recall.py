@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from domain.models_trace import Recall, RecallLot, RecallNotice
-from tests.helpers import PASSWORD, role_headers
+from tests.helpers import PASSWORD, remember_batches, role_headers
 from tests.test_trace_containers import container_rules, issue_codes, urn_of_sscc
 from tests.test_trace_plant import build_plant, lot_status
 
@@ -60,8 +60,8 @@ async def test_recall_by_heat_holds_blocks_notifies_and_closes(api: httpx.AsyncC
                        "lots": [{"lot": plant.lots["B1"], "item": f"ASSY-{plant.tag}", "quantity": 20.0,
                                  "uom": "EA"}]}]}]
     assert await lot_status(sessionmaker, plant.lots["A1"]) == "on_hold"
-    hold = erp_sim.documents("Batch Hold")[f"{number}/{plant.lots['A1']}"]
-    assert hold["hold"] == 1 and hold["batch_no"] == plant.lots["A1"]
+    # blocked in the ERP as ERPNext blocks a batch: the Batch's `disabled` check
+    assert erp_sim.documents("Batch")[plant.lots["A1"]]["disabled"] == 1
     assert sorted(rec["status"]["waiting_for"]) == sorted([
         f"customer: acknowledgement from {customer}", f"reviewer: release or reject held lot {plant.lots['A1']}"])
     # the hold is an EPCIS event with the CBV disposition `recalled`
@@ -230,7 +230,7 @@ async def test_recall_by_lot_scopes_forward_from_the_lot_and_signs_the_decision_
     assert [(c["customer"], c["quantity"]) for c in rec["record"]["customers"]] == [(customer, 20.0)]
     assert await lot_status(sessionmaker, lots["A1"]) == "on_hold"
     assert await lot_status(sessionmaker, lots["M3"]) == "released"  # a sibling input of B1: not downstream of M1
-    assert erp_sim.documents("Batch Hold")[f"{number}/{lots['A1']}"]["hold"] == 1
+    assert erp_sim.documents("Batch")[lots["A1"]]["disabled"] == 1
 
     qm = role_headers("quality_manager")
     decision = {"lot": lots["A1"], "decision": "release", "reason": "cert corrected by supplier", "password": PASSWORD}
@@ -263,11 +263,8 @@ async def test_recall_by_lot_scopes_forward_from_the_lot_and_signs_the_decision_
     assert r.status_code == 200 and r.json()["duplicate"] is True
     assert await _rows(sessionmaker, number) == (3, 1)
     assert len(await _signatures(sessionmaker, number, lots["A1"])) == 1
-    # the block, and the unblock the release sent (the same document, hold: 0): once each
-    docs = {k: v for k, v in erp_sim.documents("Batch Hold").items() if k.startswith(f"{number}/")}
-    assert sorted(docs) == [f"{number}/{lots['A1']}", f"{number}/{lots['A1']}-RELEASE"]
-    assert (docs[f"{number}/{lots['A1']}-RELEASE"]["hold"], docs[f"{number}/{lots['A1']}-RELEASE"]["batch_no"]) == \
-        (0, lots["A1"])
+    # the release sent the unblock: the Batch is enabled again (the recall closes only once the ERP has it)
+    assert erp_sim.documents("Batch")[lots["A1"]]["disabled"] == 0
 
 
 async def test_recall_by_equipment_takes_only_what_it_made_in_the_window(
@@ -306,6 +303,7 @@ async def test_recall_by_equipment_takes_only_what_it_made_in_the_window(
                 await production.set_lot_status(s, lot_row, LotStatus.released, actor="test", why="inspected")
         await shipping.ship_lot(s, work_order=wo, lot=c["C1"], shipment=f"DN2-{tag}", sales_order=f"SO2-{tag}",
                                 customer=f"Customer Y {tag}", carrier=None, tracking_number=None, resolver=RESOLVER)
+    remember_batches({lot: f"ASSY-{tag}" for lot in c.values()})  # the ERP has them, as it has every lot
 
     number = f"RC-EQ-{tag}"
     # a window in which the machine made nothing matches nothing: refused before Temporal
@@ -357,7 +355,8 @@ async def test_recall_by_equipment_takes_only_what_it_made_in_the_window(
     r = await api.post("/api/recalls", json=body)
     assert r.status_code == 200 and r.json()["duplicate"] is True
     assert await _rows(sessionmaker, number) == (3, 1)
-    assert [k for k in erp_sim.documents("Batch Hold") if k.startswith(f"{number}/")] == [f"{number}/{c['C3']}"]
+    batches = erp_sim.documents("Batch")
+    assert [k for k in c if batches[c[k]].get("disabled")] == ["C3"]  # the one lot it blocked in the ERP
     assert len(await _signatures(sessionmaker, number, c["C3"])) == 1
 
 

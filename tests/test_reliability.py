@@ -24,7 +24,6 @@ from tests.helpers import (
     SUPER_HEADERS,
     fast_release,
     post_results,
-    report_operation,
     run_production,
     wait_done,
     wait_status,
@@ -78,6 +77,10 @@ async def test_erp_outage_makes_the_work_order_wait_and_retry(api: httpx.AsyncCl
 @pytest.mark.timeout(180)
 async def test_worker_killed_mid_work_order_completes_exactly_once(db_url, client: Client, sessionmaker, erp_sim,
                                                                    seeded, wo_number):
+    """kill -9 the worker inside an activity whose write has happened: the ERP has stored the work order's
+    Manufacture entry and holds its answer (erp_sim /sim/hold) when the worker dies. Temporal retries the
+    activity on a new worker after its start-to-close timeout (ERP_TIMEOUT, 30 s), the retry finds the entry
+    by the hub's key, and the work order completes with every record and ERP document once."""
     queue = f"kill-test-{uuid.uuid4().hex[:6]}"
     settings = Settings(database=DatabaseSettings(url=db_url),
                         temporal=TemporalSettings(address=client.service_client.config.target_host,
@@ -89,29 +92,51 @@ async def test_worker_killed_mid_work_order_completes_exactly_once(db_url, clien
         return subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    mfg = f"{wo_number}-MFG"
     app = create_app(settings, sessionmaker=sessionmaker, temporal=client)
+    erp_sim.hold("Stock Entry", mfg)
     proc = start_worker()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub", headers=SUPER_HEADERS) as api:
             assert (await api.post("/api/erp/events", json=fast_release(wo_number))).status_code == 202
             await post_results(api, wo_number, "iqc", IN_SPEC_IQC)
-            await report_operation(api, wo_number, 10, [{"lot": f"{wo_number}-M1", "quantity": 10.0}])
-            # kill -9 right after the report is delivered: the activity recording it may be in flight
-            await wait_status(api, wo_number, lambda s: s["expected_operation"] == 20, what="operation 20")
-            await report_operation(api, wo_number, 20, [])
+            await run_production(api, wo_number)
+            await post_results(api, wo_number, "final", IN_SPEC_FINAL)
+            # the worker's notify_erp has posted the Manufacture entry: the ERP stored it and holds the answer
+            deadline = asyncio.get_running_loop().time() + 60
+            while not any(h["key"] == mfg for h in erp_sim.held()):
+                assert asyncio.get_running_loop().time() < deadline, f"the ERP never received {mfg}"
+                await asyncio.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-            # facts keep arriving while no worker runs: the API records nothing it cannot deliver
+            assert len(erp_sim.keyed("Stock Entry", mfg)) == 1  # the write the killed activity made
+            history = (await api.get(f"/api/work-orders/{wo_number}/history")).json()
+            # the kill hit the activity in flight: its first attempt was still running (the connector's own
+            # 5 s timeout had not ended it)
+            assert [(p["activity"], p["attempt"], p["state"]) for p in history["pending"]] == \
+                [("notify_erp", 1, "started")], history["pending"]
+            erp_sim.release()  # the held answer goes to a connection nobody reads
             proc = start_worker()
-            await post_results(api, wo_number, "final", IN_SPEC_FINAL)
             done = await wait_done(api, wo_number, timeout=90)
             assert done["status"]["result"] == "completed"
+            events = (await api.get(f"/api/work-orders/{wo_number}/history")).json()["events"]
     finally:
+        erp_sim.release()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+    # the ERP pushes of the completion (material consumption, Manufacture entry, delivery note): only the
+    # killed one was tried twice, each was recorded once
+    attempts = [e["attempt"] for e in events if e.get("activity") == "notify_erp" and "attempt" in e]
+    assert attempts == [1, 2, 1], attempts
+    assert next(e for e in events if e.get("activity") == "notify_erp" and e.get("attempt") == 2) \
+        .get("last_failure", "").startswith("activity StartToClose timeout"), events
+    for doctype, key in (("Stock Entry", f"{wo_number}-CONS"), ("Stock Entry", mfg),
+                         ("Delivery Note", f"DN-{wo_number}")):
+        assert len(erp_sim.keyed(doctype, key)) == 1, (doctype, key)
 
     async with sessionmaker() as s:
         wo = (await s.execute(select(WorkOrder).where(WorkOrder.number == wo_number))).scalar_one()
@@ -127,4 +152,3 @@ async def test_worker_killed_mid_work_order_completes_exactly_once(db_url, clien
         assert await count(EpcisEvent, EpcisEvent.work_order_id == wo.id) == 7  # receive, 2 inspect, 2 ops, commission, ship
         assert await count(AuditLog, AuditLog.entity_key == wo_number,
                            AuditLog.action == "operation.recorded") == 2
-    assert len(erp_sim.keyed("Delivery Note", f"DN-{wo_number}")) == 1

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from activities.models import Characteristic, ConsumedLot, Measurement, OperationReport
 from domain import production, quality, shipping
 from domain.models import CodeBlock, Lot, LotStatus
+from tests.helpers import remember_batches
 
 RESOLVER = "https://id.tracehub.example"
 GTIN_A = "09506000134352"
@@ -100,6 +101,9 @@ async def build_plant(sessionmaker, *, ship: bool = True) -> Plant:
             await shipping.ship_lot(s, work_order=wo_b.number, lot=lots["B1"], shipment=f"DN-{tag}",
                                     sales_order=f"SO-{tag}", customer=f"Customer X {tag}", carrier="DHL",
                                     tracking_number="TRK-1", resolver=RESOLVER)
+    # the ERP has these lots as Batches (a recall blocks them there; tests.helpers.remember_batches)
+    remember_batches({lots["M1"]: "BAR-42CRMO4", lots["M2"]: "BAR-42CRMO4", lots["M3"]: "BOLT-M8",
+                      lots["A1"]: "SHAFT-25", lots["B1"]: f"ASSY-{tag}"})
     return Plant(tag=tag, heats=heats, lots=lots, gtin_b=gtin_b, first_serial=first)
 
 

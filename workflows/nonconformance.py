@@ -53,6 +53,8 @@ PATCH_REVIEW = "ncr-review-states-v1"
 PATCH_VERIFY_SIGNAL = "ncr-verify-signal-v1"
 # once the NCR no longer holds its lot, the work orders whose shipment it may hold are told to check their gate
 PATCH_GATE_SIGNAL = "gate-signal-v1"
+# a scrap of a lot with nothing left sends the ERP no write-off (ERPNext refuses a row of quantity 0)
+PATCH_SCRAP_NOTHING_LEFT = "ncr-scrap-nothing-left-v1"
 ESCALATE_TO = "quality_manager"
 
 SUPERVISORS = {ReviewerRole.qa_supervisor, ReviewerRole.quality_manager}
@@ -274,8 +276,21 @@ class NonconformanceWorkflow:
     # ---------------------------------------------------------------------------------------------------
 
     async def _tell_erp(self, inp: NonconformanceInput, lot: dict) -> None:
-        """Scrap is written off in the ERP; a return to the supplier becomes a purchase return."""
-        item = {"item_code": lot["item"], "batch_no": lot["lot"], "qty": lot["quantity"], "uom": lot["uom"]}
+        """Scrap is written off in the ERP; a return to the supplier becomes a purchase return.
+
+        The quantity is what the hub took off the lot (`written_off`: what was left of it), not the lot's quantity
+        as made or received. A disposition answered before that key existed (a replayed history) keeps the lot's
+        quantity. A scrap of a lot with nothing left sends nothing (ERPNext refuses a row of quantity 0); a return
+        of one sends the lot's quantity, as the hub's supplier return records it."""
+        qty = lot["quantity"]
+        if "written_off" in lot:
+            gone = float(lot["written_off"] or 0)
+            if self.outcome == NcrAction.scrap and gone <= 0 and workflow.patched(PATCH_SCRAP_NOTHING_LEFT):
+                workflow.logger.info("NCR %s: scrap of lot %s with nothing left: no ERP write-off", inp.ncr,
+                                     lot["lot"])
+                return
+            qty = gone or lot["quantity"]
+        item = {"item_code": lot["item"], "batch_no": lot["lot"], "qty": qty, "uom": lot["uom"]}
         if self.outcome == NcrAction.scrap:
             notice = ErpNotice(doctype="Stock Entry", name=f"{inp.ncr}-SCRAP",
                                doc={"stock_entry_type": "Material Issue", "purpose": "scrap", "remarks": inp.ncr,

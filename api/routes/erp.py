@@ -22,7 +22,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.models import PurchaseReceipt, ShipmentRequest, WorkOrderInput
+from activities.models import PurchaseReceipt, ShipmentRequest, WorkOrderInput, released_work_order
 from api.deps import SettingsDep, TemporalDep
 from api.limits import refuse_nul_in_body
 from connectors.erpnext import verify_webhook
@@ -30,6 +30,7 @@ from connectors.errors import ConnectorConfigError
 from connectors.registry import connector_class
 from core.errors import Conflict, NotFound, Unauthorized
 from domain import production
+from domain.devices import REJECTED_ERP_EVENTS
 from domain.endpoints import find_endpoint
 from domain.models import ErpEvent
 from workflows.work_order import WorkOrderWorkflow
@@ -192,8 +193,9 @@ async def post_erp_event(
 ) -> JSONResponse:
     if isinstance(event, WorkOrderReleased):
         number = event.work_order.number
-        # NCR durations per severity from the settings, unless the event chose its own (kept in the input)
-        event.work_order.timing = event.work_order.timing.with_defaults(settings.ncr.table())
+        # NCR durations per severity from the settings, unless the event chose its own (kept in the input): the
+        # same input the ERP poll builds (activities.models.released_work_order)
+        event.work_order = released_work_order(event.work_order, settings.ncr.table())
         wf_id = workflow_id(number)
         order = event.work_order
         waits: bool | None = None  # does the run wait for a corrected release (asked once, if at all)
@@ -251,5 +253,13 @@ async def post_erp_event(
 async def list_erp_events(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict]:
     async with request.app.state.sessionmaker() as s:
         rows = (await s.execute(select(ErpEvent).order_by(ErpEvent.id.desc()).limit(limit))).scalars()
-        return [{"event_id": r.event_id, "event_type": r.event_type, "work_order": r.business_key,
-                 "received_at": r.received_at.isoformat()} for r in rows]
+        out = []
+        for r in rows:
+            item = {"event_id": r.event_id, "event_type": r.event_type, "work_order": r.business_key,
+                    "received_at": r.received_at.isoformat()}
+            if r.event_type in REJECTED_ERP_EVENTS:
+                # why the hub could not use it, as recorded: the ERP field at fault and what to fix there
+                p = r.payload or {}
+                item.update(field=p.get("field"), reason=p.get("reason"))
+            out.append(item)
+        return out

@@ -6,7 +6,12 @@ or a hash) and discards a `name` the client sends unless the DocType's autoname 
 cannot key its documents by name. It keys them by a field ERPNext keeps: a custom field (default
 `custom_hub_key`, Data, Unique) on every DocType the hub writes, a one-time setup of the ERPNext site.
 `write_once` looks the key up before it posts, and a retry after a timeout, a lost answer or a killed
-worker finds the document the first attempt created instead of creating a second one."""
+worker finds the document the first attempt created instead of creating a second one.
+
+Batch holds: the hub's recalls send a hold as a `Batch Hold` notice (`batch_no`, `hold` 1 or 0), a DocType ERPNext
+does not have. ERPNext blocks a batch with the Batch DocType's `disabled` check (a disabled batch cannot be used in
+stock transactions), so this connector sets `disabled` on the Batch instead (PUT /api/resource/Batch/{batch_no}):
+1 for a hold, 0 for its release. Setting a value is idempotent: a retried hold or release changes nothing more."""
 
 from __future__ import annotations
 
@@ -35,6 +40,10 @@ _FIELDNAME = re.compile(r"[a-z][a-z0-9_]*")  # a Frappe fieldname (Custom Fields
 
 # the DocTypes the hub creates that ERPNext submits (stock and deliveries move only once submitted)
 SUBMITTABLE = frozenset({"Stock Entry", "Delivery Note", "Purchase Receipt"})
+
+
+# the notice the hub's recalls send to block and unblock a batch (workflows/recall.py); here the Batch's `disabled`
+HOLD_DOCTYPE = "Batch Hold"
 
 
 class ErpnextConfig(ConnectorConfig):
@@ -187,8 +196,8 @@ class ErpnextConnector(Connector):
         if not isinstance(data, dict):
             raise DeviceRejected(f"ERP {resource}: a document is a JSON object, not {type(data).__name__}")
         key = data.get(self.config.hub_key_field)
-        if key:
-            return await self.write_once(resource, data, str(key))
+        if key or resource == HOLD_DOCTYPE:
+            return await self.write_once(resource, data, str(key or data.get("name") or ""))
         resp = await self._request("POST", f"/api/resource/{quote(resource)}", json=data)
         if resp.status_code == 409 and data.get("name"):
             return await self.read(resource, name=data["name"])
@@ -220,6 +229,8 @@ class ErpnextConnector(Connector):
         document. Frappe names the document itself (a client `name` is dropped), so the key travels in
         `hub_key_field` and is looked up before the POST. Two attempts racing past the lookup: the field's
         Unique constraint refuses the second (UniqueValidationError), which is then looked up again."""
+        if resource == HOLD_DOCTYPE:
+            return await self.set_batch_hold(data, key)
         field = self.config.hub_key_field
         found = await self.find_by_key(resource, key)
         if found is not None:
@@ -244,6 +255,36 @@ class ErpnextConnector(Connector):
                 f"{key!r}. Add the Custom Field {field} (type Data, Unique) to {resource} in ERPNext (see README, "
                 f"ERPNext setup), or set hub_key_field to the field that exists", field="hub_key_field")
         return created
+
+    async def set_batch_hold(self, data: dict[str, Any], key: str) -> Any:
+        """A hold (`hold` 1) or its release (`hold` 0) of batch `batch_no`, as ERPNext blocks a batch: the Batch's
+        `disabled` check. Idempotent (it sets a value). A hold of a batch the ERP does not have yet (a lot still
+        being made: its Manufacture entry comes later) creates the Batch disabled, so it is blocked from the moment
+        it exists; a release of one has nothing to unblock."""
+        batch, hold = data.get("batch_no"), data.get("hold")
+        if not isinstance(batch, str) or not batch.strip():
+            raise DeviceRejected(f"{HOLD_DOCTYPE} {key}: batch_no is required: the ERPNext Batch to block or unblock")
+        if hold not in (0, 1) or isinstance(hold, float):
+            raise DeviceRejected(f"{HOLD_DOCTYPE} {key}: hold must be 1 (block the batch) or 0 (unblock it), "
+                                 f"not {hold!r}")
+        disabled = 1 if hold else 0
+        path = f"/api/resource/Batch/{quote(batch, safe='')}"
+        resp = await self._request("PUT", path, json={"disabled": disabled})
+        if resp.status_code == 404 and not disabled:
+            return None  # no such batch in the ERP: nothing to unblock
+        if resp.status_code == 404:
+            item = data.get("item_code")
+            if not isinstance(item, str) or not item:
+                raise DeviceRejected(f"{HOLD_DOCTYPE} {key}: ERP has no Batch {batch!r}, and item_code (its Item) "
+                                     "is required to create it blocked")
+            resp = await self._request("POST", "/api/resource/Batch",
+                                       json={"batch_id": batch, "item": item, "disabled": 1})
+            if resp.status_code == 409:  # created in the meantime (a racing attempt, the ERP's own entry)
+                resp = await self._request("PUT", path, json={"disabled": 1})
+        if resp.status_code >= 400:
+            raise DeviceRejected(f"ERP refused setting Batch {batch} disabled={disabled} ({key}): "
+                                 f"{resp.status_code} {resp.text[:300]}")
+        return self._json(resp).get("data")
 
     async def update(self, resource: str, name: str, data: dict[str, Any]) -> Any:
         resp = await self._request("PUT", f"/api/resource/{quote(resource)}/{quote(name, safe='')}", json=data)

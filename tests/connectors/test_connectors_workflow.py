@@ -304,9 +304,17 @@ async def test_sampling_resumes_where_it_was_after_a_worker_restart(db_url, clie
                 if len(await stored()) >= 4:
                     break
                 await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"the sampler never stored 4 samples: {await stored()}")
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             before = await stored()
+            # the kill hit the sampler in flight: its first attempt is still running, or (2 s without a heartbeat
+            # already) timed out and waits for a worker
+            pending = (await hub.get(f"/api/work-orders/{wo_number}/history")).json()["pending"]
+            assert [(p["activity"], p["attempt"], p["state"]) for p in pending] in (
+                [("sample_process", 1, "started")], [("sample_process", 2, "scheduled")]), pending
+            assert pending[0]["attempt"] == 1 or "Heartbeat timeout" in pending[0].get("last_failure", ""), pending
             await asyncio.sleep(1.0)
             proc = start_worker()
             for _ in range(300):
