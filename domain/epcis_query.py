@@ -432,22 +432,22 @@ def query_document(name: str, events: list[dict[str, Any]]) -> dict[str, Any]:
 
 # prefixes the EPCIS JSON-LD context itself defines: an answer never redeclares them (protected terms)
 _CONTEXT_PREFIXES = frozenset({"cbvmda", "gs1", "epcis", "cbv"})
-_FULL = ("http://", "https://", "urn:", "@")
+FULL_KEY = ("http://", "https://", "urn:", "@")
 
 
-def _key_prefixes(obj: Any, out: set[str]) -> None:
+def key_prefixes(obj: Any, out: set[str]) -> None:
     """The prefixes of the compact keys in an event, at any depth (extension fields, ILMD, their members,
     sensor and location extensions)."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if ":" in k and not k.startswith(_FULL):
+            if ":" in k and not k.startswith(FULL_KEY):
                 out.add(k.split(":", 1)[0])
             if isinstance(v, (dict, list)):
-                _key_prefixes(v, out)
+                key_prefixes(v, out)
     elif isinstance(obj, list):
         for v in obj:
             if isinstance(v, (dict, list)):
-                _key_prefixes(v, out)
+                key_prefixes(v, out)
 
 
 def _renamed(obj: Any, rename: dict[str, str]) -> Any:
@@ -455,7 +455,7 @@ def _renamed(obj: Any, rename: dict[str, str]) -> Any:
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            if ":" in k and not k.startswith(_FULL):
+            if ":" in k and not k.startswith(FULL_KEY):
                 prefix, local = k.split(":", 1)
                 if prefix in rename:
                     k = f"{rename[prefix]}:{local}"
@@ -481,7 +481,7 @@ async def _with_contexts(session: AsyncSession, doc: dict[str, Any],
     used: list[set[str]] = []
     for ev in events:
         u: set[str] = set()
-        _key_prefixes(ev, u)
+        key_prefixes(ev, u)
         used.append(u - _CONTEXT_PREFIXES)
     taken = set().union(*used) if used else set()
     legacy: dict[str, str] = {}
@@ -611,7 +611,7 @@ def _param_prefixes(params: dict[str, Any]) -> set[str]:
         if m := _EXT_PARAM.fullmatch(name):
             out.add(m.group(1))
         elif re.fullmatch(r"HASATTR_(readPoint|bizLocation)", name):
-            out |= {v.split(":", 1)[0] for v in _values(raw) if ":" in v and not v.startswith(_FULL)}
+            out |= {v.split(":", 1)[0] for v in _values(raw) if ":" in v and not v.startswith(FULL_KEY)}
     return out - {"urn", "http", "https"}
 
 

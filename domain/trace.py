@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import InvalidInput, NotFound
 from domain.epcis_ids import GS1_DL, canonical, lot_of
+from domain.epcis_query import FULL_KEY, key_prefixes
 from domain.events import HUB_NS
 from domain.models import (
     CharacteristicResult,
@@ -407,21 +408,6 @@ async def _fetch(session: AsyncSession, anchor: str, params: dict[str, Any], *, 
 
 # prefixes the EPCIS JSON-LD context defines (protected: a captured document cannot rebind them)
 _CONTEXT_NS = {"cbvmda": "urn:epcglobal:cbv:mda:", "gs1": "https://gs1.org/voc/"}
-_FULL_KEY = ("http://", "https://", "urn:", "@")
-
-
-def _key_prefixes(obj: Any, out: set[str]) -> None:
-    """The prefixes of the compact keys (`ex:batch`) in a value, at any depth."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if ":" in k and not k.startswith(_FULL_KEY):
-                out.add(k.split(":", 1)[0])
-            if isinstance(v, (dict, list)):
-                _key_prefixes(v, out)
-    elif isinstance(obj, list):
-        for v in obj:
-            if isinstance(v, (dict, list)):
-                _key_prefixes(v, out)
 
 
 def _used_prefixes(events: Any) -> dict[str, set[str]]:
@@ -436,10 +422,10 @@ def _used_prefixes(events: Any) -> dict[str, set[str]]:
         used: set[str] = set()
         for k, v in d.items():
             if k == "ilmd" or (":" in k and not k.startswith("@")):
-                if k != "ilmd" and not k.startswith(_FULL_KEY):
+                if k != "ilmd" and not k.startswith(FULL_KEY):
                     used.add(k.split(":", 1)[0])
                 if isinstance(v, (dict, list)):
-                    _key_prefixes(v, used)
+                    key_prefixes(v, used)
         if used:
             out[event_id] = used
     return out
