@@ -6,7 +6,13 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    FailureError,
+)
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -62,7 +68,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.issue_codes import IssueCodesWorkflow
     from workflows.nonconformance import NonconformanceWorkflow
-    from workflows.policies import DB_RETRY, DB_TIMEOUT, ERP_RETRY, ERP_TIMEOUT
+    from workflows.policies import DB_LOCAL_RETRY, DB_RETRY, DB_TIMEOUT, ERP_RETRY, ERP_TIMEOUT
     from workflows.work_order_models import PendingInspection, RetryRequest, WorkOrderResult, WorkOrderStatus
 
 # Changes of the command sequence since the recorded histories (tests/histories): each is taken only by
@@ -96,6 +102,12 @@ PATCH_NO_ZERO_MFG = "wo-no-zero-manufacture-v1"
 # an operation report or purchase receipt whose recording was refused is no longer "seen": a corrected resend with
 # the same id is recorded
 PATCH_REFUSED_ID = "wo-refused-id-resend-v1"
+# a stage write (set_stage, one row) runs as a local activity, in the worker, without a schedule/start/complete on the
+# Temporal server nor a workflow task of its own; the history keeps it as a marker (the history API shows it as an
+# activity). A database outage is retried in the worker (DB_LOCAL_RETRY, about 6 s), then by the regular activity
+# (DB_RETRY, until the database is back, its attempts in the history's pending list), which also takes any refusal as
+# before. Asked once per run, at its first stage write
+PATCH_STAGE_LOCAL = "wo-stage-local-v1"
 
 
 @workflow.defn
@@ -144,6 +156,7 @@ class WorkOrderWorkflow:
         self.retry_requests = 0
         self.corrected_order: WorkOrderInput | None = None
         self.erp_documents: dict[str, str] = {}
+        self.stage_local: bool | None = None  # PATCH_STAGE_LOCAL, asked at the first stage write
 
     # --- entry --------------------------------------------------------------------------------------
 
@@ -588,7 +601,20 @@ class WorkOrderWorkflow:
         assert self.order is not None
         if self.stage != stage or stage == "material_intake":
             self.stage = stage
-            await self._db("set_stage", StageInput(work_order=self.order.number, stage=stage))
+            inp = StageInput(work_order=self.order.number, stage=stage)
+            if self.stage_local is None:
+                self.stage_local = workflow.patched(PATCH_STAGE_LOCAL)
+            if self.stage_local:
+                try:
+                    await workflow.execute_local_activity(
+                        "set_stage", inp, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_LOCAL_RETRY)
+                    return
+                except FailureError as err:  # a local activity's failure comes as is, or as an ActivityError
+                    if isinstance(err, CancelledError) or isinstance(err.cause, CancelledError):
+                        raise
+                    # the worker's attempts ran out (the database is down) or the write was refused: the regular
+                    # activity takes over, as before the patch (retried until the database is back, or failing)
+            await self._db("set_stage", inp)
 
     async def _db(self, activity: str, arg: object, result_type: type | None = None) -> object:
         return await workflow.execute_activity(

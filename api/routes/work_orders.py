@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request
@@ -265,6 +266,29 @@ _CHILD_ENDS = ("CHILD_WORKFLOW_EXECUTION_STARTED", "CHILD_WORKFLOW_EXECUTION_COM
                "CHILD_WORKFLOW_EXECUTION_FAILED", "CHILD_WORKFLOW_EXECUTION_TERMINATED",
                "CHILD_WORKFLOW_EXECUTION_CANCELED", "CHILD_WORKFLOW_EXECUTION_TIMED_OUT")
 _QUIET = {"WORKFLOW_TASK_SCHEDULED", "WORKFLOW_TASK_STARTED", "WORKFLOW_TASK_COMPLETED"}
+# a local activity (run in the worker, e.g. a work order's stage write) leaves no activity events, only this marker
+_LOCAL_ACTIVITY_MARKER = "core_local_activity"
+
+
+async def _local_activity(client: Client, e: Any, row: dict[str, Any]) -> None:
+    """A local activity's marker as an activity step: its type, attempt, result or failure, and when it ended."""
+    a = e.marker_recorded_event_attributes
+    row["event"] = "local activity failed" if a.HasField("failure") else "local activity completed"
+    row["local"] = True
+    if "data" in a.details and a.details["data"].payloads:
+        data = (await client.data_converter.decode(a.details["data"].payloads))[0]
+        if isinstance(data, dict):
+            row["activity"] = data.get("activity_type")
+            row["attempt"] = data.get("attempt")
+            ended = data.get("complete_time")
+            if isinstance(ended, dict) and ended.get("seconds"):  # when it ended in the worker, not the task's time
+                at = datetime.fromtimestamp(int(ended["seconds"]) + int(ended.get("nanos") or 0) / 1e9, UTC)
+                row["time"] = at.replace(tzinfo=None).isoformat() + "Z"
+    if a.HasField("failure"):
+        row["failure"] = (a.failure.cause.message if a.failure.HasField("cause") and a.failure.cause.message
+                          else a.failure.message)
+    elif "result" in a.details and a.details["result"].payloads:
+        row["result"] = (await client.data_converter.decode(a.details["result"].payloads))[0]
 
 
 async def timeline(client: Client, wf_id: str, *, include_workflow_tasks: bool = False) -> list[dict[str, Any]]:
@@ -339,6 +363,8 @@ async def timeline(client: Client, wf_id: str, *, include_workflow_tasks: bool =
             row["failure"] = a.failure.message
         elif name == "WORKFLOW_EXECUTION_STARTED":
             row["workflow_type"] = e.workflow_execution_started_event_attributes.workflow_type.name
+        elif name == "MARKER_RECORDED" and e.marker_recorded_event_attributes.marker_name == _LOCAL_ACTIVITY_MARKER:
+            await _local_activity(client, e, row)
         out.append(row)
     return out
 
