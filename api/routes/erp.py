@@ -249,7 +249,8 @@ async def post_erp_event(
     return JSONResponse(body.model_dump(), status_code=200 if duplicate else 202)
 
 
-@router.get("/events", summary="The ERP event inbox, newest first")
+@router.get("/events", summary="The ERP event inbox, newest first",
+            description="Each event: event_id, event_type, work_order, received_at. A rejected event (work_order.rejected, purchase_receipt.rejected) also gives `field` (the ERP field at fault) and `reason` (what to fix in the ERP).")
 async def list_erp_events(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict]:
     async with request.app.state.sessionmaker() as s:
         rows = (await s.execute(select(ErpEvent).order_by(ErpEvent.id.desc()).limit(limit))).scalars()
