@@ -20,11 +20,11 @@ $(BIN)/.installed: pyproject.toml tests/fixtures/tracehub-sics/pyproject.toml
 run: install
 	$(BIN)/tracehub up
 
-# The whole suite on PostgreSQL (HUB_TEST_DATABASE_URL) and on SQLite, plus the import rules.
+# The whole suite on PostgreSQL (HUB_TEST_DATABASE_URL) and on SQLite, side by side (tests/run_suites.py;
+# HUB_TEST_SERIAL=1: one after the other), plus the import rules.
 test: install
 	$(BIN)/lint-imports --no-cache
-	HUB_TEST_DB=postgresql $(BIN)/python -m pytest -q $(PYTEST_ARGS)
-	HUB_TEST_DB=sqlite $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python tests/run_suites.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -88,6 +89,23 @@ async def _connect_with_retry(settings: Settings) -> Client:
             delay = min(delay * 2, 5)
 
 
+async def sync_poll_schedules(client: Client, sessionmaker: Any, *, task_queue: str) -> None:
+    """The ERP endpoints' poll Schedules as their configs say (`poll_every_s`), at start: the API keeps them in step
+    with each change, this mends what changed while it could not (a database restored, a schedule deleted by hand).
+    A failure is reported and the worker starts all the same."""
+    from domain.endpoints import list_endpoints
+    from workflows.erp_poll import sync_all_poll_schedules
+
+    try:
+        async with sessionmaker() as s:
+            eps = [(e.name, e.kind, dict(e.config or {})) for e in await list_endpoints(s)]
+        polled = await sync_all_poll_schedules(client, eps, task_queue=task_queue)
+        if polled:
+            print(f"worker: ERP poll schedules for {', '.join(polled)}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - polling is mended at the next start; the worker's work goes on
+        print(f"worker: could not bring the ERP poll schedules in step with the endpoints: {exc}", flush=True)
+
+
 async def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     try:
@@ -98,6 +116,7 @@ async def main(settings: Settings | None = None) -> None:
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     client = await _connect_with_retry(settings)
     sessionmaker = make_sessionmaker(engine)
+    await sync_poll_schedules(client, sessionmaker, task_queue=settings.temporal.task_queue)
     worker = build_worker(client, settings, sessionmaker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

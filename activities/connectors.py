@@ -38,7 +38,15 @@ from activities.models_connectors import (
     SkipInspectionInput,
 )
 from connectors.base import Connector
+from connectors.erpnext.documents import (  # noqa: F401  (moved there; still importable from here)
+    erpnext_field,
+    receipt_from_erpnext,
+    work_order_from_erpnext,
+)
 from connectors.errors import ConnectorConfigError, DeviceRejected
+from connectors.polling import PURCHASE_RECEIPT as PURCHASE_RECEIPT_DOC
+from connectors.polling import WORK_ORDER as WORK_ORDER_DOC
+from connectors.polling import PollableErp, PolledDocument, Version
 from connectors.registry import connector_class
 from connectors.soap.values import flatten
 from core.errors import InvalidInput, NotFound
@@ -210,69 +218,63 @@ class ConnectorActivities(TransactionalActivities):
         workflow or signal it a receipt. Duplicates are harmless across polls: the ERP inbox keys each
         document version, workflow ids are business keys (REJECT_DUPLICATE), receipts are signalled once.
 
-        As Frappe lists: the list asks for `name` and `modified` only (a list never carries child tables),
-        and each changed document is then read in full. Each document stands on its own: one that cannot
-        become a work order or a receipt is recorded as a rejected ERP event naming the field and what to fix
-        (`GET /api/endpoints/{endpoint}/rejected`), and the watermark moves past it; the ERP's next change
-        of it is a new version, which the next poll reads again. An outage still fails the poll (retried)."""
+        The endpoint's connector lists and reads the documents (connectors.polling.PollableErp): ERPNext lists
+        `name` and `modified` only (a Frappe list never carries child tables) and reads each changed document in
+        full; a `rest` endpoint lists where its `poll` config says, with its field names. Each document stands
+        on its own: one that cannot become a work order or a receipt is recorded as a rejected ERP event naming
+        the field and what to fix (`GET /api/endpoints/{endpoint}/rejected`), and the watermark moves past it;
+        the ERP's next change of it is a new version, which the next poll reads again. An outage still fails
+        the poll (retried)."""
         client = activity.client()
         task_queue = inp.task_queue or activity.info().task_queue
         result = PollErpResult()
         conn = await self.connector(inp.endpoint)
-        read_changed = getattr(conn, "read_changed", None)
-        if read_changed is None:
-            raise ConnectorConfigError(f"endpoint {inp.endpoint!r} ({conn.kind}) cannot be polled for ERPNext "
-                                       "documents: use an erpnext endpoint", field="kind")
+        if not isinstance(conn, PollableErp):
+            raise ConnectorConfigError(f"endpoint {inp.endpoint!r} ({conn.kind}) cannot be polled for ERP "
+                                       "documents: use an erpnext endpoint, or a rest endpoint with poll "
+                                       "configured", field="kind")
+        erp: PollableErp = conn
         async with conn:
             async with self.sm() as s:
-                since_wo = await devices.poll_watermark(s, inp.endpoint, "Work Order")
-                since_pr = await devices.poll_watermark(s, inp.endpoint, "Purchase Receipt")
+                since_wo = await devices.poll_watermark(s, inp.endpoint, WORK_ORDER_DOC)
+                since_pr = await devices.poll_watermark(s, inp.endpoint, PURCHASE_RECEIPT_DOC)
             # >= the watermark: documents modified in the same instant as the last one are seen again and
             # recognised by the inbox, rather than missed
 
-            async def handled(doctype: str, row: dict[str, Any]) -> bool:
+            async def handled(doctype: str, row: Version) -> bool:
                 # this version is in the ERP inbox already (taken, rejected, or a receipt that went in with its
                 # work order's start): no need to read it in full again (the watermark lists the last one again)
                 async with self.sm() as s:
-                    return await devices.erp_event_seen(
-                        s, f"poll:{inp.endpoint}:{doctype}:{row['name']}:{row['modified']}")
+                    return await devices.erp_event_seen(s, f"poll:{inp.endpoint}:{doctype}:{row.name}:{row.modified}")
 
-            for row in await read_changed("Work Order", since_wo, filters=[["docstatus", "=", 1]]):
+            for row in await erp.changed(WORK_ORDER_DOC, since_wo):
                 result.seen += 1
-                doc = None if await handled("Work Order", row) else await conn.read("Work Order", name=row["name"])
-                if doc is not None:  # None: handled already, or deleted since it was listed
-                    receipts = []
-                    for r in await conn.read_all("Purchase Receipt", fields=["name"],
-                                                 filters=[["custom_work_order", "=", row["name"]]]):
-                        full = await conn.read("Purchase Receipt", name=r["name"])
-                        if full is not None:
-                            receipts.append(full)
-                    try:
-                        await self._poll_work_order(client, inp.endpoint, task_queue, doc, receipts, result)
-                    except InvalidInput as exc:
-                        await self._reject(inp.endpoint, "Work Order", doc, str(doc.get("name") or row["name"]),
-                                           exc, result)
-                async with self.tx() as s:
-                    await devices.advance_watermark(s, inp.endpoint, "Work Order", row["modified"])
-            for row in await read_changed("Purchase Receipt", since_pr):
-                result.seen += 1
-                doc = None if await handled("Purchase Receipt", row) else \
-                    await conn.read("Purchase Receipt", name=row["name"])
+                # None: handled already, or deleted since it was listed
+                doc = None if await handled(WORK_ORDER_DOC, row) else await erp.polled_document(WORK_ORDER_DOC, row)
                 if doc is not None:
                     try:
-                        await self._poll_receipt(client, inp.endpoint, doc, result)
+                        await self._poll_work_order(client, erp, inp.endpoint, task_queue, doc, result)
                     except InvalidInput as exc:
-                        await self._reject(inp.endpoint, "Purchase Receipt", doc,
-                                           str(doc.get("custom_work_order") or doc.get("name") or row["name"]),
-                                           exc, result)
+                        await self._reject(inp.endpoint, doc, doc.work_order or doc.name or row.name, exc, result)
                 async with self.tx() as s:
-                    await devices.advance_watermark(s, inp.endpoint, "Purchase Receipt", row["modified"])
+                    await devices.advance_watermark(s, inp.endpoint, WORK_ORDER_DOC, row.modified)
+            for row in await erp.changed(PURCHASE_RECEIPT_DOC, since_pr):
+                result.seen += 1
+                doc = None if await handled(PURCHASE_RECEIPT_DOC, row) else \
+                    await erp.polled_document(PURCHASE_RECEIPT_DOC, row)
+                if doc is not None:
+                    try:
+                        await self._poll_receipt(client, erp, inp.endpoint, doc, result)
+                    except InvalidInput as exc:
+                        await self._reject(inp.endpoint, doc, doc.work_order or doc.name or row.name, exc, result)
+                async with self.tx() as s:
+                    await devices.advance_watermark(s, inp.endpoint, PURCHASE_RECEIPT_DOC, row.modified)
         return result
 
-    async def _reject(self, endpoint: str, doctype: str, doc: dict[str, Any], key: str, exc: InvalidInput,
+    async def _reject(self, endpoint: str, doc: PolledDocument, key: str, exc: InvalidInput,
                       result: PollErpResult) -> None:
         """Record a document the poll cannot use, once per version: a rejected event in the ERP inbox."""
-        name, modified = str(doc.get("name")), str(doc.get("modified"))
+        doctype, name, modified = doc.doctype, doc.name, doc.modified
         log.warning("ERP %s %s %s (modified %s) rejected: %s", endpoint, doctype, name, modified, exc.message)
         async with self.tx() as s:
             await devices.remember_erp_event(
@@ -282,10 +284,11 @@ class ConnectorActivities(TransactionalActivities):
                          "modified": modified, "field": exc.field, "reason": exc.message})
         result.rejected.append(f"{doctype} {name}")
 
-    async def _poll_work_order(self, client: Client, endpoint: str, task_queue: str, doc: dict[str, Any],
-                               receipts: list[dict[str, Any]], result: PollErpResult) -> None:
-        order = erp_input(WorkOrderInput, "Work Order", doc, receipts, lambda: work_order_from_erpnext(doc, receipts))
-        order = released_work_order(order, self.ncr_table)  # the input the webhook's release builds
+    async def _poll_work_order(self, client: Client, erp: PollableErp, endpoint: str, task_queue: str,
+                               doc: PolledDocument, result: PollErpResult) -> None:
+        order = erp_input(WorkOrderInput, erp, doc)
+        # the input the webhook's release builds; the audit trail names the poll of this endpoint as the sender
+        order = released_work_order(order, self.ncr_table, sent_by=f"poll:{endpoint}")
         wf_id = f"work-order-{order.number}"
         # start first, remember after: a start that failed on an outage is tried again by the next attempt,
         # and a start that succeeded twice cannot happen (the id is the business key, REJECT_DUPLICATE)
@@ -298,26 +301,28 @@ class ConnectorActivities(TransactionalActivities):
         except WorkflowAlreadyStartedError:
             started = False  # released by webhook, or a change of a work order already running
         async with self.tx() as s:
+            # keyed by the ERP's name of the document (ERPNext: the work order number), as `handled` looks it up
             await devices.remember_erp_event(
-                s, event_id=f"poll:{endpoint}:Work Order:{order.number}:{doc['modified']}",
+                s, event_id=f"poll:{endpoint}:{WORK_ORDER_DOC}:{doc.name}:{doc.modified}",
                 event_type="work_order.released" if started else "work_order.changed", key=order.number,
                 workflow_id=wf_id, payload={"source": "poll", "work_order": order.model_dump(mode="json")})
             if started:  # its receipts went in with the start: the receipt pass must not signal them again
-                for r in receipts:
+                for r in doc.receipts:
                     await devices.remember_erp_event(
-                        s, event_id=f"poll:{endpoint}:Purchase Receipt:{r['name']}:{r['modified']}",
+                        s, event_id=f"poll:{endpoint}:{PURCHASE_RECEIPT_DOC}:{r.name}:{r.modified}",
                         event_type="purchase_receipt.posted", key=order.number, workflow_id=wf_id,
-                        payload={"source": "poll", "receipt": r["name"], "with_start": True})
+                        payload={"source": "poll", "receipt": r.name, "with_start": True})
 
-    async def _poll_receipt(self, client: Client, endpoint: str, doc: dict[str, Any], result: PollErpResult) -> None:
-        number = doc.get("custom_work_order")
+    async def _poll_receipt(self, client: Client, erp: PollableErp, endpoint: str, doc: PolledDocument,
+                            result: PollErpResult) -> None:
+        number = doc.work_order
         if not number:
             return
-        event_id = f"poll:{endpoint}:Purchase Receipt:{doc['name']}:{doc['modified']}"
+        event_id = f"poll:{endpoint}:{PURCHASE_RECEIPT_DOC}:{doc.name}:{doc.modified}"
         async with self.sm() as s:
             if await devices.erp_event_seen(s, event_id):
                 return
-        receipt = erp_input(PurchaseReceipt, "Purchase Receipt", doc, [doc], lambda: receipt_from_erpnext(doc))
+        receipt = erp_input(PurchaseReceipt, erp, doc).model_copy(update={"sent_by": f"poll:{endpoint}"})
         try:
             await client.get_workflow_handle(f"work-order-{number}").signal("receive_material", receipt)
         except RPCError as exc:
@@ -398,84 +403,19 @@ def judge_certificate(values: dict[str, Any], spec: Any) -> list[str]:
     return failures
 
 
-def work_order_from_erpnext(doc: dict[str, Any], receipts: list[dict[str, Any]]) -> dict[str, Any]:
-    """An ERPNext Work Order (operations child table, custom fields) and its Purchase Receipts as the
-    hub's work order input (validated by WorkOrderInput, whose errors `erp_input` names by ERPNext field)."""
-    ops = doc.get("operations") or []
-    wo: dict[str, Any] = {
-        "number": doc.get("name"), "item": doc.get("production_item"), "item_name": doc.get("item_name"),
-        "gtin": doc.get("custom_gtin"), "quantity": doc.get("qty"), "uom": doc.get("stock_uom") or "EA",
-        "line": doc.get("custom_line"),
-        "routing": [{"seq": op.get("custom_seq") or (op.get("idx") or i + 1) * 10, "name": op.get("operation"),
-                     "equipment": op.get("workstation")} if isinstance(op, dict) else op
-                    for i, op in enumerate(ops if isinstance(ops, list) else [ops])],
-        "receipts": [receipt_from_erpnext(r) for r in receipts],
-    }
-    if doc.get("sales_order") and doc.get("custom_customer") and doc.get("custom_delivery_note"):
-        wo["shipment"] = {"shipment": doc["custom_delivery_note"], "sales_order": doc["sales_order"],
-                          "customer": doc["custom_customer"], "carrier": doc.get("custom_carrier")}
-    return {k: v for k, v in wo.items() if v is not None}
-
-
-def receipt_from_erpnext(doc: dict[str, Any]) -> dict[str, Any]:
-    items = doc.get("items") or []
-    return {"receipt": doc.get("name"), "lots": [
-        {"lot": it.get("batch_no"), "supplier": doc.get("supplier"), "item": it.get("item_code"),
-         "supplier_lot": it.get("custom_supplier_lot") or it.get("batch_no"),
-         "heat_number": it.get("custom_heat_number"), "quantity": it.get("qty"), "uom": it.get("stock_uom") or "EA",
-         "certificate_ref": it.get("custom_certificate_ref"), "purchase_order": it.get("purchase_order")}
-        if isinstance(it, dict) else it for it in (items if isinstance(items, list) else [items])]}
-
-
 REJECTED = devices.REJECTED_ERP_EVENT
-# the hub's input fields and the ERPNext fields they come from
-_WO_FIELDS = {"number": "name", "item": "production_item", "item_name": "item_name", "gtin": "custom_gtin",
-              "quantity": "qty", "uom": "stock_uom", "line": "custom_line", "routing": "operations",
-              "receipts": "Purchase Receipt", "shipment": "custom_delivery_note"}
-_OP_FIELDS = {"seq": "custom_seq", "name": "operation", "equipment": "workstation"}
-_LOT_FIELDS = {"lot": "batch_no", "supplier": "supplier", "item": "item_code", "supplier_lot": "custom_supplier_lot",
-               "heat_number": "custom_heat_number", "quantity": "qty", "uom": "stock_uom",
-               "certificate_ref": "custom_certificate_ref", "purchase_order": "purchase_order"}
-_SHIP_FIELDS = {"shipment": "custom_delivery_note", "sales_order": "sales_order", "customer": "custom_customer",
-                "carrier": "custom_carrier"}
 
 
-def erpnext_field(doctype: str, loc: tuple[Any, ...], receipts: list[dict[str, Any]]) -> str:
-    """Where in the ERP a validation error's location is: the DocType, document and field to fix."""
-    def receipt_field(r: dict[str, Any], rest: tuple[Any, ...]) -> str:
-        where = f"Purchase Receipt {r.get('name')}"
-        if rest[:1] == ("lots",) and len(rest) >= 3 and isinstance(rest[1], int):
-            sub = rest[2]
-            if sub == "supplier":
-                return f"{where}: supplier"
-            return f"{where}: items row {rest[1] + 1}: {_LOT_FIELDS.get(sub, sub)}"
-        if rest[:1] == ("lots",):
-            return f"{where}: items"
-        return f"{where}: {'name' if rest[:1] == ('receipt',) else (rest[0] if rest else 'document')}"
-
-    if doctype == "Purchase Receipt":
-        return receipt_field(receipts[0] if receipts else {}, loc)
-    head = loc[0] if loc else None
-    if head == "routing" and len(loc) >= 3 and isinstance(loc[1], int):
-        return f"Work Order: operations row {loc[1] + 1}: {_OP_FIELDS.get(loc[2], loc[2])}"
-    if head == "receipts" and len(loc) >= 2 and isinstance(loc[1], int) and loc[1] < len(receipts):
-        return receipt_field(receipts[loc[1]], loc[2:])
-    if head == "shipment" and len(loc) >= 2:
-        return f"Work Order: {_SHIP_FIELDS.get(loc[1], loc[1])}"
-    return f"Work Order: {_WO_FIELDS.get(head, head) if head is not None else 'document'}"
-
-
-def erp_input(model: type[Any], doctype: str, doc: dict[str, Any], receipts: list[dict[str, Any]],
-              build: Any) -> Any:
-    """The hub's input made from an ERP document, or InvalidInput naming the ERPNext field and what to fix."""
+def erp_input(model: type[Any], erp: PollableErp, doc: PolledDocument) -> Any:
+    """The hub's input made from a polled ERP document, or InvalidInput naming the ERP's field and what to fix."""
     try:
-        return model.model_validate(build())
+        return model.model_validate(erp.hub_data(doc))
     except ValidationError as exc:
-        problems = [(erpnext_field(doctype, tuple(e["loc"]), receipts), e["msg"]) for e in exc.errors()]
+        problems = [(erp.erp_field(doc, tuple(e["loc"])), e["msg"]) for e in exc.errors()]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        problems = [(f"{doctype}: document", f"{type(exc).__name__}: {exc}")]
+        problems = [(f"{doc.doctype}: document", f"{type(exc).__name__}: {exc}")]
     detail = "; ".join(f"{where}: {msg}" for where, msg in problems)
-    raise InvalidInput(f"ERP {doctype} {doc.get('name')!r} (modified {doc.get('modified')}) cannot be used: {detail}. "
+    raise InvalidInput(f"ERP {doc.doctype} {doc.name!r} (modified {doc.modified}) cannot be used: {detail}. "
                        "Correct it in the ERP: the next poll reads the changed document again",
                        field=problems[0][0])
 

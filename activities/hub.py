@@ -46,6 +46,7 @@ from connectors.registry import connector_class
 from core.errors import NotFound
 from domain import codes, inspection_triggers, production, quality, quality_plans, shipping, spc_warnings
 from domain.audit import PLACEHOLDER_ACTOR
+from domain.holds import erp_unblock_sent, erp_unblock_withheld
 from domain.models import Endpoint
 from domain.supplier_returns import erp_acknowledged
 
@@ -79,7 +80,7 @@ class HubActivities(TransactionalActivities):
                 quantity=o.quantity, uom=o.uom, line=o.line, due_date=o.due_date,
                 routing=[op.model_dump() for op in o.routing],
                 sales_order=o.shipment.sales_order if o.shipment else None,
-                customer=o.shipment.customer if o.shipment else None,
+                customer=o.shipment.customer if o.shipment else None, actor=o.released_by,
             )
 
     @activity.defn
@@ -102,7 +103,7 @@ class HubActivities(TransactionalActivities):
                     supplier=line.supplier, item=line.item, supplier_lot=line.supplier_lot,
                     heat_number=line.heat_number, quantity=line.quantity, uom=line.uom,
                     certificate_ref=line.certificate_ref, location=line.location, resolver=self.resolver,
-                    purchase_order=line.purchase_order, gtin=line.gtin,
+                    purchase_order=line.purchase_order, gtin=line.gtin, actor=r.sent_by,
                 )
                 number = f"IQC-{line.lot}"
                 # the material item's plan at `iqc` (sample sizes by ISO 2859-1 under the supplier's switching
@@ -283,7 +284,26 @@ class HubActivities(TransactionalActivities):
         """Push a document to the ERP endpoint once: `notice.name` is the hub's key of the document. A connector
         with `write_once(doctype, doc, key)` (ERPNext: the key in its hub key field, looked up before creating,
         since the ERP names documents itself) makes a retry after a lost answer find the first document; any
-        other connector gets the key as `name`, and an existing document of that name counts as done."""
+        other connector gets the key as `name`, and an existing document of that name counts as done.
+
+        A recall's unblock (`Batch Hold`, hold 0) is sent only while no other recall keeps the ERP's block of the
+        batch; otherwise it is withheld, the recall's audit trail says why, and the notice is done."""
+        if notice.doctype == "Batch Hold" and notice.doc.get("hold") == 0:
+            # The ERP's block is one flag per batch (ERPNext: the Batch's `disabled`; a `rest` ERP gets the document
+            # as it is), shared by every recall; only the hub knows which recalls still hold the lot. The decision
+            # chose to unblock when no other recall held the lot, but this notice may reach the ERP much later
+            # (retried through an ERP outage), after another recall R2 held the lot and blocked the batch again. So
+            # every attempt asks the record again just before it sends. Ordering: R2 commits the lot in its scope
+            # (open_recall) and then its hold (hold_recall_lots) before its workflow sends R2's hold 1, and R2
+            # counts from its scope's commit (erp_block_holders). An attempt whose check runs after that commit
+            # withholds the unblock (R2's own release sends it when R2 is the last to let go); an attempt whose
+            # check ran before it sends at once, and its request races R2's hold 1 only if it takes longer than R2's
+            # whole way from that commit to its send (several activity round trips). Not covered: a request of an
+            # attempt that timed out, applied by the ERP after R2's hold (the ERP has no conditional update here).
+            async with self.tx() as s:
+                if await erp_unblock_withheld(s, batch=str(notice.doc.get("batch_no") or ""),
+                                              recall=notice.doc.get("recall"), notice=notice.name):
+                    return
         async with self.sm() as s:
             ep = (await s.execute(select(Endpoint).where(Endpoint.name == self.erp_endpoint))).scalar()
         if ep is None:
@@ -301,6 +321,10 @@ class HubActivities(TransactionalActivities):
             raise
         finally:
             await self._release_erp(conn)
+        if notice.doctype == "Batch Hold" and notice.doc.get("hold") == 0:
+            async with self.tx() as s:
+                await erp_unblock_sent(s, batch=str(notice.doc.get("batch_no") or ""),
+                                       recall=notice.doc.get("recall"), notice=notice.name)
         if notice.doctype == "Purchase Receipt" and notice.doc.get("is_return") and notice.doc.get("remarks"):
             # an NCR's purchase return, acknowledged: its supplier return is now erp_notified (a retry after a
             # lost completion finds the document already there, which counts as done, and changes nothing)

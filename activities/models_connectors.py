@@ -143,7 +143,7 @@ class SkipInspectionInput(_Model):
 
 
 class PollErpInput(_Model):
-    endpoint: str = Field(default="erp", description="the ERPNext endpoint to poll")
+    endpoint: str = Field(default="erp", description="the ERP endpoint to poll: erpnext, or rest with a poll config")
     task_queue: str | None = Field(default=None, description="where work orders run; default: the poller's")
 
 

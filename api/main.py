@@ -22,6 +22,7 @@ from api.routes import (
     erp,
     health,
     inspections,
+    items,
     mes,
     ncrs,
     quality,
@@ -106,4 +107,5 @@ def create_app(
     app.include_router(mes.router)
     app.include_router(capas.router)
     app.include_router(supplier_returns.router)
+    app.include_router(items.router)
     return app

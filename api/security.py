@@ -158,6 +158,10 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/codes/pools/{number}/uploads"): frozenset({"printer", "mes", "operator"}),
     ("POST", "/api/codes/pools/{number}/reconcile"): ENGINEERING | {"quality_manager"},
     ("GET", "/api/codes/alerts"): READERS,
+    # item master data: everyone reads it; a correction (a wrong GTIN) is the quality manager's or an admin's
+    ("GET", "/api/items"): READERS,
+    ("GET", "/api/items/{code}"): READERS,
+    ("PATCH", "/api/items/{code}"): frozenset({"admin", "quality_manager"}),
     # EPCIS 2.0 REST interface
     ("GET", "/epcis"): EPCIS_READ,
     ("GET", "/epcis/capture"): EPCIS_WRITE | {"auditor"},

@@ -10,7 +10,8 @@ finds it already built at the same size):
   lots (supplier, supplier lot, certificate, an IQC inspection with its measurement); every `--heat-lots` of
   them share a heat number. Each lot above consumes `--fan-in` random lots of the level below, recorded by an
   operation (equipment, operator, shift, times, process parameters) and one lineage edge per consumed lot.
-- `--units` unit serials on the top-level lots, one serial block per lot (as the hub issues them); half of the
+- `--units` unit serials on the top-level lots, one serial block per lot as the hub issues them (serial_block under
+  each product's default unit code rule, with its first and last code: domain.codes.issue_block); half of the
   top-level lots are shipped (10 lots per shipment, 200 customers), the rest are in stock.
 Rows go in with COPY (triggers off); the lineage index is the hub's own trace_node / trace_edge tables, and
 the per-lot trace rows (trace_lot_doc) are then built in one pass by trace_lot_doc_rebuild(), as migration
@@ -54,6 +55,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import statistics
 import sys
 import time
@@ -118,6 +120,9 @@ class Copier:
 
 
 def build(url: str, a: argparse.Namespace) -> dict[str, Any]:
+    from domain.code_rules import IssueContext, default_spec, namespace_of
+    from domain.codes import compiled, end_codes
+    from domain.models_codes import CodeRule
     from migrations import upgrade
 
     sa_url = make_url(url)
@@ -126,7 +131,7 @@ def build(url: str, a: argparse.Namespace) -> dict[str, Any]:
     per_level = a.lots // a.levels
     units_per_lot = max(1, a.units // per_level)
     meta = {"lots": per_level * a.levels, "levels": a.levels, "fan_in": a.fan_in, "units": units_per_lot * per_level,
-            "heat_lots": a.heat_lots}
+            "heat_lots": a.heat_lots, "codes": "serial_block"}
     try:
         with psycopg.connect(dsn, autocommit=True) as c:
             row = c.execute("SELECT value FROM bench_meta WHERE key = 'plant'").fetchone()
@@ -155,6 +160,24 @@ def build(url: str, a: argparse.Namespace) -> dict[str, Any]:
         for k in range(top_items):
             items.add(a.levels + k, f"PRODUCT-{k}", f"finished product {k}", gtin(500 + k), "EA")
         items.flush()
+        # the finished products' unit code rules, as the hub saves them when an item has none (codes.current_rule:
+        # GTIN + 12-digit serial), and their serial blocks below, as domain.codes.issue_block writes them
+        rules = Copier(c, "code_rule", ["id", "item_id", "level", "version", "spec", "namespace", "secret",
+                                        "created_by", "created_at"])
+        bound: dict[int, tuple[Any, Any]] = {}
+        namespaces: dict[int, str] = {}
+        for k in range(top_items):
+            g, code = gtin(500 + k), f"PRODUCT-{k}"
+            spec = default_spec("unit", g, code)
+            namespaces[k] = namespace_of(spec, item_code=code, level="unit", gtin=g)
+            row = CodeRule(id=k + 1, item_id=a.levels + k, level="unit", version=1,
+                           spec=spec.model_dump(exclude_none=True), namespace=namespaces[k],
+                           secret=secrets.token_hex(32))
+            rules.add(row.id, row.item_id, row.level, row.version, json.dumps(row.spec), row.namespace, row.secret,
+                      "bench", now)
+            cr = compiled(row, g)
+            bound[k] = (cr, cr.bind(IssueContext(lot=None, line=None, gtin=g)))
+        rules.flush()
         suppliers = Copier(c, "supplier", ["id", "code", "name"])
         for k in range(50):
             suppliers.add(k + 1, f"SUP-{k}", f"Supplier {k}")
@@ -178,10 +201,11 @@ def build(url: str, a: argparse.Namespace) -> dict[str, Any]:
                                        "inspected_at"])
         chars = Copier(c, "characteristic_result", ["inspection_id", "name", "nominal", "lower", "upper", "unit",
                                                     "sample_size", "values", "verdict"])
-        blocks = Copier(c, "code_block", ["key", "item_id", "lot_id", "first_seq", "count", "created_at"])
+        blocks = Copier(c, "serial_block", ["key", "namespace", "rule_id", "first_seq", "count", "purpose", "lot_id",
+                                            "work_order", "first_code", "last_code", "created_at"])
         ships = Copier(c, "shipment", ["id", "number", "sales_order", "customer", "carrier", "shipped_at"])
         lines = Copier(c, "shipment_line", ["shipment_id", "lot_id", "quantity"])
-        next_seq = {k: 1 for k in range(top_items)}
+        next_seq = {k: 0 for k in range(top_items)}
         lot_id = 0
         level_ids: list[range] = []
         shipment_id = 0
@@ -223,7 +247,9 @@ def build(url: str, a: argparse.Namespace) -> dict[str, Any]:
                             consumed, units_per_lot, 0, t)
                     if top:
                         k = i % top_items
-                        blocks.add(f"B-{lot_id}", item, lot_id, next_seq[k], units_per_lot, t)
+                        first_code, last_code = end_codes(*bound[k], next_seq[k], units_per_lot)
+                        blocks.add(f"WO-{wo}:{number}:unit", namespaces[k], k + 1, next_seq[k], units_per_lot, "order",
+                                   lot_id, f"WO-{wo}", first_code, last_code, t)
                         next_seq[k] += units_per_lot
                         if status == "shipped":
                             if (i // 2) % 10 == 0:
@@ -235,14 +261,19 @@ def build(url: str, a: argparse.Namespace) -> dict[str, Any]:
             log(f"  level {lvl}: {per_level:,} lots")
         for cp in (lots, nodes, edges, ops, ins, chars, blocks, ships, lines):
             cp.flush()
+        counters = Copier(c, "code_counter", ["namespace", "next_seq"])
+        for k in range(top_items):
+            counters.add(namespaces[k], next_seq[k])
+        counters.flush()
         for table, col in (("item", "id"), ("supplier", "id"), ("work_order", "id"), ("lot", "id"),
-                           ("inspection", "id"), ("shipment", "id")):
+                           ("inspection", "id"), ("shipment", "id"), ("code_rule", "id"), ("serial_block", "id")):
             c.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{col}'), (SELECT max({col}) FROM {table}))")
         c.execute("CREATE TABLE IF NOT EXISTS bench_meta (key text primary key, value text)")
         # the rows went in with the triggers off (replica role): build the per-lot trace rows the triggers keep
         # (migrations/versions/0014_trace_doc.py) in one pass, as that migration does for existing data
         t_doc = time.perf_counter()
         c.execute("SET session_replication_role = origin")
+        c.execute("ANALYZE")  # statistics of the tables just loaded, for the rebuild's per-lot lookups
         c.execute("SELECT trace_lot_doc_rebuild()")
         log(f"  per-lot trace rows: {time.perf_counter() - t_doc:.1f} s")
         c.execute("INSERT INTO bench_meta VALUES ('plant', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -266,7 +297,8 @@ BARE_DOWN = """WITH RECURSIVE down(id) AS (SELECT n.id FROM trace_node n JOIN lo
 
 # what the traces and the baselines read: brought into the kernel's page cache (not PostgreSQL's buffers) first
 _PREWARM = ("trace_edge", "trace_edge_pkey", "ix_trace_edge_child_parent_via", "trace_lot_doc", "trace_lot_doc_pkey",
-            "trace_node", "trace_node_pkey", "trace_node_lot_id_key", "code_block", "ix_code_block_item_first_seq",
+            "trace_node", "trace_node_pkey", "trace_node_lot_id_key", "serial_block", "ix_serial_block_range",
+            "serial_block_key_key", "ix_serial_block_lot_id", "code_rule", "code_block", "ix_code_block_item_first_seq",
             "lot", "lot_pkey", "item", "supplier")
 
 
@@ -295,10 +327,14 @@ async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) 
     again, timed ("warm": each on pages it has just read itself)."""
     import gc
 
+    import numpy as np
     import orjson
 
     from core.db import FastReader, make_engine, make_read_sessionmaker
     from domain import trace, trace_containers
+    from domain.code_rules import IssueContext
+    from domain.codes import compiled
+    from domain.models_codes import CodeRule
 
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     prewarmed = prewarm(dsn)
@@ -310,8 +346,16 @@ async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) 
     rng = random.Random(11)
     async with sm() as s:
         blocks = (await s.execute(text(
-            "SELECT b.lot_id, b.first_seq, b.count, i.gtin, n.id FROM code_block b JOIN item i ON i.id = b.item_id "
+            "SELECT b.lot_id, b.first_seq, b.count, b.rule_id, n.id FROM serial_block b "
             "JOIN trace_node n ON n.lot_id = b.lot_id ORDER BY random() LIMIT :n"), {"n": 2 * (a.samples + 20)})).all()
+        # each block's codes as its rule version renders them (domain.codes)
+        renderers = {}
+        for rid, item_id, level, version, spec, namespace, secret, g in (await s.execute(text(
+                "SELECT r.id, r.item_id, r.level, r.version, r.spec, r.namespace, r.secret, i.gtin FROM code_rule r "
+                "JOIN item i ON i.id = r.item_id"))).all():
+            cr = compiled(CodeRule(id=rid, item_id=item_id, level=level, version=version, spec=spec,
+                                   namespace=namespace, secret=secret), g)
+            renderers[rid] = (cr, cr.bind(IssueContext(lot=None, line=None, gtin=g)))
         heats = [r[0] for r in (await s.execute(text(
             "SELECT DISTINCT heat_number FROM lot WHERE heat_number IS NOT NULL ORDER BY 1 LIMIT 5000"))).all()]
     rng.shuffle(heats)
@@ -361,8 +405,10 @@ async def measure_traces(url: str, a: argparse.Namespace, meta: dict[str, Any]) 
     f: dict[str, list[float]] = {k: [] for k in ("hub", "bare", "after", "hub_w", "bare_w")}
     sizes = []
     for k in range(len(blocks) // 2):
-        (_lot, first, count, g, node), (*_, other) = blocks[2 * k], blocks[2 * k + 1]
-        unit = f"{RESOLVER}/01/{g}/21/{first + rng.randrange(count):012d}"
+        (_lot, first, count, rule_id, node), (*_, other) = blocks[2 * k], blocks[2 * k + 1]
+        cr, bound = renderers[rule_id]
+        unit = RESOLVER + bound.render(cr.numbers(np.array([first + rng.randrange(count)], dtype=np.uint64)),
+                                       "")[0].value
         dt, body = await timed(hub_b, unit)
         db, _ = await timed(bare, BARE_UP, other)
         da, ids = await timed(bare, BARE_UP, node)
@@ -501,9 +547,19 @@ async def measure_capture(url: str, a: argparse.Namespace) -> None:
 
     engine = make_engine(url)
     sm = make_sessionmaker(engine)
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"), data_converter=pydantic_data_converter,
-        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"])
+    # the dev server inherits this process's stdout at its start, and prints its banner there: started with stdout
+    # pointing at stderr, so stdout keeps only the JSON lines
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
+            data_converter=pydantic_data_converter,
+            dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"])
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
     queue = "bench-capture"
     settings = Settings(database=DatabaseSettings(url=url),
                         temporal=TemporalSettings(address=env.client.service_client.config.target_host,

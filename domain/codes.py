@@ -33,6 +33,7 @@ from domain.code_rules import (
     IssueContext,
     Rendered,
     RuleSpec,
+    Var,
     default_spec,
     house_codes_could_meet,
     namespace_of,
@@ -40,7 +41,7 @@ from domain.code_rules import (
     validate_spec,
 )
 from domain.events import lot_class_uri, record_event
-from domain.models import Code, CodeBlock, Inspection, Item, Lot, WorkOrder
+from domain.models import Code, CodeBlock, Inspection, Item, ItemGtin, Lot, WorkOrder
 from domain.models_codes import CodeCounter, CodeRange, CodeRule, SerialBlock, UsedCode
 
 SERIAL_WIDTH = 12  # the default rule: GTIN + a 12-digit serial
@@ -59,6 +60,10 @@ _compiled: dict[int, CompiledRule] = {}  # rule versions are immutable once save
 def compiled(rule: CodeRule, gtin: str | None) -> CompiledRule:
     c = _compiled.get(rule.id)
     if c is None:
+        # a GS1 rule version issues under the GTIN it was saved with (its namespace), not the item's GTIN of today:
+        # after a GTIN correction (domain/items.py) the codes it issued keep rendering, and resolving, as printed
+        if rule.namespace.startswith("sgtin:"):
+            gtin = rule.namespace.removeprefix("sgtin:")
         c = CompiledRule(RuleSpec.model_validate(rule.spec), level=rule.level, secret=rule.secret, gtin=gtin)
         _compiled[rule.id] = c
     return c
@@ -257,6 +262,9 @@ async def _check_package_gtin(session: AsyncSession, it: Item, level: str, gtin:
     if other is None:
         other = (await session.execute(select(Item.code).join(CodeRule, CodeRule.item_id == Item.id).where(
             CodeRule.namespace == f"sgtin:{gtin}", Item.id != it.id).limit(1))).scalar()
+    if other is None:  # a GTIN another item held before a correction: codes printed under it name that item
+        other = (await session.execute(select(Item.code).join(ItemGtin, ItemGtin.item_id == Item.id).where(
+            ItemGtin.gtin == gtin, Item.id != it.id))).scalar()
     if other is not None:
         raise Conflict(f"part 1 (AI 01 GTIN): {gtin} already identifies item {other!r}: give the {level} of "
                        f"item {it.code!r} a GTIN of its own", field="spec")
@@ -318,6 +326,23 @@ async def allocate(session: AsyncSession, *, namespace: str, count: int, capacit
     return int(new_next) - count
 
 
+def end_codes(c: CompiledRule, bound: BoundRule, first_seq: int, count: int) -> tuple[str, str]:
+    """A block's first and last code, canonical (Rendered.value): kept on the block for the traces."""
+    a, b = bound.render(c.numbers(np.array([first_seq, first_seq + count - 1], dtype=np.uint64)), "")
+    return a.value, b.value
+
+
+def block_end_codes(rule: CodeRule, gtin: str | None, *, first_seq: int, count: int, lot: str | None,
+                    line: str | None, production_date: str | None, expiry_date: str | None) -> tuple[str, str]:
+    """end_codes() of a block from its stored facts (migration 0025 fills blocks issued before it with this)."""
+    c = compiled(rule, gtin)
+    bound = c.bind(IssueContext(
+        lot=lot, line=line, gtin=gtin,
+        production_date=date.fromisoformat(production_date) if production_date else None,
+        expiry_date=date.fromisoformat(expiry_date) if expiry_date else None))
+    return end_codes(c, bound, first_seq, count)
+
+
 async def issue_block(
     session: AsyncSession, *, rule: CodeRule, count: int, key: str, purpose: str, lot: Lot | None = None,
     work_order: str | None = None, line: str | None = None, production_date: date | None = None,
@@ -359,10 +384,12 @@ async def issue_block(
         raise InvalidInput(f"lot {f10.static!r} cannot be GS1 AI 10: {p}; give the lot a GS1-valid number",
                            field="lot")
     first = await allocate(session, namespace=rule.namespace, count=count, capacity=c.capacity)
+    first_code, last_code = end_codes(c, bound, first, count)
     block = SerialBlock(key=key, namespace=rule.namespace, rule_id=rule.id, first_seq=first, count=count,
                         purpose=purpose, lot_id=lot.id if lot else None, work_order=work_order, line=line,
                         production_date=production_date.isoformat() if production_date else None,
-                        expiry_date=expiry_date.isoformat() if expiry_date else None)
+                        expiry_date=expiry_date.isoformat() if expiry_date else None,
+                        first_code=first_code, last_code=last_code)
     session.add(block)
     await session.flush()
     if actor is not None:
@@ -561,6 +588,39 @@ async def _candidate_rules(session: AsyncSession, key: str, *, fresh: bool = Fal
     if _fills_cache(session):
         _rules_of[key] = tuple(_remember_rule(session, r) for r in rules)  # type: ignore[misc]
     return rules
+
+
+# rule version id -> its binding without a block's context, for the versions whose codes need none (no lot, line or
+# date in any element): such a code is its sequence number alone, whatever block holds it
+_free_bound: dict[int, BoundRule | None] = {}
+
+
+def _context_free(rule: CodeRule, c: CompiledRule) -> BoundRule | None:
+    hit = _free_bound.get(rule.id, False)
+    if hit is False:
+        free = not any(isinstance(t, Var) for tokens in c.fields.values() for t in tokens)
+        hit = _free_bound[rule.id] = c.bind(IssueContext()) if free else None
+    return hit  # type: ignore[return-value]
+
+
+async def unit_sequence(session: AsyncSession, gtin: str, serial: str) -> tuple[str, int, int] | None:
+    """(namespace, sequence number, rule version id) of the GS1 unit code /01/{gtin}/21/{serial}, worked out from the
+    cached rule versions alone when a version whose codes carry no lot, line or date renders exactly this code (the
+    hub's default rule does); the block holding it is then one index probe of (namespace, first_seq), which the trace
+    makes inside its own statement (domain.trace, anchor "unit_block"). None when that cannot be said: the caller
+    resolves the code the full way (lookup), which also knows voided and returned codes and newer rule versions."""
+    for rule in await _candidate_rules(session, f"sgtin:{gtin}"):  # rule versions of namespace sgtin:{gtin}
+        c = compiled(rule, gtin)
+        bound = _context_free(rule, c)
+        if bound is None or "21" not in c.fields or c.key_ai != "01":
+            continue
+        seq = c.parse_seq(serial)
+        # the serial exactly as this version renders that sequence number (check characters, width): the GTIN is
+        # the namespace's, so the serial decides
+        if seq is None or bound.texts("21", c.numbers(np.array([seq], dtype=np.uint64)))[0] != serial:
+            continue
+        return rule.namespace, seq, rule.id
+    return None
 
 
 async def lookup(session: AsyncSession, code: str, *, with_lot_facts: bool = False) -> CodeInfo:
@@ -825,6 +885,9 @@ async def _legacy_resolve(session: AsyncSession, elements: dict[str, str]) -> Lo
     if "01" not in elements or "21" not in elements or not elements["21"].isdigit():
         return None
     item = (await session.execute(select(Item).where(Item.gtin == elements["01"]))).scalar()
+    if item is None:  # a GTIN the item held before a correction (domain/items.py): its serials name it still
+        item = (await session.execute(select(Item).join(ItemGtin, ItemGtin.item_id == Item.id)
+                                      .where(ItemGtin.gtin == elements["01"]))).scalar()
     if item is None:
         return None
     seq = int(elements["21"])

@@ -122,3 +122,62 @@ async def deferred_status(session: AsyncSession, lot: Lot) -> str | None:
         if after == LotStatus.on_hold and before != LotStatus.on_hold:
             return None  # the hold this chain of holds began with: nothing deferred since
     return None
+
+
+# The ERP's block of a lot's batch (the `Batch Hold` notices, workflows/recall.py) is one flag shared by every recall
+# (ERPNext: the Batch's `disabled`), while the hub keeps each recall's hold apart. A recall's unblock (hold 0) is sent
+# only while no other recall keeps the block: see erp_unblock_withheld and HubActivities.notify_erp.
+ERP_UNBLOCK_WITHHELD = "recall.erp_unblock_withheld"
+ERP_UNBLOCKED = "recall.erp_unblocked"
+
+
+async def erp_block_holders(session: AsyncSession, lot_id: int, *, except_recall: str | None) -> list[str]:
+    """The recalls (other than `except_recall`) whose block of the lot's ERP batch stands, as people name them: an
+    open recall that holds the lot and has not decided it (recall_holds' rule: from the moment its scope lists the
+    lot, before its own hold notice went out), and a recall that rejected it (a rejected lot stays blocked in the
+    ERP). An NCR's hold is not sent to the ERP, so it does not keep the block."""
+    rows = (await session.execute(
+        select(Recall.number, Recall.status, RecallLot.decision).join(RecallLot, RecallLot.recall_id == Recall.id)
+        .where(RecallLot.lot_id == lot_id, RecallLot.action == "held").order_by(Recall.id))).all()
+    out = []
+    for number, status, decision in rows:
+        if number == except_recall:
+            continue
+        if decision is None and status != "closed":
+            out.append(f"recall {number}")
+        elif decision == "reject":
+            out.append(f"recall {number} (rejected it)")
+    return out
+
+
+async def erp_unblock_withheld(session: AsyncSession, *, batch: str, recall: str | None, notice: str) -> list[str]:
+    """Before the ERP is sent a recall's unblock of `batch` (a lot number; the `Batch Hold` notice `notice`, hold 0):
+    what keeps the ERP's block now (erp_block_holders). When something does, the unblock must not be sent: this
+    records why (`recall.erp_unblock_withheld` on the recall, once per notice) and returns them; [] when it may be
+    sent (and a batch the hub has no lot of is not the hub's to keep blocked)."""
+    lot = (await session.execute(select(Lot).where(Lot.number == batch))).scalar()
+    if lot is None:
+        return []
+    still = await erp_block_holders(session, lot.id, except_recall=recall)
+    if not still:
+        return []
+    entity, key = ("recall", recall) if recall else ("lot", batch)
+    seen = (await session.execute(select(AuditLog.changes).where(
+        AuditLog.entity == entity, AuditLog.entity_key == key, AuditLog.action == ERP_UNBLOCK_WITHHELD))).scalars()
+    if not any(c.get("notice") == notice for c in seen):
+        await audit(session, actor="workflow", action=ERP_UNBLOCK_WITHHELD, entity=entity, key=key,
+                    changes={"lot": batch, "notice": notice, "still_blocked_by": still,
+                             "why": f"the ERP's block of batch {batch} is kept for {', '.join(still)}: the unblock "
+                                    f"{notice} was not sent (the last recall to release the lot sends it)"})
+    return still
+
+
+async def erp_unblock_sent(session: AsyncSession, *, batch: str, recall: str | None, notice: str) -> None:
+    """Record that the ERP took a recall's unblock of `batch` (`recall.erp_unblocked`, once per notice)."""
+    entity, key = ("recall", recall) if recall else ("lot", batch)
+    seen = (await session.execute(select(AuditLog.changes).where(
+        AuditLog.entity == entity, AuditLog.entity_key == key, AuditLog.action == ERP_UNBLOCKED))).scalars()
+    if not any(c.get("notice") == notice for c in seen):
+        await audit(session, actor="workflow", action=ERP_UNBLOCKED, entity=entity, key=key,
+                    changes={"lot": batch, "notice": notice,
+                             "why": f"no other recall keeps batch {batch} blocked: the ERP was sent the unblock"})

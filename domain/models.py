@@ -80,6 +80,20 @@ class Item(Base):
     uom: Mapped[str] = mapped_column(String(10), default="EA")
 
 
+class ItemGtin(Base):
+    """A GTIN an item held before a correction (PATCH /api/items/{code}, domain/items.py). Codes printed under it
+    keep naming the item: the resolver and the trace look here when no item holds the GTIN now. A GTIN is in at
+    most one row, and never both here and an item's current GTIN (the correction keeps it so)."""
+
+    __tablename__ = "item_gtin"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id"), index=True)
+    gtin: Mapped[str] = mapped_column(String(14), unique=True)
+    retired_at: Mapped[datetime] = mapped_column(default=utcnow)  # when it stopped being the item's GTIN
+    replaced_by: Mapped[str | None] = mapped_column(String(14))
+    retired_by: Mapped[str] = mapped_column(String(120))
+
+
 class Supplier(Base):
     __tablename__ = "supplier"
     id: Mapped[int] = mapped_column(primary_key=True)

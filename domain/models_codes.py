@@ -70,6 +70,10 @@ class SerialBlock(Base):
     expiry_date: Mapped[str | None] = mapped_column(String(10))
     line: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the block's first and last code as printed, canonical (/01/{gtin}/21/{serial}, /00/{sscc} or the house code),
+    # rendered once at issuance: what a trace shows for the block without rendering (migration 0025)
+    first_code: Mapped[str | None] = mapped_column(String(200))
+    last_code: Mapped[str | None] = mapped_column(String(200))
 
 
 class CodeRange(Base):

@@ -276,7 +276,8 @@ def waits(ncr: Ncr, *, stage_iqc: bool = False) -> tuple[str | None, list[str]]:
             signers = sorted({d.reviewer for d in after if d.action == "use_as_is"})
             return (f"material review board: use_as_is needs the signature of {', '.join(missing)} too, "
                     f"from another person than {', '.join(signers)}"), missing
-        return "material review board: disposition (rework, scrap, use_as_is, return_to_supplier)", MRB_ROLES
+        who = f", by another person than {since[0].reviewer}, who confirmed it" if since else ""
+        return f"material review board: disposition (rework, scrap, use_as_is, return_to_supplier){who}", MRB_ROLES
     if s == "disposition":
         return f"system: carrying out {ncr.disposition} (lot status, ERP)", ["system"]
     if s == "verification":

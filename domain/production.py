@@ -12,7 +12,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import Conflict, InvalidInput, NotFound
 from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
-from domain.models import Item, Lot, LotEdge, LotStatus, OperationRecord, Supplier, WorkOrder, utcnow
+from domain.models import (
+    Item,
+    ItemGtin,
+    Lot,
+    LotEdge,
+    LotStatus,
+    OperationRecord,
+    Supplier,
+    WorkOrder,
+    utcnow,
+)
 from domain.models_codes import CodeRule
 
 
@@ -41,6 +51,9 @@ async def _refuse_gtin_of_another_item(session: AsyncSession, gtin: str, code: s
     if other is None:  # or the GTIN of another item's case or pallet
         other = (await session.execute(select(Item.code).join(CodeRule, CodeRule.item_id == Item.id).where(
             CodeRule.namespace == f"sgtin:{gtin}", Item.code != code).limit(1))).scalar()
+    if other is None:  # or one another item held before a correction (its printed codes still name it)
+        other = (await session.execute(select(Item.code).join(ItemGtin, ItemGtin.item_id == Item.id).where(
+            ItemGtin.gtin == gtin, Item.code != code))).scalar()
     if other is not None:
         raise Conflict(f"gtin {gtin} already belongs to item {other!r}: a GTIN identifies one trade item; "
                        f"give item {code!r} its own GTIN", field="gtin")
@@ -134,8 +147,10 @@ async def create_work_order(
     routing: list[dict[str, Any]],
     sales_order: str | None,
     customer: str | None,
+    actor: str | None = None,
 ) -> WorkOrder:
-    """Idempotent on the work-order number."""
+    """Idempotent on the work-order number. `actor`: who released it (the API token or login, the signed webhook
+    or the ERP poll that brought the release); `erp` when not known (releases from before it was recorded)."""
     wo = await find_work_order(session, number)
     if wo is not None:
         return wo
@@ -155,7 +170,7 @@ async def create_work_order(
     session.add(wo)
     await session.flush()
     await audit(
-        session, actor="erp", action="work_order.released", entity="work_order", key=number,
+        session, actor=actor or "erp", action="work_order.released", entity="work_order", key=number,
         changes={"item": item, "quantity": quantity, "routing": routing,
                  **diff(None, {"item": item, "quantity": quantity, "routing": routing})},
     )
@@ -195,10 +210,12 @@ async def receive_lot(
     resolver: str,
     purchase_order: str | None = None,
     gtin: str | None = None,
+    actor: str | None = None,
 ) -> Lot:
     """Record a received lot in quarantine. Idempotent on the lot number; a clash is refused.
     `purchase_order`: our purchase order the receipt line delivers, when the ERP names it; `gtin`: the item's
-    GTIN as the supplier labels it (recorded on the item when it has none: a GTIN belongs to one item)."""
+    GTIN as the supplier labels it (recorded on the item when it has none: a GTIN belongs to one item); `actor`:
+    who sent the receipt (`erp` when not known)."""
     existing = (await session.execute(select(Lot).where(Lot.number == lot))).scalar()
     if existing is not None:
         if existing.receipt != receipt:
@@ -233,7 +250,7 @@ async def receive_lot(
         lot=row, work_order_id=work_order.id if work_order else None,
     )
     await audit(
-        session, actor="erp", action="lot.received", entity="lot", key=lot,
+        session, actor=actor or "erp", action="lot.received", entity="lot", key=lot,
         changes=diff(None, {"status": LotStatus.quarantine, "item": item, "supplier": supplier,
                             "supplier_lot": supplier_lot, "heat_number": heat_number, "quantity": quantity,
                             "uom": uom, "receipt": receipt, "location": location},

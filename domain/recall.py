@@ -6,7 +6,7 @@ second start of the same recall changes nothing twice.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, text
@@ -18,11 +18,12 @@ from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
 from domain.models import AuditLog, Lot, LotStatus, Shipment, ShipmentLine, WorkOrder, utcnow
 from domain.models_codes import Container
+from domain.models_identity import Signature
 from domain.models_trace import Recall, RecallContainer, RecallLot, RecallNotice
 from domain.packing import REJECTED as CONTAINER_REJECTED  # a box a reviewer rejected: it never ships
 from domain.packing import epc
 from domain.production import set_lot_status
-from domain.signatures import record_signature
+from domain.signatures import is_valid, record_signature
 from domain.trace import forward
 from domain.trace_containers import containers_of_lots
 
@@ -114,7 +115,10 @@ async def open_recall(
     return await scope(session, number)
 
 
-async def scope(session: AsyncSession, number: str) -> dict[str, Any]:
+async def scope(session: AsyncSession, number: str, *, signatures: bool = False) -> dict[str, Any]:
+    """The recall's record. `signatures`: each decided lot and box also carries its decision's electronic signature
+    (`signature`: None when unsigned) with whether it is valid now (decision_signatures); the close report, which is
+    kept, does not (a signature's validity is about the record as it is when read)."""
     row = await get_recall(session, number)
     lots = (await session.execute(
         select(RecallLot, Lot).join(Lot, Lot.id == RecallLot.lot_id).where(RecallLot.recall_id == row.id)
@@ -128,13 +132,16 @@ async def scope(session: AsyncSession, number: str) -> dict[str, Any]:
     lot_lines = {lot.number: (rl.action, rl.decision) for rl, lot in lots}
     box_decisions = await _container_decisions(session, number) if boxes else {}
     earlier = await _earlier_acknowledgements(session, number) if notices else {}
+    lot_sigs, box_sigs = await decision_signatures(session, row, list(lots), [rc for rc, _ in boxes],
+                                                   box_decisions) if signatures else ({}, {})
     return {
         "number": row.number, "status": row.status, "suspect_kind": row.suspect_kind, "suspect": row.suspect,
         "reason": row.reason,
         "lots": [{"lot": lot.number, "item": lot.item.code, "action": rl.action, "status_before": rl.status_before,
                   "status": lot.status, "quantity": rl.quantity, "uom": lot.uom, "location": lot.location,
                   "erp_blocked": rl.erp_blocked_at is not None, "decision": rl.decision, "decided_by": rl.decided_by,
-                  "decision_reason": rl.decision_reason} for rl, lot in lots],
+                  "decision_reason": rl.decision_reason,
+                  **({"signature": lot_sigs.get(lot.number)} if signatures else {})} for rl, lot in lots],
         "customers": [{"customer": n.customer, "quantity": n.quantity, "shipments": n.shipments,
                        "acknowledged_at": n.acknowledged_at.isoformat() if n.acknowledged_at else None,
                        "acknowledged_by": n.acknowledged_by, "note": n.note,
@@ -147,7 +154,8 @@ async def scope(session: AsyncSession, number: str) -> dict[str, Any]:
                         "released_at": rc.released_at.isoformat() if rc.released_at else None,
                         # held, and only a reviewer's decision on the box itself can end the hold
                         "waits_for_decision": container_waits_for_decision(rc, lot_lines),
-                        **_decision_fields(box_decisions.get(rc.code))}
+                        **_decision_fields(box_decisions.get(rc.code)),
+                        **({"signature": box_sigs.get(rc.code)} if signatures else {})}
                        for rc, status in boxes],
     }
 
@@ -359,10 +367,10 @@ def container_waits_for_decision(rc: RecallContainer, lots: dict[str, tuple[str,
 
 
 def container_decision_content(number: str, *, code: str, decision: str, reviewer: str, role: str,
-                               reason: str) -> dict[str, Any]:
-    """What a reviewer signs when deciding a held case or pallet."""
-    return {"recall": number, "container": code, "decision": decision, "reviewer": reviewer, "role": role,
-            "reason": reason}
+                               reason: str, signed_recall: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a reviewer signs when deciding a held case or pallet (`signed_recall`: as for decision_content)."""
+    return _with_recall({"recall": number, "container": code, "decision": decision, "reviewer": reviewer,
+                         "role": role, "reason": reason}, signed_recall)
 
 
 async def _container_decisions(session: AsyncSession, number: str) -> dict[str, dict[str, Any]]:
@@ -456,8 +464,9 @@ async def decide_container(session: AsyncSession, *, number: str, code: str, dec
     if signature is not None:
         await record_signature(session, signer=signature.signer, signer_name=signature.signer_name, role=role,
                                meaning=signature.meaning, entity="recall_container_decision", key=f"{number}/{code}",
-                               content=container_decision_content(number, code=code, decision=decision,
-                                                                  reviewer=reviewer, role=role, reason=reason))
+                               content=container_decision_content(
+                                   number, code=code, decision=decision, reviewer=reviewer, role=role, reason=reason,
+                                   signed_recall=recall_signed_fields(row, container_scope_line(rc))))
     await session.flush()
     return {"code": code, "decision": decision, "status": box.status, "still_held_by": [f"recall {n}" for n in still]}
 
@@ -550,9 +559,110 @@ async def reopen_acknowledgements(session: AsyncSession, *, number: str, custome
     return reopened
 
 
-def decision_content(number: str, *, lot: str, decision: str, reviewer: str, role: str, reason: str) -> dict[str, Any]:
-    """What a reviewer signs when deciding a recalled lot: changing any of it afterwards invalidates the signature."""
-    return {"recall": number, "lot": lot, "decision": decision, "reviewer": reviewer, "role": role, "reason": reason}
+# signatures of recall decisions (a lot's and a case's or pallet's): version 1 (no `content_version` key; signed
+# before the recall itself was covered) holds the decision only; version 2 also what was signed about the recall
+# (`signed_recall`: recall_signed_fields). Each signature is checked in the version it was made in.
+DECISION_CONTENT_VERSION = 2
+
+
+def decision_content(number: str, *, lot: str, decision: str, reviewer: str, role: str, reason: str,
+                     signed_recall: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a reviewer signs when deciding a recalled lot: changing any of it afterwards invalidates the signature.
+
+    Without `signed_recall`: version 1, the decision only (how signatures were made before version 2; kept so that
+    they are still checked against what they covered). With it: version 2, also the recall's suspect, window and
+    reason and the lot's line in the recall's scope."""
+    return _with_recall({"recall": number, "lot": lot, "decision": decision, "reviewer": reviewer, "role": role,
+                         "reason": reason}, signed_recall)
+
+
+def _with_recall(content: dict[str, Any], signed_recall: dict[str, Any] | None) -> dict[str, Any]:
+    if signed_recall is None:
+        return content
+    return {**content, "content_version": DECISION_CONTENT_VERSION, "signed_recall": signed_recall}
+
+
+def _utc_iso(t: datetime | None) -> str | None:
+    # one text for one instant, whichever backend read it (a signature's content is compared as JSON text)
+    if t is None:
+        return None
+    return (t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)).isoformat()
+
+
+def recall_signed_fields(row: Recall, line: dict[str, Any]) -> dict[str, Any]:
+    """What a decision's signature says about its recall, as the record holds it now: the suspect (kind and value),
+    its window (None without one), the recall's reason, and `line`, the place in the recall's scope of what was
+    decided (lot_scope_line, container_scope_line)."""
+    window = None if row.window_from is None and row.window_to is None else \
+        {"from": _utc_iso(row.window_from), "to": _utc_iso(row.window_to)}
+    return {"suspect_kind": row.suspect_kind, "suspect": row.suspect, "window": window, "reason": row.reason,
+            "scope": line}
+
+
+def lot_scope_line(rl: RecallLot) -> dict[str, Any]:
+    """A lot's place in the scope a reviewer decides on: held, from what status, how much."""
+    return {"action": rl.action, "status_before": rl.status_before, "quantity": rl.quantity}
+
+
+def container_scope_line(rc: RecallContainer) -> dict[str, Any]:
+    """A case's or pallet's place in the scope a reviewer decides on: its level, held, from what status, the recalled
+    lots inside and how many units."""
+    return {"level": rc.level, "action": rc.action, "status_before": rc.status_before, "lots": list(rc.lots or []),
+            "units": rc.units}
+
+
+def content_version(signed: Any) -> int:
+    """The version of a stored signature's content (1: before the recall's content was covered)."""
+    return int(signed.get("content_version", 1)) if isinstance(signed, dict) else 1
+
+
+def _signature_read(sig: Signature, now: dict[str, Any] | None) -> dict[str, Any]:
+    """A signature as the API shows it; `now`: the content it is checked against (None: the decision it signed is no
+    longer in the record, so nothing can make it valid)."""
+    return {"signer": sig.signer, "signer_name": sig.signer_name, "role": sig.role, "meaning": sig.meaning,
+            "signed_at": sig.signed_at.isoformat(), "content_hash": sig.content_hash,
+            "content_version": content_version(sig.content),
+            "valid": now is not None and is_valid(sig, now)}
+
+
+async def decision_signatures(session: AsyncSession, row: Recall, lots: list[tuple[RecallLot, Lot]],
+                              boxes: list[RecallContainer], box_decisions: dict[str, dict[str, Any]]
+                              ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The signature of each decision on the recall's lots (by lot number) and cases and pallets (by code), with
+    whether it is still valid: checked against the decision and the recall (suspect, window, reason, the line in
+    its scope) as the record holds them now, in the content version the signature was made in. A lot's decision
+    is its recall_lot line; a box's, its recall.container_decided entry (`box_decisions`, _container_decisions)."""
+    number = row.number
+    lot_keys = {f"{number}/{lot.number}": (rl, lot) for rl, lot in lots}
+    box_keys = {f"{number}/{rc.code}": rc for rc in boxes}
+    sigs = (await session.execute(
+        select(Signature).where(((Signature.entity == "recall_decision") & Signature.entity_key.in_(list(lot_keys)))
+                                | ((Signature.entity == "recall_container_decision")
+                                   & Signature.entity_key.in_(list(box_keys))))
+        .order_by(Signature.id))).scalars().all() if lot_keys or box_keys else []
+    by_lot: dict[str, dict[str, Any]] = {}
+    by_box: dict[str, dict[str, Any]] = {}
+    for sig in sigs:
+        v2 = content_version(sig.content) >= 2
+        now: dict[str, Any] | None = None
+        if sig.entity == "recall_decision":
+            rl, lot = lot_keys[sig.entity_key]
+            if rl.decision is not None and rl.decided_by is not None and rl.decided_role is not None \
+                    and rl.decision_reason is not None:
+                now = decision_content(number, lot=lot.number, decision=rl.decision, reviewer=rl.decided_by,
+                                       role=rl.decided_role, reason=rl.decision_reason,
+                                       signed_recall=recall_signed_fields(row, lot_scope_line(rl)) if v2 else None)
+            by_lot[lot.number] = _signature_read(sig, now)  # the newest, if there were more than one
+        else:
+            rc = box_keys[sig.entity_key]
+            d = box_decisions.get(rc.code)
+            if d is not None and d["role"] is not None and d["reason"] is not None:
+                now = container_decision_content(
+                    number, code=rc.code, decision=d["decision"], reviewer=d["decided_by"], role=d["role"],
+                    reason=d["reason"],
+                    signed_recall=recall_signed_fields(row, container_scope_line(rc)) if v2 else None)
+            by_box[rc.code] = _signature_read(sig, now)
+    return by_lot, by_box
 
 
 async def _status_before_first_hold(session: AsyncSession, row: Recall, rl: RecallLot) -> str:
@@ -682,7 +792,8 @@ async def decide_lot(session: AsyncSession, *, number: str, lot: str, decision: 
         await record_signature(session, signer=signature.signer, signer_name=signature.signer_name, role=role,
                                meaning=signature.meaning, entity="recall_decision", key=f"{number}/{lot}",
                                content=decision_content(number, lot=lot, decision=decision, reviewer=reviewer,
-                                                        role=role, reason=reason))
+                                                        role=role, reason=reason,
+                                                        signed_recall=recall_signed_fields(row, lot_scope_line(rl))))
     await session.flush()
     return await decision_effect(session, row, rl, lot_row, holding=holding)
 

@@ -28,7 +28,7 @@ from collections import defaultdict, deque
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import orjson
 from sqlalchemy import bindparam, func, select, text
@@ -55,6 +55,7 @@ from domain.models import (
     Supplier,
     UTCDateTime,
 )
+from domain.models_codes import CodeRule, SerialBlock, UsedCode
 from domain.models_identity import Signature
 from domain.models_trace import EpcisEventEpc, TraceNode
 from domain.signatures import is_valid
@@ -118,6 +119,14 @@ _ANCHORS = {
     "unit": """SELECT b.lot_id AS id FROM (SELECT lot_id, first_seq, count FROM code_block
                WHERE item_id IN (SELECT id FROM item WHERE gtin = :gtin) AND first_seq <= :seq
                ORDER BY first_seq DESC LIMIT 1) b WHERE :seq < b.first_seq + b.count""",
+    # a unit code of a serial block (domain.codes.unit_sequence worked out its namespace and sequence number): the
+    # block holding it, if it is of that rule version, has a lot, and no voided or returned range holds the code
+    # (those are for codes.lookup to say)
+    "unit_block": """SELECT b.lot_id AS id FROM (SELECT id, lot_id, first_seq, count, rule_id FROM serial_block
+               WHERE namespace = :ns AND first_seq <= :seq ORDER BY first_seq DESC LIMIT 1) b
+               WHERE :seq < b.first_seq + b.count AND b.rule_id = :rule AND b.lot_id IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM code_range r WHERE r.block_id = b.id AND r.first_seq <= :seq
+                               AND r.first_seq + r.count > :seq)""",
     "f_lot": "SELECT id FROM lot WHERE number = :value",
     # a heat of our received lots, or named in captured events (a supplier's ILMD or extension `...heatNumber`).
     # The captured identifiers are found by their index (uri, lot_part) and only then kept if not hub lots: the
@@ -263,7 +272,7 @@ class _Columns:
 
 
 # anchors whose parameters go to the database as they are (the time windows need UTCDateTime's binding)
-_READER_ANCHORS = frozenset(("unit", "number", "lot", "f_lot", "f_heat", "f_supplier_lot"))
+_READER_ANCHORS = frozenset(("unit", "unit_block", "number", "lot", "f_lot", "f_heat", "f_supplier_lot"))
 
 
 async def _fetch_pg(session: AsyncSession, anchor: str, params: dict[str, Any], *, up: bool, full: bool,
@@ -324,11 +333,23 @@ async def _fetch_portable(session: AsyncSession, anchor: str, params: dict[str, 
                 .order_by(Shipment.shipped_at, ShipmentLine.id))).all():
             ships[lot_id].append({"shipment": number, "sales_order": so, "customer": customer, "carrier": carrier,
                                   "tracking_number": tracking, "quantity": qty, "shipped_at": _iso(at)})
-        blocks: dict[int, list[list[int]]] = defaultdict(list)
+        # a lot's serial blocks as the trace row lists them (migration 0025): the legacy ones as [first_seq, count],
+        # then the unit-level serial_block ones as [first code, last code, count]
+        blocks: dict[int, list[list[Any]]] = defaultdict(list)
         for lot_id, first_seq, count in (await session.execute(
                 select(CodeBlock.lot_id, CodeBlock.first_seq, CodeBlock.count).where(CodeBlock.lot_id.in_(lot_ids))
                 .order_by(CodeBlock.lot_id, CodeBlock.first_seq))).all():
             blocks[lot_id].append([first_seq, count])
+        for lot_id, first_code, last_code, count in (await session.execute(
+                select(SerialBlock.lot_id, SerialBlock.first_code, SerialBlock.last_code, SerialBlock.count)
+                .join(CodeRule, CodeRule.id == SerialBlock.rule_id)
+                .where(SerialBlock.lot_id.in_(lot_ids), CodeRule.level == "unit")
+                .order_by(SerialBlock.lot_id, SerialBlock.id))).all():
+            blocks[lot_id].append([first_code, last_code, count])
+        for lot_id, count in (await session.execute(  # units printed from offline pools (migration 0026)
+                select(UsedCode.lot_id, func.count()).where(UsedCode.lot_id.in_(lot_ids), UsedCode.pool_id.is_not(None),
+                                                            UsedCode.level == "unit").group_by(UsedCode.lot_id))).all():
+            blocks[lot_id].append([count])
         out["lots"] = [[*r, ships.get(r[0]), blocks.get(r[0])] for r in lots]
         if full:
             out["hists"] = await _history_portable(session, lot_ids)
@@ -580,6 +601,24 @@ def _lot_uris() -> Any:
     return uri
 
 
+_URI_SAFE = re.compile(r"[A-Za-z0-9._~-]*").fullmatch
+
+
+def _serial_block(resolver: str, first: str | None, last: str | None, count: int) -> dict[str, Any]:
+    """A serial block of a lot in a trace: its first and last serial and their Digital Link URIs (GS1 codes,
+    canonical /01/{gtin}/21/{serial}), or its first and last house code. A rule's serials need not be in order
+    (random order): the block is `count` codes, of which these are the first and last issued."""
+    if first is None or last is None:  # not rendered (a block its rule could not render at migration 0025)
+        return {"first": None, "last": None, "count": count}
+    if first.startswith("/01/") and first[18:22] == "/21/" and last[18:22] == "/21/":
+        a, b = first[22:], last[22:]  # /01/ + 14 digits + /21/: the serial (it may hold a "/")
+        # a serial of digits and letters (nearly every one) goes into the URI as it is
+        ua = resolver + first if _URI_SAFE(a) else f"{resolver}{first[:22]}{quote(a, safe='')}"
+        ub = resolver + last if _URI_SAFE(b) else f"{resolver}{last[:22]}{quote(b, safe='')}"
+        return {"first": a, "last": b, "count": count, "first_uri": ua, "last_uri": ub}
+    return {"first": first, "last": last, "count": count}
+
+
 def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool, as_sent: bool = False) -> dict[str, Any]:
     """nodes (one per lot or captured identifier, by level), edges, and the flat list (one row per node).
 
@@ -631,8 +670,25 @@ def _assemble(raw: dict[str, Any], *, up: bool, resolver: str, full: bool, as_se
             n_units = 0
             ublocks = []
             upfx = unit_prefix(gtin) if gtin else None
-            for first_seq, count in blocks:
-                # serials are SERIAL_WIDTH (12) digits wide
+            for blk in blocks:
+                if len(blk) == 1:  # the units printed from offline pools and uploaded with this lot (0026)
+                    n_units += blk[0]
+                    ublocks.append({"count": blk[0], "from_pools": True})
+                    continue
+                if len(blk) == 3:  # a serial block of the lot's code rule: its first and last code as printed
+                    f, la, count = blk
+                    n_units += count
+                    # the usual GS1 serial of digits and letters inline; anything else through _serial_block
+                    if f is not None and la is not None and f[18:22] == "/21/" and la[18:22] == "/21/" \
+                            and f.startswith("/01/") and (a := f[22:]).isalnum() and a.isascii() \
+                            and (b := la[22:]).isalnum() and b.isascii():
+                        ublocks.append({"first": a, "last": b, "count": count, "first_uri": resolver + f,
+                                        "last_uri": resolver + la})
+                    else:
+                        ublocks.append(_serial_block(resolver, f, la, count))
+                    continue
+                first_seq, count = blk
+                # legacy serials (code_block) are SERIAL_WIDTH (12) digits wide
                 first, last = f"{first_seq:012d}", f"{first_seq + count - 1:012d}"
                 n_units += count
                 ublocks.append({"first": first, "last": last, "count": count, "first_uri": upfx + first,
@@ -698,7 +754,15 @@ async def _backward_graph(session: AsyncSession, code: str, *, resolver: str, re
     m = _DL_SERIAL.search(c)
     raw: dict[str, Any] | None = None
     unit: str | None = None
-    if m and unquote(m.group(2)).isdigit():
+    if m:  # a unit code the hub issued from a serial block: its block found inside the walk's statement
+        from domain import codes  # (much of the code service: only when needed)
+
+        hit = await codes.unit_sequence(session, m.group(1), unquote(m.group(2)))
+        if hit is not None:
+            raw = await _fetch(session, "unit_block", {"ns": hit[0], "seq": hit[1], "rule": hit[2]}, up=True,
+                               full=True, reader=reader)
+            unit = c if raw["lots"] else None
+    if (raw is None or not raw["lots"]) and m and unquote(m.group(2)).isdigit():  # a legacy serial (code_block)
         raw = await _fetch(session, "unit", {"gtin": m.group(1), "seq": int(unquote(m.group(2)))}, up=True, full=True,
                            reader=reader)
         unit = c

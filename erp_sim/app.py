@@ -19,9 +19,11 @@
 - `/sim/faults` makes the ERP answer 503 for a while (an outage that is not a refused connection).
 - Batches are blocked as ERPNext blocks them: the Batch's `disabled` check (PUT /api/resource/Batch/{name},
   `{"disabled": 1}`; an unknown batch answers 404). A stock entry row that takes a disabled batch from a warehouse
-  and a delivery note row of one are refused (417 ValidationError "Batch ... is disabled"). A Manufacture entry's
-  finished row makes its Batch when the ERP has none of that number (an Item set to create new batches), and
-  keeps one that exists as it is (a batch the hub blocked before it was made stays disabled).
+  and a delivery note row of one are refused (417 ValidationError "Batch ... is disabled"). A row that takes
+  material (a Material Issue's, a material consumption's, a Manufacture's raw rows) without its Source Warehouse is
+  refused, and so is a Manufacture entry's finished row without its Target Warehouse (417, "... is mandatory").
+  A Manufacture entry's finished row makes its Batch when the ERP has none of that number (an Item set to create
+  new batches), and keeps one that exists as it is (a batch the hub blocked before it was made stays disabled).
 - `/sim/hold` (tests) stores the next create of a DocType (of one hub key) and holds its answer until released
   (DELETE) or for `seconds`: the ERP has the document and the caller has no answer yet (a lost answer, or a
   caller killed in the middle of its write); GET lists the answers held.
@@ -134,6 +136,10 @@ class Store:
         if path and path.exists():
             self.docs = json.loads(path.read_text())
 
+    def lacks(self, doctype: str, field: str) -> bool:
+        """This site's `doctype` has no `field` (missing_fields names it, alone or as "DocType.field")."""
+        return field in self.missing_fields or f"{doctype}.{field}" in self.missing_fields
+
     def put_events(self, events: Any) -> int:
         """Store the ERP's own records behind work_order.released events (erpnext_documents), the state file
         written once; how many documents."""
@@ -164,7 +170,7 @@ class Store:
         """A create through the REST API, as Frappe's insert does it: the client's `name` is dropped and the
         DocType's autoname names the document; a Unique field's value another document has is refused."""
         doc = {k: v for k, v in doc.items()
-               if k not in ("name", "doctype", "creation", "modified") and k not in self.missing_fields}
+               if k not in ("name", "doctype", "creation", "modified") and not self.lacks(doctype, k)}
         bucket = self.docs.get(doctype, {})
         for field in UNIQUE_FIELDS:
             value = doc.get(field)
@@ -249,8 +255,9 @@ def create_app(
     *, api_key: str = "tracehub", api_secret: str = "simulator-secret", hub_url: str = "http://127.0.0.1:8000",
     state_file: Path | None = None, webhook_secret: str | None = None, missing_fields: tuple[str, ...] = (),
 ) -> FastAPI:
-    """`missing_fields`: fields this site's DocTypes do not have (a site without the hub's custom field):
-    a create drops them, as Frappe drops fields a DocType does not define."""
+    """`missing_fields`: fields this site's DocTypes do not have (a site without the hub's custom field), each
+    `field` (every DocType) or `DocType.field` (one): a create or an update drops them, as Frappe drops fields a
+    DocType does not define."""
     app = FastAPI(title="ERP simulator (ERPNext-shaped)")
     store = Store(state_file, missing_fields=missing_fields)
     lock = asyncio.Lock()
@@ -357,7 +364,7 @@ def create_app(
             docs = [d for d in docs if all(_matches(d, f) for f in flts)]
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise HTTPException(417, {"exc_type": "ValidationError", "message": f"bad filters: {exc}"}) from exc
-        unknown = [f for f in asked if f in store.missing_fields]
+        unknown = [f for f in asked if store.lacks(doctype, f)]
         if unknown:  # the database has no such column: MariaDB's error, which Frappe answers with 500
             raise FrappeError(500, "OperationalError", f"(1054, \"Unknown column 'tab{doctype}.{unknown[0]}' in "
                                                        "'where clause'\")")
@@ -408,7 +415,8 @@ def create_app(
             if doctype == "Batch" and isinstance(changes, dict) and changes.get("disabled", 0) not in (0, 1):
                 raise HTTPException(417, {"exc_type": "ValidationError", "message": (
                     f"Batch {name}: disabled is a Check field: 0 or 1, not {changes['disabled']!r}")})
-            doc.update({k: v for k, v in changes.items() if k not in ("name", "doctype", "creation")})
+            doc.update({k: v for k, v in changes.items()
+                        if k not in ("name", "doctype", "creation") and not store.lacks(doctype, k)})
             doc["modified"] = now_iso()
             store.save()
         return {"data": doc}
@@ -471,8 +479,10 @@ CONSUMING = {"Manufacture", "Material Consumption for Manufacture", "Material Is
 
 def check_stock_entry(store: Store, doc: dict[str, Any]) -> None:
     """Refuse a Stock Entry as ERPNext would (417 ValidationError): every row names an item and a quantity;
-    a row that takes material from a warehouse (s_warehouse, not the finished item) needs qty > 0 and, for
-    a batched item, a batch that exists (batches come from purchase receipts) and is of that item."""
+    a row that takes material from a warehouse (every row of a CONSUMING entry but its finished and scrap items)
+    needs its Source Warehouse (s_warehouse), qty > 0 and, for a batched item, a batch that exists (batches come
+    from purchase receipts), is of that item and is not disabled. A Manufacture entry's finished row needs its
+    Target Warehouse (t_warehouse)."""
     items = doc.get("items")
     if items is None:
         return
@@ -492,14 +502,19 @@ def check_stock_entry(store: Store, doc: dict[str, Any]) -> None:
         qty = row.get("qty")
         if not isinstance(qty, int | float) or isinstance(qty, bool):
             refuse(f"Row {i}: Quantity must be a number, not {qty!r}")
-        consumes = not row.get("is_finished_item") and (row.get("s_warehouse") or
-                                                         purpose == "Material Consumption for Manufacture")
+        finished = bool(row.get("is_finished_item"))
+        if purpose == "Manufacture" and finished and not row.get("t_warehouse"):
+            refuse(f"Row {i}: Target Warehouse is mandatory for {row['item_code']} (the finished item of a "
+                   "Manufacture entry goes into a warehouse)")
+        # every row of a consuming entry but its finished and scrap items takes material out of a warehouse
+        consumes = not finished and not row.get("is_scrap_item") and (row.get("s_warehouse") or purpose in CONSUMING)
         if not consumes:
             continue
         if purpose not in CONSUMING:
             refuse(f"Row {i}: a {purpose} entry takes no material from a warehouse")
         if not row.get("s_warehouse"):
-            refuse(f"Row {i}: Source Warehouse is mandatory for {row['item_code']}")
+            refuse(f"Row {i}: Source Warehouse is mandatory for {row['item_code']} (a {purpose} entry takes it "
+                   "out of a warehouse)")
         if qty <= 0:
             refuse(f"Row {i}: Quantity must be greater than 0 for {row['item_code']}")
         batch_no = row.get("batch_no")

@@ -159,3 +159,26 @@ def new_gtin() -> str:
     from domain import gs1
     body = "0" + "950" + f"{secrets.randbelow(10**9):09d}"  # not `random`: hypothesis seeds it per example
     return body + str(gs1.mod10(body))
+
+
+async def delete_schedule_and_runs(client: Any, schedule_id: str, *, timeout: float = 20.0) -> None:
+    """Delete a Schedule and see its runs in flight end: a poll still running would retry against a peer the test
+    is about to stop, in the session's worker, while later tests run. A run that does not finish in `timeout`
+    seconds is terminated."""
+    from temporalio.service import RPCError
+
+    handle = client.get_schedule_handle(schedule_id)
+    try:
+        await handle.pause(note="test over")
+        running = (await handle.describe()).info.running_actions
+        await handle.delete()
+    except RPCError:
+        return  # gone already
+    for action in running:
+        wf = client.get_workflow_handle(action.workflow_id, run_id=action.first_execution_run_id)
+        try:
+            await asyncio.wait_for(wf.result(), timeout)
+        except TimeoutError:
+            await wf.terminate("test over")
+        except Exception as e:  # noqa: BLE001 - the run failed: it is over all the same
+            print(f"poll run {action.workflow_id} ended failing: {e}")

@@ -144,3 +144,30 @@ async def test_a_recall_is_requested_by_the_login_and_on_behalf_of_the_body(api:
     rec = (await api.get(f"/api/recalls/{number}")).json()
     assert rec["record"]["customers"][0]["acknowledged_by"] == "t-quality_manager"
 
+
+
+async def test_an_erp_release_and_its_lots_name_who_sent_them_and_a_body_cannot_say(api: httpx.AsyncClient,
+                                                                                   sessionmaker, wo_number):
+    ev = fast_release(wo_number)
+    lot = ev["work_order"]["receipts"][0]["lots"][0]["lot"]
+    for body, field in ((dict(ev, work_order=dict(ev["work_order"], released_by="the-plant-manager")),
+                         "work_order.released_by"),
+                        (dict(ev, work_order=dict(ev["work_order"], receipts=[
+                            dict(ev["work_order"]["receipts"][0], sent_by="someone")])), "work_order.receipts.sent_by")):
+        r = await api.post("/api/erp/events", json=body, headers=role_headers("erp"))
+        assert r.status_code == 422 and r.json()["field"] == field, r.text
+    r = await api.post("/api/erp/events", json=ev, headers=role_headers("erp"))
+    assert r.status_code == 202, r.text
+    assert (await entry(sessionmaker, "work_order", wo_number, "work_order.released")).actor == "t-erp"
+    assert (await entry(sessionmaker, "lot", lot, "lot.received")).actor == "t-erp"
+    # a receipt posted on its own: its sender too
+    second = f"{lot}-2"
+    receipt = dict(ev["work_order"]["receipts"][0], receipt=f"PR2-{wo_number}",
+                   lots=[dict(ev["work_order"]["receipts"][0]["lots"][0], lot=second)])
+    pr = {"event_id": f"{wo_number}-pr2", "event_type": "purchase_receipt.posted", "work_order": wo_number,
+          "receipt": receipt}
+    r = await api.post("/api/erp/events", json=dict(pr, receipt=dict(receipt, sent_by="x")), headers=role_headers("erp"))
+    assert r.status_code == 422 and r.json()["field"] == "receipt.sent_by", r.text
+    r = await api.post("/api/erp/events", json=pr, headers=role_headers("admin"))
+    assert r.status_code == 202, r.text
+    assert (await entry(sessionmaker, "lot", second, "lot.received")).actor == "t-admin"

@@ -261,7 +261,7 @@ async def test_order_changes_are_audited_and_a_critical_failure_opens_a_critical
                                                      {"characteristic": "surface", "values": [0]}]})
     assert r.status_code == 202 and r.json()["verdict"] == "passed", r.text
     await wait_status(api, wo_number, lambda s: s["expected_operation"] == 10, what="operation 10")
-    ch = await audited(sessionmaker, "lot", m_lot, "lot.received", actor="erp", created=True)
+    ch = await audited(sessionmaker, "lot", m_lot, "lot.received", actor=SUITE, created=True)  # who sent the receipt
     assert ch["after"]["status"] == "quarantine"
     ch = await audited(sessionmaker, "inspection", iqc, "inspection.photo_attached", actor="t-inspector",
                        created=True)

@@ -273,3 +273,42 @@ async def test_two_dispositions_in_one_workflow_task_get_one(api: httpx.AsyncCli
         st = await handle.query(NonconformanceWorkflow.status)
         assert st.decisions[0].action == "confirm" and len(st.decisions) == 2, st.decisions
         await handle.terminate("test done")
+
+
+async def test_whoever_confirmed_an_ncr_may_not_also_decide_its_disposition(api: httpx.AsyncClient, sessionmaker,
+                                                                             wo_number):
+    """Four eyes: a quality manager may confirm an NCR (a review role) and may dispose of one (a board role), but
+    not both on the same NCR; nor may one login holding a review role and a board role. Another member of the board
+    then decides, and the refusal changed nothing."""
+    from domain.identity import create_user, login
+
+    ncr = await final_ncr(api, wo_number)
+    assert (await decide(api, ncr, "confirm", "quality_manager", reason="confirmed on CMM")).status_code == 200
+    n = await wait_ncr_state(api, ncr, lambda n: n["state"] == "mrb", "the board")
+    assert "another person than t-quality_manager" in n["waiting_for"], n["waiting_for"]
+    r = await decide(api, ncr, "scrap", "quality_manager", reason="cracked")
+    assert r.status_code == 409, r.text
+    detail = r.json()["detail"]
+    assert "t-quality_manager confirmed this NCR" in detail and "another member of the review board" in detail, detail
+    n = (await api.get(f"/api/ncrs/{ncr}")).json()
+    assert n["state"] == "mrb" and [d["action"] for d in n["decisions"]] == ["confirm"], n
+
+    # one person with a review role and a board role: the same rule, whichever role they act in
+    name = f"t-qa-and-board-{uuid.uuid4().hex[:6]}"
+    async with sessionmaker() as s, s.begin():
+        await create_user(s, username=name, password=PASSWORD, roles=["qa_supervisor", "mrb_production"],
+                          full_name="Two Hats", actor="tests")
+        token, _, _ = await login(s, name, PASSWORD)
+    two_hats = {"Authorization": f"Bearer {token}"}
+    wo2 = f"{wo_number}-B"
+    ncr2 = await final_ncr(api, wo2)
+    assert (await sign(api, two_hats, ncr2, "confirm", "qa_supervisor")).status_code == 200
+    r = await sign(api, two_hats, ncr2, "rework", "mrb_production")
+    assert r.status_code == 409 and f"{name} confirmed this NCR" in r.json()["detail"], r.text
+
+    # another member of the board decides
+    r = await decide(api, ncr, "scrap", "mrb_engineering", reason="cracked")
+    assert r.status_code == 200, r.text
+    n = await wait_ncr_state(api, ncr, lambda n: n["state"] in ("verification", "closed"), "the scrap carried out")
+    assert [(d["action"], d["reviewer"]) for d in n["decisions"]][:2] == [
+        ("confirm", "t-quality_manager"), ("scrap", "t-mrb_engineering")], n["decisions"]

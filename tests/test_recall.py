@@ -245,7 +245,10 @@ async def test_recall_by_lot_scopes_forward_from_the_lot_and_signs_the_decision_
         ("release", "t-quality_manager", "cert corrected by supplier")
     (sig,) = await _signatures(sessionmaker, number, lots["A1"])
     signed = decision_content(number, lot=lots["A1"], decision="release", reviewer="t-quality_manager",
-                              role="quality_manager", reason="cert corrected by supplier")
+                              role="quality_manager", reason="cert corrected by supplier",
+                              signed_recall={"suspect_kind": "lot", "suspect": lots["M1"], "window": None,
+                                             "reason": "wrong alloy on cert", "scope": {
+                                                 "action": "held", "status_before": "released", "quantity": 10.0}})
     assert sig.content == signed and sig.content_hash == content_hash(signed) and is_valid(sig, signed)
     assert (sig.signer, sig.signer_name, sig.role, sig.meaning) == \
         ("t-quality_manager", "Test quality_manager", "quality_manager", "released")
@@ -394,5 +397,7 @@ async def test_recall_decision_and_signature_commit_together_and_a_retry_signs_o
             await recall.decide_lot(s, **args, signature=sig)
     assert await decided() == "release" and await lot_status(sessionmaker, lot) == "released"
     (one,) = await _signatures(sessionmaker, number, lot)
-    assert one.content == recall.decision_content(number, lot=lot, decision="release", reviewer="t-quality_manager",
-                                                  role="quality_manager", reason="re-tested")
+    assert one.content == recall.decision_content(
+        number, lot=lot, decision="release", reviewer="t-quality_manager", role="quality_manager", reason="re-tested",
+        signed_recall={"suspect_kind": "lot", "suspect": lot, "window": None, "reason": "test",
+                       "scope": {"action": "held", "status_before": "released", "quantity": 10.0}})

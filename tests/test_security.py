@@ -79,6 +79,13 @@ def test_the_quality_engineer_may_do_what_was_decided_and_no_more(settings):
     assert {p for m, p in routes if m == "GET"} >= QUALITY_ENGINEER_NOT_READ  # each names a route
 
 
+# Item master data (api/routes/items.py): every person reads it; a correction (a wrong GTIN) is the quality manager's or
+# an admin's, as decided for the items API
+def test_item_corrections_are_the_quality_managers_and_admins():
+    assert roles_for("PATCH", "/api/items/{code}") == {"admin", "quality_manager"}
+    assert roles_for("GET", "/api/items") == PEOPLE and roles_for("GET", "/api/items/{code:path}") == PEOPLE
+
+
 @pytest.mark.asyncio
 async def test_the_matrix_holds_for_every_role_on_every_route(api: httpx.AsyncClient):
     routes = _routes(api._transport.app)  # type: ignore[attr-defined]

@@ -16,7 +16,15 @@ from activities.hub import HubActivities
 from activities.models import ApplyDispositionInput, ErpNotice, NcrAction
 from domain.models import AuditLog, EpcisEvent, Lot
 from domain.models_supplier_return import SupplierReturn
-from tests.helpers import OUT_SPEC_IQC, decide, fast_release, post_results, role_headers, wait_ncr
+from tests.helpers import (
+    OUT_SPEC_IQC,
+    decide,
+    fast_release,
+    post_results,
+    remember_batches,
+    role_headers,
+    wait_ncr,
+)
 from tests.test_ncr_review import final_ncr, wait_ncr_state
 
 pytestmark = pytest.mark.asyncio
@@ -134,10 +142,14 @@ async def test_return_to_supplier_is_a_record_and_happens_once(api: httpx.AsyncC
 
 async def test_scrap_happens_once(api: httpx.AsyncClient, client, erp_sim, settings, sessionmaker, wo_number):
     ncr = await final_ncr(api, wo_number)
+    # the ERP has the lot's batch (in its stock), so the scrap has something to write off there (the ERPNext connector
+    # leaves out a write-off of a batch the ERP never had)
+    remember_batches({f"{wo_number}-L1": "SHAFT-25"})
     assert (await decide(api, ncr, "confirm", "qa_supervisor")).status_code == 200
     assert (await decide(api, ncr, "scrap", "mrb_production", reason="cracked")).status_code == 200
     await wait_ncr_state(api, ncr, lambda n: n["state"] == "verification", "verification")
     lot = (await api.get(f"/api/ncrs/{ncr}")).json()["lot"]
+    assert lot == f"{wo_number}-L1"
     first = await effects(sessionmaker, erp_sim, ncr, lot, "destroyed", "Stock Entry", f"{ncr}-SCRAP")
     assert first == {"status": "rejected", "remaining": 0.0, "events": 1, "write_offs": 1, "erp": 1,
                      "supplier_returns": 0, "return_audits": 0}

@@ -39,7 +39,7 @@ async def _stale_rows(sessionmaker) -> list[Any]:
     """Lots whose stored trace row differs from one computed now from the facts (or is missing, or left over)."""
     from importlib import import_module
 
-    select_all = import_module("migrations.versions.0018_trace_hist_parts").DOC_SELECT.format(where="true")
+    select_all = import_module("migrations.versions.0026_trace_pool_units").DOC_SELECT.format(where="true")
     async with sessionmaker() as s:
         conn = await s.connection()
         return [r[0] for r in (await conn.exec_driver_sql(f"""
@@ -70,6 +70,20 @@ async def test_trace_rows_follow_every_fact_and_answer_as_the_tables_do(sessionm
             "DELETE FROM characteristic_result WHERE inspection_id = "
             "(SELECT id FROM inspection WHERE number = :n)"), {"n": f"IQC-{plant.lots['M1']}"})
     assert await _stale_rows(sessionmaker) == []
+    # a serial block issued to B1 under its item's unit code rule, as the hub issues codes (migration 0025)
+    from sqlalchemy import select
+
+    from domain import codes
+    from domain.models import Lot
+
+    async with sessionmaker() as s, s.begin():
+        lot = (await s.execute(select(Lot).where(Lot.number == b1))).scalar_one()
+        await s.refresh(lot, ["item"])
+        rule = await codes.current_rule(s, lot.item, "unit")
+        block = await codes.issue_block(s, rule=rule, count=4, key=f"SB-{plant.tag}", purpose="order", lot=lot,
+                                        gtin=lot.item.gtin, actor=None)
+        issued = (block.first_code, block.last_code)
+    assert await _stale_rows(sessionmaker) == []
 
     reader = FastReader(engine_of(sessionmaker).url)
     try:
@@ -97,6 +111,8 @@ async def test_trace_rows_follow_every_fact_and_answer_as_the_tables_do(sessionm
     assert nodes[m3]["location"] == "QA-CAGE"
     assert nodes[plant.lots["M1"]]["inspections"][0]["characteristics"] == []
     assert nodes[plant.lots["M2"]]["inspections"][0]["characteristics"][0]["values"] == [30.2]
+    serial = nodes[b1]["units"]["blocks"][-1]
+    assert serial["count"] == 4 and issued[0].endswith(serial["first"]) and issued[1].endswith(serial["last"])
 
     # a lot that goes takes its row with it
     async with sessionmaker() as s, s.begin():

@@ -393,6 +393,15 @@ class NonconformanceWorkflow:
             raise ApplicationError(
                 f"{ncr}: role {d.role.value} may not {d.action.value}; it needs one of: {roles}", type="Forbidden"
             )
+        confirmer = self._confirmer()
+        if d.action in DISPOSITIONS and confirmer is not None and d.reviewer == confirmer:
+            # four eyes: the person who confirmed the NCR into review does not also decide what happens to the
+            # material, even when one login holds a review and a board role (a quality manager holds both)
+            roles = ", ".join(sorted(r.value for r in ALLOWED_ROLES[d.action]))
+            raise ApplicationError(
+                f"{ncr}: {d.reviewer} confirmed this NCR, so its disposition ({d.action.value}) must come from "
+                f"another member of the review board ({roles}): one person may not both confirm and dispose",
+                type="Conflict")
         if d.action == NcrAction.use_as_is:
             signed = {**self.concession, **dict(self.signing)}  # role -> reviewer
             missing = sorted(CONCESSION_SIGNERS - set(signed))
@@ -415,6 +424,10 @@ class NonconformanceWorkflow:
             raise ApplicationError(f"{ncr}: received material cannot be reworked here; choose "
                                    "use_as_is, scrap or return_to_supplier", type="Conflict")
 
+    def _confirmer(self) -> str | None:
+        """Who confirmed the NCR into the review board (the latest confirm), if anyone has."""
+        return next((x.reviewer for x in reversed(self.decisions) if x.action == NcrAction.confirm), None)
+
     @workflow.query
     def status(self) -> NcrStatus:
         waiting = None
@@ -431,6 +444,9 @@ class NonconformanceWorkflow:
         elif self.state == NcrState.mrb:
             waiting = "material review board: disposition (rework, scrap, use_as_is" + (
                 ", return_to_supplier)" if self.inp and self.inp.stage == "iqc" else ")")
+            confirmer = self._confirmer()
+            if confirmer is not None:
+                waiting += f", by another person than {confirmer}, who confirmed it"
         elif self.state == NcrState.disposition:
             waiting = self.activity_wait or f"system: carrying out {self.outcome.value if self.outcome else ''}"
         elif self.state == NcrState.verification and self.outcome == NcrAction.rework:

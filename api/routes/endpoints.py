@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from api.deps import ReadSessionDep, SessionDep
+from api.deps import ReadSessionDep, SessionDep, get_temporal
 from connectors.base import CheckResult, Connector, Point, Reading
 from connectors.errors import ConnectorConfigError
 from connectors.registry import connector_class, connectors
@@ -17,6 +17,7 @@ from core.errors import InvalidInput
 from domain import devices
 from domain import endpoints as service
 from domain.models import Endpoint
+from workflows.erp_poll import poll_every, sync_poll_schedule
 
 router = APIRouter(prefix="/api", tags=["connectors"])
 
@@ -111,11 +112,22 @@ async def list_endpoints(session: SessionDep, kind: str | None = None) -> list[E
     return [_read(ep) for ep in await service.list_endpoints(session, kind=kind)]
 
 
+async def _sync_poll(request: Request, name: str, kind: str | None, config: dict | None) -> None:
+    """An ERP endpoint's poll Schedule follows its config (`poll_every_s`): made, changed or removed with it, in the
+    request that changes the endpoint (Temporal unreachable: the change is refused, nothing stored). Temporal is
+    asked only then: an endpoint that is not polled is created and changed without it."""
+    client = await get_temporal(request)
+    await sync_poll_schedule(client, endpoint=name, kind=kind, config=config,
+                             task_queue=request.app.state.settings.temporal.task_queue)
+
+
 @router.post("/endpoints", response_model=EndpointRead, status_code=201, summary="Create an endpoint")
-async def create_endpoint(body: EndpointCreate, session: SessionDep) -> EndpointRead:
+async def create_endpoint(body: EndpointCreate, session: SessionDep, request: Request) -> EndpointRead:
     cls = _class(body.kind)
     cfg = _validated(cls, body.config)
     ep = await service.create_endpoint(session, name=body.name, kind=body.kind, config=cls.stored_config(cfg))
+    if poll_every(ep.kind, ep.config) is not None:
+        await _sync_poll(request, ep.name, ep.kind, ep.config)
     return _read(ep)
 
 
@@ -125,16 +137,24 @@ async def get_endpoint(name: str, session: SessionDep) -> EndpointRead:
 
 
 @router.put("/endpoints/{name}", response_model=EndpointRead, summary="Replace an endpoint's config")
-async def update_endpoint(name: str, body: EndpointUpdate, session: SessionDep) -> EndpointRead:
+async def update_endpoint(name: str, body: EndpointUpdate, session: SessionDep, request: Request) -> EndpointRead:
     ep = await service.get_endpoint(session, name)
     cls = _class(ep.kind)
     cfg = _validated(cls, _keep_masked(body.config, ep.config))
-    return _read(await service.update_endpoint(session, name=name, config=cls.stored_config(cfg)))
+    polled_before = poll_every(ep.kind, ep.config) is not None
+    ep = await service.update_endpoint(session, name=name, config=cls.stored_config(cfg))
+    if polled_before or poll_every(ep.kind, ep.config) is not None:
+        await _sync_poll(request, ep.name, ep.kind, ep.config)
+    return _read(ep)
 
 
 @router.delete("/endpoints/{name}", status_code=204, summary="Delete an endpoint")
-async def delete_endpoint(name: str, session: SessionDep) -> Response:
+async def delete_endpoint(name: str, session: SessionDep, request: Request) -> Response:
+    ep = await service.get_endpoint(session, name)
+    polled = poll_every(ep.kind, ep.config) is not None
     await service.delete_endpoint(session, name=name)
+    if polled:
+        await _sync_poll(request, name, None, None)
     return Response(status_code=204)
 
 

@@ -28,7 +28,7 @@ from api.limits import refuse_nul_in_body
 from connectors.erpnext import verify_webhook
 from connectors.errors import ConnectorConfigError
 from connectors.registry import connector_class
-from core.errors import Conflict, NotFound, Unauthorized
+from core.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from domain import production
 from domain.devices import REJECTED_ERP_EVENTS
 from domain.endpoints import find_endpoint
@@ -82,6 +82,29 @@ async def verify_erp_signature(
 
 def workflow_id(number: str) -> str:
     return f"work-order-{number}"
+
+
+def _sender(request: Request) -> str:
+    """Who sent the event, the audit trail's actor of what it records: the API token's or login's subject, or
+    `webhook:<endpoint>` for an event its endpoint's webhook secret signed."""
+    principal = getattr(request.state, "principal", None)
+    if principal is not None:
+        return principal.subject
+    return f"webhook:{request.query_params.get('endpoint', 'erp')}"
+
+
+def _refuse_sender_fields(event: object) -> None:
+    """`released_by` / `sent_by` are the hub's to set (_sender): never taken from a body."""
+    if isinstance(event, WorkOrderReleased):
+        if event.work_order.released_by is not None:
+            raise InvalidInput("work_order.released_by: the hub sets it from who sent the event (the audit trail's "
+                               "actor); leave it out", field="work_order.released_by")
+        if any(r.sent_by is not None for r in event.work_order.receipts):
+            raise InvalidInput("work_order.receipts.sent_by: the hub sets it from who sent the event; leave it out",
+                               field="work_order.receipts.sent_by")
+    elif isinstance(event, PurchaseReceiptPosted) and event.receipt.sent_by is not None:
+        raise InvalidInput("receipt.sent_by: the hub sets it from who sent the event (the audit trail's actor); "
+                           "leave it out", field="receipt.sent_by")
 
 
 class _Envelope(BaseModel):
@@ -191,11 +214,12 @@ async def _deliver_correction(client: Client, wf_id: str, order: WorkOrderInput,
 async def post_erp_event(
     request: Request, client: TemporalDep, settings: SettingsDep, event: Annotated[ErpEventIn, Body()]
 ) -> JSONResponse:
+    _refuse_sender_fields(event)
     if isinstance(event, WorkOrderReleased):
         number = event.work_order.number
         # NCR durations per severity from the settings, unless the event chose its own (kept in the input): the
-        # same input the ERP poll builds (activities.models.released_work_order)
-        event.work_order = released_work_order(event.work_order, settings.ncr.table())
+        # same input the ERP poll builds (activities.models.released_work_order); and who sent it
+        event.work_order = released_work_order(event.work_order, settings.ncr.table(), sent_by=_sender(request))
         wf_id = workflow_id(number)
         order = event.work_order
         waits: bool | None = None  # does the run wait for a corrected release (asked once, if at all)
@@ -235,7 +259,8 @@ async def post_erp_event(
         number = event.work_order
         first = await _remember(request, event, event.event_type, number)
         if isinstance(event, PurchaseReceiptPosted):
-            await _signal(client, number, "receive_material", event.receipt)
+            await _signal(client, number, "receive_material",
+                          event.receipt.model_copy(update={"sent_by": _sender(request)}))
             what = f"purchase receipt {event.receipt.receipt}"
         else:
             await _signal(client, number, "request_shipment", event.shipment)

@@ -115,7 +115,9 @@ async def get_recall(number: str, request: Request, session: SessionDep, client:
     state = request.app.state
     async with (state.read_sessionmaker or state.sessionmaker)() as s:
         row = await recall.get_recall(s, number)
-        return {"record": await recall.scope(s, number), "status": status, "report": recall.closed_report(row)}
+        # each decision with its signature, and whether it still holds for the decision and the recall as they are
+        return {"record": await recall.scope(s, number, signatures=True), "status": status,
+                "report": recall.closed_report(row)}
 
 
 async def _update(session: SessionDep, client: TemporalDep, number: str, update: Any, arg: Any) -> JSONResponse:

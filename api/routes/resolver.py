@@ -18,7 +18,8 @@ from sqlalchemy import select
 from api.deps import ReadSessionDep
 from domain import gs1
 from domain.code_scans import COARSE_DEGREES, ScanResult, scan, scan_cached
-from domain.models import Inspection, Item, Lot, utcnow
+from domain.items import lot_under_gtin
+from domain.models import Inspection, utcnow
 from domain.models_codes import CodeAlert, CodeScan
 
 router = APIRouter(tags=["resolver"])
@@ -186,8 +187,8 @@ def _record_lot_scan(request: Request, elements: dict[str, str], res: ScanResult
 @router.get("/01/{gtin}/10/{lot}", summary="Resolve a lot (GTIN and batch)")
 async def resolve_lot(gtin: str, lot: str, request: Request, session: ReadSessionDep) -> Response:
     elements = {"01": gtin, "10": lot}
-    row = (await session.execute(select(Lot).join(Item, Item.id == Lot.item_id).where(
-        Lot.number == lot, Item.gtin == gtin))).scalar() if not gs1.check_digit_problem(gtin) else None
+    # the item's GTIN now, else one it held when the lot was made (a GTIN corrected since: domain/items.py)
+    row = await lot_under_gtin(session, gtin, lot) if not gs1.check_digit_problem(gtin) else None
     if row is None:
         res = ScanResult("unknown", True, "this lot was never made under this GTIN", {})
         _record_lot_scan(request, elements, res)

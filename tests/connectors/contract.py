@@ -42,12 +42,14 @@ def _client_connections(port: int) -> list[Any]:
 
 
 def _client_tasks() -> set[asyncio.Task[Any]]:
-    """Tasks of this loop except the in-process peers' own (servers keep per-connection tasks)."""
+    """Tasks of this loop except the in-process peers' own (servers keep per-connection tasks) and the session's
+    Temporal worker's (it starts a poll task each time it takes an activity of another test's workflow)."""
     out = set()
     for t in asyncio.all_tasks():
         code = getattr(t.get_coro(), "cr_code", None)
         filename = code.co_filename if code else ""
-        if any(s in filename for s in ("/server/", "/erp_sim/", "/tests/", "pytest_asyncio", "/uvicorn/")):
+        if any(s in filename for s in ("/server/", "/erp_sim/", "/tests/", "pytest_asyncio", "/uvicorn/",
+                                      "/temporalio/")):
             continue
         out.add(t)
     return out

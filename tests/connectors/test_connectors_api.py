@@ -62,7 +62,8 @@ async def test_endpoint_crud_with_secrets_never_returned(hub: httpx.AsyncClient,
     async with sessionmaker() as s:
         row = (await s.execute(select(Endpoint).where(Endpoint.name == ep))).scalar_one()
         assert row.config["api_secret"] == "simulator-secret" and row.config["webhook_secret"] == "hook-secret"
-        audit = (await s.execute(select(AuditLog).where(AuditLog.entity_key == ep))).scalars().all()
+        audit = (await s.execute(select(AuditLog).where(AuditLog.entity_key == ep)
+                                 .order_by(AuditLog.seq))).scalars().all()
         # at rest the whole config is sealed with the installation's key (core/secrets.py)
         raw = (await s.execute(text("SELECT config FROM endpoint WHERE name = :n"), {"n": ep})).scalar_one()
     stored = raw if isinstance(raw, str) else json.dumps(raw)

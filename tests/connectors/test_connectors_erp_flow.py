@@ -21,6 +21,7 @@ from tests.conftest import ErpSim
 from tests.helpers import (
     IN_SPEC_FINAL,
     IN_SPEC_IQC,
+    delete_schedule_and_runs,
     fast_release,
     post_results,
     run_production,
@@ -66,9 +67,14 @@ async def test_signed_webhooks_are_verified_and_bad_ones_refused_unread(api: htt
                                 .where(ErpEvent.business_key == wo_number))).scalar_one() == 0
     assert [w async for w in client.list_workflows(f"WorkflowId = 'work-order-{wo_number}'")] == []
 
-    ok = await api.post(url, content=body, headers={**headers, "X-Frappe-Webhook-Signature": sign("hook-secret-1",
-                                                                                                   body)})
+    # as an ERP sends it: signed, with no API token; the audit trail names the endpoint whose secret signed it
+    async with httpx.AsyncClient(transport=api._transport, base_url="http://hub") as erp:  # type: ignore[attr-defined]
+        ok = await erp.post(url, content=body, headers={**headers, "X-Frappe-Webhook-Signature": sign("hook-secret-1",
+                                                                                                       body)})
     assert ok.status_code == 202, ok.text
+    from tests.test_audit_actor import entry
+
+    assert (await entry(sessionmaker, "work_order", wo_number, "work_order.released")).actor == f"webhook:{ep}"
 
 
 def test_the_simulator_signs_as_erpnext_does():
@@ -137,13 +143,18 @@ async def test_a_schedule_polls_the_erp_and_starts_each_work_order_once(api: htt
             (await erp.post("/api/resource/Purchase Receipt", json=receipt)).raise_for_status()
             await wait_status(api, numbers[1], lambda s: f"{numbers[1]}-M2" in s["material_lots"], timeout=30,
                               what="the late receipt")
+            # the audit trail names the poll of this endpoint as what brought the release and the receipts in
+            from tests.test_audit_actor import entry
+
+            assert (await entry(sessionmaker, "work_order", numbers[0], "work_order.released")).actor == f"poll:{ep}"
+            assert (await entry(sessionmaker, "lot", f"{numbers[1]}-M2", "lot.received")).actor == f"poll:{ep}"
             runs_before = len((await handle.describe()).info.recent_actions)
             deadline = time.monotonic() + 30
             while len((await handle.describe()).info.recent_actions) < runs_before + 3:
                 assert time.monotonic() < deadline, "the schedule stopped polling"
                 await asyncio.sleep(0.5)
         finally:
-            await handle.delete()
+            await delete_schedule_and_runs(client, sid)
 
     for n in numbers:
         runs = [w async for w in client.list_workflows(f"WorkflowId = 'work-order-{n}'")]
@@ -157,3 +168,28 @@ async def test_a_schedule_polls_the_erp_and_starts_each_work_order_once(api: htt
     assert kinds[numbers[1]] == ["Purchase Receipt", "Purchase Receipt", "Work Order"]  # and the late receipt
     assert kinds[numbers[2]] == ["Purchase Receipt", "Work Order"]
     assert len({e for e, _ in rows}) == len(rows)
+
+
+async def test_an_erpnext_endpoint_with_poll_every_s_is_polled_by_its_schedule(api: httpx.AsyncClient, client,
+                                                                                quiet_erp: ErpSim):
+    from temporalio.service import RPCError
+
+    ep = await make_endpoint(api, quiet_erp.url, poll_every_s=3600)
+    handle = client.get_schedule_handle(f"erp-poll-{ep}")
+    try:
+        assert (await handle.describe()).schedule.spec.intervals[0].every == timedelta(hours=1)
+        prefix = f"WS{uuid.uuid4().hex[:4].upper()}-"
+        async with httpx.AsyncClient(base_url=quiet_erp.url, headers=AUTH) as erp:
+            r = await erp.post("/sim/work-orders", json={"count": 1, "quantity": 20, "prefix": prefix, "notify": "none"})
+        number = r.json()["released"][0]
+        await handle.trigger()
+        await wait_status(api, number, lambda s: bool(s["pending_inspections"]), timeout=30,
+                          what="the scheduled poll's work order")
+        assert (await api.delete(f"/api/endpoints/{ep}")).status_code == 204
+        with pytest.raises(RPCError):
+            await handle.describe()
+    finally:
+        try:
+            await handle.delete()
+        except RPCError:
+            pass
