@@ -4,6 +4,7 @@ the stage still in the status and the record, and each write still in the histor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from datetime import timedelta
@@ -19,7 +20,17 @@ from activities.hub import HubActivities, build_activities
 from activities.models import WorkOrderInput, released_work_order
 from api.routes.work_orders import timeline
 from core.db import make_engine, make_sessionmaker
-from tests.helpers import IN_SPEC_FINAL, IN_SPEC_IQC, fast_release, post_results, run_production, wait_done
+from tests.helpers import (
+    IN_SPEC_FINAL,
+    IN_SPEC_IQC,
+    OUT_SPEC_FINAL,
+    decide,
+    fast_release,
+    post_results,
+    run_production,
+    wait_done,
+    wait_ncr,
+)
 from tests.test_lifecycle import record_history
 from worker import WORKFLOWS, build_worker
 from workflows.work_order import WorkOrderWorkflow
@@ -158,3 +169,56 @@ async def test_the_timeline_shows_a_local_activitys_last_attempt_result_and_fail
     assert steps[0]["result"] == {"rows": 1} and "failure" not in steps[0]
     assert f"work order {key}-refused does not exist" in steps[1]["failure"] and "result" not in steps[1]
     assert all(e["time"].endswith("Z") for e in steps)
+
+
+# --- status queries while stage writes run: the history still replays (PATCH_STAGE_BACKGROUND) ----------------------
+
+async def test_status_queries_during_slow_stage_writes_leave_histories_that_replay(api: httpx.AsyncClient, client,
+                                                                                  settings, sessionmaker):
+    """A status query that reaches the worker while a stage write (a local activity) runs can make the worker report
+    the local activity's result in a workflow task of its own. Awaited inline, the work order then took its next patch
+    decision one task later than a replay does, and the history no longer replayed: the status query of the completed
+    work order failed, and a worker could not resume it after an eviction. Here every stage write takes 0.3 s while
+    the work orders' status is queried every 20 ms; each completed history must replay against today's code."""
+    from temporalio.worker import Replayer
+
+    queue = f"stage-queries-{uuid.uuid4().hex[:8]}"
+    numbers = [f"WO-{uuid.uuid4().hex[:8].upper()}" for _ in range(8)]
+    done_flag = asyncio.Event()
+
+    async def hammer(number: str) -> None:
+        handle = client.get_workflow_handle(f"work-order-{number}")
+        while not done_flag.is_set():
+            with contextlib.suppress(Exception):  # not started yet, or failing: the replay below judges
+                await handle.query(WorkOrderWorkflow.status)
+            await asyncio.sleep(0.005)
+
+    async def run(number: str) -> None:
+        order = released_work_order(WorkOrderInput.model_validate(fast_release(number)["work_order"]),
+                                    settings.ncr.table())
+        await client.start_workflow(WorkOrderWorkflow.run, order, id=f"work-order-{number}", task_queue=queue)
+        await post_results(api, number, "iqc", IN_SPEC_IQC)
+        await run_production(api, number)
+        if numbers.index(number) % 2:  # every other one fails final inspection, and its NCR is dismissed
+            await post_results(api, number, "final", OUT_SPEC_FINAL)
+            ncr = await wait_ncr(api, number)
+            assert (await decide(api, ncr, "dismiss", "qa_supervisor", reason="gauge misread")).status_code == 200
+        else:
+            await post_results(api, number, "final", IN_SPEC_FINAL)
+        await client.get_workflow_handle(f"work-order-{number}").result()
+
+    async with build_worker(client, settings, sessionmaker, task_queue=queue):
+        hammers = [asyncio.create_task(hammer(n)) for n in numbers]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(run(n) for n in numbers)), 120)
+        finally:
+            done_flag.set()
+            await asyncio.gather(*hammers)
+        shown = (await api.get(f"/api/work-orders/{numbers[0]}")).json()  # the status query of a completed order
+        assert shown["record"]["status"] == "completed", shown
+        assert shown["record"]["stage"] == shown["status"]["stage"] == "done", shown
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=client.data_converter)
+    for number in numbers:
+        history = await client.get_workflow_handle(f"work-order-{number}").fetch_history()
+        await replayer.replay_workflow(history)  # raises on a nondeterminism error
+    await record_history(client, f"work-order-{numbers[0]}", "work_order_stage_background")

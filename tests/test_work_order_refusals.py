@@ -130,8 +130,13 @@ async def test_a_terminated_work_order_can_be_released_again_and_completes(
     # the ERP releases it again: a new run, not "already accepted"
     r = await api.post("/api/erp/events", json={**ev, "event_id": ev["event_id"] + "-again"})
     assert r.status_code == 202, r.text
-    runs = [w async for w in client.list_workflows(f"WorkflowId = 'work-order-{wo_number}'")]
-    assert len(runs) == 2
+    runs: list = []
+    for _ in range(50):  # the visibility store lists a new run a moment after it started
+        runs = [w async for w in client.list_workflows(f"WorkflowId = 'work-order-{wo_number}'")]
+        if len(runs) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert len(runs) == 2, runs
     # while that run is under way, a copy is a duplicate again
     r = await api.post("/api/erp/events", json=ev)
     assert r.status_code == 200 and r.json()["duplicate"] is True

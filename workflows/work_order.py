@@ -108,6 +108,16 @@ PATCH_REFUSED_ID = "wo-refused-id-resend-v1"
 # (DB_RETRY, until the database is back, its attempts in the history's pending list), which also takes any refusal as
 # before. Asked once per run, at its first stage write
 PATCH_STAGE_LOCAL = "wo-stage-local-v1"
+# the stage writes (local activities) run in the background, in order, and the work order goes on at once: it waits
+# for them only before it completes. Awaited inline, the code after a stage write ran where the local activity's
+# result arrived, and a status query arriving while the local activity ran could make the worker report that result
+# in a workflow task of its own: the original run then took its next patch decision one workflow task later than
+# a replay does (the replay resolves the local activity from its marker in the earlier task), and the history no
+# longer replayed ("patch marker encountered ... but there is no corresponding change command"): a status query of a
+# completed work order failed, and a worker that evicted such a work order could not resume it. Asked with
+# PATCH_STAGE_LOCAL, at the first stage write (after a regular activity: a patch decision the replay takes in the
+# same workflow task)
+PATCH_STAGE_BACKGROUND = "wo-stage-background-v1"
 
 
 @workflow.defn
@@ -157,6 +167,9 @@ class WorkOrderWorkflow:
         self.corrected_order: WorkOrderInput | None = None
         self.erp_documents: dict[str, str] = {}
         self.stage_local: bool | None = None  # PATCH_STAGE_LOCAL, asked at the first stage write
+        self.stage_background: bool | None = None  # PATCH_STAGE_BACKGROUND, asked with it
+        self.stage_queue: list[StageInput] = []  # stage writes not yet taken by the writer
+        self.stage_writer: asyncio.Task[None] | None = None
 
     # --- entry --------------------------------------------------------------------------------------
 
@@ -291,6 +304,7 @@ class WorkOrderWorkflow:
                 await self._ship()  # 6. shipment against the sales order, or when the ERP asks for it
 
         status = "completed" if self.good >= order.quantity else "completed_short"
+        await self._stages_written()
         await self._db("complete_work_order", CompleteWorkOrderInput(
             work_order=order.number, status=status, good_quantity=self.good, scrap_quantity=self.scrap,
             erp=dict(self.erp_documents)))
@@ -604,17 +618,38 @@ class WorkOrderWorkflow:
             inp = StageInput(work_order=self.order.number, stage=stage)
             if self.stage_local is None:
                 self.stage_local = workflow.patched(PATCH_STAGE_LOCAL)
+                self.stage_background = self.stage_local and workflow.patched(PATCH_STAGE_BACKGROUND)
+            if self.stage_background:
+                self.stage_queue.append(inp)
+                if self.stage_writer is None or self.stage_writer.done():
+                    self.stage_writer = asyncio.create_task(self._write_stages())
+                return
             if self.stage_local:
-                try:
-                    await workflow.execute_local_activity(
-                        "set_stage", inp, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_LOCAL_RETRY)
-                    return
-                except FailureError as err:  # a local activity's failure comes as is, or as an ActivityError
-                    if isinstance(err, CancelledError) or isinstance(err.cause, CancelledError):
-                        raise
-                    # the worker's attempts ran out (the database is down) or the write was refused: the regular
-                    # activity takes over, as before the patch (retried until the database is back, or failing)
+                await self._write_stage(inp)
+                return
             await self._db("set_stage", inp)
+
+    async def _write_stage(self, inp: StageInput) -> None:
+        try:
+            await workflow.execute_local_activity(
+                "set_stage", inp, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_LOCAL_RETRY)
+            return
+        except FailureError as err:  # a local activity's failure comes as is, or as an ActivityError
+            if isinstance(err, CancelledError) or isinstance(err.cause, CancelledError):
+                raise
+            # the worker's attempts ran out (the database is down) or the write was refused: the regular
+            # activity takes over, as before the patch (retried until the database is back, or failing)
+        await self._db("set_stage", inp)
+
+    async def _write_stages(self) -> None:
+        """PATCH_STAGE_BACKGROUND: the queued stage writes, one after the other, in the order of the stages."""
+        while self.stage_queue:
+            await self._write_stage(self.stage_queue.pop(0))
+
+    async def _stages_written(self) -> None:
+        """Wait for the stage writes in flight (before the completion writes the work order's last state)."""
+        while self.stage_writer is not None and not self.stage_writer.done():
+            await self.stage_writer
 
     async def _db(self, activity: str, arg: object, result_type: type | None = None) -> object:
         return await workflow.execute_activity(
