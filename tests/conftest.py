@@ -89,8 +89,41 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"],
     )
     yield env
+    if os.environ.get("HUB_TEST_REPLAY_ALL", "1") != "0":
+        await replay_closed_workflows(env.client)
     await env.shutdown()
     await asyncio.sleep(0.2)
+
+
+async def replay_closed_workflows(client: Client) -> None:
+    """At the end of the session, every closed run of the hub's workflows the suite made is replayed against
+    today's code (temporalio's Replayer): a workflow whose history would not replay (a nondeterminism: a
+    worker could not rebuild it after a restart or an eviction, nor answer a query once it closed) fails the
+    session, naming the run. Workflows the tests define for themselves are left out; so are runs a test
+    started under code it changed on purpose (HUB_TEST_REPLAY_ALL=0 skips the whole check)."""
+    from temporalio.worker import Replayer
+
+    from worker import WORKFLOWS
+
+    names = [w.__temporal_workflow_definition.name for w in WORKFLOWS]  # type: ignore[attr-defined]
+    types = ", ".join(f"'{n}'" for n in names)
+    query = f"ExecutionStatus != 'Running' AND WorkflowType IN ({types})"
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=client.data_converter)
+    t = time.monotonic()
+    failures: dict[str, str] = {}
+    n = 0
+    async with replayer.workflow_replay_iterator(client.list_workflows(query).map_histories()) as results:
+        async for r in results:
+            n += 1
+            if r.replay_failure is not None:
+                failures[f"{r.history.workflow_id} (run {r.history.run_id})"] = str(r.replay_failure)[:400]
+    line = (f"replayed the suite's {n} closed workflow runs in {time.monotonic() - t:.1f} s; "
+            f"{len(failures)} did not replay")
+    print("\n" + line, file=sys.stderr)
+    logs = Path(__file__).resolve().parents[1] / "var" / "test-logs"  # beside tests/run_suites.py's logs
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"replay-{os.environ.get('HUB_TEST_DB', 'postgresql')}.txt").write_text(line + "\n")
+    assert not failures, f"closed workflow runs whose history does not replay: {failures}"
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,7 @@ def parallel(backends: list[str], args: list[str]) -> int:
     runs: dict[str, tuple[subprocess.Popen[bytes], Path, float]] = {}
     for b in backends:
         log = logs / f"{b}.log"
+        (logs / f"replay-{b}.txt").unlink(missing_ok=True)  # the session's replay of its workflows writes it anew
         with log.open("wb") as out:  # the child keeps its own handle
             p = subprocess.Popen(_command(args), cwd=ROOT, env=_env(b), stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)
@@ -88,6 +89,9 @@ def parallel(backends: list[str], args: list[str]) -> int:
             print(f"\n== {b}: {'passed' if code == 0 else f'FAILED (exit {code})'} in "
                   f"{time.monotonic() - started:.0f} s; its output ==", flush=True)
             sys.stdout.buffer.write(log.read_bytes())
+            replayed = logs / f"replay-{b}.txt"  # tests/conftest.py: replay_closed_workflows
+            if replayed.exists():
+                print(f"{b}: {replayed.read_text().strip()}")
             sys.stdout.flush()
         if pending and time.monotonic() >= next_line:
             next_line += every
