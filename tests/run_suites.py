@@ -89,7 +89,7 @@ def parallel(backends: list[str], args: list[str]) -> int:
             print(f"\n== {b}: {'passed' if code == 0 else f'FAILED (exit {code})'} in "
                   f"{time.monotonic() - started:.0f} s; its output ==", flush=True)
             sys.stdout.buffer.write(log.read_bytes())
-            replayed = logs / f"replay-{b}.txt"  # tests/conftest.py: replay_closed_workflows
+            replayed = logs / f"replay-{b}.txt"  # tests/conftest.py: replay_suite_workflows
             if replayed.exists():
                 print(f"{b}: {replayed.read_text().strip()}")
             sys.stdout.flush()
