@@ -33,15 +33,26 @@ async def upsert_item(
     if gtin and (item is None or not item.gtin):
         await _refuse_gtin_of_another_item(session, gtin, code)
     if item is None:
-        item = Item(code=code, name=name, gtin=gtin, uom=uom)
-        session.add(item)
-        await session.flush()
-    else:
-        if gtin and not item.gtin:
-            item.gtin = gtin
-        if name and not item.name:
-            item.name = name
+        # ON CONFLICT DO NOTHING, then read: two transactions bringing the same new item at once (two work orders'
+        # first receipts) both go through, the second with the first one's row, instead of one failing on the
+        # unique code and its activity being retried
+        await session.execute(_insert(session)(Item).values(code=code, name=name, gtin=gtin, uom=uom)
+                              .on_conflict_do_nothing(index_elements=[Item.code]))
+        item = (await session.execute(select(Item).where(Item.code == code))).scalar_one()
+    if gtin and not item.gtin:
+        item.gtin = gtin
+    if name and not item.name:
+        item.name = name
     return item
+
+
+def _insert(session: AsyncSession) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite alike)."""
+    if session.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
 
 
 async def _refuse_gtin_of_another_item(session: AsyncSession, gtin: str, code: str) -> None:
@@ -61,10 +72,10 @@ async def _refuse_gtin_of_another_item(session: AsyncSession, gtin: str, code: s
 
 async def upsert_supplier(session: AsyncSession, code: str) -> Supplier:
     sup = (await session.execute(select(Supplier).where(Supplier.code == code))).scalar()
-    if sup is None:
-        sup = Supplier(code=code, name=code)
-        session.add(sup)
-        await session.flush()
+    if sup is None:  # as upsert_item: a supplier two receipts bring at once is inserted once, neither fails
+        await session.execute(_insert(session)(Supplier).values(code=code, name=code)
+                              .on_conflict_do_nothing(index_elements=[Supplier.code]))
+        sup = (await session.execute(select(Supplier).where(Supplier.code == code))).scalar_one()
     return sup
 
 

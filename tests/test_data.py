@@ -53,3 +53,38 @@ async def test_event_log_is_valid_epcis(api: httpx.AsyncClient, sessionmaker, wo
     schema = json.loads(schema_file.read_text())
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
     assert not errors, [f"{list(e.path)}: {e.message[:200]}" for e in errors[:5]]
+
+
+@pytest.mark.asyncio
+async def test_a_new_supplier_and_item_brought_by_two_transactions_at_once_are_inserted_once(sessionmaker, db_url):
+    """Two work orders' first receipts naming the same new supplier and material: the second transaction waits for
+    the first's rows and takes them, instead of failing on the unique code (its activity then retried, the
+    IntegrityError in the work order's history). PostgreSQL: the second insert waits for the first to commit.
+    SQLite takes one writer at a time, so the race cannot happen there the same way."""
+    import asyncio
+    import uuid
+
+    from domain.production import upsert_item, upsert_supplier
+
+    if make_url_backend(db_url) != "postgresql":
+        pytest.skip("SQLite: one writer at a time (the second transaction waits for the database lock instead)")
+    code = f"RACE-{uuid.uuid4().hex[:8].upper()}"
+    async with sessionmaker() as first, sessionmaker() as second:
+        sup_a = await upsert_supplier(first, code)
+        item_a = await upsert_item(first, code, name="bar stock", uom="KG")  # both inserted, not committed yet
+        async def bring() -> tuple:
+            return await upsert_supplier(second, code), await upsert_item(second, code, uom="KG")
+
+        later = asyncio.ensure_future(bring())
+        await asyncio.sleep(0.3)
+        assert not later.done()  # waiting for the first transaction's rows
+        await first.commit()
+        sup_b, item_b = await asyncio.wait_for(later, 10)
+        await second.commit()
+    assert (sup_b.id, item_b.id) == (sup_a.id, item_a.id) and item_b.name == "bar stock"
+
+
+def make_url_backend(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).get_backend_name()

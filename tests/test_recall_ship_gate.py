@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from temporalio.client import Client
 
 from activities.models import Timing
@@ -39,7 +39,6 @@ from tests.helpers import (
 from tests.test_lifecycle import record_history
 from tests.test_recall import wait_recall
 from tests.test_recall_gaps import POSTGRES
-from tests.test_recall_reack import _wait_for_row_lock_wait
 from tests.test_trace_plant import build_plant, lot_status
 from tests.test_work_order_refusals import erp_docs
 
@@ -78,6 +77,21 @@ async def _waiting_for_shipment_request(api: httpx.AsyncClient, wo_number: str) 
                                                          for w in s["waiting_for"]), what="the shipment request")
     assert st["status"]["erp_documents"][f"{wo_number}-MFG"] == "sent"
     return f"{wo_number}-L1"
+
+
+async def _wait_for_a_lot_lock_wait(sessionmaker, timeout: float = 10) -> None:
+    """PostgreSQL: until a statement locking a lot's row (FOR [NO KEY] UPDATE, as the ship activity does) waits for
+    a lock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with sessionmaker() as s:
+            waiting = (await s.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%FROM lot%' "
+                "AND query ILIKE '%FOR %UPDATE%' AND pid <> pg_backend_pid()"))).scalar_one()
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no statement waited for a lot's row lock")
 
 
 async def _request_shipment(api: httpx.AsyncClient, wo_number: str) -> None:
@@ -184,9 +198,12 @@ async def test_a_shipment_refused_after_the_gate_passed_waits_and_ships_once_on_
         # take FOR KEY SHARE) does not
         await block.execute(select(Lot.id).where(Lot.number == lot).with_for_update(key_share=True))
         await _request_shipment(api, wo_number)
-        await _wait_for_row_lock_wait(sessionmaker)  # the gate passed; the ship activity waits for the lot
-        st = (await api.get(f"/api/work-orders/{wo_number}")).json()["status"]
-        assert st["shipment_gate"] == [] and "database: recording the shipment" in st["waiting_for"], st
+        # the gate passed and the ship activity started (the status says so) and waits for the lot's row lock (its
+        # statement, not any other transaction of the session's workflows waiting for a row of theirs)
+        st = (await wait_status(api, wo_number, lambda s: "database: recording the shipment" in s["waiting_for"],
+                                what="the ship activity"))["status"]
+        assert st["shipment_gate"] == [], st
+        await _wait_for_a_lot_lock_wait(sessionmaker)
         await _recall_lot(api, number, lot)
         await wait_recall(api, number, lambda x: x.get("record") is not None
                           and any(x_["lot"] == lot and x_["action"] == "held" for x_ in x["record"]["lots"]),
