@@ -31,18 +31,21 @@ async def _ship(sessionmaker, *, work_order: str, lot: str, shipment: str, custo
                                 customer=customer, carrier=None, tracking_number=None, resolver=RESOLVER)
 
 
-async def _wait_for_row_lock_wait(sessionmaker, timeout: float = 10) -> None:
-    """PostgreSQL: until a transaction waits for a row lock (not the audit chain's advisory lock)."""
+async def _wait_for_a_lot_lock_wait(sessionmaker, timeout: float = 10) -> None:
+    """PostgreSQL: until a statement locking a lot's row (SELECT ... FROM lot ... FOR [NO KEY] UPDATE: a shipment, a
+    recall's hold, a test's own lock) waits for a lock. Not any row-lock wait in the database: the session's other
+    workflows have transactions of their own (the audit chain's head row, a work order's row), which would end the
+    wait before the statement the test is about waits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         async with sessionmaker() as s:
             waiting = (await s.execute(text(
-                "SELECT count(*) FROM pg_locks WHERE locktype IN ('transactionid', 'tuple') AND NOT granted"
-            ))).scalar_one()
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%FROM lot%' "
+                "AND query ILIKE '%FOR %UPDATE%' AND pid <> pg_backend_pid()"))).scalar_one()
         if waiting:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError("no transaction waited for the lot's row lock")
+    raise AssertionError("no statement waited for a lot's row lock")
 
 
 def _shipments(notice: dict) -> list[tuple[str, list[str]]]:
@@ -80,13 +83,13 @@ async def test_an_acknowledgement_during_the_hold_is_asked_again_when_the_hold_a
         await block.begin()
         locking = asyncio.create_task(block.execute(
             select(Lot.id).where(Lot.number == b1).with_for_update(key_share=True)))
-        await _wait_for_row_lock_wait(sessionmaker)
+        await _wait_for_a_lot_lock_wait(sessionmaker)
         await ship.commit()
         await locking
         r = await start
         assert r.status_code == 202, r.text
         rec = await wait_recall(api, number, lambda x: (x["status"] or {}).get("stage") == "holding", "the hold")
-        await _wait_for_row_lock_wait(sessionmaker)  # the hold waits for B1
+        await _wait_for_a_lot_lock_wait(sessionmaker)  # the hold waits for B1
         (notice,) = rec["record"]["customers"]
         assert notice["customer"] == customer and _shipments(notice) == [(early, [a1])]
         r = await api.post(f"/api/recalls/{number}/acknowledgements",

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from temporalio.client import Client
 
 from activities.models import Timing
@@ -39,6 +39,7 @@ from tests.helpers import (
 from tests.test_lifecycle import record_history
 from tests.test_recall import wait_recall
 from tests.test_recall_gaps import POSTGRES
+from tests.test_recall_reack import _wait_for_a_lot_lock_wait
 from tests.test_trace_plant import build_plant, lot_status
 from tests.test_work_order_refusals import erp_docs
 
@@ -77,21 +78,6 @@ async def _waiting_for_shipment_request(api: httpx.AsyncClient, wo_number: str) 
                                                          for w in s["waiting_for"]), what="the shipment request")
     assert st["status"]["erp_documents"][f"{wo_number}-MFG"] == "sent"
     return f"{wo_number}-L1"
-
-
-async def _wait_for_a_lot_lock_wait(sessionmaker, timeout: float = 10) -> None:
-    """PostgreSQL: until a statement locking a lot's row (FOR [NO KEY] UPDATE, as the ship activity does) waits for
-    a lock."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async with sessionmaker() as s:
-            waiting = (await s.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%FROM lot%' "
-                "AND query ILIKE '%FOR %UPDATE%' AND pid <> pg_backend_pid()"))).scalar_one()
-        if waiting:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("no statement waited for a lot's row lock")
 
 
 async def _request_shipment(api: httpx.AsyncClient, wo_number: str) -> None:
