@@ -440,6 +440,37 @@ class DemoPlant:
         return False
 
 
+@app.command("check-histories")
+def check_histories(
+    closed: bool = typer.Option(False, "--closed", help="also the closed runs (their status pages use replay too)"),
+    limit: int = typer.Option(0, min=0, help="at most this many runs, newest first (0: all)"),
+) -> None:
+    """Replay the history of every running work order, NCR, recall and other hub workflow against this version's
+    code, as a worker rebuilding it after a restart would, and list each that does not replay (a nondeterminism:
+    that workflow cannot go on; finish or terminate it by hand). Reads only. Run it after an upgrade. Exit code 1
+    when one does not replay."""
+    asyncio.run(_check_histories(_settings(), closed=closed, limit=limit))
+
+
+async def _check_histories(s: Settings, *, closed: bool, limit: int) -> None:
+    from core.temporal import connect
+    from worker import HUB_WORKFLOW_TYPES, replay_runs
+
+    client = await connect(s.temporal)
+    query = HUB_WORKFLOW_TYPES + ("" if closed else " AND ExecutionStatus = 'Running'")
+    runs: list[tuple[str, str]] = []
+    async for w in client.list_workflows(query):
+        runs.append((w.id, w.run_id))
+        if limit and len(runs) >= limit:
+            break
+    n, failures = await replay_runs(client, runs)
+    for run, error in failures.items():
+        typer.echo(f"does not replay: {run}: {error.splitlines()[0]}")
+    typer.echo(f"{n} {'runs' if closed else 'running runs'} replayed, {len(failures)} do not replay")
+    if failures:
+        raise typer.Exit(1)
+
+
 @app.command()
 def demo(
     n: int = typer.Option(5, "-n", "--work-orders", min=1, help="work orders to release"),

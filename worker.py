@@ -39,6 +39,38 @@ WORKFLOWS = [WorkOrderWorkflow, NonconformanceWorkflow, RecallWorkflow, IssueCod
 WORKFLOWS.append(CaptureEpcisDocumentWorkflow)
 
 
+# every workflow type the hub runs, as a visibility query (replay checks, the admin's `tracehub check-histories`)
+HUB_WORKFLOW_TYPES = "WorkflowType IN (" + ", ".join(
+    f"'{w.__temporal_workflow_definition.name}'" for w in WORKFLOWS) + ")"  # type: ignore[attr-defined]
+
+
+async def replay_runs(client: Client, runs: list[tuple[str, str]]) -> tuple[int, dict[str, str]]:
+    """Replay each run's history (workflow id, run id) against this code, as a worker rebuilding it would: how many
+    were replayed, and for each that does not replay ("workflow id (run run id)") the error, shortened. A running
+    run replays up to its last completed workflow task. Reads only: nothing is started, signalled or ended."""
+    from temporalio.service import RPCError, RPCStatusCode
+    from temporalio.worker import Replayer
+
+    async def histories() -> Any:
+        for wf_id, run_id in runs:
+            try:
+                yield await client.get_workflow_handle(wf_id, run_id=run_id).fetch_history()
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                # deleted since it was listed (retention, an admin): nothing left to replay
+
+    failures: dict[str, str] = {}
+    n = 0
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=client.data_converter)
+    async with replayer.workflow_replay_iterator(histories()) as results:
+        async for r in results:
+            n += 1
+            if r.replay_failure is not None:
+                failures[f"{r.history.workflow_id} (run {r.history.run_id})"] = str(r.replay_failure)[:400]
+    return n, failures
+
+
 PACKAGES = ("workflows", "activities", "connectors", "core", "domain", "api", "erp_sim")
 
 

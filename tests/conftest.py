@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -96,6 +95,10 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     await asyncio.sleep(0.2)
 
 
+# runs a test makes under a hub workflow type on purpose to not replay (tests/test_check_histories.py)
+NOT_A_HUB_RUN = "not-a-hub-run-"
+
+
 async def replay_suite_workflows(client: Client) -> None:
     """At the end of the session (its workers stopped), every run of the hub's workflows the suite made is replayed
     against today's code (temporalio's Replayer); the runs still open, waiting for what their tests no longer send,
@@ -106,31 +109,17 @@ async def replay_suite_workflows(client: Client) -> None:
     import contextlib
 
     from temporalio.service import RPCError
-    from temporalio.worker import Replayer
 
-    from worker import WORKFLOWS
+    from worker import HUB_WORKFLOW_TYPES, replay_runs
 
-    names = [w.__temporal_workflow_definition.name for w in WORKFLOWS]  # type: ignore[attr-defined]
-    types = ", ".join(f"'{n}'" for n in names)
     t = time.monotonic()
-    runs = [(w.id, w.run_id, w.status) async for w in client.list_workflows(f"WorkflowType IN ({types})")]
+    runs = [(w.id, w.run_id, w.status) async for w in client.list_workflows(HUB_WORKFLOW_TYPES)]
     for wf_id, run_id, status in runs:
         if status is not None and status.name == "RUNNING":
             with contextlib.suppress(RPCError):  # closed meanwhile
                 await client.get_workflow_handle(wf_id, run_id=run_id).terminate("test session over")
-
-    async def histories() -> AsyncIterator[Any]:
-        for wf_id, run_id, _ in runs:
-            yield await client.get_workflow_handle(wf_id, run_id=run_id).fetch_history()
-
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=client.data_converter)
-    failures: dict[str, str] = {}
-    n = 0
-    async with replayer.workflow_replay_iterator(histories()) as results:
-        async for r in results:
-            n += 1
-            if r.replay_failure is not None:
-                failures[f"{r.history.workflow_id} (run {r.history.run_id})"] = str(r.replay_failure)[:400]
+    n, failures = await replay_runs(client, [(wf_id, run_id) for wf_id, run_id, _ in runs
+                                             if not wf_id.startswith(NOT_A_HUB_RUN)])
     line = (f"replayed the suite's {n} workflow runs ({sum(1 for r in runs if r[2] and r[2].name == 'RUNNING')} "
             f"of them terminated open) in {time.monotonic() - t:.1f} s; "
             f"{len(failures)} did not replay")
