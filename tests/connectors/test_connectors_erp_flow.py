@@ -189,7 +189,4 @@ async def test_an_erpnext_endpoint_with_poll_every_s_is_polled_by_its_schedule(a
         with pytest.raises(RPCError):
             await handle.describe()
     finally:
-        try:
-            await handle.delete()
-        except RPCError:
-            pass
+        await delete_schedule_and_runs(client, f"erp-poll-{ep}")

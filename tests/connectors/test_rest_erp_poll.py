@@ -28,7 +28,7 @@ from connectors.errors import ConnectorConfigError
 from connectors.rest import RestConnector
 from domain.models import ErpEvent
 from tests.connectors.peers import ThreadedServer
-from tests.helpers import wait_status
+from tests.helpers import delete_schedule_and_runs, wait_status
 from workflows.erp_poll import ErpPollWorkflow
 
 TOKEN = "plant-erp-token"
@@ -394,10 +394,7 @@ async def test_an_endpoints_poll_every_s_makes_changes_and_removes_its_schedule(
         with pytest.raises(RPCError):
             await handle.describe()
     finally:
-        try:
-            await handle.delete()
-        except RPCError:
-            pass
+        await delete_schedule_and_runs(client, f"erp-poll-{name}")
 
     # refused, naming the field: too often, and polling without the poll section
     r = await api.post("/api/endpoints", json={"name": f"{name}-x", "kind": "rest",
