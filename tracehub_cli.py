@@ -443,7 +443,7 @@ class DemoPlant:
 @app.command("check-histories")
 def check_histories(
     closed: bool = typer.Option(False, "--closed", help="also the closed runs (their status pages use replay too)"),
-    limit: int = typer.Option(0, min=0, help="at most this many runs, newest first (0: all)"),
+    limit: int = typer.Option(0, min=0, help="at most this many runs (0: all)"),
 ) -> None:
     """Replay the history of every running work order, NCR, recall and other hub workflow against this version's
     code, as a worker rebuilding it after a restart would, and list each that does not replay (a nondeterminism:
@@ -456,7 +456,12 @@ async def _check_histories(s: Settings, *, closed: bool, limit: int) -> None:
     from core.temporal import connect
     from worker import HUB_WORKFLOW_TYPES, replay_runs
 
-    client = await connect(s.temporal)
+    try:
+        client = await connect(s.temporal)
+    except Exception as exc:  # any connection failure: say where, and what to do
+        typer.echo(f"Temporal at {s.temporal.address} (namespace {s.temporal.namespace}) is not reachable: {exc}. "
+                   "Start the hub (tracehub up) or point HUB_TEMPORAL__ADDRESS at your Temporal server.", err=True)
+        raise typer.Exit(2) from exc
     query = HUB_WORKFLOW_TYPES + ("" if closed else " AND ExecutionStatus = 'Running'")
     runs: list[tuple[str, str]] = []
     async for w in client.list_workflows(query):

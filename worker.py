@@ -92,24 +92,19 @@ def cache_bytecode() -> None:
                 pass
 
 
-def all_activities(settings: Settings, sessionmaker) -> list[Any]:
-    """Every activity the hub's worker runs."""
-    return (build_activities(sessionmaker, resolver=settings.resolver_base_url)
-            + CodeActivities(sessionmaker, resolver=settings.resolver_base_url).all()
-            + build_connector_activities(sessionmaker, ncr_table=settings.ncr.table())
-            + MesActivities(sessionmaker).all()
-            + EpcisActivities(sessionmaker).all()
-            + EpcisCaptureActivities(sessionmaker).all()
-            + NcrSignalActivities(sessionmaker).all())
-
-
 def build_worker(client: Client, settings: Settings, sessionmaker, *, task_queue: str | None = None) -> Worker:
     cache_bytecode()
     return Worker(
         client,
         task_queue=task_queue or settings.temporal.task_queue,
         workflows=WORKFLOWS,
-        activities=all_activities(settings, sessionmaker),
+        activities=build_activities(sessionmaker, resolver=settings.resolver_base_url)
+        + CodeActivities(sessionmaker, resolver=settings.resolver_base_url).all()
+        + build_connector_activities(sessionmaker, ncr_table=settings.ncr.table())
+        + MesActivities(sessionmaker).all()
+        + EpcisActivities(sessionmaker).all()
+        + EpcisCaptureActivities(sessionmaker).all()
+        + NcrSignalActivities(sessionmaker).all(),
         max_concurrent_activities=settings.worker.max_concurrent_activities,
         max_cached_workflows=settings.worker.max_cached_workflows,
     )

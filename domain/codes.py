@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import BigInteger, Integer, and_, bindparam, func, inspect, literal_column, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 
+from core.db import conflict_insert
 from core.errors import Conflict, InvalidInput, NotFound
 from domain import gs1
 from domain.audit import PLACEHOLDER_ACTOR, audit, diff
@@ -302,8 +302,7 @@ def rule_view(rule: CodeRule, item: Item) -> dict[str, Any]:
 # --- blocks ---------------------------------------------------------------------------------------
 
 async def _counter_row(session: AsyncSession, namespace: str) -> None:
-    dialect = session.bind.dialect.name
-    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(CodeCounter)
+    ins = conflict_insert(session)(CodeCounter)
     await session.execute(ins.values(namespace=namespace, next_seq=0).on_conflict_do_nothing())
 
 

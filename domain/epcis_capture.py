@@ -25,6 +25,7 @@ from sqlalchemy import ARRAY, String, any_, bindparam, delete, insert, select, t
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import conflict_insert
 from core.errors import InvalidInput, NotFound
 from domain.epcis_hash import context_prefixes, event_hash
 from domain.epcis_ids import canonical, gcp_of_urn, vocab_term
@@ -93,14 +94,6 @@ def _company_prefixes(ev: dict[str, Any]) -> set[str]:
     return out
 
 
-def _upsert(session: AsyncSession) -> Any:
-    if session.bind.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as upsert
-    return upsert
-
-
 async def _learn(session: AsyncSession, bindings: set[tuple[str, str]], gcps: set[str]) -> None:
     if bindings:
         # every (prefix, IRI) binding is kept: another partner's IRI for a known prefix is a second row, not lost
@@ -111,7 +104,7 @@ async def _learn(session: AsyncSession, bindings: set[tuple[str, str]], gcps: se
             .where(EpcisNamespace.prefix.in_(sorted({p for p, _ in pairs}))))).all())
         new = [{"prefix": p, "iri": i, "legacy": False} for p, i in sorted(pairs - known)]
         if new:  # a concurrent capture may have learnt the same binding meanwhile: that is no conflict
-            await session.execute(_upsert(session)(EpcisNamespace).on_conflict_do_nothing(), new)
+            await session.execute(conflict_insert(session)(EpcisNamespace).on_conflict_do_nothing(), new)
     if gcps:
         known = set((await session.execute(
             select(Gs1CompanyPrefix.prefix).where(Gs1CompanyPrefix.prefix.in_(list(gcps))))).scalars())

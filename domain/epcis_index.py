@@ -24,6 +24,7 @@ import orjson
 from sqlalchemy import ARRAY, JSON, BigInteger, any_, bindparam, func, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import conflict_insert
 from domain.epcis_ids import GS1_DL, canonical, lot_of, vocab_term
 from domain.models import EpcisEvent, Item, Lot
 from domain.models_trace import (
@@ -179,10 +180,7 @@ async def _external_ids(session: AsyncSession, n: int) -> list[int]:
 async def _rekey(session: AsyncSession, old: int, lot_id: int) -> None:
     """An external node found to be a hub lot becomes the lot's node: its id and its edges move to the lot id."""
     e = TraceEdge.__table__
-    if _pg(session):
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as upsert
+    upsert = conflict_insert(session)
     for mine, other in ((e.c.parent_id, e.c.child_id), (e.c.child_id, e.c.parent_id)):
         moved = select(literal(lot_id, BigInteger).label(mine.name), other, e.c.event_pk, e.c.via) \
             .where(mine == old, other != lot_id)
@@ -311,10 +309,7 @@ async def add_edges(session: AsyncSession, edges: list[tuple[int, int, str, int 
     uniq = {(p, c): (v, e) for p, c, v, e in edges if p != c}
     if not uniq:
         return
-    if session.bind.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as upsert
+    upsert = conflict_insert(session)
     rows = [{"parent_id": p, "child_id": c, "via": v, "event_pk": e} for (p, c), (v, e) in uniq.items()]
     await session.execute(upsert(TraceEdge.__table__).on_conflict_do_nothing(), rows)
 

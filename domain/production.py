@@ -9,6 +9,7 @@ from urllib.parse import quote
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import conflict_insert
 from core.errors import Conflict, InvalidInput, NotFound
 from domain.audit import PLACEHOLDER_ACTOR, audit, diff
 from domain.events import hub_uri, lot_class_uri, record_event
@@ -36,7 +37,7 @@ async def upsert_item(
         # ON CONFLICT DO NOTHING, then read: two transactions bringing the same new item at once (two work orders'
         # first receipts) both go through, the second with the first one's row, instead of one failing on the
         # unique code and its activity being retried
-        await session.execute(_insert(session)(Item).values(code=code, name=name, gtin=gtin, uom=uom)
+        await session.execute(conflict_insert(session)(Item).values(code=code, name=name, gtin=gtin, uom=uom)
                               .on_conflict_do_nothing(index_elements=[Item.code]))
         item = (await session.execute(select(Item).where(Item.code == code))).scalar_one()
     if gtin and not item.gtin:
@@ -44,15 +45,6 @@ async def upsert_item(
     if name and not item.name:
         item.name = name
     return item
-
-
-def _insert(session: AsyncSession) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite alike)."""
-    if session.bind.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
 
 
 async def _refuse_gtin_of_another_item(session: AsyncSession, gtin: str, code: str) -> None:
@@ -73,7 +65,7 @@ async def _refuse_gtin_of_another_item(session: AsyncSession, gtin: str, code: s
 async def upsert_supplier(session: AsyncSession, code: str) -> Supplier:
     sup = (await session.execute(select(Supplier).where(Supplier.code == code))).scalar()
     if sup is None:  # as upsert_item: a supplier two receipts bring at once is inserted once, neither fails
-        await session.execute(_insert(session)(Supplier).values(code=code, name=code)
+        await session.execute(conflict_insert(session)(Supplier).values(code=code, name=code)
                               .on_conflict_do_nothing(index_elements=[Supplier.code]))
         sup = (await session.execute(select(Supplier).where(Supplier.code == code))).scalar_one()
     return sup

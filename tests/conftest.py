@@ -124,7 +124,7 @@ async def replay_suite_workflows(client: Client) -> None:
             f"of them terminated open) in {time.monotonic() - t:.1f} s; "
             f"{len(failures)} did not replay")
     print("\n" + line, file=sys.stderr)
-    logs = Path(__file__).resolve().parents[1] / "var" / "test-logs"  # beside tests/run_suites.py's logs
+    logs = ROOT / "var" / "test-logs"  # beside tests/run_suites.py's logs
     logs.mkdir(parents=True, exist_ok=True)
     (logs / f"replay-{os.environ.get('HUB_TEST_DB', 'postgresql')}.txt").write_text(line + "\n")
     assert not failures, f"workflow runs whose history does not replay: {failures}"

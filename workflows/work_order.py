@@ -648,7 +648,7 @@ class WorkOrderWorkflow:
 
     async def _stages_written(self) -> None:
         """Wait for the stage writes in flight (before the completion writes the work order's last state)."""
-        while self.stage_writer is not None and not self.stage_writer.done():
+        if self.stage_writer is not None:
             await self.stage_writer
 
     async def _db(self, activity: str, arg: object, result_type: type | None = None) -> object:
